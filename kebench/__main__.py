@@ -1,0 +1,3 @@
+from kebench.cli import main
+
+main()
