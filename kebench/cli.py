@@ -1,0 +1,233 @@
+"""kebench's command line: run, list (and the commands later issues add)."""
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from kebench import config as configmod
+from kebench import registry
+from kebench.errors import UserError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def parse_extra(args: list[str]) -> dict:
+    """`--generations 3 --split-rate=0.5 --ke.split wels` -> {'generations': '3', ...}."""
+    found, i = {}, 0
+    while i < len(args):
+        tok = args[i]
+        if not tok.startswith("--") or len(tok) < 3:
+            raise UserError(f"Unexpected argument '{tok}'. Plugin settings are given as --name VALUE "
+                            f"(e.g. --generations 3); see 'kebench run --help'.")
+        key = tok[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 1
+        else:
+            value = "true"
+        found[key.replace("-", "_")] = value
+        i += 1
+    return found
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = []
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-")
+                seeds.extend(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                seeds.append(int(part))
+        if not seeds or min(seeds) < 0:
+            raise ValueError
+        return seeds
+    except ValueError:
+        raise UserError(f"--seeds expects non-negative integers like '0,1,2' or '0-4', got '{text}'.") from None
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "–" if v is None else str(v)
+
+
+def print_summary(records: list[dict]) -> None:
+    table = Table(title="kebench results", show_lines=False)
+    metric_keys = []
+    for r in records:
+        for k in r.get("final", {}):
+            if k not in metric_keys:
+                metric_keys.append(k)
+    for col in ("method", "arch", "data", "seed", "status", *metric_keys, "best", "epochs", "time (s)"):
+        table.add_column(col, justify="right" if col not in ("method", "arch", "data", "status") else "left")
+    for r in records:
+        best = r.get("best") or {}
+        primary = next((k for k in ("top1", "r@1") if k in best), None)
+        table.add_row(
+            r["method"], r["arch"], r["dataset"], str(r["seed"]), r["status"],
+            *[_fmt(r.get("final", {}).get(k)) for k in metric_keys],
+            f"{best[primary]:.4f}" if primary else "–",
+            str(r.get("training", {}).get("epochs", "–")), f"{r.get('wall_time_s', 0):.1f}",
+        )
+    out.print(table)
+    for r in records:
+        passes = r.get("passes", [])
+        if len(passes) > 1:
+            ptable = Table(title=f"{r['method']} seed {r['seed']}: per pass")
+            keys = []
+            for p in passes:
+                keys += [k for k in p["metrics"] if k not in keys]
+            for col in ("pass", *keys):
+                ptable.add_column(col, justify="right")
+            for p in passes:
+                ptable.add_row(f"{p['kind']} {p['index']}", *[_fmt(p["metrics"].get(k)) for k in keys])
+            out.print(ptable)
+        if r["status"] != "complete":
+            err.print(f"[red]run {r['run_id']} failed:[/red] {r.get('error')}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kebench")
+def cli():
+    """kebench: which training regime wins on small data, and at what cost."""
+
+
+RUN_OPTIONS = [
+    click.option("--method", help="Comma list of methods; OBJECTIVE+REGIME composes (e.g. ce,smooth+ke). Default: ce."),
+    click.option("--arch", help="timm model name or googlenet. Default: resnet18."),
+    click.option("--data", help="Dataset name (kebench list datasets). Default: digits."),
+    click.option("--data-root", help="Folder holding the dataset (or set KEBENCH_DATA)."),
+    click.option("--data-opt", multiple=True, help="Dataset option KEY=VALUE (repeatable)."),
+    click.option("--seeds", default=None, help="Seeds to run, e.g. 0,1,2 or 0-4. Default: 0."),
+    click.option("--epochs", type=int, help="Epochs per pass (generation / phase)."),
+    click.option("--batch-size", type=int),
+    click.option("--lr", type=float, help="Peak learning rate (SGD)."),
+    click.option("--momentum", type=float),
+    click.option("--weight-decay", type=float),
+    click.option("--lr-schedule", type=click.Choice(["cosine", "constant"])),
+    click.option("--warmup-epochs", type=int),
+    click.option("--lr-per", type=click.Choice(["epoch", "step"]), help="Set the LR once per epoch (KE code) or per step."),
+    click.option("--resolution", type=int, help="Network input size in pixels."),
+    click.option("--train-fraction", type=float, help="Use this stratified fraction of the training split."),
+    click.option("--eval-every", type=int, help="Also evaluate every K epochs (best epoch is then known)."),
+    click.option("--device", help="auto, cpu, cuda or cuda:N."),
+    click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"])),
+    click.option("--channels-last/--no-channels-last", default=None),
+    click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA)."),
+    click.option("--budget", type=click.Choice(["paper", "matched"]),
+                 help="matched: also run the single-pass baseline with the same total epochs."),
+    click.option("--out", help="Results folder. Default: results/."),
+    click.option("--config", "config_file", type=click.Path(), help="YAML file of settings (CLI flags win)."),
+    click.option("--resume", is_flag=True, help="Continue interrupted runs; skip completed ones."),
+    click.option("--quiet", is_flag=True, help="No progress output."),
+]
+
+
+def run_options(f):
+    for opt in reversed(RUN_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
+    file_cfg = configmod.load_yaml(kw.pop("config_file")) if kw.get("config_file") else {}
+    data_opts = {}
+    for item in kw.pop("data_opt", ()) or ():
+        if "=" not in item:
+            raise UserError(f"--data-opt expects KEY=VALUE, got '{item}'.")
+        k, v = item.split("=", 1)
+        data_opts[k.strip()] = v.strip()
+    if data_opts:
+        kw["data_options"] = {**file_cfg.get("data_options", {}), **data_opts}
+    seeds_text = kw.pop("seeds")
+    seeds = parse_seeds(seeds_text) if seeds_text else [file_cfg.pop("seed", 0)]
+    methods = [m.strip() for m in (kw.pop("method") or file_cfg.pop("method", None) or "").split(",") if m.strip()] or [None]
+    plugin_flags = parse_extra(extra)
+    configs = []
+    for method in methods:
+        for seed in seeds:
+            overrides = {k: v for k, v in kw.items() if v is not None}
+            overrides.update(method=method, seed=seed)
+            configs.append(configmod.resolve(overrides, file_cfg, plugin_flags))
+    return configs
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@run_options
+@click.pass_context
+def run(ctx, resume, quiet, **kw):
+    """Train and evaluate. Plugin settings are extra flags, e.g. `--method ke --generations 3`.
+
+    \b
+    Examples:
+      kebench run                                  # CE, resnet18, digits
+      kebench run --method smooth+ke --generations 3 --split-rate 0.5
+      kebench run --method ce,ke --seeds 0,1,2 --data aircraft --data-root ~/data
+    """
+    from kebench.engine import execute
+
+    configs = build_configs(kw, ctx.args)
+    records = [execute(cfg, resume=resume, show_progress=not quiet) for cfg in configs]
+    print_summary(records)
+    for cfg, r in zip(configs, records):
+        err.print(f"[dim]wrote {cfg.out}/{r['run_id']}/result.json[/dim]")
+    if any(r["status"] != "complete" for r in records):
+        sys.exit(1)
+
+
+@cli.command("list")
+@click.argument("what", type=click.Choice(["methods", "archs", "datasets"]))
+@click.argument("pattern", required=False)
+def list_cmd(what, pattern):
+    """List methods, archs (timm + googlenet; wildcard PATTERN) or datasets."""
+    import fnmatch
+
+    if what == "methods":
+        table = Table("name", "kind", "defaults", "paper")
+        for name in registry.names():
+            if pattern and not fnmatch.fnmatch(name, pattern):
+                continue
+            s = registry.get(name)
+            table.add_row(name, s.kind, ", ".join(f"{k}={v}" for k, v in s.defaults.items()), s.paper)
+        out.print(table)
+        out.print("Compose as OBJECTIVE+REGIME, e.g. smooth+ke; a bare objective runs under 'single', "
+                  "a bare regime uses 'ce'.")
+    elif what == "archs":
+        from kebench.models import list_archs
+
+        for name in list_archs(pattern):
+            click.echo(name)
+    else:
+        from kebench import data
+
+        table = Table("name", "task", "description")
+        for name in data.names():
+            if pattern and not fnmatch.fnmatch(name, pattern):
+                continue
+            spec = data.get_spec(name)
+            table.add_row(name, spec.task, spec.description)
+        out.print(table)
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, standalone_mode=False, prog_name="kebench")
+    except click.exceptions.Abort:
+        err.print("Aborted.")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("Interrupted; rerun the same command with --resume to continue.")
+        sys.exit(130)

@@ -1,0 +1,277 @@
+"""RunConfig: one validated dataclass.
+
+Precedence (lowest first): RunConfig defaults < dataset defaults < plugin defaults from
+registry.yaml < `--config file.yaml` < CLI flags. The resolved config is saved with each run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kebench import registry
+from kebench.errors import UserError, unknown_choice
+
+
+@dataclass
+class RunConfig:
+    method: str = "ce"
+    arch: str = "resnet18"
+    data: str = "digits"
+    data_root: str | None = None
+    data_options: dict = field(default_factory=dict)  # dataset-specific (e.g. synthetic sizes, aircraft banner)
+    seed: int = 0
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: int = 0
+    lr_per: str = "epoch"  # epoch (as the KE code) | step
+    resolution: int | None = None  # None: the dataset's default
+    train_fraction: float = 1.0
+    eval_every: int = 0  # 0: evaluate at the end of each pass only
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | off
+    channels_last: bool | None = None  # None: on for CUDA
+    compile: bool = False
+    out: str = "results"
+    budget: str = "paper"  # paper (equal per-pass budget) | matched (also run the equal-total single pass)
+    params: dict = field(default_factory=dict)  # {plugin: {key: value}} resolved plugin hyperparameters
+
+    # -------------------------------------------------------------- derived
+    @property
+    def method_spec(self) -> registry.Method:
+        from kebench.data import get_spec
+
+        default_obj = "triplet" if get_spec(self.data).task == "retrieval" else "ce"
+        return registry.parse_method(self.method, default_objective=default_obj)
+
+    def plugin_params(self, name: str) -> dict:
+        return dict(self.params.get(name, {}))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def run_id(self) -> str:
+        """Stable id from everything that changes the numbers (not where they are written)."""
+        d = self.to_dict()
+        for k in ("out", "device"):
+            d.pop(k)
+        digest = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return f"{self.method}_{self.arch}_{self.data}_s{self.seed}_{digest}"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_ENGINE_KEYS = set(FIELDS) - {"params", "method"}
+
+
+def _coerce(key: str, value, like, where: str):
+    """Convert a CLI/YAML value to the type of its default (`like`)."""
+    if value is None or like is None:
+        return value
+    try:
+        if isinstance(like, bool):
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(like, int) and not isinstance(like, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(like, float):
+            return float(value)
+        if isinstance(like, dict) and not isinstance(value, dict):
+            raise ValueError(value)
+        if isinstance(like, (list, tuple)) and isinstance(value, str):
+            return [type(like[0])(v) if like else v for v in value.split(",")]
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{where}: '{key}' expects a {type(like).__name__} (like {like!r}), got {value!r}."
+        ) from None
+    return value
+
+
+def _field_default(name: str):
+    f = FIELDS[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()
+
+
+_FIELD_TYPES = {"resolution": 0, "channels_last": True, "data_root": ""}
+
+
+def _engine_value(key, value, where):
+    like = _field_default(key)
+    if like is None:
+        like = _FIELD_TYPES.get(key)
+    return _coerce(key, value, like, where)
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Config file '{path}' does not exist. Pass an existing YAML file to --config.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"Config file '{path}' is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"Config file '{path}' must hold a mapping of settings (key: value), got {type(data).__name__}.")
+    return data
+
+
+def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dict | None = None) -> RunConfig:
+    """Build a validated RunConfig.
+
+    overrides: engine settings from CLI flags (only the ones the user gave).
+    file_cfg: mapping from --config (engine keys, flat plugin keys, or `params: {plugin: {...}}`).
+    plugin_overrides: plugin hyperparameters from extra CLI flags, flat (`generations`) or
+    qualified (`ke.generations`).
+    """
+    from kebench.data import get_spec
+
+    file_cfg = dict(file_cfg or {})
+    plugin_overrides = dict(plugin_overrides or {})
+    file_params = file_cfg.pop("params", {}) or {}
+    values = {k: _field_default(k) for k in _ENGINE_KEYS}
+    values["method"] = None
+
+    # Identity of the run first: which dataset and method, so their defaults can be layered.
+    for key in ("data", "method", "arch"):
+        for layer in (file_cfg, overrides):
+            if layer.get(key) is not None:
+                values[key] = layer[key]
+    spec = get_spec(values["data"])
+    default_obj = "triplet" if spec.task == "retrieval" else "ce"
+    method = registry.parse_method(values["method"] or default_obj, default_objective=default_obj)
+    values["method"] = method.name
+    plugins = [method.objective, method.regime]
+
+    # Dataset defaults, then plugin defaults (engine keys among them set the engine).
+    params = {p.name: {} for p in plugins}
+    for key, value in spec.defaults.items():
+        values[key] = value
+    for p in plugins:
+        for key, value in p.defaults.items():
+            if key in _ENGINE_KEYS:
+                values[key] = value
+            else:
+                params[p.name][key] = value
+
+    def set_plugin(key: str, value, where: str):
+        if "." in key:
+            pname, _, pkey = key.partition(".")
+            if pname not in params:
+                raise UserError(
+                    f"{where}: '{key}' names plugin '{pname}', which is not part of method "
+                    f"'{method.name}' (plugins: {', '.join(params)})."
+                )
+            owners = [pname] if pkey in params[pname] else []
+        else:
+            pkey = key
+            owners = [n for n in params if pkey in params[n]]
+        if not owners:
+            valid = sorted({*(k for d in params.values() for k in d), *_ENGINE_KEYS})
+            raise unknown_choice(
+                "setting", key.replace("_", "-"), [v.replace("_", "-") for v in valid],
+                hint=f"({where}; method '{method.name}' takes these plugin settings: "
+                + (", ".join(f"{n}.{k}" for n in params for k in params[n]) or "none") + ")",
+            )
+        if len(owners) > 1:
+            raise UserError(
+                f"{where}: '{key}' is a setting of several plugins ({', '.join(owners)}); "
+                f"qualify it, e.g. '{owners[0]}.{pkey}'."
+            )
+        params[owners[0]][pkey] = _coerce(key, value, params[owners[0]][pkey], where)
+
+    where = "config file"
+    for key, value in file_cfg.items():
+        key = key.replace("-", "_")
+        if key in _ENGINE_KEYS:
+            values[key] = _engine_value(key, value, where)
+        elif key != "method":
+            set_plugin(key, value, where)
+    for pname, kv in file_params.items():
+        if not isinstance(kv, dict):
+            raise UserError(f"config file: 'params.{pname}' must be a mapping of settings.")
+        for key, value in kv.items():
+            set_plugin(f"{pname}.{key}", value, where)
+
+    where = "command line"
+    for key, value in overrides.items():
+        if key != "method" and value is not None:
+            values[key] = _engine_value(key, value, where)
+    for key, value in plugin_overrides.items():
+        set_plugin(key.replace("-", "_"), value, where)
+
+    cfg = RunConfig(**values, params=params)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    from kebench.data import get_spec
+    from kebench.models import check_arch
+
+    get_spec(cfg.data)
+    check_arch(cfg.arch)
+    checks = [
+        (cfg.epochs > 0, f"--epochs must be a positive number of epochs per pass, got {cfg.epochs}."),
+        (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}."),
+        (cfg.batch_size > 0, f"--batch-size must be > 0, got {cfg.batch_size}."),
+        (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}."),
+        (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}."),
+        (0 <= cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0,
+         f"--warmup-epochs must be >= 0 and smaller than --epochs ({cfg.epochs}), got {cfg.warmup_epochs}."),
+        (0 < cfg.train_fraction <= 1, f"--train-fraction must be in (0, 1], got {cfg.train_fraction}."),
+        (cfg.eval_every >= 0, f"--eval-every must be >= 0 (0 = end of pass only), got {cfg.eval_every}."),
+        (cfg.resolution is None or cfg.resolution >= 8, f"--resolution must be >= 8 pixels, got {cfg.resolution}."),
+        (cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}."),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    choices = {
+        "lr_schedule": ("cosine", "constant"),
+        "lr_per": ("epoch", "step"),
+        "amp": ("auto", "bf16", "fp16", "off"),
+        "budget": ("paper", "matched"),
+    }
+    for key, valid in choices.items():
+        if getattr(cfg, key) not in valid:
+            raise unknown_choice(key.replace("_", "-") + " value", str(getattr(cfg, key)), list(valid))
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'.")
+    method = cfg.method_spec
+    task = get_spec(cfg.data).task
+    for plugin in (method.objective, method.regime):
+        tasks = getattr(plugin.load(), "tasks", None)
+        if tasks is not None and task not in tasks:
+            raise UserError(
+                f"Method '{cfg.method}': '{plugin.name}' works for {', '.join(tasks)} tasks, but dataset "
+                f"'{cfg.data}' is a {task} dataset. Pick a {'/'.join(tasks)} dataset or another method."
+            )
+    reason = getattr(method.regime.load(), "incompatible", {}).get(method.objective.name)
+    if reason:
+        raise UserError(f"Method '{cfg.method}' is refused: {reason}")
+
+
+def save_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def from_dict(d: dict) -> RunConfig:
+    known = {k: v for k, v in d.items() if k in FIELDS}
+    return RunConfig(**known)

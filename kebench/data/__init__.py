@@ -1,0 +1,96 @@
+"""The dataset registry. Every dataset yields uint8 image tensors + labels (see `Split`);
+one batch pipeline (`pipeline.py`) augments them on the training device."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from kebench.errors import unknown_choice
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 [N, C, H, W] (may be memory-mapped)
+    labels: torch.Tensor  # int64 [N], 0-based
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class DataBundle:
+    name: str
+    task: str  # classification | retrieval
+    train: Split
+    test: Split
+    num_classes: int  # classes the model is trained on
+    in_chans: int
+    resolution: int  # network input size
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    val: Split | None = None
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop scale range
+    flip: bool = True
+    info: dict = field(default_factory=dict)  # recorded in result.json (options, corrupt files, ...)
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    task: str
+    load: Callable  # (cfg) -> DataBundle
+    description: str = ""
+    defaults: dict = field(default_factory=dict)  # RunConfig defaults for this dataset
+
+
+_DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    _DATASETS[spec.name] = spec
+    return spec
+
+
+def _ensure_builtin() -> None:
+    from kebench.data import embedded  # noqa: F401  (registers digits, synthetic)
+
+    try:
+        from kebench.data import paper  # noqa: F401  (registers the six paper datasets)
+    except ImportError:
+        pass
+
+
+def names() -> list[str]:
+    _ensure_builtin()
+    return sorted(_DATASETS)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    _ensure_builtin()
+    if name not in _DATASETS:
+        raise unknown_choice("dataset", name, names())
+    return _DATASETS[name]
+
+
+def load(cfg) -> DataBundle:
+    bundle = get_spec(cfg.data).load(cfg)
+    if cfg.train_fraction < 1.0:
+        bundle.train = stratified_fraction(bundle.train, cfg.train_fraction)
+        bundle.info["train_fraction"] = cfg.train_fraction
+    return bundle
+
+
+def stratified_fraction(split: Split, fraction: float) -> Split:
+    """The same per-class subset for every seed, so seeds differ only in training randomness."""
+    gen = torch.Generator().manual_seed(0)
+    keep = []
+    for c in torch.unique(split.labels):
+        idx = torch.nonzero(split.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        keep.append(idx[: max(1, round(fraction * len(idx)))])
+    return split.subset(torch.sort(torch.cat(keep)).values)

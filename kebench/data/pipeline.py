@@ -1,0 +1,121 @@
+"""One batch pipeline for every dataset: uint8 tensors in, normalised float batches out.
+
+Augmentation (RandomResizedCrop + horizontal flip) runs per sample on whole batches on the
+training device with one `grid_sample` call, so small-data training is not bound by per-image
+CPU transforms. Randomness comes from a generator seeded per (seed, pass, epoch): a resumed run
+sees exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from kebench.data import DataBundle, Split
+
+
+def epoch_generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded from integers (seed, pass, epoch), independent of the global RNG."""
+    h = 0
+    for k in key:
+        h = (h * 1_000_003 + int(k) + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(h)
+
+
+def crop_params(n: int, height: int, width: int, scale, ratio, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample crop boxes (cx, cy, w, h) in pixels, sampled as torchvision's RandomResizedCrop."""
+    area = height * width * torch.empty(n).uniform_(scale[0], scale[1], generator=gen)
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    r = torch.exp(log_r)
+    w = torch.sqrt(area * r).clamp(max=width)
+    h = torch.sqrt(area / r).clamp(max=height)
+    cx = w / 2 + torch.rand(n, generator=gen) * (width - w)
+    cy = h / 2 + torch.rand(n, generator=gen) * (height - h)
+    return torch.stack([cx, cy, w, h], dim=1)
+
+
+def augment(images: torch.Tensor, out_size: int, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Crop each image to its box, resize to out_size (bilinear) and flip where asked. Float in, float out."""
+    n, _, height, width = images.shape
+    boxes = boxes.to(images.device, torch.float32)
+    sign = 1.0 - 2.0 * flips.to(images.device, torch.float32)
+    theta = torch.zeros(n, 2, 3, device=images.device)
+    theta[:, 0, 0] = boxes[:, 2] / width * sign
+    theta[:, 0, 2] = 2 * boxes[:, 0] / width - 1
+    theta[:, 1, 1] = boxes[:, 3] / height
+    theta[:, 1, 2] = 2 * boxes[:, 1] / height - 1
+    grid = F.affine_grid(theta, [n, images.shape[1], out_size, out_size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def center_view(images: torch.Tensor, out_size: int, resize_ratio: float = 1.0) -> torch.Tensor:
+    """Test transform: resize the shorter side to out_size*resize_ratio, then center-crop out_size."""
+    height, width = images.shape[-2:]
+    short = round(out_size * resize_ratio)
+    if min(height, width) != short:
+        scale = short / min(height, width)
+        images = F.interpolate(images, size=(round(height * scale), round(width * scale)),
+                               mode="bilinear", align_corners=False, antialias=True)
+        height, width = images.shape[-2:]
+    top, left = (height - out_size) // 2, (width - out_size) // 2
+    return images[..., top:top + out_size, left:left + out_size]
+
+
+class BatchStream:
+    """Iterates one split in batches on `device`. Train: shuffled (or the objective's sampler) and
+    augmented; eval: in order, center view."""
+
+    def __init__(self, bundle: DataBundle, split: Split, *, batch_size: int, device: torch.device,
+                 train: bool, channels_last: bool = False, test_resize_ratio: float | None = None):
+        self.bundle, self.split, self.batch_size = bundle, split, batch_size
+        self.device, self.train, self.channels_last = device, train, channels_last
+        self.test_resize_ratio = test_resize_ratio or bundle.info.get("test_resize_ratio", 1.0)
+        # In-memory datasets live on the device once (a GPU data cache); memory-mapped ones stream.
+        resident = split.images.numel() < 2**31 and not _is_memmapped(split.images)
+        self.images = split.images.to(device) if resident else split.images
+        self.labels = split.labels.to(device)
+        self.mean = torch.tensor(bundle.mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(bundle.std, device=device).view(1, -1, 1, 1) * 255
+
+    def batches(self, gen: torch.Generator | None = None, sampler=None) -> list[torch.Tensor]:
+        n = len(self.split)
+        if not self.train:
+            return list(torch.arange(n).split(self.batch_size))
+        if sampler is not None:
+            return sampler
+        order = torch.randperm(n, generator=gen)
+        chunks = list(order.split(self.batch_size))
+        if len(chunks) > 1 and len(chunks[-1]) < self.batch_size:
+            chunks.pop()  # drop_last: every step sees a full batch (BN statistics, equal FLOPs per step)
+        return chunks
+
+    def load(self, index: torch.Tensor, gen: torch.Generator | None = None):
+        if self.images.device == self.device:
+            x = self.images[index.to(self.device)]
+        else:
+            x = self.images[index].pin_memory() if self.device.type == "cuda" else self.images[index]
+            x = x.to(self.device, non_blocking=True)
+        y = self.labels[index.to(self.device)]
+        x = x.float()
+        if self.train:
+            boxes = crop_params(len(index), x.shape[-2], x.shape[-1], self.bundle.crop_scale, (3 / 4, 4 / 3), gen)
+            flips = torch.rand(len(index), generator=gen) < 0.5 if self.bundle.flip else torch.zeros(len(index), dtype=torch.bool)
+            x = augment(x, self.bundle.resolution, boxes, flips)
+        else:
+            x = center_view(x, self.bundle.resolution, self.test_resize_ratio)
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def __iter__(self):
+        for index in self.batches():
+            yield self.load(index)
+
+
+def _is_memmapped(t: torch.Tensor) -> bool:
+    try:
+        return t.untyped_storage().filename is not None
+    except (AttributeError, RuntimeError):
+        return False

@@ -1,0 +1,67 @@
+"""The plugin contract. Subclass `Objective` or `Regime` in one file under `methods/`.
+
+Objectives decide *what* one pass optimises (loss, head, batch sampler, extra hooks).
+Regimes decide *how* passes are scheduled; they never own a loop: they call `run.fit(...)`.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+
+class Hook:
+    """Engine callbacks. Override only what you need; all are no-ops by default."""
+
+    def before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """After backward, before optimizer.step(): edit gradients (e.g. mask them)."""
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """After optimizer.step(): edit weights or optimizer state (e.g. re-apply a mask)."""
+
+    def epoch_end(self, model: nn.Module, epoch: int, metrics: dict) -> None:
+        """After each epoch's metrics are computed (epoch counts from 1 within the pass)."""
+
+
+class Plugin:
+    kind = ""
+    #: Tasks this plugin supports; None means any.
+    tasks: tuple[str, ...] | None = None
+
+    def __init__(self, params: dict, run):
+        self.params = SimpleNamespace(**params)
+        self.run_ctx = run
+
+
+class Objective(Plugin):
+    kind = "objective"
+    tasks = ("classification",)
+
+    def adapt_model(self, model: nn.Module, num_classes: int) -> nn.Module:
+        """Change the head if the objective needs its own (cosine head, embedding head)."""
+        return model
+
+    def batch_sampler(self, labels: torch.Tensor, batch_size: int, generator: torch.Generator):
+        """Return a list of index tensors (one per batch) for one epoch, or None for plain shuffling."""
+        return None
+
+    def hooks(self) -> list[Hook]:
+        return []
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (loss, logits-for-train-accuracy or None)."""
+        raise TypeError(f"{type(self).__name__} must define loss()")
+
+    def train_mode(self, model: nn.Module) -> None:
+        """Called when a pass starts; objectives holding a teacher put it in eval mode here."""
+
+
+class Regime(Plugin):
+    kind = "regime"
+    tasks = None
+    #: Objectives this regime cannot run with, mapped to the reason shown to the user.
+    incompatible: dict[str, str] = {}
+
+    def run(self, run) -> None:
+        raise TypeError(f"{type(self).__name__} must define run()")
