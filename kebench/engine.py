@@ -84,6 +84,7 @@ class Run:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dir = Path(cfg.out) / cfg.run_id()
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.show_progress = show_progress
         seed_everything(cfg.seed)
         self.data = datasets.load(cfg)

@@ -1,0 +1,169 @@
+"""The spine: config precedence and validation, CLI errors, determinism, resume, results files."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from kebench import cli
+from kebench.config import resolve
+from kebench.engine import lr_at
+from kebench.errors import UserError
+
+
+def run_cli(args, capsys):
+    try:
+        cli.main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--method", "nope"], ["Unknown method 'nope'", "ce", "smooth"]),
+    (["--method", "smoth"], ["Did you mean: smooth"]),
+    (["--arch", "resnet181"], ["Unknown arch 'resnet181'", "resnet18"]),
+    (["--data", "nope"], ["Unknown dataset 'nope'", "digits", "synthetic"]),
+    (["--epochs", "0"], ["--epochs must be a positive"]),
+    (["--lr", "-1"], ["--lr must be > 0"]),
+    (["--seeds", "a,b"], ["--seeds expects"]),
+    (["--bogus-flag", "3"], ["Unknown setting 'bogus-flag'"]),
+])
+def test_user_errors_exit_2_with_message(args, expect, capsys):
+    code, text = run_cli(["run", "--quiet", *args], capsys)
+    assert code == 2
+    for piece in expect:
+        assert piece in text
+    assert "Traceback" not in text
+
+
+def test_precedence_registry_file_cli(tmp_path):
+    assert resolve({"method": "smooth"}).params["smooth"]["alpha"] == 0.1  # registry default
+    file_cfg = {"alpha": 0.2, "epochs": 3}
+    cfg = resolve({"method": "smooth"}, file_cfg)
+    assert cfg.params["smooth"]["alpha"] == 0.2 and cfg.epochs == 3
+    cfg = resolve({"method": "smooth", "epochs": 5}, file_cfg, {"alpha": "0.3"})
+    assert cfg.params["smooth"]["alpha"] == 0.3 and cfg.epochs == 5
+    cfg = resolve({"method": "smooth"}, {"params": {"smooth": {"alpha": 0.05}}})
+    assert cfg.params["smooth"]["alpha"] == 0.05
+
+
+def test_method_composition_defaults():
+    cfg = resolve({"method": "smooth"})
+    assert (cfg.method_spec.objective.name, cfg.method_spec.regime.name) == ("smooth", "single")
+    with pytest.raises(UserError, match="expected OBJECTIVE\\+REGIME"):
+        resolve({"method": "single+ce"})
+
+
+def test_plugin_value_type_checked():
+    with pytest.raises(UserError, match="'alpha' expects a float"):
+        resolve({"method": "smooth"}, {}, {"alpha": "lots"})
+
+
+def test_lr_schedule_cosine_and_warmup():
+    assert lr_at(0.1, 0, 10, 0, "cosine") == pytest.approx(0.1)
+    assert lr_at(0.1, 5, 10, 0, "cosine") == pytest.approx(0.05)
+    assert lr_at(0.1, 0, 10, 2, "cosine") == pytest.approx(0.05)  # epoch 1 of a 2-epoch warm-up
+    assert lr_at(0.1, 2, 10, 2, "cosine") == pytest.approx(0.1)
+    assert lr_at(0.1, 6, 10, 2, "cosine") == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
+
+
+def test_run_writes_results_and_is_deterministic(make_cfg, run_cfg):
+    cfg = make_cfg(epochs=2)
+    first = run_cfg(cfg)
+    run_dir = (cfg.out and __import__("pathlib").Path(cfg.out)) / cfg.run_id()
+    assert first["status"] == "complete"
+    assert {"top1"} <= set(first["final"]) and 0 <= first["final"]["top1"] <= 1
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["epochs"] == 2 and saved["params"] == {"ce": {}, "single": {}}
+    assert first["training"]["steps"] == first["passes"][0]["steps"] == 2 * (96 // 16)
+    assert (run_dir / "model.pt").is_file() and not (run_dir / "checkpoint.pt").exists()
+    second = run_cfg(cfg)
+    assert second["final"] == first["final"]
+    assert second["passes"][0]["metrics"] == first["passes"][0]["metrics"]
+    assert rows[-1]["loss"] == json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
+
+
+def test_killed_run_resumes_to_identical_numbers(make_cfg, run_cfg, monkeypatch):
+    from kebench import engine
+
+    cfg = make_cfg(epochs=3, method="smooth")
+    reference = run_cfg(cfg)
+    run_dir = __import__("pathlib").Path(cfg.out) / cfg.run_id()
+    def rows():  # everything but the timing
+        return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    reference_rows = rows()
+    (run_dir / "result.json").unlink()
+
+    original = engine.Run._save_checkpoint
+    saves = []
+
+    def dying_save(self, *a, **k):
+        original(self, *a, **k)
+        saves.append(1)
+        if len(saves) == 2:  # killed right after epoch 2's checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.Run, "_save_checkpoint", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_cfg(cfg)
+    monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "result.json").exists()
+    resumed = run_cfg(cfg, resume=True)
+    assert resumed["final"] == reference["final"]
+    assert rows() == reference_rows and len(reference_rows) == 3
+
+
+def test_training_flops_match_hand_count_for_linear_model(make_cfg):
+    from kebench.engine import Run
+
+    cfg = make_cfg(epochs=1)
+    run = Run(cfg, show_progress=False)
+    d = run.data.in_chans * run.data.resolution ** 2
+    c = run.data.num_classes
+    run.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(d, c))
+    record = run.fit(1)
+    b = cfg.batch_size
+    # forward x@W^T: 2*b*d*c; backward dL/dW: 2*b*d*c (the input needs no gradient).
+    assert record["step_flops"] == 4 * b * d * c
+    assert record["train_flops"] == record["steps"] * record["step_flops"]
+    assert record["steps"] == len(run.data.train) // b
+
+
+def test_digits_dataset_shapes():
+    from kebench import data
+
+    bundle = data.load(resolve({}))
+    assert (len(bundle.train), len(bundle.test)) == (1437, 360)
+    assert bundle.train.images.shape[1:] == (1, 32, 32) and bundle.train.images.dtype == torch.uint8
+    assert torch.bincount(bundle.test.labels).tolist() == [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]
+
+
+def test_augment_identity_box_and_flip():
+    from kebench.data.pipeline import augment
+
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    full = torch.tensor([[2.0, 2.0, 4.0, 4.0]] * 2)
+    same = augment(x, 4, full, torch.tensor([False, True]))
+    assert torch.allclose(same[0], x[0], atol=1e-4)
+    assert torch.allclose(same[1], x[1].flip(-1), atol=1e-4)
+
+
+def test_list_commands(capsys):
+    code, text = run_cli(["list", "archs", "resnet1*"], capsys)
+    assert code == 0 and "resnet18" in text.split() and "resnet50" not in text.split()
+    code, text = run_cli(["list", "archs", "googlenet"], capsys)
+    assert text.split() == ["googlenet"]
+    code, text = run_cli(["list", "datasets"], capsys)
+    assert "digits" in text and "synthetic" in text
+    code, text = run_cli(["list", "methods"], capsys)
+    assert "smooth" in text and "objective" in text
