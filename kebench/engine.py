@@ -211,7 +211,7 @@ class Run:
                 t0 = time.perf_counter()
                 for step, index_batch in enumerate(batches):
                     pos = offset + epoch + (step / steps_per_epoch if cfg.lr_per == "step" else 0)
-                    lr = lr_at(cfg.lr, pos, offset + total if lr_window else epochs, cfg.warmup_epochs, cfg.lr_schedule)
+                    lr = lr_at(cfg.lr, pos, total, cfg.warmup_epochs, cfg.lr_schedule)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     x, y = train.load(index_batch, gen)
