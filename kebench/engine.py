@@ -176,8 +176,8 @@ class Run:
         hooks = list(hooks) + objective.hooks()
 
         ps = PassState(index=index, kind=kind, label=label, epochs=epochs)
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
+        params = [*model.parameters(), *objective.extra_parameters(model)]
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         ck = self._resume
@@ -345,6 +345,13 @@ class Run:
             keep = [ln for ln in path.read_text().splitlines()
                     if ln.strip() and (json.loads(ln)["pass"], json.loads(ln)["epoch"]) <= (ps["index"], ps["epoch"])]
             results.write_text(path, "".join(ln + "\n" for ln in keep))
+
+    def resumed_state(self, name: str):
+        """On --resume, the value `run.state[name]` held in the checkpoint being resumed (None when not
+        resuming, already restored, or absent). Between-pass results that depend on trained weights
+        and change shapes (a pruned network's structure) cannot be replayed from the untrained
+        weights a replay sees before the resumed pass restores them; a regime reads them back here."""
+        return None if self._resume is None else self._resume["state"].get(name)
 
     def elapsed(self) -> float:
         return self._elapsed_before + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)

@@ -49,6 +49,13 @@ class Objective(Plugin):
     def hooks(self) -> list[Hook]:
         return []
 
+    def extra_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Trainable tensors outside `model` that a pass also optimises (a distillation regressor).
+
+        Called at the start of every pass, before the optimizer is built and before a checkpoint is
+        restored; register the modules holding them in run.state so they are checkpointed."""
+        return []
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (loss, logits-for-train-accuracy or None)."""
         raise TypeError(f"{type(self).__name__} must define loss()")
