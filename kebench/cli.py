@@ -124,6 +124,7 @@ RUN_OPTIONS = [
     click.option("--budget", type=click.Choice(["paper", "matched"]),
                  help="matched: also run the single-pass baseline with the same total epochs."),
     click.option("--out", help="Results folder. Default: results/."),
+    click.option("--checkpoint-every-s", type=float, help="Mid-pass checkpoint interval in seconds (default 30)."),
     click.option("--config", "config_file", type=click.Path(), help="YAML file of settings (CLI flags win)."),
     click.option("--resume", is_flag=True, help="Continue interrupted runs; skip completed ones."),
     click.option("--quiet", is_flag=True, help="No progress output."),

@@ -41,6 +41,7 @@ class RunConfig:
     channels_last: bool | None = None  # None: on for CUDA
     compile: bool = False
     out: str = "results"
+    checkpoint_every_s: float = 30.0  # mid-pass checkpoints at most this often (always at pass ends)
     budget: str = "paper"  # paper (equal per-pass budget) | matched (also run the equal-total single pass)
     params: dict = field(default_factory=dict)  # {plugin: {key: value}} resolved plugin hyperparameters
 
@@ -61,7 +62,7 @@ class RunConfig:
     def run_id(self) -> str:
         """Stable id from everything that changes the numbers (not where they are written)."""
         d = self.to_dict()
-        for k in ("out", "device"):
+        for k in ("out", "device", "checkpoint_every_s"):
             d.pop(k)
         digest = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return f"{self.method}_{self.arch}_{self.data}_s{self.seed}_{digest}"
@@ -237,6 +238,7 @@ def validate(cfg: RunConfig) -> None:
          f"--warmup-epochs must be >= 0 and smaller than --epochs ({cfg.epochs}), got {cfg.warmup_epochs}."),
         (0 < cfg.train_fraction <= 1, f"--train-fraction must be in (0, 1], got {cfg.train_fraction}."),
         (cfg.eval_every >= 0, f"--eval-every must be >= 0 (0 = end of pass only), got {cfg.eval_every}."),
+        (cfg.checkpoint_every_s >= 0, f"--checkpoint-every-s must be >= 0, got {cfg.checkpoint_every_s}."),
         (cfg.resolution is None or cfg.resolution >= 8, f"--resolution must be >= 8 pixels, got {cfg.resolution}."),
         (cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}."),
     ]

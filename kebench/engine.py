@@ -106,6 +106,7 @@ class Run:
         self._resume = self._read_checkpoint() if resume else None
         self._elapsed_before = self._resume["elapsed"] if self._resume else 0.0
         self._streams: dict[str, BatchStream] = {}
+        self._last_save = time.perf_counter()
 
     # ------------------------------------------------------------------ building blocks
     def build_model(self, arch: str | None = None, **kwargs) -> nn.Module:
@@ -256,7 +257,7 @@ class Run:
                 ps.epoch = epoch + 1
                 ps.history.append(row)
                 self._append_metrics(row)
-                if not last:
+                if not last and time.perf_counter() - self._last_save >= cfg.checkpoint_every_s:
                     self._save_checkpoint(model, optimizer, scaler, ps, complete=False)
 
         test = ps.history[-1]["test"] if ps.history and "test" in ps.history[-1] else self.evaluate(model)
@@ -300,6 +301,7 @@ class Run:
             "elapsed": self.elapsed(),
         }
         results.save_torch(self.dir / CHECKPOINT, ckpt)
+        self._last_save = time.perf_counter()
 
     def _read_checkpoint(self) -> dict | None:
         path = self.dir / CHECKPOINT

@@ -17,7 +17,8 @@ def make_cfg(tmp_path):
 
     def _make(method: str = "ce", plugin: dict | None = None, **overrides):
         base = {"data": "synthetic", "arch": "test_resnet", "epochs": 1, "batch_size": 16,
-                "device": "cpu", "out": str(tmp_path / "results"), "method": method}
+                "device": "cpu", "out": str(tmp_path / "results"), "method": method,
+                "checkpoint_every_s": 0.0}
         base.update(overrides)
         return resolve(base, {}, plugin or {})
 
