@@ -65,7 +65,7 @@ def print_summary(records: list[dict]) -> None:
         for k in r.get("final", {}):
             if k not in metric_keys:
                 metric_keys.append(k)
-    for col in ("method", "arch", "data", "seed", "status", *metric_keys, "best", "epochs", "time (s)"):
+    for col in ("method", "arch", "data", "seed", "status", *metric_keys, "best", "epochs", "TFLOPs", "time (s)"):
         table.add_column(col, justify="right" if col not in ("method", "arch", "data", "status") else "left")
     for r in records:
         best = r.get("best") or {}
@@ -74,7 +74,8 @@ def print_summary(records: list[dict]) -> None:
             r["method"], r["arch"], r["dataset"], str(r["seed"]), r["status"],
             *[_fmt(r.get("final", {}).get(k)) for k in metric_keys],
             f"{best[primary]:.4f}" if primary else "–",
-            str(r.get("training", {}).get("epochs", "–")), f"{r.get('wall_time_s', 0):.1f}",
+            str(r.get("training", {}).get("epochs", "–")),
+            f"{r.get('training', {}).get('flops', 0) / 1e12:.2f}", f"{r.get('wall_time_s', 0):.1f}",
         )
     out.print(table)
     for r in records:
@@ -172,13 +173,13 @@ def run(ctx, resume, quiet, **kw):
       kebench run --method smooth+ke --generations 3 --split-rate 0.5
       kebench run --method ce,ke --seeds 0,1,2 --data aircraft --data-root ~/data
     """
-    from kebench.engine import execute
+    from kebench.engine import execute_all
 
     configs = build_configs(kw, ctx.args)
-    records = [execute(cfg, resume=resume, show_progress=not quiet) for cfg in configs]
+    records = [r for cfg in configs for r in execute_all(cfg, resume=resume, show_progress=not quiet)]
     print_summary(records)
-    for cfg, r in zip(configs, records):
-        err.print(f"[dim]wrote {cfg.out}/{r['run_id']}/result.json[/dim]")
+    for r in records:
+        err.print(f"[dim]wrote {r['config']['out']}/{r['run_id']}/result.json[/dim]")
     if any(r["status"] != "complete" for r in records):
         sys.exit(1)
 

@@ -277,3 +277,14 @@ def save_yaml(cfg: RunConfig) -> str:
 def from_dict(d: dict) -> RunConfig:
     known = {k: v for k, v in d.items() if k in FIELDS}
     return RunConfig(**known)
+
+
+def matched_config(cfg: RunConfig, total_epochs: int) -> RunConfig:
+    """The single-pass baseline for a multi-pass run: same objective, same total epochs, with the
+    schedule (cosine, warm-up) stretched over the whole budget. Its id does not depend on which
+    multi-pass run asked for it, so KE-N3 and BANs-N3 at equal budgets share one baseline."""
+    objective = cfg.method_spec.objective.name
+    return dataclasses.replace(
+        cfg, method=objective, epochs=total_epochs, budget="paper",
+        params={objective: dict(cfg.params.get(objective, {})), "single": {}},
+    )
