@@ -208,7 +208,7 @@ class Run:
                 progress.start_epoch(epoch + 1, epochs, steps_per_epoch)
                 loss_sum = torch.zeros((), device=self.device)
                 correct = torch.zeros((), device=self.device)
-                seen = 0
+                seen = scored = 0  # scored: samples the objective returned logits for (CS-KD: anchors only)
                 t0 = time.perf_counter()
                 for step, index_batch in enumerate(batches):
                     pos = offset + epoch + (step / steps_per_epoch if cfg.lr_per == "step" else 0)
@@ -233,6 +233,7 @@ class Run:
                     loss_sum += loss.detach().float() * len(y)
                     if logits is not None:
                         correct += (logits.detach().argmax(1) == y[: len(logits)]).sum()
+                        scored += len(logits)
                     seen += len(y)
                     ps.steps += 1
                     progress.step(len(y))
@@ -245,7 +246,7 @@ class Run:
                 if not math.isfinite(mean_loss):
                     self._fail_nonfinite(ps, epoch, mean_loss)
                 row = {"pass": index, "kind": kind, "label": label, "epoch": epoch + 1, "lr": lr,
-                       "loss": mean_loss, "train_top1": (correct / max(seen, 1)).item() if self.task == "classification" else None,
+                       "loss": mean_loss, "train_top1": (correct / max(scored, 1)).item() if self.task == "classification" else None,
                        "images_per_s": seen / max(epoch_time, 1e-9)}
                 last = epoch + 1 == epochs
                 if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
