@@ -11,8 +11,9 @@ from kebench import config as configmod
 from kebench import registry
 from kebench.errors import UserError
 
-out = Console()
-err = Console(stderr=True)
+# Wide enough for the summary table when output goes to a file or a pipe (rich defaults to 80).
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def parse_extra(args: list[str]) -> dict:
