@@ -84,3 +84,30 @@ def test_broken_entry_is_a_clear_error(tmp_path, monkeypatch):
             registry.get("oops").load()
     finally:
         registry.reload()
+
+
+def test_readme_plugin_example_runs(tmp_path, monkeypatch, make_cfg, run_cfg):
+    """The README's 'add your own method' example works exactly as printed."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Add your own method", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    entry = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "readme_focal.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = entry.replace("methods.focal:Focal", "readme_focal:Focal")
+    extended = tmp_path / "registry.yaml"
+    extended.write_text(registry.registry_path().read_text().rstrip("\n") + "\n"
+                        + "\n".join(ln for ln in entry.splitlines() if not ln.startswith("#")) + "\n")
+    monkeypatch.setattr(registry, "registry_path", lambda: extended)
+    registry.reload()
+    try:
+        cfg = make_cfg("focal", plugin={"gamma": "1.5"}, epochs=2)
+        assert cfg.params["focal"] == {"gamma": 1.5}
+        result = run_cfg(cfg)
+        assert result["status"] == "complete" and result["final"]["top1"] > 0.5
+    finally:
+        sys.modules.pop("readme_focal", None)
+        registry.reload()
