@@ -1,0 +1,324 @@
+"""Knowledge distillation objectives: `kd` (label) and `fd` (feature), after Park, Yoo and Kwak,
+"On the orthogonality of knowledge distillation with other techniques: from an ensemble perspective".
+
+* kd:  L = (1-α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))            (Hinton et al. 2015)
+* fd:  L = CE(s, y) + β·mean|φ_T/‖φ_T‖₂ − R(φ_S)/‖R(φ_S)‖₂|                 (Factor-Transfer style)
+  φ = the last feature map (`forward_features`), each sample's map flattened and L2-normalised,
+  R a 1×1-conv regressor from the student's to the teacher's channels; the L1 distance is a *mean*
+  over elements, as in the reference code, which is why β is in the hundreds.
+
+The teacher is the same architecture, in eval mode, never updated: a pipeline regime trains it
+first (`methods/kd_prune.py`) or `--teacher PATH` loads a `model.pt` of an earlier kebench run.
+
+Batch augmentations (`autoaugment`, `cutmix`) are engine-neutral: an objective applies them to
+the batch inside `loss()`, so a regime can switch them on for the teacher's pass and/or the
+student's passes independently (Park et al.'s four augmentation combinations).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kebench.errors import UserError, unknown_choice
+from kebench.plugin import Objective
+
+AUGMENTATIONS = ("autoaugment", "cutmix")
+
+
+# ---------------------------------------------------------------------------------------- losses
+def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T²·KL(softmax(t/T) ‖ softmax(s/T)), averaged over the batch (T² keeps gradients T-independent)."""
+    t = temperature
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+    p_t = F.softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean") * t * t
+
+
+def feature_term(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """Mean |φ_T/‖φ_T‖₂ − φ_S/‖φ_S‖₂| with each sample's feature map flattened and L2-normalised."""
+    if student_feat.shape != teacher_feat.shape:
+        raise ValueError(f"feature maps differ: student {tuple(student_feat.shape)} vs teacher "
+                         f"{tuple(teacher_feat.shape)}; the regressor must map one onto the other")
+    s = F.normalize(student_feat.float().flatten(1), dim=1)
+    t = F.normalize(teacher_feat.float().flatten(1), dim=1)
+    return F.l1_loss(s, t)
+
+
+def mixed_ce(logits: torch.Tensor, y: torch.Tensor, y_b: torch.Tensor | None, lam: float) -> torch.Tensor:
+    """Cross-entropy against y, or lam·CE(y) + (1-lam)·CE(y_b) for a CutMix batch."""
+    loss = F.cross_entropy(logits, y)
+    if y_b is None:
+        return loss
+    return lam * loss + (1 - lam) * F.cross_entropy(logits, y_b)
+
+
+# ---------------------------------------------------------------------------------- augmentation
+def parse_augment(text: str, where: str) -> tuple[str, ...]:
+    """'none' | 'autoaugment' | 'cutmix' | 'autoaugment+cutmix' -> a tuple of augmentation names."""
+    text = (text or "none").strip().lower()
+    if text in ("none", ""):
+        return ()
+    names = tuple(p.strip() for p in text.replace(",", "+").split("+") if p.strip())
+    for n in names:
+        if n not in AUGMENTATIONS:
+            raise unknown_choice(f"{where} augmentation", n, ["none", *AUGMENTATIONS],
+                                 hint="Combine them with '+', e.g. autoaugment+cutmix.")
+    return names
+
+
+class BatchAugment:
+    """Batch-level AutoAugment (per sample, on uint8 images) and CutMix (labels mixed).
+
+    The engine hands objectives normalised float batches (already cropped and flipped); AutoAugment
+    needs uint8, so the batch is de-normalised, rounded, augmented and normalised again. Randomness
+    comes from torch's global RNG, which the engine checkpoints, so a resumed run replays it.
+    """
+
+    def __init__(self, names: tuple[str, ...], mean, std, *, policy: str = "imagenet",
+                 cutmix_alpha: float = 1.0, cutmix_prob: float = 1.0):
+        from torchvision.transforms import v2
+
+        self.names = tuple(names)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        policies = {p.name.lower(): p for p in v2.AutoAugmentPolicy}
+        if policy not in policies:
+            raise unknown_choice("AutoAugment policy", policy, sorted(policies))
+        if cutmix_alpha <= 0 or not 0 <= cutmix_prob <= 1:
+            raise UserError(f"cutmix needs cutmix_alpha > 0 and cutmix_prob in [0, 1], got "
+                            f"{cutmix_alpha} and {cutmix_prob}.")
+        self.autoaugment = v2.AutoAugment(policies[policy]) if "autoaugment" in self.names else None
+        self.cutmix_alpha, self.cutmix_prob = float(cutmix_alpha), float(cutmix_prob)
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        """-> (x, y_b, lam): y_b is None unless CutMix pasted patches from a shuffled batch."""
+        if self.autoaugment is not None:
+            x = self._autoaugment(x)
+        if "cutmix" in self.names and torch.rand(()) < self.cutmix_prob:
+            return self._cutmix(x, y)
+        return x, None, 1.0
+
+    def _autoaugment(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        u8 = (x.float() * std + mean).round().clamp(0, 255).to(torch.uint8)
+        # One policy draw per image (a call on a whole batch would give every image the same ops).
+        u8 = torch.stack([self.autoaugment(img) for img in u8])
+        out = ((u8.float() - mean) / std).to(x.dtype)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+    def _cutmix(self, x: torch.Tensor, y: torch.Tensor):
+        n, _, h, w = x.shape
+        lam = float(torch.distributions.Beta(self.cutmix_alpha, self.cutmix_alpha).sample())
+        perm = torch.randperm(n).to(x.device)
+        cut = (1.0 - lam) ** 0.5
+        ch, cw = int(h * cut), int(w * cut)
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)  # the pasted area decides the label weight
+        return x, y[perm], lam
+
+
+# ---------------------------------------------------------------------------------------- teacher
+def load_teacher(path: str, run) -> nn.Module:
+    """A frozen teacher from a kebench `model.pt` ({"arch", "state_dict"}), on the run's device."""
+    from kebench.results import CorruptCheckpoint, load_torch
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"--teacher '{path}' does not exist. Pass the model.pt written by an earlier "
+                        f"kebench run of arch '{run.cfg.arch}' on dataset '{run.cfg.data}'.")
+    try:
+        saved = load_torch(file)
+    except CorruptCheckpoint as exc:
+        raise UserError(f"--teacher: {exc} Pass a model.pt written by kebench.") from None
+    if not isinstance(saved, dict) or "state_dict" not in saved or "arch" not in saved:
+        raise UserError(f"--teacher '{path}' is not a kebench model file: expected a dict with 'arch' and "
+                        f"'state_dict' (the model.pt in a run folder).")
+    if saved["arch"] != run.cfg.arch:
+        raise UserError(f"--teacher '{path}' holds a '{saved['arch']}' but this run trains '{run.cfg.arch}'; "
+                        f"teacher and student are the same architecture. Pass --arch {saved['arch']} or "
+                        f"a teacher of arch '{run.cfg.arch}'.")
+    from kebench.models import create_model
+
+    with torch.random.fork_rng(devices=[]):  # loading a teacher must not shift the student's init
+        teacher = create_model(run.cfg.arch, run.data.num_classes, run.data.in_chans)
+    try:
+        teacher.load_state_dict(saved["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise UserError(f"--teacher '{path}' does not fit this run's '{run.cfg.arch}' with "
+                        f"{run.data.num_classes} classes and {run.data.in_chans} input channels "
+                        f"(trained on another dataset?): {' '.join(first[:3])}") from None
+    teacher = teacher.to(run.device)
+    if run.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return freeze(teacher)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: a teacher is never updated."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def family_value(arch: str, table: dict, setting: str) -> float:
+    """A per-architecture-family default (e.g. β: resnet 500, vgg 1500, densenet 1000)."""
+    name = arch.lower()
+    for family in sorted(table, key=len, reverse=True):
+        if family in name:
+            return float(table[family])
+    raise UserError(f"No default {setting} for arch '{arch}' (families with one: {', '.join(table)}). "
+                    f"Pass --{setting.replace('_', '-')} VALUE.")
+
+
+def auto_value(value, arch: str, table: dict, setting: str) -> float:
+    """`auto` picks the family default; anything else must be a number."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return family_value(arch, table, setting)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--{setting.replace('_', '-')} expects a number or 'auto', got {value!r}.") from None
+
+
+# ------------------------------------------------------------------------------------- objectives
+class AugmentedCE(Objective):
+    """Plain cross-entropy that honours batch augmentation: the non-distilling passes of a pipeline."""
+
+    def __init__(self, params, run, augment: BatchAugment | None = None):
+        super().__init__(params, run)
+        self.augment = augment
+
+    def loss(self, model, x, y):
+        y_b, lam = None, 1.0
+        if self.augment:
+            x, y_b, lam = self.augment(x, y)
+        logits = model(x)
+        return mixed_ce(logits, y, y_b, lam), logits
+
+
+class Distill(Objective):
+    """Shared teacher handling of `kd` and `fd`."""
+
+    needs_teacher = True
+
+    def __init__(self, params, run):
+        super().__init__(params, run)
+        self.teacher: nn.Module | None = None
+        self.augment: BatchAugment | None = None
+        path = getattr(self.params, "teacher", "") or ""
+        self.teacher_path = str(path)
+        if self.teacher_path:
+            self.teacher = load_teacher(self.teacher_path, run)
+
+    def set_teacher(self, teacher: nn.Module) -> None:
+        self.teacher = freeze(teacher)
+
+    def _check_teacher(self) -> None:
+        if self.teacher is None:
+            raise UserError(
+                f"'{self.run_ctx.method.name}' distils from a teacher but none was given. Pass "
+                f"--teacher PATH (the model.pt of an earlier kebench run with the same arch and data), "
+                f"or use a pipeline regime that trains the teacher first (e.g. kd+prune-pre).")
+
+    def train_mode(self, model):
+        self._check_teacher()
+        self.teacher.eval()
+
+    def extra_parameters(self, model):
+        self._check_teacher()
+        return []
+
+    def _batch(self, x, y):
+        if self.augment:
+            return self.augment(x, y)
+        return x, None, 1.0
+
+
+class LabelKD(Distill):
+    """kd: (1-α)·CE + α·T²·KL(teacher ‖ student) on temperature-softened logits."""
+
+    def __init__(self, params, run):
+        super().__init__(params, run)
+        if not 0 <= self.params.alpha <= 1 or self.params.temperature <= 0:
+            raise UserError(f"kd: alpha must be in [0, 1] and temperature > 0, got alpha={self.params.alpha}, "
+                            f"temperature={self.params.temperature}.")
+
+    def loss(self, model, x, y):
+        x, y_b, lam = self._batch(x, y)
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        logits = model(x)
+        a = self.params.alpha
+        loss = (1 - a) * mixed_ce(logits, y, y_b, lam) + a * kd_term(logits, teacher_logits, self.params.temperature)
+        return loss, logits
+
+
+class FeatureKD(Distill):
+    """fd: CE + β·(normalised L1 distance) between the teacher's last feature map and R(student's)."""
+
+    def __init__(self, params, run):
+        super().__init__(params, run)
+        self.beta = auto_value(self.params.beta, run.cfg.arch, self.params.beta_by_family, "beta")
+        if self.beta < 0:
+            raise UserError(f"fd: beta must be >= 0, got {self.beta}.")
+        self.regressor: nn.Module | None = None
+
+    def extra_parameters(self, model):
+        """A fresh 1×1-conv regressor per pass, sized from the student's and teacher's feature maps
+        (a pruned student has fewer channels than its teacher). Registered in run.state so it is
+        checkpointed and restored with the pass."""
+        self._check_teacher()
+        self.regressor = make_regressor(model, self.teacher, self.run_ctx)
+        self.run_ctx.state["fd.regressor"] = self.regressor
+        return list(self.regressor.parameters())
+
+    def loss(self, model, x, y):
+        x, y_b, lam = self._batch(x, y)
+        with torch.no_grad():
+            teacher_feat = self.teacher.forward_features(x)
+        feat = model.forward_features(x)
+        logits = model.forward_head(feat)
+        loss = mixed_ce(logits, y, y_b, lam) + self.beta * feature_term(self.regressor(feat), teacher_feat)
+        return loss, logits
+
+
+def feature_shape(model: nn.Module, run) -> torch.Size:
+    """Shape of one sample's last feature map at the run's input size."""
+    if not hasattr(model, "forward_features"):
+        raise UserError(f"fd needs a model with forward_features() (timm models, googlenet); "
+                        f"{type(model).__name__} has none.")
+    shape = (1, run.data.in_chans, run.data.resolution, run.data.resolution)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.forward_features(torch.zeros(shape, device=next(model.parameters()).device))
+    model.train(was_training)
+    if out.dim() != 4:
+        raise UserError(f"fd distils a convolutional feature map, but {run.cfg.arch}'s forward_features "
+                        f"returns shape {tuple(out.shape)}.")
+    return out.shape[1:]
+
+
+def make_regressor(student: nn.Module, teacher: nn.Module, run) -> nn.Module:
+    """1×1 conv mapping the student's feature channels onto the teacher's (same spatial size)."""
+    s, t = feature_shape(student, run), feature_shape(teacher, run)
+    if s[1:] != t[1:]:
+        raise UserError(f"fd: student and teacher feature maps differ in spatial size ({tuple(s)} vs {tuple(t)}); "
+                        f"a 1×1 regressor cannot align them.")
+    reg = nn.Conv2d(s[0], t[0], kernel_size=1, bias=False).to(run.device)
+    if run.channels_last:
+        reg = reg.to(memory_format=torch.channels_last)
+    return reg
