@@ -195,6 +195,9 @@ class Run:
                 self._resume = None
 
         offset, total = lr_window or (0, epochs)
+        # torch.compile shares the parameters; the FLOP-counting first step runs eagerly (the
+        # counter sees aten ops, which compiled kernels bypass).
+        compiled = torch.compile(model) if cfg.compile else model
         train = self.stream("train")
         steps_per_epoch = None
         progress = Progress(enabled=self.show_progress, description=f"{self.method.name} {kind} {label}")
@@ -219,7 +222,7 @@ class Run:
                     count_flops = ps.step_flops is None
                     with (FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()) as counter:
                         with self.autocast():
-                            loss, logits = objective.loss(model, x, y)
+                            loss, logits = objective.loss(model if count_flops else compiled, x, y)
                         optimizer.zero_grad(set_to_none=True)
                         scaler.scale(loss).backward()
                     if count_flops:
