@@ -219,6 +219,10 @@ def list_cmd(what, pattern):
         out.print(table)
 
 
+# --- commands from other modules ---
+from kebench.data_check import data_cmd; cli.add_command(data_cmd)  # noqa: E402,E702
+
+
 def main(argv=None):
     try:
         cli.main(args=argv, standalone_mode=False, prog_name="kebench")

@@ -72,13 +72,21 @@ class BatchStream:
         self.device, self.train, self.channels_last = device, train, channels_last
         self.test_resize_ratio = test_resize_ratio or bundle.info.get("test_resize_ratio", 1.0)
         # In-memory datasets live on the device once (a GPU data cache); memory-mapped ones stream.
-        resident = split.images.numel() < 2**31 and not _is_memmapped(split.images)
+        resident = (torch.is_tensor(split.images) and split.images.numel() < 2**31
+                    and not _is_memmapped(split.images))  # not a tensor: decoded on demand (data/cache.py)
         self.images = split.images.to(device) if resident else split.images
         self.labels = split.labels.to(device)
         self.mean = torch.tensor(bundle.mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(bundle.std, device=device).view(1, -1, 1, 1) * 255
 
     def batches(self, gen: torch.Generator | None = None, sampler=None) -> list[torch.Tensor]:
+        chunks = self._order(gen, sampler)
+        plan = getattr(self.images, "plan", None)  # on-demand decoding (data/cache.py) prefetches this order
+        if plan is not None:
+            plan(chunks)
+        return chunks
+
+    def _order(self, gen: torch.Generator | None = None, sampler=None) -> list[torch.Tensor]:
         n = len(self.split)
         if not self.train:
             return list(torch.arange(n).split(self.batch_size))
