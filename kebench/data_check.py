@@ -56,7 +56,7 @@ def check_cmd(name, data_root, per_class, strict, workers):
 
     from kebench.data import cache, paper
 
-    out = Console()
+    out = Console(soft_wrap=True)  # long paths stay on one line
     ds = paper.get(name)
     root = paper.data_root(data_root, ds)
     listing = paper.list_dataset(name, root)

@@ -1,0 +1,277 @@
+"""The six paper datasets: every fixture layout loads through the real code path with exact split
+sizes, 0-based labels that match each image, and test-transform pixels equal to PIL's; layout
+errors name the expected tree; `kebench data check` and `kebench run` work from the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fixtures_datasets as fx  # noqa: E402
+
+from kebench import data as datasets  # noqa: E402
+from kebench.config import RunConfig  # noqa: E402
+from kebench.data import paper  # noqa: E402
+from kebench.data.pipeline import BatchStream  # noqa: E402
+from kebench.errors import UserError  # noqa: E402
+
+RES = 32
+
+
+def load(fixture: fx.Fixture, tmp_path: Path, resolution: int = RES, **options):
+    opts = {"cache_dir": str(tmp_path / "cache"), "workers": 1, **options}
+    cfg = RunConfig(data=fixture.name, data_root=str(fixture.root), resolution=resolution, data_options=opts)
+    return datasets.load(cfg)
+
+
+def class_of(images: torch.Tensor, colors) -> torch.Tensor:
+    """Nearest palette colour of each image's mean colour (fixture images are class colour + zero-mean gradient)."""
+    return torch.cdist(images.float().mean((2, 3)), torch.tensor(colors, dtype=torch.float32)).argmin(1)
+
+
+def eval_view(bundle, split, index: int) -> torch.Tensor:
+    """One image after kebench's test transform, de-normalised to 0..255 floats [3, R, R]."""
+    stream = BatchStream(bundle, split, batch_size=8, device=torch.device("cpu"), train=False)
+    x, _ = stream.load(torch.tensor([index]))
+    mean = torch.tensor(bundle.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(bundle.std).view(1, 3, 1, 1) * 255
+    return (x * std + mean)[0]
+
+
+def pil_reference(path: Path, resolution: int, banner: int = 0) -> torch.Tensor:
+    """torchvision's Resize(round(R*256/224)) + CenterCrop(R) on the fully decoded image."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    im = Image.open(path).convert("RGB")
+    if banner:
+        im = im.crop((0, 0, im.width, im.height - banner))
+    im = TF.center_crop(TF.resize(im, round(resolution * 256 / 224)), [resolution, resolution])
+    return torch.from_numpy(np.array(im)).permute(2, 0, 1).float()
+
+
+@pytest.mark.parametrize("key", list(fx.BUILDERS))
+def test_fixture_loads_with_exact_splits_labels_and_pixels(key, tmp_path):
+    fixture = fx.build(key, tmp_path / "data")
+    bundle = load(fixture, tmp_path)
+    spec = datasets.get_spec(fixture.name)
+    assert bundle.task == spec.task == ("retrieval" if "retrieval" in key else "classification")
+    sizes = {s: len(getattr(bundle, s)) for s in ("train", "val", "test") if getattr(bundle, s) is not None}
+    assert sizes == fixture.sizes
+    assert bundle.info["splits"] == fixture.sizes and bundle.info["unusable"]["count"] == 0
+    assert bundle.num_classes == fixture.classes
+    assert bundle.resolution == RES and bundle.in_chans == 3 and bundle.crop_scale == (0.08, 1.0) and bundle.flip
+    for split_name in sizes:
+        split = getattr(bundle, split_name)
+        assert split.labels.dtype == torch.int64 and split.images.dtype == torch.uint8
+        assert split.images.shape[1:] == (3, round(RES * 256 / 224), round(RES * 256 / 224))
+        assert int(split.labels.min()) == 0  # 0-based
+        assert int(split.labels.max()) == len(fixture.class_colors[split_name]) - 1
+        assert torch.equal(class_of(split.images, fixture.class_colors[split_name]), split.labels)
+    if bundle.task == "retrieval":  # class-disjoint: test classes are the second half, re-based to 0
+        assert bundle.info["split"].startswith("class-disjoint")
+        assert set(fixture.class_colors["train"]).isdisjoint(fixture.class_colors["test"])
+
+    listing = paper.list_dataset(fixture.name, fixture.root)
+    probe = [str(listing.base / rel) for rel, _ in listing.splits["test"]].index(str(fixture.probe))
+    assert int(bundle.test.labels[probe]) == fixture.probe_label
+    got = eval_view(bundle, bundle.test, probe)
+    ref = pil_reference(fixture.probe, RES, banner=fx.BANNER_PX if fixture.name == "aircraft" else 0)
+    diff = (got - ref).abs()
+    # The cache decodes the probe at 1/4 JPEG scale (Image.draft); PIL's full decode differs by ~1 level.
+    assert diff.mean() < 2.0 and diff.max() < 10, (diff.mean(), diff.max())
+    assert ref.std() > 10  # the probe has real structure: a shifted or squeezed crop would not pass
+
+
+def test_awkward_names_are_read_whole(tmp_path):
+    air = fx.build("aircraft", tmp_path / "air")
+    listing = paper.list_dataset("aircraft", air.root)
+    assert listing.classes == ["707-320", "F/A-18", "Falcon 2000"]
+    assert listing.splits["train"][0][0] == "data/images/0034309.jpg"  # leading zeros kept
+    assert {y for _, y in listing.splits["test"]} == {0, 1, 2}
+
+    mit = fx.build("mit67", tmp_path / "mit")
+    listing = paper.list_dataset("mit67", mit.root)
+    train = [rel for rel, _ in listing.splits["train"]]
+    assert "Images/bathroom/bathroom_000.jpg" in train  # listed as BATHROOM_000.jpg: matched ignoring case
+    assert "Images/mall/shopping mall 0.jpg" in train  # a space in the name
+    assert listing.splits["test"][-1] == ("Images/winecellar/winecellar_004.jpg", 2)  # last line, no newline
+    assert all((listing.base / rel).is_file() for rel in train)
+
+    flowers = fx.build("flowers102", tmp_path / "fl")
+    listing = paper.list_dataset("flowers102", flowers.root)
+    assert listing.splits["test"][-1] == ("jpg/image_08189.jpg", 2)  # uint16 id 8189, 5 digits
+
+
+def test_aircraft_banner_is_cropped_by_default_and_recorded(tmp_path):
+    fixture = fx.build("aircraft", tmp_path / "data")
+    cropped = load(fixture, tmp_path)
+    kept = load(fixture, tmp_path, crop_banner="false")
+    assert cropped.info["options"] == {"crop_banner": True} and kept.info["options"] == {"crop_banner": False}
+    bottom = lambda b: b.train.images[:, :, -1, :].float().mean().item()  # noqa: E731
+    assert bottom(kept) > 245  # the white banner is in the bottom rows
+    assert bottom(cropped) < 200
+    assert cropped.info["cache"]["train"]["file"] != kept.info["cache"]["train"]["file"]
+
+
+def test_root_from_environment_variable(tmp_path, monkeypatch):
+    fixture = fx.build("dogs", tmp_path / "data")
+    monkeypatch.setenv("KEBENCH_DATA", str(fixture.root))
+    cfg = RunConfig(data="dogs", data_root=None, resolution=RES,
+                    data_options={"cache_dir": str(tmp_path / "cache"), "workers": 1})
+    assert len(datasets.load(cfg).train) == fixture.sizes["train"]
+
+
+def test_missing_root_names_the_flag_layout_and_source(tmp_path, monkeypatch):
+    monkeypatch.delenv("KEBENCH_DATA", raising=False)
+    with pytest.raises(UserError) as e:
+        datasets.load(RunConfig(data="aircraft", data_root=None))
+    msg = str(e.value)
+    assert "--data-root" in msg and "KEBENCH_DATA" in msg
+    assert "fgvc-aircraft-2013b/data/variants.txt" in msg and "robots.ox.ac.uk" in msg
+    with pytest.raises(UserError, match="does not exist"):
+        datasets.load(RunConfig(data="cub200", data_root=str(tmp_path / "nowhere")))
+
+
+@pytest.mark.parametrize("name, breaks, expected", [
+    ("aircraft", "fgvc-aircraft-2013b/data/variants.txt", "lacks data/variants.txt"),
+    ("cub200", "CUB_200_2011/train_test_split.txt", "lacks train_test_split.txt"),
+    ("flowers102", "flowers-102/setid.mat", "lacks setid.mat"),
+    ("mit67", "TestImages.txt", "lacks TestImages.txt"),
+    ("dogs", "train_list.mat", "lacks train_list.mat"),
+    ("cars196", "stanford_cars/cars_test_annos_withlabels.mat", "lacks cars_test_annos_withlabels.mat"),
+])
+def test_broken_layout_says_what_is_missing(tmp_path, name, breaks, expected):
+    fixture = fx.build(name, tmp_path / "data")
+    (fixture.root / breaks).unlink()
+    with pytest.raises(UserError) as e:
+        load(fixture, tmp_path)
+    assert expected in str(e.value) and "Expected layout" in str(e.value) and "never downloads" in str(e.value)
+
+
+def test_annotation_errors_are_user_errors(tmp_path):
+    fixture = fx.build("aircraft", tmp_path / "data")
+    lst = fixture.root / "fgvc-aircraft-2013b/data/images_variant_test.txt"
+    lst.write_text(lst.read_text() + "0000001 Boeing 999\n")
+    with pytest.raises(UserError, match="names variant 'Boeing 999'"):
+        load(fixture, tmp_path)
+    fixture = fx.build("flowers102", tmp_path / "fl")
+    (fixture.root / "flowers-102/imagelabels.mat").write_bytes(b"not a mat file")
+    with pytest.raises(UserError, match="not a readable MATLAB file"):
+        load(fixture, tmp_path)
+
+
+def test_unknown_option_is_refused(tmp_path):
+    fixture = fx.build("cub200", tmp_path / "data")
+    with pytest.raises(UserError, match="crop_banner"):  # an Aircraft option, not CUB's
+        load(fixture, tmp_path, crop_banner="true")
+
+
+def _break_two_images(fixture: fx.Fixture, split: str = "train") -> list[str]:
+    listing = paper.list_dataset(fixture.name, fixture.root)
+    first, second = (listing.base / listing.splits[split][i][0] for i in (0, 3))
+    first.write_bytes(first.read_bytes()[:200])  # truncated JPEG
+    second.unlink()
+    return [str(first), str(second)]
+
+
+def test_unusable_images_are_skipped_listed_and_counted(tmp_path):
+    fixture = fx.build("cub200", tmp_path / "data")
+    broken = _break_two_images(fixture)
+    with pytest.warns(UserWarning, match="2 missing or unreadable"):
+        bundle = load(fixture, tmp_path)
+    assert len(bundle.train) == fixture.sizes["train"] - 2
+    unusable = bundle.info["unusable"]
+    assert unusable["count"] == 2
+    assert sorted(f["path"] for f in unusable["files"]) == sorted(broken)
+    reasons = {f["path"]: f["reason"] for f in unusable["files"]}
+    assert reasons[broken[1]] == "missing" and reasons[broken[0]].startswith("unreadable")
+    assert torch.equal(class_of(bundle.train.images, fixture.class_colors["train"]), bundle.train.labels)
+    with pytest.raises(UserError) as e:
+        load(fixture, tmp_path, max_bad=1)
+    assert "max_bad=1" in str(e.value) and broken[0] in str(e.value)
+
+
+def test_train_fraction_on_a_cached_split(tmp_path):
+    fixture = fx.build("cub200", tmp_path / "data")
+    cfg = RunConfig(data="cub200", data_root=str(fixture.root), resolution=RES, train_fraction=0.34,
+                    data_options={"cache_dir": str(tmp_path / "cache"), "workers": 1})
+    bundle = datasets.load(cfg)
+    assert torch.bincount(bundle.train.labels).tolist() == [1, 1, 1, 1]
+    assert torch.equal(class_of(bundle.train.images, fixture.class_colors["train"]), bundle.train.labels)
+
+
+def test_list_datasets_shows_the_paper_datasets():
+    assert {"flowers102", "cub200", "aircraft", "mit67", "dogs", "cars196", "cub200-retrieval",
+            "cars196-retrieval"} <= set(datasets.names())
+    assert datasets.get_spec("cars196-retrieval").defaults["lr"] == 0.0256
+    assert datasets.get_spec("aircraft").defaults == {"lr": 0.256, "batch_size": 32, "epochs": 200}
+
+
+# ---------------------------------------------------------------------------- CLI
+def _cli(argv, capsys):
+    from kebench.cli import main
+
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_cli_run_aircraft_end_to_end(tmp_path, capsys):
+    fixture = fx.build("aircraft", tmp_path / "data")
+    out = tmp_path / "results"
+    code, text = _cli(["run", "--data", "aircraft", "--data-root", str(fixture.root), "--arch", "test_resnet",
+                       "--resolution", "32", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+                       "--out", str(out), "--quiet", "--data-opt", f"cache_dir={tmp_path / 'cache'}",
+                       "--data-opt", "workers=1"], capsys)
+    assert code == 0, text
+    (result_path,) = out.glob("*/result.json")
+    result = json.loads(result_path.read_text())
+    assert result["status"] == "complete" and result["dataset"] == "aircraft"
+    assert result["data"]["options"] == {"crop_banner": True}
+    assert result["data"]["splits"] == {"train": 6, "val": 3, "test": 6}
+    assert result["data"]["unusable"]["count"] == 0
+    assert result["config"]["lr"] == 0.256 and result["training"]["steps"] == 1  # 6 images, batch 4, drop_last
+    assert 0.0 <= result["final"]["top1"] <= 1.0
+
+
+def test_cli_run_missing_root_and_broken_layout_exit_2(tmp_path, capsys):
+    code, text = _cli(["run", "--data", "aircraft", "--data-root", str(tmp_path / "missing"), "--arch", "test_resnet",
+                       "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "r"), "--quiet"], capsys)
+    assert code == 2 and "does not exist" in text and "variants.txt" in text
+    fixture = fx.build("aircraft", tmp_path / "data")
+    (fixture.root / "fgvc-aircraft-2013b/data/images_variant_val.txt").unlink()
+    code, text = _cli(["run", "--data", "aircraft", "--data-root", str(fixture.root), "--arch", "test_resnet",
+                       "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "r"), "--quiet"], capsys)
+    assert code == 2 and "images_variant_val.txt" in text and "Traceback" not in text
+
+
+def test_cli_data_check(tmp_path, capsys):
+    fixture = fx.build("cars196", tmp_path / "data")
+    code, text = _cli(["data", "check", "cars196", "--data-root", str(fixture.root), "--workers", "1"], capsys)
+    assert code == 0, text
+    assert "devkit layout" in text and "ok: 16 images in 2 splits" in text
+    code, text = _cli(["data", "check", "cars196", "--data-root", str(fixture.root), "--strict"], capsys)
+    assert code == 1 and "the official copy has 8144" in text
+    listing = paper.list_dataset("cars196", fixture.root)
+    victim = listing.base / listing.splits["test"][2][0]
+    victim.write_bytes(b"\xff\xd8\xff garbage")
+    code, text = _cli(["data", "check", "cars196", "--data-root", str(fixture.root), "--workers", "1"], capsys)
+    assert code == 1 and "unreadable" in text and victim.name in text and "1 listed images are missing" in text
+    code, text = _cli(["data", "check", "cars196", "--data-root", str(tmp_path / "empty")], capsys)
+    assert code == 2 and "does not exist" in text
+    os.makedirs(tmp_path / "empty")
+    code, text = _cli(["data", "check", "cars196", "--data-root", str(tmp_path / "empty")], capsys)
+    assert code == 2 and "neither the devkit layout" in text
+    code, text = _cli(["data", "check", "digits", "--data-root", str(tmp_path)], capsys)
+    assert code == 2 and "Unknown paper dataset 'digits'" in text
