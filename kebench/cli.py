@@ -221,6 +221,7 @@ def list_cmd(what, pattern):
 
 # --- commands from other modules ---
 from kebench.data_check import data_cmd; cli.add_command(data_cmd)  # noqa: E402,E702
+from kebench.profile import profile_cmd; cli.add_command(profile_cmd)  # noqa: E402,E702
 
 
 def main(argv=None):

@@ -164,7 +164,8 @@ class Run:
         """Train `model` (default: run.model) for one pass with a fresh optimizer and LR schedule.
 
         lr_window=(offset, total) continues one schedule of `total` epochs across passes (DSD).
-        after(model) -> dict adds pass-level metrics (slim accuracy, hypothesis norms) to the record.
+        after(model) -> dict adds pass-level metrics (slim accuracy) to the record; its dict-valued
+        entries (e.g. per-layer "hypotheses") become record keys beside "metrics".
         Returns the pass record (also appended to run.passes).
         """
         cfg = self.cfg
@@ -269,7 +270,8 @@ class Run:
                   "step_flops": ps.step_flops, "train_flops": (ps.step_flops or 0) * ps.steps,
                   "wall_time_s": round(ps.wall_time_s, 3), "metrics": dict(test)}
         if after is not None:
-            record["metrics"].update(after(model))
+            for key, value in after(model).items():  # dict values (e.g. "hypotheses") go beside "metrics"
+                (record if isinstance(value, dict) else record["metrics"])[key] = value
         self.passes.append(record)
         self._save_checkpoint(model, optimizer, scaler, ps, complete=True)
         return record

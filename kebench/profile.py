@@ -1,0 +1,68 @@
+"""`kebench profile`: dense vs KELS slim network of an architecture, without training.
+
+Per-layer weight shapes, parameters, FLOPs (torch.utils.flop_counter: one multiply-add = 2 FLOPs)
+and measured latency on the device at hand. Kept free of torch imports at module level so that
+`kebench --help` stays fast; the work is in kebench.slim.profile.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+from kebench.errors import UserError
+
+
+@click.command("profile")
+@click.option("--arch", default="resnet18", show_default=True, help="timm model name or googlenet.")
+@click.option("--num-classes", type=int, default=1000, show_default=True)
+@click.option("--split", default="kels", show_default=True, help="kels (the only split with a slim network).")
+@click.option("--split-rate", type=float, default=0.8, show_default=True, help="s_r: fraction of channels kept.")
+@click.option("--resolution", type=int, default=224, show_default=True, help="Input size in pixels.")
+@click.option("--in-chans", type=int, default=3, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (for latency).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {dense: {...}, slim: {...}}.")
+def profile_cmd(arch, num_classes, split, split_rate, resolution, in_chans, device, as_json):
+    """Dense vs slim KELS network: per-layer weight shapes, params, FLOPs and latency.
+
+    \b
+    FLOPs from torch.utils.flop_counter: one multiply-add = 2 FLOPs.
+    Example:  kebench profile --arch resnet18 --num-classes 102 --split-rate 0.5 --json
+    """
+    from kebench.engine import pick_device
+    from kebench.models import create_model
+    from kebench.slim import profile
+
+    if split != "kels":
+        raise UserError(f"--split {split}: only KELS has a slim network (whole channels); WELS and WELS-Rand "
+                        f"mask single weights, so their fit-hypothesis is not smaller. Use --split kels.")
+    if not 0 < split_rate <= 1:
+        raise UserError(f"--split-rate must be in (0, 1], got {split_rate}.")
+    if num_classes < 1 or in_chans < 1 or resolution < 8:
+        raise UserError("--num-classes and --in-chans must be >= 1 and --resolution >= 8.")
+    dev = pick_device(device)
+    model = create_model(arch, num_classes, in_chans)
+    result = profile(model, split_rate, resolution, in_chans, dev, latency=not as_json)
+    if as_json:
+        click.echo(json.dumps({k: {"params": v["params"], "flops": v["flops"], "layers": v["layers"]}
+                               for k, v in result.items()}))
+        return
+    _print_profile(arch, split_rate, resolution, dev, result)
+
+
+def _print_profile(arch, rate, resolution, device, result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    dense, slim = result["dense"], result["slim"]
+    table = Table(title=f"{arch} at {resolution}px: dense vs KELS slim (s_r={rate})")
+    for col in ("layer", "dense weight", "slim weight"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for name, shape in dense["layers"].items():
+        s = slim["layers"].get(name)
+        table.add_row(name, "x".join(map(str, shape)), "x".join(map(str, s)) if s else "–")
+    table.add_section()
+    table.add_row("params", f"{dense['params']:,}", f"{slim['params']:,} ({slim['params'] / dense['params']:.1%})")
+    table.add_row("FLOPs (1 MAC = 2)", f"{dense['flops']:,}", f"{slim['flops']:,} ({slim['flops'] / dense['flops']:.1%})")
+    table.add_row(f"latency ms ({device}, batch 1)", f"{dense['latency_ms']:.2f}", f"{slim['latency_ms']:.2f}")
+    Console().print(table)

@@ -1,0 +1,712 @@
+"""Fit/reset hypotheses of Knowledge Evolution (Taha et al., CVPR 2021) and the channel graph under them.
+
+A split is one binary mask M per conv/linear weight: M=1 is the fit-hypothesis, M=0 the
+reset-hypothesis. Before every generation after the first, `Split.reinitialize` draws the reset
+part again from the layer's own default init (W = M*W + (1-M)*W_rand) and leaves fit weights,
+BatchNorm parameters and statistics and (KELS) the output-layer bias alone.
+
+* KELS keeps, in every *channel group*, the first ceil(s_r*C) channels: a conv's fit-hypothesis is
+  the kernels that read kept input channels inside the filters that write kept output channels.
+* WELS keeps each weight with probability s_r (drawn once; WELS-Rand redraws it each generation).
+
+Channel groups come from the model's graph, never from per-architecture tables. `channel_graph`
+runs one eval-mode forward pass under a `TorchFunctionMode` and labels every channel of every
+activation with (group, index):
+
+* a conv/linear output opens a new group (one per module, even if it is called twice);
+* a residual add/mul of two activations *merges* their groups (the channels must stay aligned);
+* a concatenation along channels yields a tensor made of several groups (segments);
+* BatchNorm, activations, pooling, dropout and flatten carry the labels through;
+* the network input and whatever reaches the network output (logits, embeddings) are *pinned*:
+  all their channels are kept. So the first conv keeps its RGB inputs and the last Linear keeps
+  all outputs (classifier or embedding), with no special case for either.
+
+Running the real forward pass (instead of `torch.fx` symbolic tracing) handles models whose
+Python code branches on shapes, such as timm's VGG head. An op it cannot reason about (attention,
+LayerNorm over permuted tensors, grouped convolution) raises a `UserError` naming the op and module.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.overrides import TorchFunctionMode
+
+from kebench.errors import UserError
+
+SPLITS = ("kels", "wels", "wels-rand")
+INPUT_GROUP = "input"
+
+# Ops that act on each channel separately and keep dim 1 as the channel dim.
+_CHANNELWISE = {
+    "relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "hardsigmoid", "hardswish", "hardtanh", "elu",
+    "selu", "celu", "mish", "softplus", "tanh", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+    "feature_alpha_dropout", "clamp", "clip", "clamp_min", "clamp_max", "neg", "abs", "exp", "sqrt", "rsqrt",
+    "pow", "square", "contiguous", "clone", "detach", "to", "float", "half", "bfloat16", "double", "type",
+    "type_as", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "lp_pool1d", "lp_pool2d", "interpolate", "upsample", "upsample_nearest",
+    "upsample_bilinear", "requires_grad",
+}
+# Elementwise ops of two operands: channel-aligned operands have their groups merged.
+_BINARY = {"add", "sub", "mul", "div", "true_divide", "truediv", "rsub", "radd", "rmul", "rtruediv", "iadd",
+           "isub", "imul", "itruediv", "idiv", "maximum", "minimum"}
+_REDUCE = {"mean", "sum", "amax", "amin", "std", "var", "logsumexp", "norm"}
+_CHANNEL_NORMALISE = {"softmax", "log_softmax", "normalize"}
+_IGNORED = {"dim", "size", "numel", "get", "_assert", "is_floating_point", "is_complex", "stride",
+            "data_ptr", "element_size", "is_contiguous", "_has_compatible_shallow_copy_type"}
+
+
+def _op_name(func) -> str:
+    name = getattr(func, "__name__", str(func))
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+    return name[:-1] if name.endswith("_") and not name.startswith("_") else name
+
+
+def ceil_rate(rate: float, size: int) -> int:
+    """ceil(rate*size) in exact decimal arithmetic (0.7*10 is 7, not the float 7.000000000000001 -> 8)."""
+    return min(size, max(1, math.ceil(Fraction(repr(float(rate))) * size)))
+
+
+# ---------------------------------------------------------------------------------------------- graph
+@dataclass
+class ChannelGroup:
+    """Channels that must be kept or dropped together (their indices line up across all tensors).
+
+    producers: conv/linear modules whose output channels are this group, in order.
+    consumers: conv/linear modules that read (part of) it; norms: batch-norm modules normalising it.
+    pinned: why every channel must be kept (network input/output, a channel-wide op), or None.
+    """
+
+    id: str
+    size: int
+    producers: list[str] = field(default_factory=list)
+    consumers: list[str] = field(default_factory=list)
+    norms: list[str] = field(default_factory=list)
+    pinned: str | None = None
+
+
+@dataclass
+class Layer:
+    """A conv/linear/batch-norm module as the graph saw it.
+
+    kind: conv | depthwise | linear | norm. in_group/in_index: for each input channel its group id
+    and index inside that group (a concatenation gives several groups). out_group: the group of a
+    conv/linear's output channels (depthwise convs and norms write their input's channels).
+    """
+
+    name: str
+    kind: str
+    in_group: list[str]
+    in_index: torch.Tensor
+    out_group: str | None = None
+
+
+class ChannelGraph:
+    """Channel groups of a model and the layers that read and write them (see `channel_graph`)."""
+
+    def __init__(self, groups: dict[str, ChannelGroup], layers: dict[str, Layer]):
+        self.groups = groups
+        self.layers = layers
+        # Every channel of every group gets one slot in a flat vector, so a layer's input channels
+        # are one gather away from any per-group keep vector.
+        offset, start = {}, 0
+        for gid, g in groups.items():
+            offset[gid] = start
+            start += g.size
+        self._slots = {name: torch.tensor([offset[g] for g in info.in_group], dtype=torch.long) + info.in_index
+                       for name, info in layers.items()}
+
+    def positions(self, layer: str, group: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where `group`'s channels sit in `layer`'s input: (positions, index inside the group).
+
+        E.g. the BatchNorm gammas of a group for network slimming: bn.weight[positions] are the
+        gammas of group channels `index`.
+        """
+        info = self.layers[layer]
+        pos = torch.tensor([i for i, g in enumerate(info.in_group) if g == group], dtype=torch.long)
+        return pos, info.in_index[pos]
+
+    def check_keep(self, keep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Validate {group id: kept channel indices} and fill groups not mentioned with 'keep all'."""
+        unknown = sorted(set(keep) - set(self.groups))
+        if unknown:
+            raise UserError(f"keep names channel group(s) {unknown} that the model does not have; "
+                            f"valid groups: {', '.join(self.groups)}.")
+        full = {}
+        for gid, group in self.groups.items():
+            if gid not in keep:
+                full[gid] = torch.arange(group.size)
+                continue
+            idx = torch.as_tensor(keep[gid], dtype=torch.long).flatten().cpu()
+            if idx.numel() == 0 or idx.min() < 0 or idx.max() >= group.size or len(idx.unique()) != len(idx):
+                raise UserError(f"Channel group '{gid}' has {group.size} channels; keep must be distinct "
+                                f"indices in [0, {group.size}) and not empty, got {idx.tolist()[:20]}.")
+            if group.pinned and len(idx) != group.size:
+                raise UserError(f"Channel group '{gid}' must keep all {group.size} channels ({group.pinned}); "
+                                f"got {len(idx)}.")
+            full[gid] = idx.sort().values
+        return full
+
+    def keep_vector(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
+        """All groups' channels in one flat bool vector (True = kept), after `check_keep`."""
+        keep = self.check_keep(keep)
+        parts = []
+        for gid, group in self.groups.items():
+            b = torch.zeros(group.size, dtype=torch.bool)
+            b[keep[gid]] = True
+            parts.append(b)
+        return torch.cat(parts)
+
+    def input_keep(self, layer: str, flat_keep: torch.Tensor) -> torch.Tensor:
+        """Bool vector over `layer`'s input channels (True = kept), from a `keep_vector`."""
+        return flat_keep[self._slots[layer]]
+
+    def output_keep(self, layer: str, flat_keep: torch.Tensor) -> torch.Tensor:
+        """Bool vector over `layer`'s output channels (True = kept), from a `keep_vector`."""
+        info = self.layers[layer]
+        if info.out_group is None:
+            return self.input_keep(layer, flat_keep)
+        start = 0
+        for gid, group in self.groups.items():
+            if gid == info.out_group:
+                return flat_keep[start:start + group.size]
+            start += group.size
+        raise KeyError(info.out_group)
+
+    def masks(self, keep: dict[str, torch.Tensor], model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per conv/linear module: (weight mask, bias mask) of the channels `keep` keeps (bool, CPU)."""
+        flat = self.keep_vector(keep)
+        out = {}
+        for name, info in self.layers.items():
+            if info.kind == "norm":
+                continue
+            module = model.get_submodule(name)
+            w = module.weight
+            in_keep = self.input_keep(name, flat)
+            out_keep = self.output_keep(name, flat)
+            if info.kind == "depthwise":
+                mask = out_keep.view(-1, *([1] * (w.dim() - 1))).expand(w.shape)
+            else:
+                shape_o = (-1,) + (1,) * (w.dim() - 1)
+                shape_i = (1, -1) + (1,) * (w.dim() - 2)
+                mask = out_keep.view(shape_o) & in_keep.view(shape_i)
+                mask = mask.expand(w.shape)
+            out[name] = (mask.contiguous(), out_keep.clone() if module.bias is not None else None)
+        return out
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: list[int] = []
+
+    def add(self) -> int:
+        self.parent.append(len(self.parent))
+        return len(self.parent) - 1
+
+    def find(self, g: int) -> int:
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            lo, hi = min(ra, rb), max(ra, rb)  # the older group names the merged one
+            self.parent[hi] = lo
+        return self.find(a)
+
+
+class _Tracer(TorchFunctionMode):
+    """Labels the channels (dim 1) of every activation with (group, index) during one forward pass."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.uf = _UnionFind()
+        self.sizes: list[int] = []
+        self.first_name: list[str] = []
+        self.pinned: dict[int, str] = {}
+        self.producers: dict[int, list[str]] = {}
+        self.layout: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # id -> (t, gid, idx)
+        self.layers: dict[str, dict] = {}
+        self.module_group: dict[str, int] = {}
+        self.stack: list[str] = []
+        self.owner: dict[int, tuple[str, nn.Module]] = {}
+        for name, m in model.named_modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, _BatchNorm)):
+                for t in (getattr(m, "weight", None), getattr(m, "running_mean", None)):
+                    if t is not None:
+                        self.owner[id(t)] = (name, m)
+
+    # -------------------------------------------------------------- helpers
+    def where(self) -> str:
+        return f" (in module '{self.stack[-1]}')" if self.stack and self.stack[-1] else ""
+
+    def new_group(self, size: int, name: str, pinned: str | None = None) -> int:
+        g = self.uf.add()
+        self.sizes.append(size)
+        self.first_name.append(name)
+        if pinned:
+            self.pinned[g] = pinned
+        return g
+
+    def get(self, t):
+        if isinstance(t, torch.Tensor) and id(t) in self.layout:
+            entry = self.layout[id(t)]
+            if entry[0] is t:
+                return entry[1], entry[2]
+        return None
+
+    def set(self, t: torch.Tensor, gid: torch.Tensor, idx: torch.Tensor) -> None:
+        self.layout[id(t)] = (t, gid, idx)
+
+    def label_input(self, x: torch.Tensor) -> None:
+        g = self.new_group(x.shape[1], INPUT_GROUP, pinned="network input")
+        self.set(x, torch.full((x.shape[1],), g, dtype=torch.long), torch.arange(x.shape[1]))
+
+    def pin(self, gid: torch.Tensor, reason: str) -> None:
+        for g in set(gid.tolist()):
+            self.pinned.setdefault(self.uf.find(g), reason)
+
+    def align(self, a, b, op: str) -> None:
+        """Merge the groups of two channel-aligned operands (residual add, SE gating)."""
+        (ga, ia), (gb, ib) = a, b
+        if not torch.equal(ia, ib):
+            raise UserError(f"Op '{op}'{self.where()} combines activations whose channels come from "
+                            f"different channel layouts; kebench cannot slim this model.")
+        for x, y in set(zip(ga.tolist(), gb.tolist())):
+            if self.sizes[self.uf.find(x)] != self.sizes[self.uf.find(y)]:
+                raise UserError(f"Op '{op}'{self.where()} adds a {self.sizes[self.uf.find(x)]}-channel group to "
+                                f"a {self.sizes[self.uf.find(y)]}-channel one; kebench cannot slim this model.")
+            self.uf.union(x, y)
+
+    def unsupported(self, op: str, detail: str = "") -> UserError:
+        return UserError(
+            f"kebench cannot follow channels through op '{op}'{self.where()}{': ' + detail if detail else ''}. "
+            f"KELS and the slim network need a CNN whose channels stay in dim 1 and meet only in "
+            f"convolutions, linear layers, batch norms, elementwise ops, residual adds and concatenations "
+            f"(ResNet, DenseNet, VGG, GoogLeNet, MobileNet, EfficientNet, ...). Use --split wels, which "
+            f"needs no channel graph, for other models.")
+
+    # -------------------------------------------------------------- the mode
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = _op_name(func)
+        if name in _IGNORED or name == "get":
+            return out
+        tracked = [a for a in _flat(args, kwargs) if self.get(a) is not None]
+        if not tracked:
+            return out
+        handler = getattr(self, f"_op_{name}", None)
+        if handler is not None:
+            handler(out, args, kwargs)
+        elif name in _CHANNELWISE:
+            self._passthrough(name, out, args)
+        elif name in _BINARY:
+            self._binary(name, out, args, kwargs)
+        elif name in _REDUCE:
+            self._reduce(name, out, args, kwargs)
+        elif name in _CHANNEL_NORMALISE:
+            self._normalise(name, out, args, kwargs)
+        elif name in ("conv1d", "conv2d", "conv3d"):
+            self._conv(name, out, args, kwargs)
+        elif name in ("cat", "concat", "concatenate"):
+            self._cat(name, out, args, kwargs)
+        elif isinstance(out, torch.Tensor) or (isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)):
+            raise self.unsupported(name)
+        return out
+
+    def _passthrough(self, name, out, args):
+        src = self.get(args[0])
+        if src is None:
+            raise self.unsupported(name, "its first operand is not an activation")
+        if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[:2] != args[0].shape[:2]:
+            raise self.unsupported(name, "it changes the batch or channel dimension")
+        self.set(out, *src)
+
+    def _binary(self, name, out, args, kwargs):
+        operands = [args[0], args[1] if len(args) > 1 else kwargs.get("other")]
+        labelled = [(o, self.get(o)) for o in operands]
+        if not isinstance(out, torch.Tensor) or out.dim() < 2:
+            raise self.unsupported(name, "its result has no channel dimension")
+        carried = []
+        for o, lab in labelled:
+            if lab is not None:
+                if o.dim() == out.dim() and o.shape[1] == out.shape[1]:
+                    carried.append(lab)
+                elif not (o.dim() == out.dim() and o.shape[1] == 1):
+                    raise self.unsupported(name, "an activation is broadcast across channels")
+            elif isinstance(o, torch.Tensor) and o.numel() > 1:
+                shape = (1,) * (out.dim() - o.dim()) + tuple(o.shape)
+                if shape[1] > 1:
+                    raise self.unsupported(name, "a fixed per-channel tensor that kebench cannot slice is combined "
+                                                 "with an activation")
+        if not carried:
+            raise self.unsupported(name)
+        if len(carried) == 2:
+            self.align(carried[0], carried[1], name)
+        self.set(out, *carried[0])
+
+    def _dims(self, args, kwargs, ndim, default=None):
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else default)
+        if dim is None:
+            return None
+        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+        return {d % ndim for d in dims}
+
+    def _reduce(self, name, out, args, kwargs):
+        x = args[0]
+        dims = self._dims(args, kwargs, x.dim())
+        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
+        if dims is not None and 1 not in dims and (keepdim or 0 not in dims) and isinstance(out, torch.Tensor):
+            self.set(out, *self.get(x))  # spatial pooling (e.g. global average pooling)
+            return
+        self.pin(self.get(x)[0], f"reduced over channels by '{name}'{self.where()}")
+
+    def _normalise(self, name, out, args, kwargs):
+        x = args[0]
+        default = 1 if name == "normalize" else None
+        if name == "normalize" and len(args) > 2:
+            dims = {args[2] % x.dim()}
+        elif name == "normalize":
+            dims = {kwargs.get("dim", default) % x.dim()}
+        else:
+            dims = self._dims(args, kwargs, x.dim())
+        if dims is None or 1 in dims:
+            self.pin(self.get(x)[0], f"normalised across channels by '{name}'{self.where()}")
+        self.set(out, *self.get(x))
+
+    def _cat(self, name, out, args, kwargs):
+        tensors = list(args[0])
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0) % out.dim()
+        labs = [self.get(t) for t in tensors]
+        if dim != 1:
+            if any(lab is None for lab in labs):
+                raise self.unsupported(name, "activations are concatenated with other tensors")
+            for lab in labs[1:]:
+                self.align(labs[0], lab, name)
+            self.set(out, *labs[0])
+            return
+        if any(lab is None for lab in labs):
+            raise self.unsupported(name, "an activation is concatenated with a tensor that is not one")
+        self.set(out, torch.cat([lab[0] for lab in labs]), torch.cat([lab[1] for lab in labs]))
+
+    def _op_flatten(self, out, args, kwargs):
+        x = args[0]
+        start = kwargs.get("start_dim", args[1] if len(args) > 1 else 0) % max(x.dim(), 1)
+        end = kwargs.get("end_dim", args[2] if len(args) > 2 else -1) % max(x.dim(), 1)
+        self._reshape("flatten", out, x, keeps_channels=start >= 2 or end < 1,
+                      flattens=start == 1 and end == x.dim() - 1)
+
+    def _op_view(self, out, args, kwargs):
+        self._reshape("view", out, args[0])
+
+    def _op_reshape(self, out, args, kwargs):
+        self._reshape("reshape", out, args[0])
+
+    def _op_squeeze(self, out, args, kwargs):
+        self._reshape("squeeze", out, args[0])
+
+    def _op_unsqueeze(self, out, args, kwargs):
+        self._reshape("unsqueeze", out, args[0])
+
+    def _reshape(self, name, out, x, keeps_channels=None, flattens=None):
+        gid, idx = self.get(x)
+        if keeps_channels is None:
+            keeps_channels = out.dim() >= 2 and tuple(out.shape[:2]) == tuple(x.shape[:2])
+        if flattens is None:
+            flattens = out.dim() == 2 and x.dim() > 2 and out.shape[0] == x.shape[0] and out.shape[1] == x[0].numel()
+        if keeps_channels and out.dim() >= 2 and out.shape[:2] == x.shape[:2]:
+            self.set(out, gid, idx)
+        elif flattens:
+            rep = x[0, 0].numel()
+            self.set(out, gid.repeat_interleave(rep), idx.repeat_interleave(rep))
+        else:
+            raise self.unsupported(name, f"it reshapes {tuple(x.shape)} to {tuple(out.shape)}")
+
+    def _op_getitem(self, out, args, kwargs):
+        x, index = args[0], args[1]
+        index = index if isinstance(index, tuple) else (index,)
+        untouched = len(index) < 2 or index[1] == slice(None)
+        first_ok = index[0] is Ellipsis and len(index) == 1 or index[0] == slice(None) or len(index) == 0
+        if not (untouched and first_ok and isinstance(out, torch.Tensor) and out.dim() == x.dim()):
+            raise self.unsupported("getitem", "it indexes the batch or channel dimension")
+        self.set(out, *self.get(x))
+
+    def _op_pad(self, out, args, kwargs):
+        x = args[0]
+        pad = kwargs.get("pad", args[1] if len(args) > 1 else ())
+        if len(pad) > 2 * (x.dim() - 2):
+            raise self.unsupported("pad", "it pads the channel dimension")
+        self.set(out, *self.get(x))
+
+    def _op_batch_norm(self, out, args, kwargs):
+        x = args[0]
+        params = [args[i] if len(args) > i else None for i in (1, 2, 3, 4)]
+        params += [kwargs.get(k) for k in ("running_mean", "running_var", "weight", "bias")]
+        owner = next((self.owner[id(p)] for p in params if p is not None and id(p) in self.owner), None)
+        if owner is None or not isinstance(owner[1], _BatchNorm):
+            raise self.unsupported("batch_norm", "its parameters do not belong to a BatchNorm module")
+        gid, idx = self.get(x)
+        self._layer(owner[0], "norm", gid, idx)
+        self.set(out, gid, idx)
+
+    def _op_linear(self, out, args, kwargs):
+        x, weight = args[0], kwargs.get("weight", args[1] if len(args) > 1 else None)
+        owner = self.owner.get(id(weight))
+        if owner is None or not isinstance(owner[1], nn.Linear):
+            raise self.unsupported("linear", "its weight is not the parameter of an nn.Linear module")
+        if x.dim() != 2:
+            raise self.unsupported("linear", f"it is applied to a {x.dim()}-D tensor (features not in dim 1)")
+        gid, idx = self.get(x)
+        g = self._module_group(owner[0], owner[1].out_features)
+        self._layer(owner[0], "linear", gid, idx, g)
+        self.set(out, torch.full((out.shape[1],), g, dtype=torch.long), torch.arange(out.shape[1]))
+
+    def _conv(self, name, out, args, kwargs):
+        x, weight = args[0], kwargs.get("weight", args[1] if len(args) > 1 else None)
+        owner = self.owner.get(id(weight))
+        if owner is None or not isinstance(owner[1], (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            raise self.unsupported(name, "its weight is not the parameter of an nn.Conv module")
+        module = owner[1]
+        gid, idx = self.get(x)
+        if module.groups == 1:
+            g = self._module_group(owner[0], module.out_channels)
+            self._layer(owner[0], "conv", gid, idx, g)
+            self.set(out, torch.full((out.shape[1],), g, dtype=torch.long), torch.arange(out.shape[1]))
+        elif module.groups == module.in_channels == module.out_channels:
+            self._layer(owner[0], "depthwise", gid, idx)
+            self.set(out, gid, idx)
+        else:
+            raise self.unsupported(name, f"grouped convolution with groups={module.groups} in "
+                                         f"'{owner[0]}' ties channels across groups")
+
+    def _module_group(self, name: str, size: int) -> int:
+        if name not in self.module_group:
+            g = self.new_group(size, name)
+            self.producers[g] = [name]
+            self.module_group[name] = g
+        return self.module_group[name]
+
+    def _layer(self, name, kind, gid, idx, out_group=None):
+        if name in self.layers:  # a module called twice must read aligned channels both times
+            prev = self.layers[name]
+            if len(prev["gid"]) != len(gid):
+                raise self.unsupported(kind, f"module '{name}' is called on inputs of different widths")
+            self.align((prev["gid"], prev["idx"]), (gid, idx), name)
+            return
+        self.layers[name] = {"kind": kind, "gid": gid, "idx": idx, "out": out_group}
+
+
+def _flat(args, kwargs):
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, (list, tuple)):
+            yield from a
+        else:
+            yield a
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+@torch.no_grad()
+def channel_graph(model: nn.Module, example_input: torch.Tensor) -> ChannelGraph:
+    """Trace one eval-mode forward pass of `model` on `example_input` and return its channel groups.
+
+    The input's size matters only where a Linear reads a flattened C x H x W map. Use a batch of 2 or
+    more (a batch of 1 makes squeezes ambiguous). The model is left in the mode it was in and is not
+    changed (eval mode: batch-norm statistics are not updated, dropout draws no random numbers).
+    """
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
+        raise UserError("channel_graph needs an example input tensor shaped [batch, channels, ...].")
+    tracer = _Tracer(model)
+    names = {m: n for n, m in model.named_modules()}
+
+    def enter(mod, _args) -> None:
+        tracer.stack.append(names[mod])
+
+    def leave(mod, _args, _out) -> None:  # must return None: a forward hook's result replaces the output
+        tracer.stack.pop()
+
+    handles = [m.register_forward_pre_hook(enter) for m in names] + [m.register_forward_hook(leave) for m in names]
+    was_training = model.training
+    model.eval()
+    x = example_input.clone()
+    try:
+        tracer.label_input(x)
+        with tracer:
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    reached = False
+    for t in _tensors(out):
+        lab = tracer.get(t)
+        if lab is not None:
+            tracer.pin(lab[0], "network output")
+            reached = True
+    if not reached:
+        raise UserError("The model's output is not computed from its input channels the way kebench can follow; "
+                        "cannot build a channel graph.")
+    return _finish(tracer)
+
+
+def _finish(tr: _Tracer) -> ChannelGraph:
+    find = tr.uf.find
+    ids: dict[int, str] = {}
+    groups: dict[str, ChannelGroup] = {}
+    for g in range(len(tr.sizes)):
+        r = find(g)
+        if r not in ids:
+            ids[r] = tr.first_name[r]
+            groups[ids[r]] = ChannelGroup(id=ids[r], size=tr.sizes[r])
+        if g in tr.producers:
+            groups[ids[r]].producers.extend(tr.producers[g])
+    for g, reason in tr.pinned.items():
+        groups[ids[find(g)]].pinned = groups[ids[find(g)]].pinned or reason
+    layers = {}
+    for name, info in tr.layers.items():
+        in_group = [ids[find(g)] for g in info["gid"].tolist()]
+        out_group = ids[find(info["out"])] if info["out"] is not None else None
+        layers[name] = Layer(name, info["kind"], in_group, info["idx"].clone(), out_group)
+        for gid in dict.fromkeys(in_group):
+            (groups[gid].norms if info["kind"] == "norm" else groups[gid].consumers).append(name)
+    return ChannelGraph(groups, layers)
+
+
+def channel_groups(model: nn.Module, example_input: torch.Tensor) -> dict[str, ChannelGroup]:
+    """{group id: ChannelGroup} of a model: the unit of KELS and of channel pruning (see `channel_graph`)."""
+    return channel_graph(model, example_input).groups
+
+
+def kels_keep(graph: ChannelGraph, rate: float) -> dict[str, torch.Tensor]:
+    """KELS: the first ceil(rate*C) channels of every group (all of a pinned group)."""
+    return {gid: torch.arange(g.size if g.pinned else ceil_rate(rate, g.size)) for gid, g in graph.groups.items()}
+
+
+# ---------------------------------------------------------------------------------------------- masks
+def _masked_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and m.weight is not None]
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "/")
+
+
+class Split(nn.Module):
+    """Fit/reset masks of a model's conv and linear weights: bool buffers (checkpointed, never parameters).
+
+    `weight_<layer>` is True on fit weights. KELS also masks the bias of reset output channels
+    (`bias_<layer>`); WELS masks weights only, so every bias is carried over.
+    """
+
+    def __init__(self, kind: str, rate: float, masks: dict[str, tuple[torch.Tensor, torch.Tensor | None]]):
+        super().__init__()
+        if kind not in SPLITS:
+            from kebench.errors import unknown_choice
+
+            raise unknown_choice("split", kind, list(SPLITS))
+        self.kind, self.rate = kind, rate
+        self.layer_names = list(masks)
+        for name, (w, b) in masks.items():
+            self.register_buffer("weight_" + _key(name), w.to(torch.bool).contiguous())
+            if b is not None:
+                self.register_buffer("bias_" + _key(name), b.to(torch.bool).contiguous())
+
+    # -------------------------------------------------------------- construction
+    @classmethod
+    def kels(cls, model: nn.Module, rate: float, graph: ChannelGraph) -> "Split":
+        return cls("kels", rate, graph.masks(kels_keep(graph, rate), model))
+
+    @classmethod
+    def wels(cls, model: nn.Module, rate: float, generator: torch.Generator, kind: str = "wels") -> "Split":
+        masks = {n: (torch.rand(m.weight.shape, generator=generator) < rate, None) for n, m in _masked_layers(model)}
+        if not masks:
+            raise UserError("WELS needs a model with conv or linear layers; this one has none.")
+        return cls(kind, rate, masks)
+
+    def redraw(self, generator: torch.Generator) -> None:
+        """WELS-Rand: draw every weight mask again (in place, same order as built)."""
+        for name in self.layer_names:
+            buf = self.weight_mask(name)
+            buf.copy_(torch.rand(buf.shape, generator=generator) < self.rate)
+
+    # -------------------------------------------------------------- access
+    def weight_mask(self, name: str) -> torch.Tensor:
+        return getattr(self, "weight_" + _key(name))
+
+    def bias_mask(self, name: str) -> torch.Tensor | None:
+        return getattr(self, "bias_" + _key(name), None)
+
+    # -------------------------------------------------------------- KE operations
+    @torch.no_grad()
+    def reinitialize(self, model: nn.Module) -> None:
+        """Re-draw the reset-hypothesis from each layer's own default init; keep everything else.
+
+        The layer's `reset_parameters` (kaiming_uniform a=sqrt(5) for nn.Conv/nn.Linear) runs on a
+        scratch copy, so the RNG draws are exactly the layer's default init, from torch's global RNG.
+        """
+        for name in self.layer_names:
+            module = model.get_submodule(name)
+            scratch = copy.deepcopy(module)
+            scratch.reset_parameters()
+            m = self.weight_mask(name)
+            module.weight.copy_(torch.where(m, module.weight, scratch.weight))
+            b = self.bias_mask(name)
+            if b is not None:
+                module.bias.copy_(torch.where(b, module.bias, scratch.bias))
+
+    @torch.no_grad()
+    def zero_reset(self, model: nn.Module) -> None:
+        """Set every reset weight (and KELS reset bias) to zero, in place."""
+        for name in self.layer_names:
+            module = model.get_submodule(name)
+            module.weight.mul_(self.weight_mask(name))
+            b = self.bias_mask(name)
+            if b is not None:
+                module.bias.mul_(b)
+
+    @torch.no_grad()
+    def stats(self, model: nn.Module) -> dict:
+        """Mean |w| inside the fit and reset hypotheses, overall and per layer (None where empty)."""
+        layers = {}
+        tot = {"fit": [0.0, 0], "reset": [0.0, 0]}
+        for name in self.layer_names:
+            w = model.get_submodule(name).weight.detach().float().abs()
+            m = self.weight_mask(name)
+            row = {}
+            for part, sel in (("fit", m), ("reset", ~m)):
+                n = int(sel.sum())
+                s = float(w[sel].sum()) if n else 0.0
+                row[part] = s / n if n else None
+                tot[part][0] += s
+                tot[part][1] += n
+            layers[name] = row
+        return {"fit_abs_mean": tot["fit"][0] / tot["fit"][1] if tot["fit"][1] else None,
+                "reset_abs_mean": tot["reset"][0] / tot["reset"][1] if tot["reset"][1] else None,
+                "layers": layers}
+
+    def fit_fraction(self) -> float:
+        n = sum(self.weight_mask(k).numel() for k in self.layer_names)
+        return sum(int(self.weight_mask(k).sum()) for k in self.layer_names) / max(n, 1)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, rate={self.rate}, layers={len(self.layer_names)}"
