@@ -154,7 +154,7 @@ class Run:
         if self.task == "classification":
             result = {"top1": metrics.top1(out, labels)}
         else:
-            result = metrics.retrieval_metrics(out, labels, seed=self.cfg.seed)
+            result = metrics.retrieval_metrics(out, labels, seed=self.cfg.seed, device=self.device)
         return {prefix + k: v for k, v in result.items()}
 
     # ------------------------------------------------------------------ training
@@ -398,7 +398,7 @@ class Run:
             "schema": results.SCHEMA, "run_id": self.cfg.run_id(), "status": status,
             "method": self.method.name, "objective": self.method.objective.name, "regime": self.method.regime.name,
             "task": self.task, "arch": self.cfg.arch, "dataset": self.cfg.data, "seed": self.cfg.seed,
-            "config": self.cfg.to_dict(), "data": self.data.info,
+            "config": self.cfg.to_dict(), "data": self.data.info, "evaluation": metrics.describe(self.task, self.cfg.seed),
             "final": final, "best": self.best, "passes": self.passes,
             "cost": cost,
             "training": {"epochs": sum(p["epochs"] for p in self.passes), "steps": sum(p["steps"] for p in self.passes),
