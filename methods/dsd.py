@@ -1,0 +1,76 @@
+"""DSD: Dense-Sparse-Dense training (Han et al., ICLR 2017).
+
+Train dense; prune every layer's smallest-magnitude weights (per layer, `prune_ratio` of each weight
+tensor) and train with the mask held on weights, gradients and momentum; drop the mask and train
+dense again. The three phases share ONE learning-rate schedule (`lr_window`), which is what
+separates DSD from KE+DSD (`methods/ke_dsd.py`), where every generation restarts it.
+"""
+from __future__ import annotations
+
+from kebench.errors import UserError
+from kebench.plugin import Regime
+from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, sparsity
+
+PHASES = ("dense", "sparse", "redense")
+
+
+def optional_epochs(value, name: str, plugin: str) -> int | None:
+    """A phase length from registry/CLI: None (derive it) or a positive whole number of epochs."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        return None
+    try:
+        number = float(value)
+        if number != int(number) or number < 1:
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError):
+        raise UserError(f"{plugin}: {name} must be a positive whole number of epochs (or null to derive it "
+                        f"from --epochs), got {value!r}.") from None
+
+
+def check_fraction(value, name: str, plugin: str) -> float:
+    if not 0 <= float(value) < 1:
+        raise UserError(f"{plugin}: {name} must be a fraction in [0, 1), got {value}.")
+    return float(value)
+
+
+def weight_sparsity(model) -> dict:
+    """Pass metric: fraction of exactly-zero entries over all prunable weight tensors."""
+    return {"sparsity": sparsity(p for _, p in prunable_weights(model))}
+
+
+class DSD(Regime):
+    def __init__(self, params, run):
+        super().__init__(params, run)
+        self.fraction = check_fraction(self.params.prune_ratio, "prune_ratio", "dsd")
+        ratio = list(self.params.phase_ratio)
+        if len(ratio) != 3 or min(float(r) for r in ratio) <= 0:
+            raise UserError(f"dsd: phase_ratio must be three positive numbers (dense, sparse, redense), got {ratio}.")
+        self.ratio = [float(r) for r in ratio]
+        self.given = [optional_epochs(getattr(self.params, f"{p}_epochs"), f"{p}_epochs", "dsd") for p in PHASES]
+
+    def phase_epochs(self, epochs: int) -> list[int]:
+        """Epochs of (dense, sparse, redense). A phase not given explicitly gets --epochs scaled by
+        phase_ratio relative to the dense phase (paper: 200/100/100 with --epochs 200), at least 1."""
+        return [g if g is not None else max(1, round(epochs * r / self.ratio[0]))
+                for g, r in zip(self.given, self.ratio)]
+
+    def run(self, run):
+        lengths = self.phase_epochs(run.cfg.epochs)
+        total = sum(lengths)
+        masks = MaskSet.ones_like(prunable_weights(run.model))
+        run.state["dsd_masks"] = masks  # registered before any fit: resume restores it mid-sparse-phase
+        run.extra["dsd"] = {"phases": dict(zip(PHASES, lengths)), "prune_ratio": self.fraction, "lr_schedule_epochs": total}
+        offset = 0
+        for i, (phase, epochs) in enumerate(zip(PHASES, lengths)):
+            hooks = []
+            if phase == "sparse":
+                masks.assign(magnitude_masks(run.model, self.fraction, per_layer=True))
+                hook = MaskHook(run.model, masks)
+                hook.apply()  # pruned weights start at exactly zero
+                hooks.append(hook)
+                run.extra["dsd"]["layer_sparsity"] = {n: 1 - k for n, k in masks.kept_fraction().items()}
+            record = run.fit(epochs, kind="phase", label=i + 1, hooks=hooks, lr_window=(offset, total),
+                             after=weight_sparsity)
+            record["phase"] = phase
+            offset += epochs
