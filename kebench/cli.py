@@ -152,7 +152,7 @@ def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
     seeds_text = kw.pop("seeds")
     seeds = parse_seeds(seeds_text) if seeds_text else [file_cfg.pop("seed", 0)]
     methods = [m.strip() for m in (kw.pop("method") or file_cfg.pop("method", None) or "").split(",") if m.strip()] or [None]
-    plugin_flags = parse_extra(extra)
+    plugin_flags = configmod.split_plugin_flags(methods, parse_extra(extra), kw.get("data") or file_cfg.get("data"))
     configs = []
     for method in methods:
         for seed in seeds:

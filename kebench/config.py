@@ -222,6 +222,32 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
     return cfg
 
 
+def plugin_keys(method: str | None, data: str | None = None) -> set[str]:
+    """The plugin settings `method` takes (on dataset `data`): flat names and `plugin.name` ones."""
+    from kebench.data import get_spec
+
+    default_obj = "triplet" if get_spec(data or _field_default("data")).task == "retrieval" else "ce"
+    spec = registry.parse_method(method or default_obj, default_objective=default_obj)
+    return {k for p in (spec.objective, spec.regime) for key in p.defaults if key not in _ENGINE_KEYS
+            for k in (key, f"{p.name}.{key}")}
+
+
+def split_plugin_flags(methods: list, flags: dict, data: str | None = None) -> dict:
+    """Plugin flags of a multi-method command, per method: each method gets the flags its plugins
+    take (`--method ce,bans --generations 2` gives bans 2 generations and leaves ce alone); a flag
+    that no method takes is an error. A single method gets every flag (resolve() checks them)."""
+    if len(methods) < 2:
+        return {m: dict(flags) for m in methods}
+    keys = {m: plugin_keys(m, data) for m in methods}
+    for flag in flags:
+        if not any(flag in k for k in keys.values()):
+            names = ", ".join(str(m) for m in methods)
+            valid = sorted({k.replace("_", "-") for ks in keys.values() for k in ks if "." not in k})
+            raise unknown_choice("setting", flag.replace("_", "-"), valid,
+                                 hint=f"(command line; none of the methods {names} takes it.)")
+    return {m: {f: v for f, v in flags.items() if f in keys[m]} for m in methods}
+
+
 def validate(cfg: RunConfig) -> None:
     from kebench.data import get_spec
     from kebench.models import check_arch
