@@ -12,6 +12,11 @@ A pruning method here is three separate pieces:
 
 Structural helpers: `prunable_weights` (which tensors count as "layer weights"),
 `following_batchnorms` (the BatchNorm channels that normalise a conv's output, from the model graph).
+
+KD x pruning (Park et al.; methods/kd_prune.py): `global_conv_masks` (weight level), and per channel
+group of `kebench.split.channel_graph` `l1_filter_keep` (Li et al.) and `slimming_keep` (Liu et al.,
+with `bn_l1_penalty` while training), whose kept indices `extract_pruned` turns into a physically
+smaller network (`kebench.slim`).
 """
 from __future__ import annotations
 
@@ -250,3 +255,138 @@ def _following_by_order(model: nn.Module) -> dict[str, list[tuple[str, int]]]:
             if nxt is not None and _is_bn(nxt[1]) and nxt[1].num_features == m.out_channels:
                 result[name].append((nxt[0], 0))
     return result
+
+
+# ---------------------------------------------------------------- KD x pruning (Park, Yoo, Kwak)
+# Unstructured: one global magnitude threshold over conv weights (masks held by MaskHook).
+# Structured: keep-indices per *channel group* (kebench.split.channel_graph: channels tied by a
+# residual add form one group), then kebench.slim extracts the physically smaller network.
+def conv_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The weights of every convolution (the tensors weight-level pruning ranks)."""
+    return [(f"{n}.weight" if n else "weight", m.weight) for n, m in model.named_modules()
+            if isinstance(m, nn.modules.conv._ConvNd)]
+
+
+def global_conv_masks(model: nn.Module, fraction: float) -> dict[str, torch.Tensor]:
+    """Weight-level pruning: drop the `fraction` smallest-|w| conv weights under one global threshold."""
+    return magnitude_masks(model, fraction, per_layer=False, params=conv_weights(model))
+
+
+def bn_l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Σ|γ| over every BatchNorm scale: network slimming's sparsity term (its gradient is sign(γ))."""
+    terms = [m.weight.abs().sum() for m in model.modules() if _is_bn(m) and m.weight is not None]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+def prunable_groups(graph, model: nn.Module, tied: bool) -> list[str]:
+    """Channel groups structured pruning may shrink: not pinned (input/output), written only by
+    convolutions, more than one channel, and (unless `tied`) written by a single conv, i.e. not
+    tied to other layers by a residual add."""
+    out = []
+    for gid, g in graph.groups.items():
+        if g.pinned or g.size < 2 or not g.producers:
+            continue
+        if not all(isinstance(model.get_submodule(p), nn.modules.conv._ConvNd) for p in g.producers):
+            continue
+        if len(g.producers) > 1 and not tied:
+            continue
+        out.append(gid)
+    return out
+
+
+def _keep_count(size: int, ratio: float) -> int:
+    from kebench.split import ceil_rate
+
+    return size if ratio == 0 else ceil_rate(1 - ratio, size)
+
+
+@torch.no_grad()
+def filter_l1_scores(graph, model: nn.Module, gid: str) -> torch.Tensor:
+    """Σ|W| of the filters writing each channel of a group, summed over the group's member convs."""
+    score = torch.zeros(graph.groups[gid].size)
+    for name in graph.groups[gid].producers:
+        w = model.get_submodule(name).weight.detach().float()
+        score += w.abs().flatten(1).sum(1).cpu()
+    return score
+
+
+@torch.no_grad()
+def bn_gamma_scores(graph, model: nn.Module, gid: str) -> torch.Tensor | None:
+    """Mean |γ| per channel of a group over the BatchNorms that normalise it (None when none does)."""
+    g = graph.groups[gid]
+    total, count = torch.zeros(g.size), torch.zeros(g.size)
+    for name in g.norms:
+        pos, idx = graph.positions(name, gid)
+        bn = model.get_submodule(name)
+        if bn.weight is None or len(pos) == 0:
+            continue
+        total.index_add_(0, idx, bn.weight.detach().float().abs().cpu()[pos])
+        count.index_add_(0, idx, torch.ones(len(idx)))
+    if not (count > 0).all():
+        return None
+    return total / count
+
+
+def l1_filter_keep(model: nn.Module, ratio: float, example: torch.Tensor, tied: bool = False
+                   ) -> dict[str, torch.Tensor]:
+    """L1-norm filter pruning (Li et al. 2017): in every prunable group keep the ceil((1-ratio)·C)
+    channels whose filters have the largest Σ|W| (a tied group: summed over its member convs)."""
+    from kebench.split import channel_graph
+
+    graph = channel_graph(model, example)
+    keep = {}
+    for gid in prunable_groups(graph, model, tied):
+        score = filter_l1_scores(graph, model, gid)
+        n = _keep_count(len(score), ratio)
+        keep[gid] = torch.argsort(score, descending=True, stable=True)[:n].sort().values
+    return keep
+
+
+def slimming_keep(model: nn.Module, ratio: float, example: torch.Tensor, tied: bool = False
+                  ) -> dict[str, torch.Tensor]:
+    """Network slimming (Liu et al. 2017): one global |γ| threshold removes `ratio` of all prunable
+    channels; a group never loses all of its channels (its largest-|γ| channel stays)."""
+    from kebench.split import channel_graph
+
+    graph = channel_graph(model, example)
+    scores = {}
+    for gid in prunable_groups(graph, model, tied):
+        s = bn_gamma_scores(graph, model, gid)
+        if s is not None:
+            scores[gid] = s
+    if not scores:
+        return {}
+    flat = torch.cat(list(scores.values()))
+    drop = torch.zeros(len(flat), dtype=torch.bool)
+    drop[torch.argsort(flat, stable=True)[: int(round(ratio * len(flat)))]] = True
+    keep, start = {}, 0
+    for gid, s in scores.items():
+        kept = ~drop[start:start + len(s)]
+        start += len(s)
+        if not kept.any():
+            kept[int(torch.argmax(s))] = True
+        keep[gid] = torch.nonzero(kept).flatten()
+    return keep
+
+
+def extract_pruned(model: nn.Module, keep: dict[str, torch.Tensor], example: torch.Tensor) -> nn.Module:
+    """The physically smaller network keeping `keep` (kebench.slim.extract_subnetwork)."""
+    from kebench.slim import extract_subnetwork
+
+    return extract_subnetwork(model, keep, example)
+
+
+def save_pruned(path, model: nn.Module, plan: dict, arch: str) -> None:
+    """Save a pruned network: a structured one as a whole module (`kebench.slim.save_slim`, reload
+    with `kebench.slim.load_slim`); a weight-pruned one keeps its shape, so as a kebench model file
+    `{"arch", "state_dict"}` that loads with weights_only=True (and can serve as a teacher)."""
+    if plan["method"] == "weight":
+        from kebench.results import save_torch
+
+        save_torch(path, {"arch": arch, "state_dict": model.state_dict()})
+    else:
+        from kebench.slim import save_slim
+
+        save_slim(model, path)

@@ -231,7 +231,7 @@ class Distill(Objective):
             raise UserError(
                 f"'{self.run_ctx.method.name}' distils from a teacher but none was given. Pass "
                 f"--teacher PATH (the model.pt of an earlier kebench run with the same arch and data), "
-                f"or use a pipeline regime that trains the teacher first (e.g. kd+prune-pre).")
+                f"or use a pipeline regime that trains the teacher first (e.g. kd+pre-distill).")
 
     def train_mode(self, model):
         self._check_teacher()

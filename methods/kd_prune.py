@@ -1,0 +1,266 @@
+"""KD × pruning pipelines (Park, Yoo, Kwak, "On the orthogonality of knowledge distillation with
+other techniques"): train → prune → fine-tune, with distillation entering before and/or after.
+
+    regime          unpruned student trained with   pruned student fine-tuned with
+    scratch         CE                              CE
+    pre-distill     KD from the teacher             CE
+    post-distill    CE                              KD from the teacher
+    pre-post        KD from the teacher             KD from the teacher
+    self-distill    KD from the teacher             KD from its own unpruned self
+
+The distillation is the method's objective: `kd+self-distill` (label) or `fd+self-distill` (feature).
+The teacher is the same architecture, trained first in a pass of its own (kind "teacher"), or
+loaded with `--teacher PATH`. Pruning (`--prune`): `l1-filter`, `slimming` (BN-γ L1 penalty while
+training the unpruned student), `weight` (global magnitude over conv weights, masks held during
+fine-tuning), or `none` (KD × augmentation alone). Structured pruning extracts a physically smaller
+network. Every run records `top1` (pruned, fine-tuned), `unpruned_top1`, `teacher_top1` and
+cost.unpruned / cost.pruned (params, FLOPs).
+
+Resume: the teacher, the self-teacher and the pruned structure live in run.state; the structure
+is read back with `run.resumed_state` on replay (it depends on trained weights).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from kebench import prune as P
+from kebench import registry
+from kebench.cost import forward_flops
+from kebench.errors import UserError, unknown_choice
+from kebench.models import count_params
+from kebench.plugin import Objective, Regime
+from methods.kd import AugmentedCE, BatchAugment, auto_value, freeze, parse_augment
+
+PRUNE_METHODS = ("l1-filter", "slimming", "weight", "none")
+STRUCTURED = ("l1-filter", "slimming")
+
+
+def _needs_teacher(objective: str) -> bool:
+    try:
+        return bool(getattr(registry.get(objective).load(), "needs_teacher", False))
+    except UserError:
+        return False
+
+
+class _Refused(Mapping):
+    """`Regime.incompatible` for a rule rather than a list: refuses every objective `accept` rejects."""
+
+    def __init__(self, accept, reason: str):
+        self.accept, self.reason = accept, reason
+
+    def __getitem__(self, name: str) -> str:
+        if self.accept(name):
+            raise KeyError(name)
+        return self.reason.format(name=name)
+
+    def __iter__(self):
+        return iter([n for n in registry.names("objective") if not self.accept(n)])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class SlimmingPenalty(Objective):
+    """Wraps a pass's objective with network slimming's sparsity term s·Σ|γ| over BatchNorm scales
+    (its gradient is the paper's grad += s·sign(γ); as a loss term it is also correct under AMP
+    loss scaling)."""
+
+    def __init__(self, base: Objective, strength: float):
+        super().__init__({}, base.run_ctx)
+        self.base, self.strength = base, strength
+
+    def loss(self, model, x, y):
+        loss, logits = self.base.loss(model, x, y)
+        return loss + self.strength * P.bn_l1_penalty(model), logits
+
+    def train_mode(self, model):
+        self.base.train_mode(model)
+
+    def hooks(self):
+        return self.base.hooks()
+
+    def extra_parameters(self, model):
+        return self.base.extra_parameters(model)
+
+    def batch_sampler(self, labels, batch_size, generator):
+        return self.base.batch_sampler(labels, batch_size, generator)
+
+
+class PrunePipeline(Regime):
+    """Shared body of the five pipelines; subclasses say where KD enters."""
+
+    name = ""
+    distill_before = False  # KD while training the unpruned student
+    distill_after = False  # KD while fine-tuning the pruned student
+    self_teacher = False  # the fine-tuning teacher is the unpruned student itself
+    incompatible = _Refused(_needs_teacher, "this pipeline distils, so its objective must be a distillation "
+                                            "objective: use kd+REGIME (label) or fd+REGIME (feature), "
+                                            "not '{name}'.")
+
+    def __init__(self, params, run):
+        super().__init__(params, run)
+        p = self.params
+        if p.prune not in PRUNE_METHODS:
+            raise unknown_choice("pruning method", p.prune, list(PRUNE_METHODS))
+        if not 0 <= p.prune_ratio < 1:
+            raise UserError(f"--prune-ratio must be in [0, 1) (the share removed), got {p.prune_ratio}.")
+        for key in ("teacher_epochs", "train_epochs", "finetune_epochs"):
+            if getattr(p, key, 0) < 0:
+                raise UserError(f"--{key.replace('_', '-')} must be >= 0 (0 = --epochs), got {getattr(p, key)}.")
+        if p.prune == "none" and self.distill_after:
+            raise UserError(f"--prune none leaves nothing to fine-tune: pipeline '{self.name}' needs a pruning "
+                            f"method ({', '.join(PRUNE_METHODS[:-1])}). KD without pruning is kd+pre-distill "
+                            f"--prune none (or kd --teacher PATH).")
+        aug = dict(mean=run.data.mean, std=run.data.std, policy=p.autoaugment_policy,
+                   cutmix_alpha=p.cutmix_alpha, cutmix_prob=p.cutmix_prob)
+        self.student_aug = BatchAugment(parse_augment(p.student_aug, "student"), **aug)
+        self.teacher_aug = BatchAugment(parse_augment(getattr(p, "teacher_aug", "none"), "teacher"), **aug)
+        self.sparsity = (auto_value(p.sparsity, run.cfg.arch, p.sparsity_by_family, "sparsity")
+                         if p.prune == "slimming" else 0.0)
+
+    # ------------------------------------------------------------------ phases
+    def _epochs(self, key: str) -> int:
+        return getattr(self.params, key, 0) or self.run_ctx.cfg.epochs
+
+    def _teacher(self, run, distill) -> dict:
+        """Train the teacher in its own pass (or use the loaded one); returns facts for the record."""
+        if distill.teacher is not None:  # --teacher PATH
+            if self.teacher_aug:
+                raise UserError("--teacher-aug applies when the pipeline trains the teacher; --teacher loads a "
+                                "trained one. Drop one of the two.")
+            return {"teacher": distill.teacher_path, "teacher_top1": run.evaluate(distill.teacher)["top1"]}
+        teacher = run.build_model()
+        run.state["kdp.teacher"] = teacher
+        record = run.fit(self._epochs("teacher_epochs"), kind="teacher", label=1, model=teacher,
+                         objective=AugmentedCE({}, run, self.teacher_aug))
+        distill.set_teacher(teacher)
+        return {"teacher": "trained", "teacher_top1": record["metrics"]["top1"]}
+
+    def run(self, run):
+        p = self.params
+        distill = run.objective if self.distill_before or self.distill_after else None
+        ce = AugmentedCE({}, run, self.student_aug)
+        final, info = {}, {"pipeline": self.name, "prune": p.prune, "prune_ratio": p.prune_ratio,
+                           "distill": run.method.objective.name if distill else None,
+                           "student_aug": "+".join(self.student_aug.names) or "none"}
+        if distill is not None:
+            facts = self._teacher(run, distill)
+            info.update(teacher=facts["teacher"], teacher_aug="+".join(self.teacher_aug.names) or "none")
+            final["teacher_top1"] = facts["teacher_top1"]
+            distill.augment = self.student_aug
+
+        # 1. the unpruned student (slimming adds its sparsity term here)
+        before = distill if self.distill_before else ce
+        if p.prune == "slimming":
+            before = SlimmingPenalty(before, self.sparsity)
+            info["sparsity"] = self.sparsity
+        record = run.fit(self._epochs("train_epochs"), kind="train", label=1, model=run.model, objective=before)
+        final["unpruned_top1"] = record["metrics"]["top1"]
+        unpruned_cost = self._cost(run.model, run)
+        if p.prune == "none":
+            run.extra["cost"] = {"unpruned": unpruned_cost}
+            run.extra["final"] = final
+            run.extra["kd_pruning"] = info
+            return
+
+        # 2. prune (the structure depends on trained weights: on replay it comes from the checkpoint)
+        saved = run.resumed_state("kdp.prune")
+        plan = saved if saved is not None else self._plan(run.model, run)
+        run.state["kdp.prune"] = plan
+        pruned, hooks = self._apply(run.model, plan, run)
+        if saved is None:
+            final["pruned_top1_before_finetune"] = run.evaluate(pruned)["top1"]
+        if self.distill_after and self.self_teacher:
+            own = freeze(copy.deepcopy(run.model))
+            run.state["kdp.self_teacher"] = own
+            distill.set_teacher(own)
+        info["teacher_after"] = ("self" if self.self_teacher else "teacher") if self.distill_after else None
+        run.extra["final"] = final  # set before the last pass: checkpointed with it, so replay keeps it
+        run.extra["kd_pruning"] = info
+
+        # 3. fine-tune the pruned student
+        after = distill if self.distill_after else ce
+        run.fit(self._epochs("finetune_epochs"), kind="finetune", label=1, model=pruned, objective=after, hooks=hooks)
+
+        pruned_cost = self._cost(pruned, run, sparse=p.prune == "weight")
+        run.extra["cost"] = {"unpruned": unpruned_cost, "pruned": pruned_cost}
+        final = dict(run.extra["final"])
+        final["params_kept"] = pruned_cost["params"] / unpruned_cost["params"]
+        final["flops_kept"] = pruned_cost["flops"] / unpruned_cost["flops"]
+        run.extra["final"] = final
+        P.save_pruned(run.dir / "pruned.pt", pruned, plan, arch=run.cfg.arch)
+
+    # ------------------------------------------------------------------ pruning
+    def _example(self, run) -> torch.Tensor:
+        d = run.data
+        return torch.zeros(2, d.in_chans, d.resolution, d.resolution, device=run.device)
+
+    def _plan(self, model: nn.Module, run) -> dict:
+        """What to remove, as plain tensors: keep-indices per channel group, or weight keep-masks."""
+        p = self.params
+        if p.prune == "weight":
+            return {"method": "weight", "masks": P.global_conv_masks(model, p.prune_ratio)}
+        example = self._example(run)
+        if p.prune == "l1-filter":
+            keep = P.l1_filter_keep(model, p.prune_ratio, example, tied=p.prune_tied)
+        else:
+            keep = P.slimming_keep(model, p.prune_ratio, example, tied=p.prune_tied)
+        return {"method": p.prune, "keep": keep}
+
+    def _apply(self, model: nn.Module, plan: dict, run):
+        """The pruned student (a copy) and the hooks that hold its pruning during fine-tuning."""
+        if plan["method"] == "weight":
+            pruned = copy.deepcopy(model)
+            masks = P.MaskSet({n: m.to(run.device) for n, m in plan["masks"].items()})
+            run.state["kdp.masks"] = masks
+            hook = P.MaskHook(pruned, masks)
+            hook.apply()
+            return pruned, [hook]
+        pruned = P.extract_pruned(model, plan["keep"], self._example(run))
+        pruned = pruned.to(run.device)
+        if run.channels_last:
+            pruned = pruned.to(memory_format=torch.channels_last)
+        return pruned, []
+
+    def _cost(self, model: nn.Module, run, sparse: bool = False) -> dict:
+        d = run.data
+        cost = {"params": count_params(model),
+                "flops": forward_flops(model, (1, d.in_chans, d.resolution, d.resolution), run.device)}
+        if sparse:
+            convs = P.conv_weights(model)
+            cost["nonzero_params"] = cost["params"] - sum(int((w == 0).sum()) for _, w in convs)
+            cost["conv_sparsity"] = P.sparsity(w for _, w in convs)
+        return cost
+
+
+class Scratch(PrunePipeline):
+    """Train with CE, prune, fine-tune with CE: the no-KD baseline of every comparison."""
+
+    name = "scratch"
+    incompatible = _Refused(lambda n: n == "ce", "Scratch uses no distillation and trains with plain CE; run "
+                                                 "'scratch' (objective ce), not '{name}+scratch'.")
+
+
+class PreDistill(PrunePipeline):
+    name = "pre-distill"
+    distill_before = True
+
+
+class PostDistill(PrunePipeline):
+    name = "post-distill"
+    distill_after = True
+
+
+class PrePost(PrunePipeline):
+    name = "pre-post"
+    distill_before = distill_after = True
+
+
+class SelfDistill(PrunePipeline):
+    name = "self-distill"
+    distill_before = distill_after = True
+    self_teacher = True
