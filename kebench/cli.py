@@ -10,6 +10,7 @@ from rich.table import Table
 from kebench import config as configmod
 from kebench import registry
 from kebench.errors import UserError
+from kebench.guard import RunInterrupted
 
 # Wide enough for the summary table when output goes to a file or a pipe (rich defaults to 80).
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -164,8 +165,11 @@ def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @run_options
+@click.option("--nproc", type=int, default=None,
+              help="Train each run with N processes (DDP: one per GPU, gloo on CPU); like "
+                   "'torchrun --nproc_per_node N -m kebench run ...'.")
 @click.pass_context
-def run(ctx, resume, quiet, **kw):
+def run(ctx, resume, quiet, nproc, **kw):
     """Train and evaluate. Plugin settings are extra flags, e.g. `--method ke --generations 3`.
 
     \b
@@ -174,10 +178,16 @@ def run(ctx, resume, quiet, **kw):
       kebench run --method smooth+ke --generations 3 --split-rate 0.5
       kebench run --method ce,ke --seeds 0,1,2 --data aircraft --data-root ~/data
     """
+    from kebench import distributed
     from kebench.engine import execute_all
 
     configs = build_configs(kw, ctx.args)
-    records = [r for cfg in configs for r in execute_all(cfg, resume=resume, show_progress=not quiet)]
+    if nproc and nproc > 1:
+        records = [r for cfg in configs for r in distributed.launch(cfg, nproc, resume=resume, show_progress=not quiet)]
+    else:
+        records = [r for cfg in configs for r in execute_all(cfg, resume=resume, show_progress=not quiet)]
+    if distributed.rank() != 0:  # under torchrun, rank 0 reports
+        sys.exit(1 if any(r["status"] != "complete" for r in records) else 0)
     print_summary(records)
     for r in records:
         err.print(f"[dim]wrote {r['config']['out']}/{r['run_id']}/result.json[/dim]")
@@ -222,6 +232,7 @@ def list_cmd(what, pattern):
 # --- commands from other modules ---
 from kebench.data_check import data_cmd; cli.add_command(data_cmd)  # noqa: E402,E702
 from kebench.profile import profile_cmd; cli.add_command(profile_cmd)  # noqa: E402,E702
+from kebench.sweep import sweep_cmd; cli.add_command(sweep_cmd)  # noqa: E402,E702
 
 
 def main(argv=None):
@@ -235,6 +246,9 @@ def main(argv=None):
         sys.exit(exc.exit_code)
     except UserError as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except RunInterrupted as exc:
+        err.print(f"[yellow]interrupted:[/yellow] {exc}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("Interrupted; rerun the same command with --resume to continue.")

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from kebench import data as datasets
-from kebench import metrics, results
+from kebench import distributed, guard, metrics, results
 from kebench.config import RunConfig, save_yaml
 from kebench.data.pipeline import BatchStream, epoch_generator
 from kebench.errors import UserError
@@ -33,6 +35,8 @@ from kebench.progress import Progress
 
 PRIMARY = {"classification": "top1", "retrieval": "r@1"}
 CHECKPOINT = "checkpoint.pt"
+PREV_CHECKPOINT = "checkpoint.prev.pt"  # the one before: the fallback if the newest is corrupt
+CHECK_EVERY = 20  # steps between non-finite-loss checks (and, with several processes, stop agreement)
 
 
 class RunFailure(Exception):
@@ -77,15 +81,17 @@ class PassState:
     wall_time_s: float = 0.0
     step_flops: int | None = None
     history: list = field(default_factory=list)
+    partial: dict | None = None  # mid-epoch position and sums, when a stop request saved the pass mid-epoch
 
 
 class Run:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, show_progress: bool = True):
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
+        self.device = distributed.local_device(pick_device(cfg.device))
+        self.world, self.rank = distributed.world_size(), distributed.rank()  # rank 0 writes every file
         self.dir = Path(cfg.out) / cfg.run_id()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.show_progress = show_progress
+        self.show_progress = show_progress and self.rank == 0
         seed_everything(cfg.seed)
         self.data = datasets.load(cfg)
         self.task = self.data.task
@@ -198,7 +204,12 @@ class Run:
         offset, total = lr_window or (0, epochs)
         # torch.compile shares the parameters; the FLOP-counting first step runs eagerly (the
         # counter sees aten ops, which compiled kernels bypass).
-        compiled = torch.compile(model) if cfg.compile else model
+        train_model = model
+        if self.world > 1:  # passes start identical on every rank (between-pass work included)
+            distributed.sync_from_rank0([model, self.model, self.state], self.device)
+            train_model = distributed.DDP(model, self.device)
+            extra_params = params[sum(1 for _ in model.parameters()):]
+        compiled = torch.compile(train_model) if cfg.compile else train_model
         train = self.stream("train")
         steps_per_epoch = None
         progress = Progress(enabled=self.show_progress, description=f"{self.method.name} {kind} {label}")
@@ -214,20 +225,36 @@ class Run:
                 correct = torch.zeros((), device=self.device)
                 seen = scored = 0  # scored: samples the objective returned logits for (CS-KD: anchors only)
                 t0 = time.perf_counter()
-                for step, index_batch in enumerate(batches):
+                start = 0
+                if ps.partial is not None:  # resuming inside this epoch: skip the steps already taken
+                    part, ps.partial = ps.partial, None
+                    start, lr = part["step"], part["lr"]
+                    gen.set_state(part["gen"])
+                    t0 -= part["time"]
+                    if self.rank == 0:  # the saved sums are global; other ranks restart theirs from 0
+                        loss_sum += part["loss_sum"].to(self.device)
+                        correct += part["correct"].to(self.device)
+                        seen, scored = part["seen"], part["scored"]
+                for step, index_batch in itertools.islice(enumerate(batches), start, None):
                     pos = offset + epoch + (step / steps_per_epoch if cfg.lr_per == "step" else 0)
                     lr = lr_at(cfg.lr, pos, total, cfg.warmup_epochs, cfg.lr_schedule)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    x, y = train.load(index_batch, gen)
+                    if self.world > 1:  # this rank's shard of the global batch, its own augmentation draws
+                        index_batch = index_batch.tensor_split(self.world)[self.rank]
+                        x, y = train.load(index_batch, epoch_generator(cfg.seed, index, epoch, step, self.rank))
+                    else:
+                        x, y = train.load(index_batch, gen)
                     count_flops = ps.step_flops is None
                     with (FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()) as counter:
                         with self.autocast():
-                            loss, logits = objective.loss(model if count_flops else compiled, x, y)
+                            loss, logits = objective.loss(train_model if count_flops else compiled, x, y)
                         optimizer.zero_grad(set_to_none=True)
                         scaler.scale(loss).backward()
                     if count_flops:
-                        ps.step_flops = int(counter.get_total_flops())
+                        ps.step_flops = int(counter.get_total_flops()) * self.world
+                    if self.world > 1:
+                        self._sync_grads(train_model, extra_params)
                     for hook in hooks:
                         hook.before_step(model, optimizer)
                     scaler.step(optimizer)
@@ -241,8 +268,30 @@ class Run:
                     seen += len(y)
                     ps.steps += 1
                     progress.step(len(y))
-                    if step % 20 == 0 and not torch.isfinite(loss.detach()):
-                        self._fail_nonfinite(ps, epoch, loss)
+                    if self.world > 1:
+                        if step % CHECK_EVERY == 0:  # every rank decides alike, or one would wait forever
+                            bad, stop = distributed.agree([not torch.isfinite(loss.detach()).item(),
+                                                           guard.STOP.signum is not None], self.device)
+                            if bad:
+                                self._fail_nonfinite(ps, epoch, float("nan"))
+                            if stop:
+                                self._interrupt(model, optimizer, scaler, ps, dict(
+                                    step=step, gen=gen, lr=lr, t0=t0, loss_sum=loss_sum, correct=correct,
+                                    seen=seen, scored=scored, steps_per_epoch=steps_per_epoch, epoch=epoch))
+                    else:
+                        if step % CHECK_EVERY == 0 and not torch.isfinite(loss.detach()):
+                            self._fail_nonfinite(ps, epoch, loss)
+                        if guard.STOP.signum is not None:
+                            self._interrupt(model, optimizer, scaler, ps, dict(
+                                step=step, gen=gen, lr=lr, t0=t0, loss_sum=loss_sum, correct=correct,
+                                seen=seen, scored=scored, steps_per_epoch=steps_per_epoch, epoch=epoch))
+                if self.world > 1:  # epoch totals over all ranks; all ranks keep rank 0's BN statistics
+                    totals = distributed.sum_(torch.stack([loss_sum.double(), correct.double(),
+                                                           torch.tensor(float(seen), device=self.device, dtype=torch.float64),
+                                                           torch.tensor(float(scored), device=self.device, dtype=torch.float64)]),
+                                              self.device)
+                    loss_sum, correct, seen, scored = totals[0], totals[1], int(totals[2]), int(totals[3])
+                    distributed.broadcast_(list(model.buffers()), self.device)
                 epoch_time = time.perf_counter() - t0
                 ps.wall_time_s += epoch_time
                 ps.images += seen
@@ -280,6 +329,39 @@ class Run:
         raise RunFailure(f"non-finite loss ({float(loss)}) in {ps.kind} {ps.label}, epoch {epoch + 1}; "
                          f"lower --lr or check the data. No result is reported for this run.")
 
+    def _sync_grads(self, ddp: "distributed.DDP", extra_params: list) -> None:
+        """Average what DDP did not: tensors outside the model, and every gradient when the objective
+        never called the wrapped model's forward (it called e.g. `model.forward_features` directly)."""
+        if ddp.forward_calls == 0:
+            distributed.average_grads(ddp.module.parameters())
+        ddp.forward_calls = 0
+        if extra_params:
+            distributed.average_grads(extra_params)
+
+    def _interrupt(self, model, optimizer, scaler, ps: PassState, at: dict) -> None:
+        """A stop was requested (SIGTERM/SIGINT): checkpoint the exact position inside the epoch
+        (step, augmentation generator, running sums) and raise RunInterrupted."""
+        sums = [at["loss_sum"].detach().double(), at["correct"].detach().double(),
+                torch.tensor(float(at["seen"]), device=self.device, dtype=torch.float64),
+                torch.tensor(float(at["scored"]), device=self.device, dtype=torch.float64)]
+        totals = torch.stack(sums)
+        if self.world > 1:
+            totals = distributed.sum_(totals, self.device)
+        totals = totals.cpu()
+        ps.partial = {"step": at["step"] + 1, "gen": at["gen"].get_state(), "lr": at["lr"],
+                      "time": time.perf_counter() - at["t0"], "loss_sum": totals[0].float(),
+                      "correct": totals[1].float(), "seen": int(totals[2]), "scored": int(totals[3])}
+        self._save_checkpoint(model, optimizer, scaler, ps, complete=False)
+        ps.partial = None
+        if self.world > 1:
+            torch.distributed.barrier()  # the checkpoint is on disk before any rank exits
+        signum = guard.STOP.consume()
+        raise guard.RunInterrupted(
+            f"Run {self.cfg.run_id()} stopped by {guard.signal_name(signum)} in {ps.kind} {ps.label}, epoch "
+            f"{at['epoch'] + 1}, after step {at['step'] + 1}/{at['steps_per_epoch']}; checkpoint written to "
+            f"{self.dir / CHECKPOINT}. Rerun the same command with --resume to continue exactly from there.",
+            signum)
+
     def _track_best(self, test: dict, index: int, label: int, epoch: int) -> None:
         value = test.get(self.primary)
         if value is not None and (not self.best or value > self.best[self.primary]):
@@ -289,6 +371,8 @@ class Run:
     def _append_metrics(self, row: dict) -> None:
         import json
 
+        if self.rank != 0:
+            return
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(results._clean(row)) + "\n")
 
@@ -296,6 +380,9 @@ class Run:
         return {k: (v.state_dict() if isinstance(v, nn.Module) else v) for k, v in self.state.items()}
 
     def _save_checkpoint(self, model, optimizer, scaler, ps: PassState, complete: bool) -> None:
+        if self.rank != 0:
+            self._last_save = time.perf_counter()
+            return
         ckpt = {
             "version": 1, "run_id": self.cfg.run_id(), "pass": ps.index, "complete": complete,
             "pass_state": {k: getattr(ps, k) for k in PassState.__dataclass_fields__},
@@ -304,25 +391,43 @@ class Run:
             "state": self._state_dicts(), "passes": self.passes, "best": self.best, "extra": self.extra,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "elapsed": self.elapsed(),
+            "elapsed": self.elapsed(), "world_size": self.world,
         }
-        results.save_torch(self.dir / CHECKPOINT, ckpt)
+        path = self.dir / CHECKPOINT
+        if path.is_file():  # keep the last good one until the new one is complete on disk
+            os.replace(path, self.dir / PREV_CHECKPOINT)
+        results.save_torch(path, ckpt)
         self._last_save = time.perf_counter()
 
     def _read_checkpoint(self) -> dict | None:
-        path = self.dir / CHECKPOINT
-        if not path.is_file():
-            return None
-        try:
-            ck = results.load_torch(path)
-        except results.CorruptCheckpoint as exc:
-            import warnings
+        """The newest readable checkpoint of this run; a corrupt or truncated one falls back to the one
+        saved before it (checkpoint.prev.pt), and with neither the run restarts from the beginning."""
+        import warnings
 
-            warnings.warn(f"{exc} Restarting this run from the beginning.", stacklevel=2)
-            return None
-        if ck.get("run_id") != self.cfg.run_id():
-            return None
-        return ck
+        problems = []
+        for name in (CHECKPOINT, PREV_CHECKPOINT):
+            path = self.dir / name
+            if not path.is_file():
+                continue
+            try:
+                ck = results.load_torch(path)
+            except results.CorruptCheckpoint as exc:
+                problems.append(str(exc))
+                continue
+            if not isinstance(ck, dict) or ck.get("run_id") != self.cfg.run_id():
+                continue
+            if problems:
+                warnings.warn(f"{' '.join(problems)} Resuming from the previous checkpoint {path} instead "
+                              f"(pass {ck['pass'] + 1}, epoch {ck['pass_state']['epoch']}).", stacklevel=2)
+            if ck.get("world_size", 1) != self.world:
+                warnings.warn(f"{path} was written by a {ck.get('world_size', 1)}-process run and is resumed "
+                              f"with {self.world}; the run continues, but its numbers will not equal an "
+                              f"uninterrupted {ck.get('world_size', 1)}-process run.", stacklevel=2)
+            return ck
+        if problems:
+            warnings.warn(f"{' '.join(problems)} No earlier good checkpoint: restarting this run from the "
+                          f"beginning.", stacklevel=2)
+        return None
 
     def _restore(self, ck: dict, model: nn.Module, optimizer=None, scaler=None) -> None:
         model.load_state_dict(ck["model"])
@@ -346,7 +451,7 @@ class Run:
             torch.cuda.set_rng_state_all(ck["cuda_rng"])
         # Drop per-epoch rows written after this checkpoint (the run died before its next save).
         path = self.dir / "metrics.jsonl"
-        if path.is_file():
+        if self.rank == 0 and path.is_file():
             import json
 
             ps = ck["pass_state"]
@@ -369,8 +474,9 @@ class Run:
         """Run the regime, write result.json and the final model; return the result record."""
         self.dir.mkdir(parents=True, exist_ok=True)
         results.write_text(self.dir / "config.yaml", save_yaml(self.cfg))
-        if self._resume is None and (self.dir / "metrics.jsonl").exists():
-            (self.dir / "metrics.jsonl").unlink()
+        if self._resume is None and self.rank == 0:  # a fresh start: nothing of an earlier attempt stays
+            for name in ("metrics.jsonl", CHECKPOINT, PREV_CHECKPOINT):
+                (self.dir / name).unlink(missing_ok=True)
         self._t0 = time.perf_counter()
         try:
             self.regime.run(self)
@@ -381,7 +487,9 @@ class Run:
         record = self._record(status="complete")
         results.save_torch(self.dir / "model.pt", {"arch": self.cfg.arch, "state_dict": self.model.state_dict()})
         results.write_json(self.dir / "result.json", record)
-        (self.dir / CHECKPOINT).unlink(missing_ok=True)
+        if self.rank == 0:
+            for name in (CHECKPOINT, PREV_CHECKPOINT):
+                (self.dir / name).unlink(missing_ok=True)
         return record
 
     def _record(self, status: str, error: str | None = None) -> dict:
@@ -409,7 +517,11 @@ class Run:
             "versions": results.versions(), "git_commit": results.git_commit(),
             **{k: v for k, v in self.extra.items() if k not in ("final", "cost")},
         }
-        record["training"]["device_hours"] = round(record["wall_time_s"] / 3600, 6)
+        record["training"]["device_hours"] = round(record["wall_time_s"] / 3600 * self.world, 6)
+        if self.world > 1:
+            record["distributed"] = {"world_size": self.world, "backend": torch.distributed.get_backend(),
+                                     "batch_per_process": self.cfg.batch_size // self.world,
+                                     "replicas_identical": distributed.replicas_identical([self.model, self.state])}
         if error:
             record["error"] = error
         return record
@@ -438,9 +550,43 @@ def execute_all(cfg: RunConfig, *, resume: bool = False, show_progress: bool = T
 
 
 def execute(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True) -> dict:
-    """Run one resolved config end to end (skipping it if `resume` and it already completed)."""
-    if resume:
-        done = results.read_result(Path(cfg.out) / cfg.run_id())
-        if done and done.get("status") == "complete":
-            return done
-    return Run(cfg, resume=resume, show_progress=show_progress).execute()
+    """Run one resolved config end to end (skipping it if `resume` and it already completed).
+
+    The run folder is locked for the whole run (a second writer gets `guard.RunBusy`), and
+    SIGTERM/SIGINT stop it at the end of the current step with a checkpoint (`guard.RunInterrupted`).
+    """
+    distributed.init(pick_device(cfg.device))
+    if distributed.world_size() > 1 and cfg.batch_size % distributed.world_size():
+        raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
+                        f"{distributed.world_size()} processes.")
+    if guard.STOP.signum is not None:
+        signum = guard.STOP.consume()
+        raise guard.RunInterrupted(f"Stopped by {guard.signal_name(signum)} before run {cfg.run_id()} started; "
+                                   f"rerun with --resume to continue.", signum)
+    run_dir = Path(cfg.out) / cfg.run_id()
+    with guard.graceful_stop(), _exclusive(run_dir):
+        if resume:
+            done = results.read_result(run_dir)
+            if done and done.get("status") == "complete":
+                return done
+        return Run(cfg, resume=resume, show_progress=show_progress).execute()
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: Path):
+    """Rank 0 holds the run folder's lock; with several processes all ranks learn whether it got it."""
+    lock, error = None, None
+    if distributed.rank() == 0:
+        try:
+            lock = guard.RunLock(run_dir).acquire()
+        except guard.RunBusy as exc:
+            error = str(exc)
+    if distributed.world_size() > 1:
+        error = distributed.broadcast_object(error)
+    if error:
+        raise guard.RunBusy(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

@@ -16,7 +16,11 @@ SCHEMA = 1
 
 
 def _atomic(path: Path, write) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file.
+
+    In a multi-process (DDP) run only rank 0 writes; the other ranks' writes are no-ops."""
+    if os.environ.get("WORLD_SIZE", "1") != "1" and os.environ.get("RANK", "0") != "0":
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -1,0 +1,280 @@
+"""One run trained by several processes (DistributedDataParallel). Rank 0 writes every file.
+
+Two ways in:
+
+    torchrun --nproc_per_node 4 -m kebench run --method ke --data flowers102 ...
+    kebench run --nproc 4 --method ke --data flowers102 ...     # spawns the 4 processes itself
+
+What the engine does with more than one process (see `Run.fit`):
+* `--batch-size` stays the *global* batch: each rank trains on its contiguous shard of every batch
+  the single-process run would draw, and DDP averages the gradients, so the learning rate and the
+  schedule mean the same thing at any process count.
+* At the start of every pass the model, the run's registered state (`run.state`: masks, teachers)
+  and the RNG states are broadcast from rank 0, so whatever a regime did between passes (KE's
+  re-initialisation, DSD's masks) is identical on every rank; BatchNorm statistics are broadcast
+  at every epoch end, so all ranks evaluate the same network and get the same numbers.
+* Stop requests (SIGTERM) and non-finite losses are agreed on by all ranks (one tiny all-reduce
+  every `CHECK_EVERY` steps), so ranks never wait on each other forever.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from kebench.errors import UserError
+
+
+def world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def local_device(device: torch.device) -> torch.device:
+    """With several processes on CUDA, each takes the GPU of its local rank."""
+    if world_size() > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def init(device: torch.device) -> None:
+    """Join the process group the launcher described (RANK, WORLD_SIZE, MASTER_ADDR/PORT)."""
+    if world_size() <= 1 or dist.is_initialized():
+        return
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise UserError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but {key} is not set: start "
+                            f"multi-process runs with torchrun or 'kebench run --nproc N'.")
+    device = local_device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    atexit.register(shutdown)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- collectives
+def _comm_device(device: torch.device) -> torch.device:
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def broadcast_(tensors, device: torch.device) -> None:
+    """Overwrite each tensor with rank 0's values, in place (any dtype, any device)."""
+    comm = _comm_device(device)
+    for t in tensors:
+        buf = t.detach().to(comm).contiguous()
+        if buf.dtype == torch.bool:
+            buf = buf.view(torch.uint8)
+        dist.broadcast(buf, src=0)
+        with torch.no_grad():
+            t.copy_(buf.view(torch.bool) if t.dtype == torch.bool else buf)
+
+
+def tensors_of(obj):
+    """Every tensor in a module (parameters and buffers), a tensor, or a dict/list/tuple of them."""
+    if isinstance(obj, nn.Module):
+        yield from obj.parameters()
+        yield from obj.buffers()
+    elif isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from tensors_of(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from tensors_of(v)
+
+
+def sync_from_rank0(objects, device: torch.device) -> None:
+    """Make modules/tensors and the RNG states identical to rank 0's (start of a pass)."""
+    seen, tensors = set(), []
+    for obj in objects:
+        for t in tensors_of(obj):
+            if id(t) not in seen:
+                seen.add(id(t))
+                tensors.append(t)
+    broadcast_(tensors, device)
+    cpu_rng = torch.get_rng_state()
+    broadcast_([cpu_rng], device)
+    torch.set_rng_state(cpu_rng)
+    if device.type == "cuda":
+        cuda_rng = torch.cuda.get_rng_state(device)
+        broadcast_([cuda_rng], device)
+        torch.cuda.set_rng_state(cuda_rng, device)
+
+
+def sum_(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """All-reduce (sum) a tensor and return the result on the tensor's own device."""
+    buf = tensor.detach().to(_comm_device(device), torch.float64).clone()
+    dist.all_reduce(buf)
+    return buf.to(tensor.device, tensor.dtype)
+
+
+def agree(flags: list[bool], device: torch.device) -> list[bool]:
+    """Logical OR of each flag across ranks (one all-reduce)."""
+    buf = torch.tensor([float(f) for f in flags], device=_comm_device(device))
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in buf.tolist()]
+
+
+def replicas_identical(objects) -> bool:
+    """Whether every rank holds bit-identical tensors (model, buffers, masks): one digest per rank."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for t in tensors_of(objects):
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digests = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, digest.hexdigest())
+    return len(set(digests)) == 1
+
+
+def broadcast_object(obj):
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def average_grads(params) -> None:
+    """Average gradients across ranks by hand (tensors DDP does not own, or a bypassed forward)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    world = dist.get_world_size()
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+class DDP(DistributedDataParallel):
+    """DistributedDataParallel that also answers the wrapped model's attributes (objectives call
+    `model.forward_features`, `model.get_classifier()`...) and counts forward calls, so the engine
+    can tell when an objective bypassed DDP's forward (its gradients were then not synchronised)."""
+
+    def __init__(self, module: nn.Module, device: torch.device):
+        super().__init__(module, device_ids=[device] if device.type == "cuda" else None,
+                         find_unused_parameters=True)
+        self.forward_calls = 0
+
+    def forward(self, *args, **kwargs):
+        self.forward_calls += 1
+        return super().forward(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module" or "_modules" not in self.__dict__ or "module" not in self._modules:
+                raise
+            return getattr(self._modules["module"], name)
+
+
+# ------------------------------------------------------------------------------- launcher
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(local_rank: int, nproc: int, port: int, cfg, resume: bool, show_progress: bool, queue) -> None:
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
+                      LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from kebench import guard
+    from kebench.engine import execute_all
+
+    try:
+        outcome = ("ok", execute_all(cfg, resume=resume, show_progress=show_progress and local_rank == 0))
+    except guard.RunInterrupted as exc:
+        outcome = ("interrupted", str(exc))
+    except UserError as exc:
+        outcome = ("user_error", str(exc), exc.exit_code)
+    finally:
+        shutdown()
+    if local_rank == 0:
+        queue.put(outcome)
+
+
+def launch(cfg, nproc: int, *, resume: bool = False, show_progress: bool = True) -> list[dict]:
+    """Train one config with `nproc` local processes; return rank 0's records (as `execute_all`).
+
+    SIGTERM/SIGINT sent to this process are passed on to the ranks as SIGTERM (each stops at the
+    same step and rank 0 writes the checkpoint); then `RunInterrupted` is raised here as well.
+    """
+    import torch.multiprocessing as mp
+
+    from kebench import guard
+
+    if nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {nproc}.")
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    procs = mp.start_processes(_worker, args=(nproc, free_port(), cfg, resume, show_progress, queue),
+                               nprocs=nproc, join=False, start_method="spawn")
+
+    def forward(signum, frame):
+        guard.STOP.request(signum)
+        for pid in procs.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    with _handlers(forward):
+        try:
+            while not procs.join():
+                pass
+        except mp.ProcessExitedException as exc:
+            raise RuntimeError(f"rank {exc.error_index} of the {nproc}-process run died "
+                               f"(exit code {exc.exit_code}); rerun with --resume to continue.") from None
+    if queue.empty():
+        raise RuntimeError("the distributed run ended without a result from rank 0")
+    outcome = queue.get()
+    if outcome[0] == "interrupted":
+        raise guard.RunInterrupted(outcome[1], guard.STOP.consume())
+    if outcome[0] == "user_error":
+        exc = UserError(outcome[1])
+        exc.exit_code = outcome[2]
+        raise exc
+    return outcome[1]
+
+
+@contextlib.contextmanager
+def _handlers(handler):
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
