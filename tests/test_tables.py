@@ -1,0 +1,374 @@
+"""kebench table: golden files for every kind x format, plus the numbers behind them checked by hand.
+
+Fixtures: tests/golden/runs/ (hand-made result.json files, written by tests/golden/make_fixtures.py).
+Regenerate the golden tables after an intended change with KEBENCH_UPDATE_GOLDEN=1.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from kebench import tables
+
+GOLDEN = Path(__file__).parent / "golden"
+RUNS = GOLDEN / "runs"
+# Fixed labels: the golden files must not change when another plugin's registry entry does.
+LABELS = {"ce": "CE", "smooth": "Smth", "cskd": "CS-KD", "triplet": "Triplet", "kd": "KD", "fd": "FD",
+          "single": "N1", "ke": "KE", "bans": "BANs", "dsd": "DSD"}
+CASES = {  # name -> (fixture folder, make_table keyword arguments)
+    "classification": ("classification", {"kind": "classification"}),
+    "classification_gen3-10": ("classification", {"kind": "classification", "generation": "3,10"}),
+    "retrieval": ("retrieval", {"kind": "retrieval"}),
+    "cost": ("classification", {"kind": "cost"}),
+    "kd": ("kd", {"kind": "kd"}),
+    "budget": ("budget", {"kind": "budget"}),
+}
+EXT = {"latex": "tex", "markdown": "md", "csv": "csv"}
+
+
+@pytest.fixture(scope="module")
+def names():
+    return tables.Names(LABELS)
+
+
+def make(folder, names, fmt="csv", **kw):
+    err = io.StringIO()
+    text = tables.make_table([RUNS / folder], fmt=fmt, names=names, stderr=err, **kw)
+    return text, err.getvalue()
+
+
+def csv_frame(folder, names, **kw) -> pd.DataFrame:
+    text, _ = make(folder, names, "csv", **kw)
+    return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+
+
+def cell(df, row, column, rowcol="Method"):
+    hit = df[(df[rowcol] == row) & (df["column"] == column)]
+    assert len(hit) == 1, (row, column, df[[rowcol, "column"]].values.tolist())
+    return hit.iloc[0]
+
+
+def fixture_value(folder, method, dataset, seed, key="top1", generation=None, prune=None):
+    for path in sorted((RUNS / folder).glob("*/result.json")):
+        r = json.loads(path.read_text())
+        if prune and r["config"]["params"][r["regime"]]["prune"] != prune:
+            continue
+        if r["method"] == method and r["dataset"] == dataset and r["seed"] == seed and r["status"] == "complete":
+            if generation is None:
+                return r["final"][key]
+            return next(p["metrics"][key] for p in r["passes"] if p["kind"] == "generation" and p["index"] == generation)
+    raise KeyError((method, dataset, seed))
+
+
+# ------------------------------------------------------------------------------------------ golden files
+@pytest.mark.parametrize("fmt", list(EXT))
+@pytest.mark.parametrize("case", list(CASES))
+def test_golden(case, fmt, names):
+    folder, kw = CASES[case]
+    text, _ = make(folder, names, fmt, **kw)
+    path = GOLDEN / f"{case}.{EXT[fmt]}"
+    if os.environ.get("KEBENCH_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.is_file(), f"missing golden file {path}; run with KEBENCH_UPDATE_GOLDEN=1 once"
+    assert text == path.read_text()
+    again, _ = make(folder, names, fmt, **kw)
+    assert again == text  # deterministic, bootstrap included
+
+
+# ------------------------------------------------------------------------------------------ numbers
+def test_cells_are_mean_and_sample_std_over_seeds(names):
+    df = csv_frame("classification", names)
+    c = cell(df, "CE + KE-N10", "flowers102")
+    values = [fixture_value("classification", "ce+ke", "flowers102", s) for s in (0, 1, 2)]
+    assert c["n"] == 3 and c["seeds"] == "0;1;2"  # the failed seed-3 run is not averaged in
+    assert c["mean"] == pytest.approx(statistics.mean(values), abs=1e-12)
+    assert c["std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
+    assert c["text"] == f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def test_failed_and_incomplete_runs_are_listed_on_stderr_not_averaged(names):
+    _, err = make("classification", names, "markdown")
+    assert "left out 2 run(s)" in err
+    assert "ce+ke_resnet18_flowers102_s3_paper_200: failed: non-finite loss" in err
+    assert "cskd+ke_resnet18_flowers102_s0_incomplete: incomplete: no result.json" in err
+    df = csv_frame("classification", names)
+    assert "CS-KD + KE-N10" not in set(df["Method"])
+
+
+def test_missing_and_one_seed_cells(names):
+    md, _ = make("classification", names, "markdown")
+    row = next(line for line in md.splitlines() if line.startswith("| CE + KE-N3 |"))
+    assert row.split(" | ")[1:3] == ["**58.41** (1)", "–"]  # one seed: no ± ; no flowers102 run: –
+    tex, _ = make("classification", names, "latex")
+    assert r"CE + KE-N3 & $\mathbf{58.41}$ {\scriptsize(1)} & -- & 600 & 3360 \\" in tex
+
+
+def test_best_bold_second_underlined(names):
+    df = csv_frame("classification", names)
+    flowers = df[(df["column"] == "flowers102") & df["mean"].notna()].sort_values("mean", ascending=False)
+    assert list(flowers["rank"].fillna("")[:3]) == ["best", "second", ""]
+    assert flowers.iloc[0]["Method"] == "CE + KE-N10" and flowers.iloc[1]["Method"] == "CE + BANs-N3"
+    tex, _ = make("classification", names, "latex")
+    assert r"\underline{$76.26 \pm 0.20$}$^{*}$" in tex
+
+
+def test_paired_t_test_against_the_n1_baseline(names):
+    df = csv_frame("classification", names)
+    c = cell(df, "CE + KE-N10", "flowers102")
+    ke = [fixture_value("classification", "ce+ke", "flowers102", s) for s in (0, 1, 2)]
+    ce = [fixture_value("classification", "ce", "flowers102", s) for s in (0, 1, 2)]
+    assert c["test"] == "paired-t"
+    assert c["p_value"] == pytest.approx(stats.ttest_rel(ke, ce).pvalue, rel=1e-6)
+    assert c["mark"] == "*" and c["p_value"] < 0.05
+    assert pd.isna(cell(df, "CE (N1)", "flowers102")["test"]) or cell(df, "CE (N1)", "flowers102")["test"] == ""
+
+
+def test_bootstrap_when_seeds_differ(names):
+    df = csv_frame("classification", names)
+    c = cell(df, "Smth + KE-N3", "flowers102")  # seeds 2, 3 against Smth (N1) seeds 0, 1
+    assert c["seeds"] == "2;3" and c["test"] == "bootstrap" and c["mark"] == "†"
+    md, _ = make("classification", names, "markdown")
+    assert "bootstrap interval of the difference in means" in md
+
+
+def test_generation_option_reads_passes_and_cumulative_cost(names):
+    df = csv_frame("classification", names, generation="3,10")
+    n3 = cell(df, "CE + KE-N3", "flowers102")
+    gen3 = [fixture_value("classification", "ce+ke", "flowers102", s, generation=3) for s in (0, 1, 2)]
+    assert n3["mean"] == pytest.approx(statistics.mean(gen3), abs=1e-12)
+    assert cell(df, "CE + KE-N3", "Epochs")["text"] == "600"  # 3 of the N10 run's 10 x 200 epochs
+    assert cell(df, "CE + KE-N10", "Epochs")["text"] == "2000"
+    assert cell(df, "CE + KE-N3", "aircraft")["n"] == 1  # the N3 run itself
+    assert tables.parse_generations("all") == "all" and tables.parse_generations("final") is None
+    with pytest.raises(tables.UserError, match="--generation expects"):
+        tables.parse_generations("three")
+
+
+def test_settings_that_differ_are_named_in_the_label(names, tmp_path):
+    for p in (RUNS / "classification").glob("ce+ke_*flowers102_s[01]_*"):
+        shutil.copytree(p, tmp_path / p.name)
+        r = json.loads((p / "result.json").read_text())
+        r["config"]["params"]["ke"]["split_rate"] = 0.5
+        r["run_id"] += "_sr05"
+        (tmp_path / (p.name + "_sr05")).mkdir()
+        (tmp_path / (p.name + "_sr05") / "result.json").write_text(json.dumps(r))
+    df = pd.read_csv(io.StringIO(tables.make_table([tmp_path], fmt="csv", names=names, stderr=io.StringIO())))
+    assert sorted(set(df["Method"])) == ["CE + KE-N10 (split_rate=0.5)", "CE + KE-N10 (split_rate=0.8)"]
+    by_rate = pd.read_csv(io.StringIO(tables.make_table([tmp_path], fmt="csv", names=names, rows="method",
+                                                        cols="split_rate", stderr=io.StringIO())))
+    assert set(by_rate["column"]) == {"0.5", "0.8", "Epochs", "TFLOPs"}
+    assert set(by_rate["Method"]) == {"CE + KE-N10"}
+
+
+def test_duplicate_runs_are_counted_once_and_reported(names, tmp_path):
+    src = next((RUNS / "classification").glob("ce_resnet18_flowers102_s0_*"))
+    shutil.copytree(src, tmp_path / "a" / src.name)
+    shutil.copytree(src, tmp_path / "b" / src.name)
+    err = io.StringIO()
+    text = tables.make_table([tmp_path], fmt="csv", names=names, stderr=err)
+    assert "duplicate result for CE (N1) seed 0" in err.getvalue()
+    assert pd.read_csv(io.StringIO(text)).iloc[0]["n"] == 1
+
+
+def test_retrieval_column_groups_per_arch(names):
+    tex, _ = make("retrieval", names, "latex")
+    assert r"\multicolumn{3}{c}{googlenet} & \multicolumn{3}{c}{resnet50}" in tex
+    assert r"\cmidrule(lr){2-4} \cmidrule(lr){5-7}" in tex
+    df = csv_frame("retrieval", names)
+    c = cell(df, "Triplet + KE-N3", "resnet50 / NMI")
+    nmi = [fixture_value("retrieval", "triplet+ke", "cub200", s, "nmi") for s in (0, 1)]
+    assert c["mean"] == pytest.approx(statistics.mean(nmi), abs=1e-12)
+    assert cell(df, "Triplet + KE-N3", "googlenet / R@1")["n"] == 0
+
+
+def test_cost_table_dense_vs_slim(names):
+    df = csv_frame("classification", names, kind="cost")
+    dense = df[(df["Method"] == "CE + KE-N10") & (df["Network"] == "Dense N")].set_index("column")
+    slim = df[(df["Method"] == "CE + KE-N10") & (df["Network"] == "Slim H")].set_index("column")
+    g1 = [fixture_value("classification", "ce+ke", "flowers102", s, "slim_top1", 1) for s in (0, 1, 2)]
+    g10 = [fixture_value("classification", "ce+ke", "flowers102", s, "slim_top1", 10) for s in (0, 1, 2)]
+    assert slim.loc["Acc_1", "mean"] == pytest.approx(statistics.mean(g1), abs=1e-12)
+    assert slim.loc["Δacc", "mean"] == pytest.approx(statistics.mean(g10) - statistics.mean(g1), abs=1e-12)
+    assert slim.loc["GFLOPs", "text"] == "2.33" and dense.loc["GFLOPs", "text"] == "3.63"
+    assert slim.loc["FLOPs red. (%)", "text"] == f"{100 * (1 - 2.33 / 3.63):.1f}"
+    assert dense.loc["FLOPs red. (%)", "text"] == "ref"
+    assert set(df["Method"]) == {"CE + KE-N3", "CE + KE-N10", "Smth + KE-N3"}  # only runs with a slim network
+
+
+def test_kd_table_surplus(names):
+    df = csv_frame("kd", names, kind="kd")
+    label = df[(df["Pruning"] == "l1-filter") & (df["Distillation"] == "KD")].set_index("column")
+
+    def v(method, s, key="top1"):
+        return fixture_value("kd", method, "digits", s, key, prune="l1-filter")
+
+    per_seed = [(v("kd+self-distill", s) - v("ce+scratch", s)) - (v("kd+self-distill", s, "unpruned_top1")
+                                                                   - v("ce+scratch", s, "unpruned_top1")) for s in (0, 1)]
+    assert label.loc["Surplus", "mean"] == pytest.approx(statistics.mean(per_seed), abs=1e-12)
+    assert label.loc["Surplus", "test"] == "one-sample-t"
+    assert label.loc["Surplus", "p_value"] == pytest.approx(stats.ttest_1samp(per_seed, 0).pvalue, rel=1e-6)
+    assert label.loc["Pruned + fine-tuned / Scratch", "mean"] == pytest.approx(
+        statistics.mean(v("ce+scratch", s) for s in (0, 1)), abs=1e-12)
+    slim = df[df["Pruning"] == "slimming"].set_index("column")
+    assert slim.loc["Surplus", "mark"] == "‡" and slim.loc["Surplus", "test"] == "from-means"
+    none = df[df["Pruning"] == "none"].set_index("column")
+    assert none.loc["Surplus", "text"] == "–" and none.loc["Pruned + fine-tuned / Scratch", "text"] == "–"
+    assert none.loc["Unpruned / KD", "n"] == 1
+    feature = df[(df["Pruning"] == "l1-filter") & (df["Distillation"] == "FD")].set_index("column")
+    assert feature.loc["Pruned + fine-tuned / Post-Distill", "text"] == "–"  # missing cell
+    assert label.loc["Epochs", "text"] == "60–100"  # scratch 40+20; KD pipelines add a 40-epoch teacher
+
+
+def test_budget_table_matches_single_pass_by_total_epochs(names):
+    df = csv_frame("budget", names, kind="budget")
+    assert list(df[df["column"] == "digits"]["Method"]) == ["CE + KE-N3", "CE (N1, 15 ep)", "Δ (multi − single)",
+                                                  "Smth + KE-N3", "Smth (N1, 15 ep)", "Δ (multi − single)"]
+    ke = [fixture_value("budget", "ce+ke", "digits", s) for s in (0, 1)]
+    matched = []
+    for s in (0, 1):
+        r = json.loads(next((RUNS / "budget").glob(f"ce_resnet18_digits_s{s}_matched_15")).joinpath("result.json").read_text())
+        matched.append(r["final"]["top1"])
+    deltas = df[df["Method"] == "Δ (multi − single)"]
+    assert deltas.iloc[0]["mean"] == pytest.approx(statistics.mean(a - b for a, b in zip(ke, matched)), abs=1e-12)
+    assert deltas.iloc[1]["text"] == "–"  # Smth + KE has no matched single pass
+    assert df[(df["Method"] == "CE (N1, 15 ep)") & (df["column"] == "Epochs")].iloc[0]["text"] == "15"
+    alls = csv_frame("budget", names, kind="budget", generation="all")
+    n2 = list(alls[alls["column"] == "digits"]["Method"])
+    assert n2[3:5] == ["CE + KE-N2", "CE (N1, 10 ep)"]  # generation 2 (10 epochs) beside the 10-epoch run
+    md, _ = make("budget", names, "markdown", kind="budget")
+    assert "| Δ (multi − single) | -0.95 ± 0.23 (2) |  |  |" in md
+
+
+# ------------------------------------------------------------------------------------------ LaTeX
+def check_latex_structure(text: str) -> None:
+    """Balanced braces and environments, booktabs rules in order, every row as wide as the tabular."""
+    body = re.sub(r"\\[{}$%&_#]", "", text)
+    body = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("%"))
+    depth = 0
+    for ch in body:
+        depth += ch == "{"
+        depth -= ch == "}"
+        assert depth >= 0, "unbalanced }"
+    assert depth == 0, "unbalanced {"
+    assert body.count("$") % 2 == 0
+    envs = re.findall(r"\\(begin|end)\{(\w+)\}", body)
+    stack = []
+    for kind, name in envs:
+        if kind == "begin":
+            stack.append(name)
+        else:
+            assert stack.pop() == name
+    assert not stack
+    spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", text).group(1)
+    inner = text.split(r"\toprule", 1)[1].split(r"\bottomrule", 1)[0]
+    assert text.index(r"\toprule") < text.index(r"\midrule") < text.index(r"\bottomrule")
+    rows = [r.strip() for r in inner.split(r"\\") if r.strip()]
+    rows = [re.sub(r"^(\\(midrule|cmidrule\(lr\)\{\d+-\d+\})\s*)+", "", r).strip() for r in rows]
+    rows = [r for r in rows if r]
+    for row in rows:
+        cells = re.split(r"(?<!\\)&", row)
+        width = sum(int(m.group(1)) if (m := re.match(r"\s*\\multicolumn\{(\d+)\}", c)) else 1 for c in cells)
+        assert width == len(spec), (row, width, len(spec))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_latex_structure(case, names):
+    folder, kw = CASES[case]
+    text, _ = make(folder, names, "latex", **kw)
+    check_latex_structure(text)
+    assert r"\usepackage{booktabs}" in text.splitlines()[0]
+
+
+def test_latex_checker_catches_broken_rows():
+    good, _ = make("classification", tables.Names(LABELS), "latex")
+    with pytest.raises(AssertionError):
+        check_latex_structure(good.replace(r"CE (N1) & ", r"CE (N1) & & ", 1))
+    with pytest.raises(AssertionError):
+        check_latex_structure(good.replace(r"\mathbf{", r"\mathbf{{", 1))
+
+
+ENGINE = next((e for e in ("pdflatex", "lualatex", "xelatex") if shutil.which(e)), None)
+
+
+@pytest.mark.skipif(ENGINE is None, reason="no LaTeX engine installed; structure is checked by test_latex_structure")
+@pytest.mark.parametrize("case", list(CASES))
+def test_latex_compiles(case, names, tmp_path):
+    folder, kw = CASES[case]
+    text, _ = make(folder, names, "latex", **kw)
+    doc = ("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n\\usepackage{booktabs}\n"
+           "\\usepackage[landscape,margin=1cm]{geometry}\n\\begin{document}\n" + text + "\\end{document}\n")
+    (tmp_path / "t.tex").write_text(doc)
+    out = subprocess.run([ENGINE, "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:]
+
+
+# ------------------------------------------------------------------------------------------ CLI and registry
+def test_registry_labels_make_paper_style_rows():
+    from kebench import registry
+
+    n = tables.Names()
+    assert n.method("ce", "single") == "CE (N1)"
+    assert n.method("smooth", "single") == "Smth (N1)"
+    assert n.method("ce", "bans", 10) == "CE + BANs-N10"
+    if "ke" in registry.plugins():
+        assert n.method("cskd", "ke", 3) == "CS-KD + KE-N3"
+        assert n.method("smooth", "ke", 3) == "Smth + KE-N3"
+
+
+def test_primary_metric_matches_engine():
+    from kebench.engine import PRIMARY
+
+    assert tables.PRIMARY == PRIMARY
+
+
+def test_cli_table_and_errors(capsys, tmp_path):
+    from kebench.cli import main
+
+    main(["table", str(RUNS / "classification"), "--format", "csv", "--method", "ce,ke", "--dataset", "flowers102"])
+    captured = capsys.readouterr()
+    df = pd.read_csv(io.StringIO(captured.out))
+    assert set(df["column"]) == {"flowers102", "Epochs", "TFLOPs"}
+    assert set(df["Method"]) == {"CE (N1)", "CE + KE-N10", "Smth + KE-N3"}  # a bare regime: all its objectives
+    assert "ce+ke_resnet18_flowers102_s3_paper_200: failed" in captured.err
+    main(["table", str(RUNS / "kd"), "--kind", "kd", "--format", "latex", "--out", str(tmp_path / "kd.tex")])
+    assert (tmp_path / "kd.tex").read_text().startswith("% kebench table --kind kd")
+    with pytest.raises(SystemExit) as exc:
+        main(["table", str(RUNS / "classification"), "--rows", "nosuchthing"])
+    assert exc.value.code == 2
+    assert "Unknown table dimension 'nosuchthing'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["table", str(tmp_path / "missing")])
+    assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["table", str(RUNS / "classification"), "--metric", "top5"])
+    assert exc.value.code == 2 and "Unknown metric 'top5'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["table", str(RUNS / "retrieval"), "--kind", "kd"])
+    assert exc.value.code == 2 and "No KD x pruning results" in capsys.readouterr().err
+
+
+def test_real_runs_tabulate(make_cfg, run_cfg, tmp_path):
+    """Results written by the engine itself (not hand-made) go through every format."""
+    for method in ("ce", "smooth"):
+        for seed in (0, 1):
+            run_cfg(make_cfg(method, seed=seed))
+    out = tmp_path / "results"
+    df = pd.read_csv(io.StringIO(tables.make_table([out], fmt="csv", stderr=io.StringIO())))
+    assert set(df["Method"]) == {"CE (N1)", "Smth (N1)"}
+    ce = df[(df["Method"] == "CE (N1)") & (df["column"] == "synthetic")].iloc[0]
+    finals = [json.loads(p.read_text())["final"]["top1"] for p in sorted(out.glob("ce_*/result.json"))]
+    assert ce["n"] == 2 and ce["mean"] == pytest.approx(statistics.mean(finals), abs=1e-12)
+    epochs = df[(df["Method"] == "CE (N1)") & (df["column"] == "Epochs")].iloc[0]
+    assert epochs["text"] == "1"
+    check_latex_structure(tables.make_table([out], fmt="latex", stderr=io.StringIO()))
