@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
-from kebench.errors import UserError
+from kebench.errors import UserError, unknown_choice
 
 SPLITS = ("kels", "wels", "wels-rand")
 INPUT_GROUP = "input"
@@ -621,8 +621,6 @@ class Split(nn.Module):
     def __init__(self, kind: str, rate: float, masks: dict[str, tuple[torch.Tensor, torch.Tensor | None]]):
         super().__init__()
         if kind not in SPLITS:
-            from kebench.errors import unknown_choice
-
             raise unknown_choice("split", kind, list(SPLITS))
         self.kind, self.rate = kind, rate
         self.layer_names = list(masks)

@@ -92,7 +92,8 @@ class KnowledgeEvolution(Regime):
                 "fit_fraction": split.fit_fraction()}
         if self.kind == "kels":
             models["slim"] = self.slim(run, run.model)
-            save_slim(models["slim"], run.dir / SLIM_FILE)
+            if run.rank == 0:  # under DDP one process writes the files
+                save_slim(models["slim"], run.dir / SLIM_FILE)
             info["slim_file"] = SLIM_FILE
         cost = {}
         for key, m in models.items():
