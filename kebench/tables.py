@@ -942,20 +942,29 @@ def budget_table(runs: list[dict], cols=None, metrics=None, generations=None, na
     for s in single:
         pool[(s.objective, s.col, comparable(s), s.per_pass_epochs)].append(s)
     row_keys = sorted({e.row for e in multi}, key=_row_sorter(multi, rows, names))
-    col_keys = sorted({e.col for e in multi} | {s.col for s in single}, key=lambda c: tuple(_sort_value(v) for v in c))
-    col_keys = [c for c in col_keys if any(e.col == c for e in multi)]
-    grid = [(ck, m) for ck in col_keys for m in metrics]
-    columns = [Col(tuple(_group_title(v) for v in ck) + ((metric_title(m),) if len(metrics) > 1 or not ck else ()), m)
-               for ck, m in grid]
-    table_rows = []
-    for i, rk in enumerate(row_keys):
+    groups, unmatched = [], []
+    for rk in row_keys:
         es = [e for e in multi if e.row == rk]
-        total = Counter(e.epochs for e in es).most_common(1)[0][0]
         matched = {}
         for e in es:
             for s in pool.get((e.objective, e.col, comparable(e), e.epochs), []):
                 matched.setdefault((s.col, s.seed), s)
-        matched = list(matched.values())
+        if matched:
+            groups.append((rk, es, list(matched.values())))
+        else:
+            unmatched.append(rk[0])
+    if not groups:
+        raise UserError("No single-pass run has the same objective, settings and total epochs as a multi-pass result "
+                        f"({', '.join(unmatched)}). Run the multi-pass method with `--budget matched` (it also trains "
+                        "the single pass for the same total epochs), e.g. `kebench run --method ke --generations 3 "
+                        "--budget matched`.")
+    col_keys = sorted({e.col for _, es, _ in groups for e in es}, key=lambda c: tuple(_sort_value(v) for v in c))
+    grid = [(ck, m) for ck in col_keys for m in metrics]
+    columns = [Col(tuple(_group_title(v) for v in ck) + ((metric_title(m),) if len(metrics) > 1 or not ck else ()), m)
+               for ck, m in grid]
+    table_rows = []
+    for i, (rk, es, matched) in enumerate(groups):
+        total = Counter(e.epochs for e in es).most_common(1)[0][0]
         total_text = fmt_count(total) if isinstance(total, (int, float)) else MISSING
         m_label = f"{names.method(es[0].objective, 'single')[:-1]}, {total_text} ep)"
         cells_multi, cells_single, cells_delta = [], [], []
@@ -969,10 +978,8 @@ def budget_table(runs: list[dict], cols=None, metrics=None, generations=None, na
             elif a.n and b.n:
                 d = Cell(mean=a.mean - b.mean, n=0)
                 tmp = Cell(values=a.values, n=a.n)
-                compare(tmp, b, alpha)
-                d.mark, d.test = tmp.mark, tmp.test or "from-means"
-                if not d.mark:
-                    d.mark = MARK_FROM_MEANS
+                compare(tmp, b, alpha)  # bootstrap when both sides have >= 2 runs
+                d.mark, d.test = (tmp.mark, tmp.test) if tmp.test else (MARK_FROM_MEANS, "from-means")
             else:
                 d = Cell()
             cells_multi.append(a)
@@ -1001,6 +1008,9 @@ def budget_table(runs: list[dict], cols=None, metrics=None, generations=None, na
                      f"difference in means excludes 0.")
     if MARK_FROM_MEANS in marks:
         notes.append(f"{MARK_FROM_MEANS} difference of the means (no shared seeds, too few runs to test).")
+    if unmatched:
+        notes.append(f"Without a single pass of the same total epochs (run them with --budget matched): "
+                     f"{', '.join(unmatched)}.")
     notes.append(COST_NOTE)
     caption = (f"Equal total training budget: {' / '.join(metric_title(m) for m in metrics)} (%) of each multi-pass "
                f"regime beside a single pass with the same total epochs.")

@@ -231,22 +231,24 @@ def test_kd_table_surplus(names):
 
 def test_budget_table_matches_single_pass_by_total_epochs(names):
     df = csv_frame("budget", names, kind="budget")
-    assert list(df[df["column"] == "digits"]["Method"]) == ["CE + KE-N3", "CE (N1, 15 ep)", "Δ (multi − single)",
-                                                  "Smth + KE-N3", "Smth (N1, 15 ep)", "Δ (multi − single)"]
+    assert list(df[df["column"] == "digits"]["Method"]) == ["CE + KE-N3", "CE (N1, 15 ep)", "Δ (multi − single)"]
     ke = [fixture_value("budget", "ce+ke", "digits", s) for s in (0, 1)]
-    matched = []
-    for s in (0, 1):
-        r = json.loads(next((RUNS / "budget").glob(f"ce_resnet18_digits_s{s}_matched_15")).joinpath("result.json").read_text())
-        matched.append(r["final"]["top1"])
-    deltas = df[df["Method"] == "Δ (multi − single)"]
-    assert deltas.iloc[0]["mean"] == pytest.approx(statistics.mean(a - b for a, b in zip(ke, matched)), abs=1e-12)
-    assert deltas.iloc[1]["text"] == "–"  # Smth + KE has no matched single pass
-    assert df[(df["Method"] == "CE (N1, 15 ep)") & (df["column"] == "Epochs")].iloc[0]["text"] == "15"
-    alls = csv_frame("budget", names, kind="budget", generation="all")
-    n2 = list(alls[alls["column"] == "digits"]["Method"])
-    assert n2[3:5] == ["CE + KE-N2", "CE (N1, 10 ep)"]  # generation 2 (10 epochs) beside the 10-epoch run
+    matched = [json.loads((RUNS / "budget" / f"ce_resnet18_digits_s{s}_matched_15" / "result.json").read_text())
+               ["final"]["top1"] for s in (0, 1)]
+    delta = cell(df, "Δ (multi − single)", "digits")
+    assert delta["mean"] == pytest.approx(statistics.mean(a - b for a, b in zip(ke, matched)), abs=1e-12)
+    assert delta["test"] == "one-sample-t"
+    assert delta["p_value"] == pytest.approx(stats.ttest_rel(ke, matched).pvalue, rel=1e-6)
+    assert cell(df, "CE (N1, 15 ep)", "synthetic")["text"] == "–"  # no single pass on that dataset
+    assert cell(df, "CE (N1, 15 ep)", "Epochs")["text"] == "15"
+    assert cell(df, "CE + KE-N3", "Epochs")["text"] == "15"
     md, _ = make("budget", names, "markdown", kind="budget")
-    assert "| Δ (multi − single) | -0.95 ± 0.23 (2) |  |  |" in md
+    assert "| Δ (multi − single) | -0.95 ± 0.23 (2) | – |  |  |" in md
+    assert "Without a single pass of the same total epochs (run them with --budget matched): Smth + KE-N3." in md
+    alls = csv_frame("budget", names, kind="budget", generation="all")
+    assert list(alls[alls["column"] == "digits"]["Method"])[3:5] == ["CE + KE-N2", "CE (N1, 10 ep)"]
+    with pytest.raises(tables.UserError, match="--budget matched"):
+        make("budget", names, kind="budget", methods="smooth+ke")
 
 
 # ------------------------------------------------------------------------------------------ LaTeX
