@@ -166,3 +166,28 @@ def test_fewer_classes_than_p_warns_and_uses_them_all(run_cfg, tmp_path):
     with pytest.warns(UserWarning, match="only 5 training classes, so batches hold 5 classes x 5 images = 25"):
         result = run_cfg(cfg)
     assert result["passes"][0]["images"] == result["passes"][0]["steps"] * 25
+
+
+def test_ke_on_retrieval_reports_dense_and_slim_per_generation(run_cfg, tmp_path):
+    from pathlib import Path
+
+    from kebench.slim import load_slim
+
+    cfg = resolve({"data": "digits-retrieval", "method": "ke", "arch": "test_resnet", "epochs": 1, "resolution": 12,
+                   "train_fraction": 0.1, "batch_size": 20, "device": "cpu", "out": str(tmp_path)},
+                  {}, {"generations": "2", "embedding_dim": "8", "images_per_class": "4", "classes_per_batch": "5"})
+    assert cfg.method == "triplet+ke"
+    result = run_cfg(cfg)
+    assert result["status"] == "complete" and result["task"] == "retrieval"
+    keys = ["nmi", "r@1", "r@2", "r@4", "r@8"]
+    gens = [p for p in result["passes"] if p["kind"] == "generation"]
+    assert [p["index"] for p in gens] == [1, 2]
+    for p in gens:
+        for key in keys + ["slim_" + k for k in keys]:
+            assert 0 <= p["metrics"][key] <= 1, key
+    # The slim fit-hypothesis is narrower but embeds into the same 8-d unit sphere.
+    slim = load_slim(Path(cfg.out) / cfg.run_id() / "slim.pt").eval()
+    assert result["cost"]["slim"]["params"] < result["cost"]["dense"]["params"]
+    assert slim.get_classifier().out_features == 8
+    out = slim(torch.randn(3, 1, 12, 12))
+    assert out.shape == (3, 8) and torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
