@@ -35,8 +35,10 @@ def check_fraction(value, name: str, plugin: str) -> float:
 
 
 def weight_sparsity(model) -> dict:
-    """Pass metric: fraction of exactly-zero entries over all prunable weight tensors."""
-    return {"sparsity": sparsity(p for _, p in prunable_weights(model))}
+    """Pass record entries: fraction of exactly-zero weights over all prunable tensors (a metric)
+    and per layer (`layer_sparsity`, beside the metrics)."""
+    named = prunable_weights(model)
+    return {"sparsity": sparsity(p for _, p in named), "layer_sparsity": {n: sparsity([p]) for n, p in named}}
 
 
 class DSD(Regime):
@@ -69,7 +71,6 @@ class DSD(Regime):
                 hook = MaskHook(run.model, masks)
                 hook.apply()  # pruned weights start at exactly zero
                 hooks.append(hook)
-                run.extra["dsd"]["layer_sparsity"] = {n: 1 - k for n, k in masks.kept_fraction().items()}
             record = run.fit(epochs, kind="phase", label=i + 1, hooks=hooks, lr_window=(offset, total),
                              after=weight_sparsity)
             record["phase"] = phase

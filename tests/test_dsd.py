@@ -104,6 +104,7 @@ def test_dsd_phases_exact_sparsity_then_restored(make_cfg):
     assert all(v == 0 for v in snapshots[0].values())
     assert snapshots[1] == {n: round(0.3 * s) for n, s in sizes.items()}  # exact, after 24 SGD steps
     assert result["passes"][1]["metrics"]["sparsity"] == pytest.approx(0.3, abs=1e-4)
+    assert result["passes"][1]["layer_sparsity"] == {n: round(0.3 * s) / s for n, s in sizes.items()}
     # The re-dense phase regrows pruned weights in every layer, most layers entirely. (At 16 px the
     # deepest 3x3 convs see 1x1 maps: their off-centre taps multiply padding, get no gradient, stay 0.)
     assert all(snapshots[2][n] < snapshots[1][n] for n in sizes)

@@ -1,0 +1,91 @@
+"""AdaCos: adaptive-scale cosine logits (Zhang et al., CVPR 2019). No hyperparameters.
+
+The classifier is replaced by `CosineHead`: logits = s * cos(theta) between L2-normalised features
+and L2-normalised, *trainable* class weights (a submodule, so the engine's optimizer trains them).
+The scale s lives in a buffer (checkpointed with the model), starts at sqrt(2) * ln(C - 1) and is
+updated on training batches only, before the loss is taken (the paper's Algorithm 1):
+
+    B_avg     = mean over the batch of sum_{k != y} exp(s_old * cos(theta_k))
+    theta_med = median of the target angles theta_y
+    s         = ln(B_avg) / cos(min(pi/4, theta_med))
+
+Safe floor: s never goes below sqrt(2) * ln(2), the formula's initial scale for C = 3 (the smallest
+class count where it is positive). For C = 2 the formula gives s = 0 (every logit 0, nothing learns,
+and B_avg = 1 keeps it there), and whenever B_avg < 1 it would make s negative (flipped logits).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kebench.errors import UserError
+from kebench.plugin import Objective
+
+MIN_SCALE = math.sqrt(2) * math.log(2)  # the formula's value at C = 3; the floor described above
+
+
+def initial_scale(num_classes: int) -> float:
+    return max(math.sqrt(2) * math.log(max(num_classes - 1, 1)), MIN_SCALE)
+
+
+class CosineHead(nn.Module):
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.in_features, self.num_classes = in_features, num_classes
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.xavier_uniform_(self.weight)
+        self.register_buffer("s", torch.tensor(initial_scale(num_classes)))
+
+    def cosine(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(features.float(), dim=1), F.normalize(self.weight.float(), dim=1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(features.device.type, enabled=False):  # cosines in float32 under AMP
+            # A copy of s: the training step updates the buffer in place after this forward pass.
+            return self.s.clone() * self.cosine(features)
+
+    @torch.no_grad()
+    def update_scale(self, cos: torch.Tensor, labels: torch.Tensor) -> None:
+        """One AdaCos scale update from a training batch's cosines and labels."""
+        target = F.one_hot(labels, cos.shape[1]).bool()
+        b_avg = torch.where(target, torch.zeros_like(cos), torch.exp(self.s * cos)).sum(1).mean()
+        theta_med = torch.acos(cos[target].clamp(-1 + 1e-7, 1 - 1e-7)).median()
+        new = torch.log(b_avg) / torch.cos(torch.clamp(theta_med, max=math.pi / 4))
+        self.s.copy_(torch.clamp(new, min=MIN_SCALE))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}"
+
+
+def cosine_head(model: nn.Module) -> CosineHead:
+    for module in model.modules():
+        if isinstance(module, CosineHead):
+            return module
+    raise TypeError("model has no AdaCos CosineHead; was it built by the adacos objective?")
+
+
+class AdaCos(Objective):
+    def adapt_model(self, model, num_classes):
+        """Swap the model's linear classifier (timm's `get_classifier()`) for a CosineHead in place."""
+        classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+        if not isinstance(classifier, nn.Linear):
+            raise UserError(f"adacos replaces a linear classifier with a cosine head, but "
+                            f"{type(model).__name__}'s classifier is {type(classifier).__name__}. "
+                            f"Pick an architecture with a linear head (resnet, densenet, vgg, googlenet).")
+        name = next(n for n, m in model.named_modules() if m is classifier)
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, CosineHead(classifier.in_features, num_classes))
+        return model
+
+    def loss(self, model, x, y):
+        head = cosine_head(model)
+        used = head.s.clone()
+        cos = model(x).float() / used  # the head returned used * cos(theta)
+        if model.training and head.training:
+            head.update_scale(cos.detach(), y)
+        logits = head.s * cos
+        return F.cross_entropy(logits, y), logits

@@ -1,0 +1,125 @@
+"""Born-Again Networks (Furlanello et al., ICML 2018).
+
+N generations of the same architecture. Generation 1 trains with the run's objective; every later
+generation starts from a fresh random initialisation and distils from the previous generation:
+
+    loss = (1 - alpha) * objective_loss + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))
+
+The teacher is a frozen copy (eval mode, no gradients, same device) kept in `run.state`, so a
+resumed run distils from the right teacher. The BAN ensemble (mean of the generations' softmax
+outputs on the test split) is reported per generation as `ensemble_top1`; the per-generation test
+probabilities live in `run.state` too.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kebench import metrics
+from kebench.engine import copy_model
+from kebench.errors import UserError
+from kebench.plugin import Objective, Regime
+
+
+def kd_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), summed over classes, mean over samples."""
+    t = temperature
+    return t * t * F.kl_div(F.log_softmax(student.float() / t, dim=1), F.log_softmax(teacher.float() / t, dim=1),
+                            reduction="batchmean", log_target=True)
+
+
+class Distill(Objective):
+    """Any objective plus distillation from a frozen teacher.
+
+    The distillation term is computed on every student forward pass the wrapped objective makes
+    *with gradients* (CE: the batch; CS-KD: the anchors, not the no-grad partner pass), so the
+    student runs no extra forward pass and composes with any objective."""
+
+    def __init__(self, inner: Objective, teacher: nn.Module, alpha: float, temperature: float, run):
+        super().__init__({"alpha": alpha, "temperature": temperature}, run)
+        self.inner, self.teacher = inner, teacher
+        self.tasks = inner.tasks
+
+    def adapt_model(self, model, num_classes):
+        return self.inner.adapt_model(model, num_classes)
+
+    def batch_sampler(self, labels, batch_size, generator):
+        return self.inner.batch_sampler(labels, batch_size, generator)
+
+    def hooks(self):
+        return self.inner.hooks()
+
+    def extra_parameters(self, model):
+        return self.inner.extra_parameters(model)
+
+    def train_mode(self, model):
+        self.inner.train_mode(model)
+        self.teacher.eval()
+
+    def loss(self, model, x, y):
+        captured = []
+
+        def grab(module, args, out):
+            if isinstance(out, torch.Tensor) and out.requires_grad and args:
+                captured.append((args[0], out))
+
+        handle = model.register_forward_hook(grab)
+        try:
+            base, logits = self.inner.loss(model, x, y)
+        finally:
+            handle.remove()
+        if not captured:  # the objective did not call the model on a batch with gradients
+            captured = [(x, model(x))]
+        kd = torch.zeros((), device=base.device)
+        count = 0
+        for inputs, student in captured:
+            with torch.no_grad():
+                teacher = self.teacher(inputs)
+            kd = kd + kd_term(student, teacher, self.params.temperature) * len(student)
+            count += len(student)
+        a = self.params.alpha
+        return (1 - a) * base + a * kd / count, logits
+
+
+class BornAgain(Regime):
+    tasks = ("classification",)  # distils class probabilities; retrieval embeddings have none
+    incompatible = {
+        "kd": "BANs already distils every generation from the previous one; the kd objective brings its "
+              "own teacher, so each student would be distilled twice. Use 'bans' (ce) or 'kd' under 'single'.",
+    }
+
+    def __init__(self, params, run):
+        super().__init__(params, run)
+        p = self.params
+        self.generations = int(p.generations)
+        if self.generations < 1:
+            raise UserError(f"bans: generations must be >= 1, got {p.generations}.")
+        if not 0 <= float(p.alpha) <= 1:
+            raise UserError(f"bans: alpha (weight of the distillation term) must be in [0, 1], got {p.alpha}.")
+        if float(p.temperature) <= 0:
+            raise UserError(f"bans: temperature must be > 0, got {p.temperature}.")
+
+    def run(self, run):
+        p = self.params
+        n_test = len(run.data.test)
+        probs = torch.zeros(self.generations, n_test, run.data.num_classes)
+        run.state["bans_probs"] = probs  # per-generation test softmax, checkpointed for the ensemble
+        teacher = None
+        for g in range(1, self.generations + 1):
+            objective = None
+            if g > 1:
+                if teacher is None:
+                    teacher = copy_model(run.model).requires_grad_(False).eval()
+                    run.state["bans_teacher"] = teacher
+                teacher.load_state_dict(run.model.state_dict())
+                run.model.load_state_dict(run.build_model().state_dict())  # fresh random init (global RNG)
+                objective = Distill(run.objective, teacher, float(p.alpha), float(p.temperature), run)
+
+            def ensemble(model, g=g):
+                out, labels = run.predict(model)
+                probs[g - 1] = out.float().softmax(dim=1)
+                return {"ensemble_top1": metrics.top1(probs[:g].mean(0), labels)}
+
+            record = run.fit(run.cfg.epochs, kind="generation", label=g, objective=objective, after=ensemble)
+        run.extra.setdefault("final", {})["ensemble_top1"] = record["metrics"]["ensemble_top1"]

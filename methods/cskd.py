@@ -1,0 +1,60 @@
+"""CS-KD: class-wise self-knowledge distillation (Yun et al., CVPR 2020).
+
+Every training batch holds B anchors followed by B partners, partner i being another random
+training sample of anchor i's class (`--batch-size` counts the anchors, as in the official code, so
+a step processes 2B images). Loss:
+
+    CE(f(x), y) + lambda_cls * T^2 * KL(softmax(f(x')/T) || softmax(f(x)/T))
+
+with the partner logits f(x') computed without gradients (a separate forward pass, as the
+official code does, so the anchors' BatchNorm statistics are their own). A class with a single
+training image pairs it with itself (under different augmentation).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kebench.errors import UserError
+from kebench.plugin import Objective
+
+
+def class_partners(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """partner[i]: a uniformly drawn *other* index with labels[i]'s class (i itself if it is alone)."""
+    labels = labels.cpu()
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.empty_like(order)
+    pos[order] = torch.arange(len(order)) - starts[labels[order]]  # rank of each sample inside its class
+    n = counts[labels]
+    shift = 1 + (torch.rand(len(labels), generator=generator) * (n - 1)).long().clamp(max=(n - 2).clamp(min=0))
+    other = torch.where(n > 1, (pos + shift) % n, pos)
+    return order[starts[labels] + other]
+
+
+class ClassWiseSelfKD(Objective):
+    def __init__(self, params, run):
+        super().__init__(params, run)
+        if float(self.params.temperature) <= 0:
+            raise UserError(f"cskd: temperature must be > 0, got {self.params.temperature}.")
+        if float(self.params.lambda_cls) < 0:
+            raise UserError(f"cskd: lambda_cls must be >= 0, got {self.params.lambda_cls}.")
+
+    def batch_sampler(self, labels, batch_size, generator):
+        order = torch.randperm(len(labels), generator=generator)
+        anchors = list(order.split(batch_size))
+        if len(anchors) > 1 and len(anchors[-1]) < batch_size:
+            anchors.pop()  # drop_last, like the engine's default batches
+        partners = class_partners(labels, generator)
+        return [torch.cat([a, partners[a]]) for a in anchors]
+
+    def loss(self, model, x, y):
+        b = len(x) // 2
+        logits = model(x[:b])
+        with torch.no_grad():
+            partner = model(x[b:])
+        t = float(self.params.temperature)
+        kl = F.kl_div(F.log_softmax(logits.float() / t, dim=1), F.log_softmax(partner.float() / t, dim=1),
+                      reduction="batchmean", log_target=True)
+        return F.cross_entropy(logits, y[:b]) + float(self.params.lambda_cls) * t * t * kl, logits
