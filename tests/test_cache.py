@@ -159,3 +159,29 @@ def test_engine_trains_on_the_fallback(tmp_path, make_cfg, run_cfg):
         result = run_cfg(cfg)
     assert result["status"] == "complete", result.get("error")
     assert result["data"]["cache"]["train"]["mode"] == "dataloader" and result["training"]["steps"] == 2
+
+
+# ---------------------------------------------------------------------------- the CPU batch path
+def test_cpu_augmentation_samples_the_same_points_as_grid_sample():
+    """augment_cpu (per image, uint8 resize, used on CPU) and augment (batched grid_sample, used on
+    CUDA) agree inside whole-pixel boxes: same sample points, up to uint8 rounding; only the outer
+    ring differs (interpolate clamps at the crop edge, grid_sample reads the pixel beyond it)."""
+    from kebench.data.pipeline import augment, augment_cpu
+
+    gen = torch.Generator().manual_seed(0)
+    source = (torch.rand(6, 3, 40, 40, generator=gen) * 255).to(torch.uint8)
+    source = source.contiguous(memory_format=torch.channels_last)  # the cache's layout
+    index = torch.tensor([4, 0, 2, 2])
+    ltwh = torch.tensor([[3, 5, 30, 20], [0, 0, 40, 40], [10, 2, 9, 12], [21, 17, 19, 23]], dtype=torch.float32)
+    boxes = torch.cat([ltwh[:, :2] + ltwh[:, 2:] / 2, ltwh[:, 2:]], dim=1)  # (cx, cy, w, h)
+    flips = torch.tensor([True, False, True, False])
+    mean, std = torch.full((1, 3, 1, 1), 100.0), torch.full((1, 3, 1, 1), 50.0)
+    threads = torch.get_num_threads()
+    ours = augment_cpu(source, index, 16, boxes, flips, mean, std) * 50 + 100
+    assert torch.get_num_threads() == threads  # restored after the single-threaded loop
+    ref = augment(source[index].float(), 16, boxes, flips)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    assert ours.shape == (4, 3, 16, 16) and ours.is_contiguous(memory_format=torch.channels_last)
+    assert (ours - ref)[inner].abs().max() <= 1.01
+    unflipped = augment_cpu(source, index, 16, boxes, torch.zeros(4, dtype=torch.bool), mean, std) * 50 + 100
+    assert torch.allclose(ours[0], unflipped[0].flip(-1)) and not torch.allclose(ours[0], unflipped[0])

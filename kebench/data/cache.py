@@ -3,8 +3,9 @@
 On small datasets JPEG decoding and per-image CPU transforms, not the network, bound the speed of
 a fast GPU. So every image of a split is decoded once (PIL, with `Image.draft` letting libjpeg
 decode straight at a reduced scale), its shorter side resized to `size` (torchvision's `Resize`,
-bilinear, antialiased), center-cropped to `size` x `size` and written into one uint8
-[N, 3, size, size] raw file. Every later epoch, generation and run memory-maps that file; the batch
+bilinear, antialiased), center-cropped to `size` x `size` and written into one uint8 raw file,
+pixel-interleaved (N, size, size, 3). It is exposed as the [N, 3, size, size] tensor the pipeline
+expects, in channels-last strides (what the CPU resize kernels and CUDA convolutions prefer). Every later epoch, generation and run memory-maps that file; the batch
 pipeline (`pipeline.BatchStream`) crops, flips and normalises whole batches on the training device.
 
 Storing one uniform square per image is what lets a split be one array. The price is that random
@@ -35,7 +36,7 @@ import torch
 
 from kebench.data import Split
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pixel-interleaved (N, S, S, 3)
 
 
 def default_dir() -> Path:
@@ -48,7 +49,7 @@ def default_workers() -> int:
 
 
 def decode_image(path, size: int, banner_px: int = 0) -> np.ndarray:
-    """One image file -> uint8 [3, size, size]: drop `banner_px` bottom rows (in original pixels),
+    """One image file -> uint8 [size, size, 3]: drop `banner_px` bottom rows (in original pixels),
     resize the shorter side to `size` (torchvision Resize, bilinear), center-crop a square."""
     from PIL import Image
     from torchvision.transforms import InterpolationMode
@@ -68,7 +69,7 @@ def decode_image(path, size: int, banner_px: int = 0) -> np.ndarray:
         img = img.crop((0, 0, dw, dh - round(banner_px * dh / h)))
     img = TF.resize(img, size, interpolation=InterpolationMode.BILINEAR)
     img = TF.center_crop(img, [size, size])
-    return np.asarray(img).transpose(2, 0, 1)
+    return np.asarray(img)
 
 
 def _try_decode(args):
@@ -190,7 +191,7 @@ def _build(dataset, split, base, rels, size, banner_px, workers, fp, data_path, 
     tmp = data_path.with_name(f".{data_path.name}.{os.getpid()}.tmp")
     kept, unusable = [], []
     try:
-        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(len(rels), 1), 3, size, size))
+        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(len(rels), 1), size, size, 3))
         jobs = [(base / rel, size, banner_px) for rel in rels]
         # PIL releases the GIL while decoding and resizing, so threads scale across cores.
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -231,7 +232,7 @@ def _map(path: Path, n: int, size: int) -> torch.Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "non-writable": we never write to it
             t = torch.from_numpy(arr)
-    return t.view(n, 3, size, size)
+    return t.view(n, size, size, 3).permute(0, 3, 1, 2)  # [N, 3, S, S], channels-last strides
 
 
 def _say(msg: str) -> None:
@@ -261,7 +262,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
         arr, err = _try_decode((self.paths[i], self.size, self.banner_px))
         if err is not None:
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), i, err
-        return torch.from_numpy(np.ascontiguousarray(arr)), i, None
+        return torch.from_numpy(np.array(arr)).permute(2, 0, 1), i, None
 
 
 def _collate(samples):
