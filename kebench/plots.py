@@ -35,6 +35,8 @@ METADATA = {"png": {"Software": None},
             "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None},
             "svg": {"Date": None, "Creator": None}}
 HYPOTHESIS_KEYS = ("fit_abs_mean", "reset_abs_mean")
+NOT_THE_MODEL = ("teacher",)  # pass kinds that train a network other than the one the run reports
+LEGEND_INSIDE_MAX = 6  # longer legends go beside the panel
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -100,6 +102,13 @@ def _color(i: int):
     return colormaps["tab10"](i % 10)
 
 
+def _legend(ax) -> None:
+    if len(ax.get_legend_handles_labels()[1]) > LEGEND_INSIDE_MAX:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(loc="best")
+
+
 def _style():
     import matplotlib
 
@@ -159,7 +168,7 @@ def generations_figure(runs: list[dict], metric: str | None = None, names: Names
             ax.set_ylabel(f"{metric_title(metric or PRIMARY.get(multi[0].get('task', 'classification'), 'top1'))} (%)")
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
-            ax.legend(loc="best")
+            _legend(ax)
     return fig
 
 
@@ -197,7 +206,7 @@ def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None
             ax.set_xlabel("Inference GFLOPs per image")
             ax.set_ylabel(f"{metric_title(metric or PRIMARY.get(entries[0].run.get('task', 'classification'), 'top1'))} (%)")
             ax.grid(alpha=0.3)
-            ax.legend(loc="best")
+            _legend(ax)
     return fig
 
 
@@ -236,7 +245,7 @@ def hypotheses_figure(runs: list[dict], names: Names | None = None):
             ax.set_ylabel("mean |w|")
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
-            ax.legend(loc="best")
+            _legend(ax)
     return fig
 
 
@@ -251,7 +260,8 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
         for i, p in enumerate(r.get("passes") or []):
             total += p.get("train_flops") or 0
             v = (p.get("metrics") or {}).get(m)
-            if isinstance(v, (int, float)) and total:
+            # A teacher pass (KD pipelines) costs compute but measures another network: no point.
+            if isinstance(v, (int, float)) and total and p.get("kind") not in NOT_THE_MODEL:
                 pt = curves[r.get("dataset")][labels[r["_path"]]][i]
                 pt["x"].append(total / 1e12)
                 pt["y"].append(v)
@@ -294,7 +304,7 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
             ax.set_xlabel("Cumulative training TFLOPs")
             ax.set_ylabel(f"{metric_title(metric or PRIMARY.get((runs[0] if runs else {}).get('task', 'classification'), 'top1'))} (%)")
             ax.grid(alpha=0.3, which="both")
-            ax.legend(loc="best")
+            _legend(ax)
     return fig
 
 
