@@ -36,6 +36,8 @@ BLOCK_PAIRS = {
     BasicBlock: (("conv1", "bn1", "conv2"),),
     Bottleneck: (("conv1", "bn1", "conv2"), ("conv2", "bn2", "conv3")),
 }
+#: The BN that ends each block's residual branch (zeroed in a new block, so the branch adds 0).
+LAST_BN = {BasicBlock: "bn2", Bottleneck: "bn3"}
 MUTATIONS = ("widen", "deepen")
 SPLITS = ("random", "equal")
 #: Largest relative change of the logits at birth we accept as "the same function": float32 (and
@@ -147,14 +149,17 @@ def widen(model: nn.Module, gen: torch.Generator, widen_by: float, split: str) -
 def deepen(model: nn.Module, gen: torch.Generator, make_block) -> str:
     """Insert make_block(stage_name, seed) after a random block of a random stage.
 
-    The new block's residual branch ends in a zero-gamma BN, so it adds 0 to a post-ReLU (>= 0)
-    input and its output ReLU passes that input through unchanged: the function is preserved exactly.
+    The new block's residual branch ends in a BN with gamma = beta = 0, so it adds 0 to a post-ReLU
+    (>= 0) input and its output ReLU passes that input through unchanged: the function is preserved
+    exactly. The rest of the block keeps its random init, so gradients reach the new gamma at once.
     """
     named = stages(model)
     sname, stage = named[int(torch.randint(len(named), (1,), generator=gen))]
     position = int(torch.randint(len(stage), (1,), generator=gen)) + 1
     block = make_block(sname, int(torch.randint(2**31 - 1, (1,), generator=gen)))
-    block.zero_init_last()
+    last = getattr(block, LAST_BN[type(block)])
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
     stage.insert(position, block)
     return f"deepen {sname} at {position} ({len(stage)} blocks)"
 
