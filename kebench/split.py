@@ -56,7 +56,7 @@ _CHANNELWISE = {
 # Elementwise ops of two operands: channel-aligned operands have their groups merged.
 _BINARY = {"add", "sub", "mul", "div", "true_divide", "truediv", "rsub", "radd", "rmul", "rtruediv", "iadd",
            "isub", "imul", "itruediv", "idiv", "maximum", "minimum"}
-_REDUCE = {"mean", "sum", "amax", "amin", "std", "var", "logsumexp", "norm"}
+_REDUCE = {"mean", "sum", "amax", "amin", "std", "var", "logsumexp"}
 _CHANNEL_NORMALISE = {"softmax", "log_softmax", "normalize"}
 _IGNORED = {"dim", "size", "numel", "get", "_assert", "is_floating_point", "is_complex", "stride",
             "data_ptr", "element_size", "is_contiguous", "_has_compatible_shallow_copy_type"}
@@ -305,6 +305,13 @@ class _Tracer(TorchFunctionMode):
         tracked = [a for a in _flat(args, kwargs) if self.get(a) is not None]
         if not tracked:
             return out
+        try:
+            self._dispatch(name, out, args, kwargs)
+        except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:  # an unusual call signature
+            raise self.unsupported(name, f"unexpected arguments ({type(exc).__name__}: {exc})") from None
+        return out
+
+    def _dispatch(self, name, out, args, kwargs) -> None:
         handler = getattr(self, f"_op_{name}", None)
         if handler is not None:
             handler(out, args, kwargs)
@@ -322,7 +329,6 @@ class _Tracer(TorchFunctionMode):
             self._cat(name, out, args, kwargs)
         elif isinstance(out, torch.Tensor) or (isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)):
             raise self.unsupported(name)
-        return out
 
     def _passthrough(self, name, out, args):
         src = self.get(args[0])
@@ -365,8 +371,8 @@ class _Tracer(TorchFunctionMode):
     def _reduce(self, name, out, args, kwargs):
         x = args[0]
         dims = self._dims(args, kwargs, x.dim())
-        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
-        if dims is not None and 1 not in dims and (keepdim or 0 not in dims) and isinstance(out, torch.Tensor):
+        if (dims is not None and not dims & {0, 1} and isinstance(out, torch.Tensor) and out.dim() >= 2
+                and out.shape[:2] == x.shape[:2]):
             self.set(out, *self.get(x))  # spatial pooling (e.g. global average pooling)
             return
         self.pin(self.get(x)[0], f"reduced over channels by '{name}'{self.where()}")
@@ -435,9 +441,13 @@ class _Tracer(TorchFunctionMode):
     def _op_getitem(self, out, args, kwargs):
         x, index = args[0], args[1]
         index = index if isinstance(index, tuple) else (index,)
-        untouched = len(index) < 2 or index[1] == slice(None)
-        first_ok = index[0] is Ellipsis and len(index) == 1 or index[0] == slice(None) or len(index) == 0
-        if not (untouched and first_ok and isinstance(out, torch.Tensor) and out.dim() == x.dim()):
+
+        def whole(i) -> bool:
+            return isinstance(i, slice) and i == slice(None)
+
+        keeps = (len(index) == 1 and index[0] is Ellipsis) or (
+            len(index) >= 1 and whole(index[0]) and (len(index) < 2 or whole(index[1])))
+        if not (keeps and isinstance(out, torch.Tensor) and out.dim() == x.dim() and out.shape[:2] == x.shape[:2]):
             raise self.unsupported("getitem", "it indexes the batch or channel dimension")
         self.set(out, *self.get(x))
 
