@@ -1,0 +1,99 @@
+"""AdaCos: the cosine head replaces the classifier, its class weights train, the scale starts at
+sqrt(2)*ln(C-1), one update follows the paper's formula, eval never updates it, C = 2 works."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from kebench.engine import Run
+from methods.adacos import MIN_SCALE, AdaCos, CosineHead, cosine_head, initial_scale
+
+
+class Features(nn.Module):
+    """Identity 'backbone' + cosine head: the batch *is* the feature matrix."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.head = CosineHead(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.head.weight.copy_(weight)
+
+    def forward(self, x):
+        return self.head(x)
+
+
+def _expected_update(s0, cos, labels):
+    n, c = len(cos), len(cos[0])
+    b_avg = sum(math.exp(s0 * cos[i][k]) for i in range(n) for k in range(c) if k != labels[i]) / n
+    thetas = sorted(math.acos(cos[i][labels[i]]) for i in range(n))
+    theta_med = thetas[(n - 1) // 2]
+    return math.log(b_avg) / math.cos(min(math.pi / 4, theta_med))
+
+
+def test_initial_scale_and_c2_fallback():
+    assert initial_scale(10) == pytest.approx(math.sqrt(2) * math.log(9))
+    assert initial_scale(200) == pytest.approx(math.sqrt(2) * math.log(199))
+    assert initial_scale(2) == MIN_SCALE > 0  # the formula gives 0 at C = 2
+    head = CosineHead(8, 5)
+    assert float(head.s) == pytest.approx(math.sqrt(2) * math.log(4))
+    assert "s" in dict(head.named_buffers()) and "s" not in dict(head.named_parameters())
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2], [1, 2, 0]])  # target angles below / above pi/4
+def test_one_scale_update_matches_the_formula(labels):
+    weight = torch.eye(4)  # class k's weight is basis vector k: cos(x, w_k) = x_k / |x|
+    x = torch.tensor([[3.0, 1.0, 0.5, -1.0], [0.2, 2.0, -0.3, 0.4], [1.0, -0.5, 1.5, 0.1]])
+    y = torch.tensor(labels)
+    model = Features(weight).train()
+    s0 = float(model.head.s)
+    cos = (x / x.norm(dim=1, keepdim=True)).tolist()
+    expect = _expected_update(s0, cos, labels)
+    loss, logits = AdaCos({}, None).loss(model, x, y)
+    assert float(model.head.s) == pytest.approx(expect, rel=1e-5)
+    assert logits.detach() == pytest.approx(expect * torch.tensor(cos), rel=1e-5)
+    assert loss.item() == pytest.approx(nn.functional.cross_entropy(expect * torch.tensor(cos), y).item(), rel=1e-5)
+    # Class weights are trainable, in model.parameters(), and receive gradients.
+    loss.backward()
+    assert any(p is model.head.weight for p in model.parameters())
+    assert model.head.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
+
+
+def test_scale_not_updated_in_eval_and_floored_when_formula_goes_negative():
+    model = Features(torch.eye(2)).eval()
+    x, y = torch.tensor([[1.0, -1.0], [2.0, -1.0]]), torch.tensor([0, 0])
+    before = float(model.head.s)
+    AdaCos({}, None).loss(model, x, y)
+    assert float(model.head.s) == before
+    model.train()
+    model.head.s.fill_(3.0)
+    AdaCos({}, None).loss(model, x, y)  # C = 2, non-target cosines < 0: B_avg < 1, ln(B_avg) < 0
+    assert float(model.head.s) == pytest.approx(MIN_SCALE)
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "densenet121"])
+def test_adapt_model_swaps_the_linear_classifier(arch):
+    model = AdaCos({}, None).adapt_model(timm.create_model(arch, num_classes=7), 7)
+    head = cosine_head(model)
+    assert model.get_classifier() is head and not any(type(m) is nn.Linear for m in model.modules())
+    out = model.eval()(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 7) and out.abs().max() <= float(head.s) + 1e-5
+
+
+@pytest.mark.parametrize("classes", [4, 2])
+def test_end_to_end_trains_weights_and_scale_only_in_training(make_cfg, classes):
+    cfg = make_cfg("adacos", data_options={"classes": classes})
+    run = Run(cfg, show_progress=False)
+    head = cosine_head(run.model)
+    w0, s0 = head.weight.detach().clone(), float(head.s)
+    assert s0 == pytest.approx(initial_scale(classes))
+    run.fit(1)
+    assert not torch.equal(head.weight.detach(), w0)  # the engine's optimizer trains the class weights
+    s1 = float(head.s)
+    assert s1 >= MIN_SCALE and (s1 != s0 or classes == 2)  # at C = 2 it sits on the floor (see adacos.py)
+    assert run.passes[-1]["metrics"]["top1"] > 1 / classes  # it learns
+    run.evaluate()
+    assert float(head.s) == s1  # evaluation never moves the scale
