@@ -51,8 +51,9 @@ def profile_cmd(arch, num_classes, split, split_rate, resolution, in_chans, devi
 
 
 def _print_profile(arch, rate, resolution, device, result) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from kebench.cli import out  # the CLI's console: wide enough when piped
 
     dense, slim = result["dense"], result["slim"]
     table = Table(title=f"{arch} at {resolution}px: dense vs KELS slim (s_r={rate})")
@@ -65,4 +66,4 @@ def _print_profile(arch, rate, resolution, device, result) -> None:
     table.add_row("params", f"{dense['params']:,}", f"{slim['params']:,} ({slim['params'] / dense['params']:.1%})")
     table.add_row("FLOPs (1 MAC = 2)", f"{dense['flops']:,}", f"{slim['flops']:,} ({slim['flops'] / dense['flops']:.1%})")
     table.add_row(f"latency ms ({device}, batch 1)", f"{dense['latency_ms']:.2f}", f"{slim['latency_ms']:.2f}")
-    Console().print(table)
+    out.print(table)
