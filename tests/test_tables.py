@@ -49,7 +49,7 @@ def make(folder, names, fmt="csv", **kw):
 
 def csv_frame(folder, names, **kw) -> pd.DataFrame:
     text, _ = make(folder, names, "csv", **kw)
-    return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+    return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], dtype={"text": str})
 
 
 def cell(df, row, column, rowcol="Method"):
@@ -374,3 +374,32 @@ def test_real_runs_tabulate(make_cfg, run_cfg, tmp_path):
     epochs = df[(df["Method"] == "CE (N1)") & (df["column"] == "Epochs")].iloc[0]
     assert epochs["text"] == "1"
     check_latex_structure(tables.make_table([out], fmt="latex", stderr=io.StringIO()))
+
+
+def test_real_ke_run_gives_generation_rows_and_slim_cost(make_cfg, run_cfg, tmp_path):
+    """The fields this module reads are the ones methods/ke.py and the engine write."""
+    from kebench import registry
+
+    if "ke" not in registry.plugins():
+        pytest.skip("the ke regime is not registered")
+    run_cfg(make_cfg("ke", plugin={"generations": 2}))
+    run_cfg(make_cfg("ce"))
+    out = tmp_path / "results"
+    record = json.loads(next(out.glob("ce+ke_*/result.json")).read_text())
+    df = pd.read_csv(io.StringIO(tables.make_table([out], fmt="csv", generation="1,2", stderr=io.StringIO())),
+                     dtype={"text": str})
+    n1 = df[(df["Method"] == "CE + KE-N1") & (df["column"] == "synthetic")].iloc[0]
+    assert n1["mean"] == pytest.approx(record["passes"][0]["metrics"]["top1"], abs=1e-12)
+    assert df[(df["Method"] == "CE + KE-N1") & (df["column"] == "Epochs")].iloc[0]["text"] == "1"
+    assert df[(df["Method"] == "CE + KE-N2") & (df["column"] == "Epochs")].iloc[0]["text"] == "2"
+    cost = pd.read_csv(io.StringIO(tables.make_table([out], fmt="csv", kind="cost", stderr=io.StringIO())))
+    slim = cost[(cost["Network"] == "Slim H") & (cost["column"] == "Acc_g")].iloc[0]
+    assert slim["mean"] == pytest.approx(record["passes"][1]["metrics"]["slim_top1"], abs=1e-12)
+    red = cost[(cost["Network"] == "Slim H") & (cost["column"] == "Params red. (%)")].iloc[0]
+    assert float(red["text"]) == pytest.approx(
+        100 * (1 - record["cost"]["slim"]["params"] / record["cost"]["dense"]["params"]), abs=0.1)
+    from kebench import plots
+
+    runs, _ = tables.load_runs([out])
+    fig = plots.hypotheses_figure(runs)
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["CE + KE: fit", "CE + KE: reset"]
