@@ -1,7 +1,7 @@
 """Evolutional dropout (Li, Gong, Yang, "Improved Dropout for Shallow and Deep Learning", NeurIPS 2016).
 
-Multinomial dropout keeps unit i according to m ~ Multinomial(k; p_1..p_d) and outputs
-x_i * m_i / (k * p_i), so E[output] = x. The paper's risk bound is minimised by sampling
+Multinomial dropout draws k units with replacement from Multinomial(p_1..p_d), counts m_i draws of
+unit i and outputs x_i * m_i / (k * p_i), so E[output] = x. The paper's risk bound is minimised by sampling
 probabilities that follow the data's second-order statistics, p_i ∝ sqrt(E[x_i^2]); *evolutional*
 dropout estimates them on the fly from the current mini-batch, because in a deep network the
 distribution of a layer's outputs keeps changing while it trains.
@@ -9,7 +9,8 @@ distribution of a layer's outputs keeps changing while it trains.
 As an objective: cross-entropy (optionally label-smoothed) on a model whose chosen layers get a
 dropout applied to their outputs (forward hooks, so parameter names and state_dicts are unchanged
 and any regime — single, ke, neuroevo — can train it). `mode: plain` applies ordinary Bernoulli
-dropout at the same keep rate and unit granularity: the paper's comparison.
+dropout at the same keep rate and unit granularity — the paper's comparison; k is chosen so that both
+modes inject the same noise when all units carry equal energy (see `draws`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from kebench.plugin import Objective
 MODES = ("evo", "plain")
 STEM_MAX_REDUCTION = 2  # feature_info entries at stride <= 2 are the stem, not a stage
 GOOGLENET_STAGES = ("inception3b", "inception4e", "inception5b")  # last block before each max-pool
+DRAWS_PER_CHUNK = 2**22  # multinomial samples held at once (keep rates near 1 need many draws)
 
 
 def unit_dim(x: torch.Tensor) -> int:
@@ -41,13 +43,23 @@ def sampling_probs(x: torch.Tensor) -> torch.Tensor:
     return root / total if total > 0 else root
 
 
+def draws(units: int, keep_rate: float) -> int:
+    """Multinomial draws k that give evo dropout plain dropout's noise at the same keep rate.
+
+    Unit i is scaled by m_i / (k p_i) with variance (1 - p_i) / (k p_i); plain dropout's scale has
+    variance (1 - q) / q. With equal energies (p_i = 1/d) the two agree when k = (d - 1) q / (1 - q):
+    k = d at q = 0.5. So `mode: plain` is the same amount of noise spread uniformly, and the modes
+    differ only in how evo spreads it (less on high-energy units), which is the paper's point.
+    """
+    return max(1, round((units - 1) * keep_rate / (1 - keep_rate)))
+
+
 class EvolutionalDropout(nn.Module):
     """Evolutional (mode='evo') or plain Bernoulli (mode='plain') dropout; identity in eval mode.
 
-    keep_rate sets both: plain keeps each unit with probability keep_rate and scales by 1/keep_rate;
-    evo draws k = round(keep_rate * units) times (with replacement) from p and scales unit i by
-    m_i / (k p_i). Either way E[output] = input. Draws repeat, so evo keeps fewer distinct units than
-    plain at the same rate (about 1 - exp(-keep_rate) of them when all energies are equal).
+    plain keeps each unit with probability keep_rate and scales it by 1/keep_rate; evo draws
+    k = draws(units, keep_rate) units (with replacement) from p and scales unit i by m_i / (k p_i).
+    Either way E[output] = input; keep_rate = 1 is no dropout.
     """
 
     def __init__(self, keep_rate: float, mode: str = "evo"):
@@ -70,14 +82,17 @@ class EvolutionalDropout(nn.Module):
         p = sampling_probs(x)
         if not p.any():  # nothing to drop: every unit is zero on this batch
             return torch.ones(n, units, device=x.device)
-        k = max(1, round(self.keep_rate * units))
-        draws = torch.multinomial(p.expand(n, units), k, replacement=True)
-        counts = torch.zeros(n, units, device=x.device).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float32))
+        k = draws(units, self.keep_rate)
+        counts = torch.zeros(n, units, device=x.device)
+        rows = p.expand(n, units)
+        for start in range(0, k, max(1, DRAWS_PER_CHUNK // n)):  # bounded memory at high keep rates
+            chunk = torch.multinomial(rows, min(k - start, max(1, DRAWS_PER_CHUNK // n)), replacement=True)
+            counts.scatter_add_(1, chunk, torch.ones_like(chunk, dtype=counts.dtype))
         # A unit with p_i = 0 is zero on the whole batch; it is never drawn and stays zero.
         return torch.where(p > 0, counts / (k * p.clamp_min(torch.finfo(p.dtype).tiny)), torch.zeros_like(counts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if not self.training or self.keep_rate >= 1:
             return x
         shape = [1] * x.dim()
         shape[0], shape[unit_dim(x)] = x.shape[0], x.shape[unit_dim(x)]

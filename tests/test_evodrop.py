@@ -8,7 +8,8 @@ import timm
 import torch
 
 from kebench.errors import UserError
-from methods.evodrop import EvolutionalDropout, attach, sampling_probs, stage_names
+from methods import evodrop
+from methods.evodrop import EvolutionalDropout, attach, draws, sampling_probs, stage_names
 
 REPEATS = 20_000
 
@@ -40,7 +41,7 @@ def test_expected_activation_is_kept(mode):
     out = drop(x.repeat(REPEATS, 1)).view(REPEATS, *x.shape)
     mean = out.mean(0)
     if mode == "evo":
-        p, k = sampling_probs(x), round(0.5 * x.shape[1])
+        p, k = sampling_probs(x), draws(x.shape[1], 0.5)
         var_scale = torch.where(p > 0, (1 - p) / (k * p.clamp_min(1e-12)), torch.zeros_like(p))
     else:
         var_scale = torch.full((x.shape[1],), (1 - 0.5) / 0.5)
@@ -50,12 +51,14 @@ def test_expected_activation_is_kept(mode):
     assert torch.isfinite(out).all()
 
 
-def test_high_energy_units_are_dropped_less_often():
+@pytest.mark.parametrize("chunk", [evodrop.DRAWS_PER_CHUNK, 7])
+def test_high_energy_units_are_dropped_less_often(chunk, monkeypatch):
+    monkeypatch.setattr(evodrop, "DRAWS_PER_CHUNK", chunk)  # 7: the draws come in many small chunks
     torch.manual_seed(1)
     x = _rows()
     out = EvolutionalDropout(0.5, "evo").train()(x.repeat(REPEATS, 1))
     dropped = (out == 0).float().mean(0)  # per unit, over all examples and repeats
-    p, k = sampling_probs(x), round(0.5 * x.shape[1])
+    p, k = sampling_probs(x), draws(x.shape[1], 0.5)
     assert torch.allclose(dropped, (1 - p) ** k, atol=0.01)  # P(never drawn in k draws)
     live = [0, 1, 2, 3, 5]
     order = torch.argsort(p[live])
@@ -63,6 +66,18 @@ def test_high_energy_units_are_dropped_less_often():
     # Plain dropout at the same rate drops every unit alike.
     plain = (EvolutionalDropout(0.5, "plain").train()(x.repeat(REPEATS, 1)) == 0).float().mean(0)
     assert torch.allclose(plain[live], torch.full((5,), 0.5), atol=0.01)
+
+
+@pytest.mark.parametrize("keep_rate", [0.5, 0.8])
+def test_equal_energies_give_plain_dropouts_noise_at_the_same_rate(keep_rate):
+    torch.manual_seed(3)
+    x = torch.ones(REPEATS, 16)
+    evo = EvolutionalDropout(keep_rate, "evo").train()(x)
+    plain = EvolutionalDropout(keep_rate, "plain").train()(x)
+    expected = (1 - keep_rate) / keep_rate
+    assert abs(evo.var().item() - expected) < 0.05 * expected
+    assert abs(plain.var().item() - expected) < 0.05 * expected
+    assert torch.equal(EvolutionalDropout(1.0, "evo").train()(x), x)  # keep_rate 1: no dropout
 
 
 def test_conv_maps_get_one_mask_per_example_and_channel_and_eval_is_identity():
