@@ -563,7 +563,7 @@ COST_NOTE = ("Epochs and TFLOPs: training cost of one run up to the generation s
 def _value_note(alpha: float, tests: set, baseline_rule: str) -> list[str]:
     notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run."]
     if MARK_PAIRED in tests:
-        notes.append(f"{MARK_PAIRED} p < {alpha:g}, paired t-test over the seeds both rows have, against {baseline_rule}.")
+        notes.append(f"{MARK_PAIRED} p < {alpha:g}, paired t-test over the seeds both cells have, against {baseline_rule}.")
     if MARK_BOOTSTRAP in tests:
         notes.append(f"{MARK_BOOTSTRAP} the {100 * (1 - alpha):g}% bootstrap interval of the difference in means "
                      f"({BOOTSTRAP_RESAMPLES} resamples) excludes 0; used where the seeds differ, against {baseline_rule}.")
@@ -601,10 +601,11 @@ def _group_title(v) -> str:
     return MISSING if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _row_sorter(entries: list[Entry], dims: list[str], names: Names):
+def _row_sorter(entries: list[Entry], dims: list[str], names: Names, attr: str = "row"):
+    """Sort key of row (or column) keys: methods in registry order, other values naturally."""
     first = {}
     for e in sorted(entries, key=lambda e: _entry_sort(e, names)):
-        first.setdefault(e.row, e)
+        first.setdefault(getattr(e, attr), e)
 
     def key(row):
         e = first[row]
@@ -612,29 +613,32 @@ def _row_sorter(entries: list[Entry], dims: list[str], names: Names):
     return key
 
 
-def _baseline_rows(entries: list[Entry], rows: list[str]) -> dict:
-    """row -> its baseline row: the same objective under `single`, same other row dimensions and the
-    same per-pass epochs (the papers' equal per-generation budget); closest settings win ties."""
-    if "method" not in rows:
-        return {}
+def _baseline_labels(entries: list[Entry]) -> dict:
+    """method label -> its baseline's label: the same objective under `single` with the same epochs per
+    pass (the papers' equal per-generation budget); where several qualify, the closest settings win."""
     info = {}
     for e in entries:
-        info.setdefault(e.row, {"objective": e.objective, "regime": e.regime, "epochs": Counter(), "sig": e.sig})
-        info[e.row]["epochs"][e.per_pass_epochs] += 1
-    mi = rows.index("method")
+        info.setdefault(e.label, {"objective": e.objective, "regime": e.regime, "epochs": Counter(), "sig": e.sig})
+        info[e.label]["epochs"][e.per_pass_epochs] += 1
     out = {}
-    for row, r in info.items():
+    for label, r in info.items():
         if r["regime"] == "single":
             continue
         epochs = r["epochs"].most_common(1)[0][0]
-        cands = [(row2, r2) for row2, r2 in info.items() if r2["regime"] == "single" and r2["objective"] == r["objective"]
-                 and row2[:mi] + row2[mi + 1:] == row[:mi] + row[mi + 1:] and epochs in r2["epochs"]]
+        cands = [(label2, r2) for label2, r2 in info.items() if r2["regime"] == "single"
+                 and r2["objective"] == r["objective"] and epochs in r2["epochs"]]
         if cands:
-            def overlap(item):
+            def closeness(item):
                 sig = item[1]["sig"]
-                return (-sum(1 for k, v in sig.items() if k != "epochs" and r["sig"].get(k) == v), str(item[0]))
-            out[row] = min(cands, key=overlap)[0]
+                return (-sum(1 for k, v in sig.items() if k != "epochs" and r["sig"].get(k) == v), item[0])
+            out[label] = min(cands, key=closeness)[0]
     return out
+
+
+def _swap(key: tuple, pos: int | None, label: str | None) -> tuple | None:
+    if pos is None or label is None:
+        return None
+    return key[:pos] + (label,) + key[pos + 1:]
 
 
 def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metrics=None, generations=None,
@@ -652,7 +656,7 @@ def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metrics=None, 
         raise UserError(f"No results at generation {generations}: the runs found have fewer generations.")
     rows, cols, entries = _prepare(entries, rows, cols, names, warnings)
     row_keys = sorted({e.row for e in entries}, key=_row_sorter(entries, rows, names))
-    col_keys = sorted({e.col for e in entries}, key=lambda c: tuple(_sort_value(v) for v in c))
+    col_keys = sorted({e.col for e in entries}, key=_row_sorter(entries, cols, names, "col"))
     present = {m for e in entries for m, v in e.metrics.items() if isinstance(v, (int, float))}
     for m in metrics:
         if m not in present:
@@ -664,7 +668,10 @@ def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metrics=None, 
             path = tuple(_group_title(v) for v in ck) + ((metric_title(m),) if len(metrics) > 1 or not ck else ())
             columns.append(Col(path, m))
             grid.append((ck, m))
-    base_of = _baseline_rows(entries, rows)
+    # The baseline cell: the same cell with the method label swapped for its baseline's.
+    base_of = _baseline_labels(entries)
+    mr = rows.index("method") if "method" in rows else None
+    mc = cols.index("method") if "method" in cols else None
     by_row = defaultdict(list)
     for e in entries:
         by_row[e.row].append(e)
@@ -673,24 +680,34 @@ def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metrics=None, 
         row_cells = []
         for ck, m in grid:
             c = cells[m].get((rk, ck), Cell())
-            base = cells[m].get((base_of.get(rk), ck)) if rk in base_of else None
+            label = rk[mr] if mr is not None else ck[mc] if mc is not None else None
+            base_key = (_swap(rk, mr, base_of.get(label)) or rk, _swap(ck, mc, base_of.get(label)) or ck)
+            base = cells[m].get(base_key) if label in base_of else None
             if c.n and base is not None and base.n:
                 compare(c, base, alpha)
             row_cells.append(c)
         table_rows.append(Row(tuple(_group_title(v) if d != "method" else v for d, v in zip(rows, rk)),
                               row_cells + cost_cells(by_row[rk])))
-    for j in range(len(grid)):
-        rank_column([r.cells[j] for r in table_rows], decimals)
-    gen_text = ("final generation" if generations is None else "all generations" if generations == "all"
+    across_rows = mc is not None and mr is None  # methods are the columns: rank along each row
+    if across_rows:
+        for r in table_rows:
+            for m in metrics:
+                rank_column([c for c, (_, m2) in zip(r.cells, grid) if m2 == m], decimals)
+    else:
+        for j in range(len(grid)):
+            rank_column([r.cells[j] for r in table_rows], decimals)
+    gen_text = ("the final generation" if generations is None else "every generation" if generations == "all"
                 else "generation " + ", ".join(map(str, generations)))
     what = " / ".join(metric_title(m) for m in metrics)
     caption = (f"{'Classification' if task == 'classification' else 'Retrieval'}: {what} (%) on the test split at the "
-               f"last epoch; multi-generation regimes at the {gen_text}.")
-    notes = _value_note(alpha, _marks(table_rows), "the row's baseline (same objective, single pass, same epochs per pass)")
-    pairs = sorted({(rk[rows.index('method')], bk[rows.index('method')]) for rk, bk in base_of.items()}, key=str)
-    if pairs and _marks(table_rows) & {MARK_PAIRED, MARK_BOOTSTRAP}:
+               f"last epoch; multi-generation regimes at {gen_text}.")
+    marks = _marks(table_rows)
+    notes = _value_note(alpha, marks, "the method's baseline (same objective, single pass, same epochs per pass)")
+    shown = {e.label for e in entries}
+    pairs = sorted((a, b) for a, b in base_of.items() if a in shown)
+    if pairs and marks & {MARK_PAIRED, MARK_BOOTSTRAP}:
         notes.append("Baselines: " + "; ".join(f"{a} vs {b}" for a, b in pairs) + ".")
-    notes += ["Best per column in bold, second underlined.", COST_NOTE]
+    notes += [f"Best per {'row' if across_rows else 'column'} in bold, second underlined.", COST_NOTE]
     return Table(kind, caption, tuple(_dim_title(d) for d in rows), columns + list(COST_COLS), table_rows,
                  notes, decimals, warnings)
 

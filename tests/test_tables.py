@@ -403,3 +403,13 @@ def test_real_ke_run_gives_generation_rows_and_slim_cost(make_cfg, run_cfg, tmp_
     runs, _ = tables.load_runs([out])
     fig = plots.hypotheses_figure(runs)
     assert [line.get_label() for line in fig.axes[0].get_lines()] == ["CE + KE: fit", "CE + KE: reset"]
+
+
+def test_methods_as_columns_rank_along_rows_and_keep_significance(names):
+    df = csv_frame("classification", names, rows="dataset", cols="method")
+    flowers = df[(df["Dataset"] == "flowers102") & df["mean"].notna() & (df["metric"] == "top1")]
+    assert list(flowers["column"]) == ["CE (N1)", "CE + KE-N10", "CE + BANs-N3", "CE + DSD", "Smth (N1)",
+                                       "Smth + KE-N3"]  # registry order, not alphabetical
+    best = flowers.sort_values("mean", ascending=False)
+    assert list(best["rank"].fillna("")[:3]) == ["best", "second", ""]
+    assert cell(df, "flowers102", "CE + KE-N10", "Dataset")["test"] == "paired-t"
