@@ -170,14 +170,12 @@ def _lock(path: Path):
     except ImportError:  # not POSIX: concurrent builders each write a complete file; the last rename wins
         yield
         return
-    with open(path, "w") as f:
+    with open(path, "w") as f:  # the lock file stays (unlinking it would let a third process in); stale ones are swept
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-    with contextlib.suppress(OSError):
-        path.unlink()
 
 
 def _build(dataset, split, base, rels, size, banner_px, workers, fp, data_path, meta_path, verbose) -> dict:

@@ -368,6 +368,10 @@ def load_paper(name: str, cfg) -> DataBundle:
             f"max_bad={opts['max_bad']}:\n{shown}{'' if len(unusable) <= 20 else chr(10) + '  ...'}\n"
             f"Re-extract the official archives (see 'kebench data check {name}'), or raise the limit "
             f"with --data-opt max_bad=N to skip them.")
+    empty = [s for s, sp in splits.items() if len(sp) == 0]
+    if empty:
+        raise UserError(f"'{name}' under {listing.base} has no usable images in its {', '.join(empty)} split(s); "
+                        f"run 'kebench data check {name}' to see what is missing.")
     if unusable:
         warnings.warn(f"{len(unusable)} missing or unreadable image(s) of '{name}' skipped "
                       f"(listed in result.json under data.unusable), e.g. {unusable[0]['path']}: {unusable[0]['reason']}",
