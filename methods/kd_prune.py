@@ -94,12 +94,17 @@ class PrunePipeline(Regime):
     """Shared body of the five pipelines; subclasses say where KD enters."""
 
     name = ""
+    tasks = ("classification",)
     distill_before = False  # KD while training the unpruned student
     distill_after = False  # KD while fine-tuning the pruned student
     self_teacher = False  # the fine-tuning teacher is the unpruned student itself
-    incompatible = _Refused(_needs_teacher, "this pipeline distils, so its objective must be a distillation "
-                                            "objective: use kd+REGIME (label) or fd+REGIME (feature), "
-                                            "not '{name}'.")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.distill_before or cls.distill_after:
+            cls.incompatible = _Refused(
+                _needs_teacher, f"'{cls.name}' distils, so its objective must be a distillation objective: "
+                                f"write kd+{cls.name} (label) or fd+{cls.name} (feature), not '{{name}}+{cls.name}'.")
 
     def __init__(self, params, run):
         super().__init__(params, run)
@@ -172,6 +177,8 @@ class PrunePipeline(Regime):
         plan = saved if saved is not None else self._plan(run.model, run)
         run.state["kdp.prune"] = plan
         pruned, hooks = self._apply(run.model, plan, run)
+        if "keep" in plan:
+            info["kept_channels"] = {gid: len(idx) for gid, idx in plan["keep"].items()}
         if saved is None:
             final["pruned_top1_before_finetune"] = run.evaluate(pruned)["top1"]
         if self.distill_after and self.self_teacher:
@@ -189,7 +196,7 @@ class PrunePipeline(Regime):
         pruned_cost = self._cost(pruned, run, sparse=p.prune == "weight")
         run.extra["cost"] = {"unpruned": unpruned_cost, "pruned": pruned_cost}
         final = dict(run.extra["final"])
-        final["params_kept"] = pruned_cost["params"] / unpruned_cost["params"]
+        final["params_kept"] = pruned_cost.get("nonzero_params", pruned_cost["params"]) / unpruned_cost["params"]
         final["flops_kept"] = pruned_cost["flops"] / unpruned_cost["flops"]
         run.extra["final"] = final
         P.save_pruned(run.dir / "pruned.pt", pruned, plan, arch=run.cfg.arch)

@@ -189,6 +189,7 @@ def test_weight_pipeline_keeps_masks_through_finetuning(make_cfg, run_cfg):
     cost = r["cost"]["pruned"]
     assert cost["conv_sparsity"] >= 0.6 and cost["params"] == r["cost"]["unpruned"]["params"]
     assert cost["nonzero_params"] < cost["params"]
+    assert r["final"]["params_kept"] == pytest.approx(cost["nonzero_params"] / cost["params"])
     saved = torch.load(Path(cfg.out) / cfg.run_id() / "pruned.pt", weights_only=True)
     masks = run.state["kdp.masks"]
     for name, mask in masks.items():
@@ -265,8 +266,11 @@ def test_prune_none_is_kd_alone_and_loaded_teacher_skips_the_teacher_pass(make_c
 def test_objective_and_pipeline_must_fit(make_cfg):
     with pytest.raises(UserError, match="Scratch uses no distillation"):
         make_cfg("kd+scratch")
-    with pytest.raises(UserError, match="kd\\+REGIME .* or fd\\+REGIME"):
+    with pytest.raises(UserError, match="write kd\\+self-distill \\(label\\) or fd\\+self-distill \\(feature\\), "
+                                        "not 'ce\\+self-distill'"):
         make_cfg("self-distill")  # bare regime = ce+self-distill
+    with pytest.raises(UserError, match="works for classification tasks"):
+        make_cfg("scratch", data="digits-retrieval")
     with pytest.raises(UserError, match="Unknown pruning method 'l2'"):
         Run(_cfg(make_cfg, "scratch", prune="l2"), show_progress=False)
 
