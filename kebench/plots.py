@@ -55,6 +55,10 @@ def _metric(run: dict, metric: str | None) -> str:
     return metric or PRIMARY.get(run.get("task", "classification"), "top1")
 
 
+def _axis_title(metric: str | None, run: dict) -> str:
+    return f"{metric_title(_metric(run, metric))} (%)"
+
+
 def _generation_passes(run: dict) -> list[dict]:
     return [p for p in run.get("passes") or [] if p.get("kind") == "generation"]
 
@@ -147,8 +151,7 @@ def generations_figure(runs: list[dict], metric: str | None = None, names: Names
                         continue
                     y = [100 * _mean(pts[(net, g)]) for g in gens]
                     sd = [100 * _std(pts[(net, g)]) for g in gens]
-                    ax.plot(gens, y, color=_color(i), ms=3, lw=1.4, label=f"{label} ({'dense' if net == 'dense' else 'slim'})",
-                            **style)
+                    ax.plot(gens, y, color=_color(i), ms=3, lw=1.4, label=f"{label} ({net})", **style)
                     if any(sd):
                         ax.fill_between(gens, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
                                         color=_color(i), alpha=0.15, lw=0)
@@ -165,7 +168,7 @@ def generations_figure(runs: list[dict], metric: str | None = None, names: Names
                                label=names.method(objective, "single") + (f" {arch}" if several_archs else ""))
             ax.set_title(str(dataset))
             ax.set_xlabel("Generation")
-            ax.set_ylabel(f"{metric_title(metric or PRIMARY.get(multi[0].get('task', 'classification'), 'top1'))} (%)")
+            ax.set_ylabel(_axis_title(metric, multi[0]))
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
             _legend(ax)
@@ -204,7 +207,7 @@ def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None
                     ax.errorbar([x], [y], yerr=[sd], fmt="none", ecolor=_color(i), elinewidth=1, capsize=2)
             ax.set_title(str(dataset))
             ax.set_xlabel("Inference GFLOPs per image")
-            ax.set_ylabel(f"{metric_title(metric or PRIMARY.get(entries[0].run.get('task', 'classification'), 'top1'))} (%)")
+            ax.set_ylabel(_axis_title(metric, entries[0].run))
             ax.grid(alpha=0.3)
             _legend(ax)
     return fig
@@ -302,7 +305,7 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
             ax.set_xscale("log")
             ax.set_title(str(dataset))
             ax.set_xlabel("Cumulative training TFLOPs")
-            ax.set_ylabel(f"{metric_title(metric or PRIMARY.get((runs[0] if runs else {}).get('task', 'classification'), 'top1'))} (%)")
+            ax.set_ylabel(_axis_title(metric, runs[0]))
             ax.grid(alpha=0.3, which="both")
             _legend(ax)
     return fig
@@ -340,7 +343,8 @@ def save_figure(fig, path) -> Path:
 @click.option("--metric", help="Metric to plot (default: top1, or r@1 for retrieval).")
 @click.option("--arch", multiple=True, help="Only these archs (repeatable or comma list).")
 @click.option("--dataset", multiple=True, help="Only these datasets.")
-@click.option("--method", multiple=True, help="Only these methods (`ce`, `smooth+ke`; a bare regime `ke` keeps all its objectives).")
+@click.option("--method", multiple=True,
+              help="Only these methods (`ce`, `smooth+ke`; a bare regime `ke` keeps all its objectives).")
 def plot_cmd(result_dirs, kind, out_file, metric, arch, dataset, method):
     """Figures from result folders: generations, cost, hypotheses or budget (one panel per dataset).
 

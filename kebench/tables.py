@@ -17,7 +17,6 @@ pandas and scipy are imported inside functions: `kebench --help` must stay fast.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -254,7 +253,10 @@ def expand(run: dict, generations=None, names: Names | None = None) -> list[Entr
         e.base = names.method(run.get("objective", ""), run.get("regime", ""))
         return [e]
     last = max(gens)
-    wanted = [last] if generations is None else sorted(gens) if generations == "all" else [g for g in generations if g in gens]
+    if generations is None:
+        wanted = [last]
+    else:
+        wanted = sorted(gens) if generations == "all" else [g for g in generations if g in gens]
     out = []
     for g in wanted:
         pos = gens[g]
@@ -563,10 +565,12 @@ COST_NOTE = ("Epochs and TFLOPs: training cost of one run up to the generation s
 def _value_note(alpha: float, tests: set, baseline_rule: str) -> list[str]:
     notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run."]
     if MARK_PAIRED in tests:
-        notes.append(f"{MARK_PAIRED} p < {alpha:g}, paired t-test over the seeds both cells have, against {baseline_rule}.")
+        notes.append(f"{MARK_PAIRED} p < {alpha:g}, paired t-test over the seeds both cells have, "
+                     f"against {baseline_rule}.")
     if MARK_BOOTSTRAP in tests:
         notes.append(f"{MARK_BOOTSTRAP} the {100 * (1 - alpha):g}% bootstrap interval of the difference in means "
-                     f"({BOOTSTRAP_RESAMPLES} resamples) excludes 0; used where the seeds differ, against {baseline_rule}.")
+                     f"({BOOTSTRAP_RESAMPLES} resamples) excludes 0; used where the seeds differ, "
+                     f"against {baseline_rule}.")
     return notes
 
 
@@ -764,9 +768,11 @@ def cost_table(runs: list[dict], metric=None, generations=None, names: Names | N
             if net == "dense":
                 cells += [Cell(text="ref"), Cell(text="ref")]
             else:
-                cells += [cost_cell([100 * (1 - inference(e, "slim", k) / inference(e, "dense", k)) for e in es
-                                     if inference(e, "slim", k) and inference(e, "dense", k)]) for k in ("flops", "params")]
-            table_rows.append(Row((*rk, title), cells + cost_cells(es), rule_before=net == "dense" and bool(table_rows)))
+                for k in ("flops", "params"):
+                    cells.append(cost_cell([100 * (1 - inference(e, "slim", k) / inference(e, "dense", k))
+                                            for e in es if inference(e, "slim", k) and inference(e, "dense", k)]))
+            rule = net == "dense" and bool(table_rows)
+            table_rows.append(Row((*rk, title), cells + cost_cells(es), rule_before=rule))
     notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run.",
              "Acc_1: accuracy after generation 1; Acc_g: after the generation in the row label; Δacc = Acc_g − Acc_1 "
              "per seed" + (f" ({MARK_PAIRED} p < {alpha:g}, one-sample t-test over seeds against 0)."
@@ -839,7 +845,8 @@ def kd_table(runs: list[dict], metric=None, names: Names | None = None, alpha: f
                      and k.startswith("pipeline."))
 
     def settings_text(e):
-        return ", ".join(_fmt_setting(k, e.sig.get(k), k.rpartition(".")[2]) for k in suffix if e.sig.get(k) is not None)
+        return ", ".join(_fmt_setting(k, e.sig.get(k), k.rpartition(".")[2])
+                         for k in suffix if e.sig.get(k) is not None)
 
     rows_by_key = defaultdict(lambda: defaultdict(list))
     scratch = defaultdict(list)
@@ -902,8 +909,8 @@ def kd_table(runs: list[dict], metric=None, names: Names | None = None, alpha: f
         parts = (pruned["self_distill"], pruned["scratch"], u_kd, u_scratch)
         seeds = [s for s in parts[0].values if all(s in c.values for c in parts)]
         if seeds:
-            surplus = make_cell({s: (parts[0].values[s] - parts[1].values[s]) - (parts[2].values[s] - parts[3].values[s])
-                                 for s in seeds})
+            self_d, scratch_p, kd_u, scratch_u = (c.values for c in parts)
+            surplus = make_cell({s: (self_d[s] - scratch_p[s]) - (kd_u[s] - scratch_u[s]) for s in seeds})
             one_sample(surplus, alpha)
         elif all(c.n for c in parts):
             surplus = Cell(mean=(parts[0].mean - parts[1].mean) - (parts[2].mean - parts[3].mean), n=0,
@@ -920,14 +927,16 @@ def kd_table(runs: list[dict], metric=None, names: Names | None = None, alpha: f
             rank_column([r.cells[j] for r in table_rows], decimals)
     marks = _marks(table_rows)
     notes = _value_note(alpha, marks, "Pruned Scratch (Unpruned KD: against Unpruned Scratch)")
+    surplus_col = len(KD_PIPELINES) + 2
+    tested = any(r.cells[surplus_col].test == "one-sample-t" and r.cells[surplus_col].mark for r in table_rows)
     notes.append("Surplus = (Self-Distill − Scratch) − (Unpruned KD − Unpruned Scratch), per seed where all four "
-                 "exist" + (f" ({MARK_PAIRED} on the surplus: one-sample t-test against 0)" if
-                            any(r.cells[len(KD_PIPELINES) + 2].test == "one-sample-t" and r.cells[len(KD_PIPELINES) + 2].mark
-                                for r in table_rows) else "")
+                 "exist" + (f" ({MARK_PAIRED} on the surplus: one-sample t-test against 0)" if tested else "")
                  + (f"; {MARK_FROM_MEANS} from the cell means, no seed has all four." if MARK_FROM_MEANS in marks else ".")
                  + " Positive: KD and pruning gains add up with synergy.")
-    notes += ["Best per column in bold, second underlined.", COST_NOTE.replace("up to the generation shown", "(all phases)")]
-    caption = f"Knowledge distillation × pruning: {metric_title(m)} (%) of the unpruned and the pruned, fine-tuned networks."
+    notes += ["Best per column in bold, second underlined.",
+              COST_NOTE.replace("up to the generation shown", "(all phases)")]
+    caption = (f"Knowledge distillation × pruning: {metric_title(m)} (%) of the unpruned and the pruned, "
+               f"fine-tuned networks.")
     return Table("kd", caption, row_names, cols, table_rows, notes, decimals, warnings)
 
 
@@ -1012,7 +1021,8 @@ def budget_table(runs: list[dict], cols=None, metrics=None, generations=None, na
     for j, (ck, m) in enumerate(grid):
         for k in range(0, len(table_rows), 3):
             a, b = table_rows[k].cells[j], table_rows[k + 1].cells[j]
-            if a.mean is not None and b.mean is not None and round(a.mean * 100, decimals) != round(b.mean * 100, decimals):
+            shown = [round(c.mean * 100, decimals) for c in (a, b) if c.mean is not None]
+            if len(shown) == 2 and shown[0] != shown[1]:
                 (a if a.mean > b.mean else b).rank = 1
     marks = _marks(table_rows)
     notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run. The single-pass row is "
@@ -1072,8 +1082,8 @@ def _core(cell: Cell, col: Col, decimals: int) -> str | None:
 
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_TEX_UNICODE = {"<": "$<$", ">": "$>$", "|": "$|$", "–": "--", "−": "$-$", "Δ": r"$\Delta$", "±": r"$\pm$", "×": r"$\times$", "†": r"$^\dagger$",
-                "‡": r"$^\ddagger$"}
+_TEX_UNICODE = {"<": "$<$", ">": "$>$", "|": "$|$", "–": "--", "−": "$-$", "Δ": r"$\Delta$", "±": r"$\pm$",
+                "×": r"$\times$", "†": r"$^\dagger$", "‡": r"$^\ddagger$"}
 _TEX_HEADERS = {"Acc_1": r"Acc$_1$", "Acc_g": r"Acc$_g$"}
 
 
@@ -1095,7 +1105,8 @@ def _tex_cell(cell: Cell, col: Col, decimals: int) -> str:
         return tex(core)
     math_core = core.replace("±", r"\pm")
     body = {1: rf"$\mathbf{{{math_core}}}$", 2: rf"\underline{{${math_core}$}}"}.get(cell.rank, f"${math_core}$")
-    mark = {MARK_PAIRED: r"$^{*}$", MARK_BOOTSTRAP: r"$^{\dagger}$", MARK_FROM_MEANS: r"$^{\ddagger}$"}.get(cell.mark, "")
+    mark = {MARK_PAIRED: r"$^{*}$", MARK_BOOTSTRAP: r"$^{\dagger}$",
+            MARK_FROM_MEANS: r"$^{\ddagger}$"}.get(cell.mark, "")
     count = rf" {{\scriptsize({cell.n})}}" if cell.n else ""
     return body + mark + count
 
@@ -1243,12 +1254,14 @@ def make_table(paths, *, fmt: str = "markdown", kind: str | None = None, rows=No
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="markdown", show_default=True)
 @click.option("--kind", type=click.Choice(KINDS),
               help="Table kind. Default: classification (retrieval when all results are retrieval).")
-@click.option("--rows", help="Row dimensions, comma list (method, dataset, arch, split_rate, any setting). Default: method.")
+@click.option("--rows", help="Row dimensions, comma list (method, dataset, arch, split_rate, any setting). "
+                            "Default: method.")
 @click.option("--cols", help="Column dimensions. Default: dataset (classification), arch (retrieval).")
 @click.option("--metric", help="Metric(s) from the results' `final`: top1, slim_top1, nmi, r@1, ... (comma list).")
 @click.option("--arch", multiple=True, help="Only these archs (repeatable or comma list).")
 @click.option("--dataset", multiple=True, help="Only these datasets.")
-@click.option("--method", multiple=True, help="Only these methods (`ce`, `smooth+ke`; a bare regime `ke` keeps all its objectives).")
+@click.option("--method", multiple=True,
+              help="Only these methods (`ce`, `smooth+ke`; a bare regime `ke` keeps all its objectives).")
 @click.option("--generation", default="final", show_default=True,
               help="Generation(s) of multi-generation regimes to show: final, all, or e.g. 3,10 (one row each).")
 @click.option("--alpha", type=float, default=ALPHA, show_default=True, help="Significance level of the marks.")

@@ -62,7 +62,8 @@ def test_generations_plot(classification, names, tmp_path):
     assert lines["CE + KE (slim)"].get_linestyle() == ":"
     base = lines["CE (N1)"]
     assert base.get_linestyle() == "--"
-    ce = [json.loads(f.read_text())["final"]["top1"] for f in (RUNS / "classification").glob("ce_*flowers102*/result.json")]
+    ce = [json.loads(f.read_text())["final"]["top1"]
+          for f in (RUNS / "classification").glob("ce_*flowers102*/result.json")]
     assert base.get_ydata()[0] == pytest.approx(100 * statistics.mean(ce))
     g10 = [json.loads(f.read_text())["passes"][9]["metrics"]["top1"]
            for f in (RUNS / "classification").glob("ce+ke_*flowers102_s[012]_*/result.json")]

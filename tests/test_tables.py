@@ -66,7 +66,8 @@ def fixture_value(folder, method, dataset, seed, key="top1", generation=None, pr
         if r["method"] == method and r["dataset"] == dataset and r["seed"] == seed and r["status"] == "complete":
             if generation is None:
                 return r["final"][key]
-            return next(p["metrics"][key] for p in r["passes"] if p["kind"] == "generation" and p["index"] == generation)
+            return next(p["metrics"][key] for p in r["passes"]
+                        if p["kind"] == "generation" and p["index"] == generation)
     raise KeyError((method, dataset, seed))
 
 
@@ -212,8 +213,8 @@ def test_kd_table_surplus(names):
     def v(method, s, key="top1"):
         return fixture_value("kd", method, "digits", s, key, prune="l1-filter")
 
-    per_seed = [(v("kd+self-distill", s) - v("ce+scratch", s)) - (v("kd+self-distill", s, "unpruned_top1")
-                                                                   - v("ce+scratch", s, "unpruned_top1")) for s in (0, 1)]
+    per_seed = [(v("kd+self-distill", s) - v("ce+scratch", s))
+                - (v("kd+self-distill", s, "unpruned_top1") - v("ce+scratch", s, "unpruned_top1")) for s in (0, 1)]
     assert label.loc["Surplus", "mean"] == pytest.approx(statistics.mean(per_seed), abs=1e-12)
     assert label.loc["Surplus", "test"] == "one-sample-t"
     assert label.loc["Surplus", "p_value"] == pytest.approx(stats.ttest_1samp(per_seed, 0).pvalue, rel=1e-6)
