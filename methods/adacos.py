@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -25,6 +26,14 @@ from kebench.errors import UserError
 from kebench.plugin import Objective
 
 MIN_SCALE = math.sqrt(2) * math.log(2)  # the formula's value at C = 3; the floor described above
+
+
+@torch.fx.wrap
+def cosine_logits(features: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """scale * cos(features, class weights), in float32 even under autocast. A leaf for torch.fx
+    (graph tools see one call instead of tracing the autocast context)."""
+    with torch.autocast(features.device.type, enabled=False):
+        return scale * F.linear(F.normalize(features.float(), dim=1), F.normalize(weight.float(), dim=1))
 
 
 def initial_scale(num_classes: int) -> float:
@@ -39,13 +48,9 @@ class CosineHead(nn.Module):
         nn.init.xavier_uniform_(self.weight)
         self.register_buffer("s", torch.tensor(initial_scale(num_classes)))
 
-    def cosine(self, features: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(features.float(), dim=1), F.normalize(self.weight.float(), dim=1))
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(features.device.type, enabled=False):  # cosines in float32 under AMP
-            # A copy of s: the training step updates the buffer in place after this forward pass.
-            return self.s.clone() * self.cosine(features)
+        # A copy of s: the training step updates the buffer in place after this forward pass.
+        return cosine_logits(features, self.weight, self.s.clone())
 
     @torch.no_grad()
     def update_scale(self, cos: torch.Tensor, labels: torch.Tensor) -> None:
