@@ -148,14 +148,25 @@ class RePr(Regime):
                 "cycle": c, "dropped": {n: len(v) for n, v in drop.items() if len(v)}, "total": n_dropped,
                 "of": sum(m.out_channels for m in convs.values())}]
             run.fit(s2, kind="s2", label=c, hooks=[hook], lr_window=(offset, total),
-                    after=lambda _m, k=n_dropped: {"filters_dropped": k})
+                    after=lambda _m: self._dropped_record(masks, convs))
             offset += s2
             # Read the dropped filters back from the (possibly resumed) masks, then bring them back.
-            drop = {n: torch.nonzero(~masks[f"{n}.weight"].flatten(1).any(1)).flatten().cpu() for n in convs}
+            drop = self._dropped(masks, convs)
             narrow = self._reinitialise(model, convs, drop, old, init_norm, followers, init_bn)
             run.extra["repr"]["cycles"][c - 1]["narrow_layers"] = narrow
             masks.assign({})
         run.fit(final, kind="final", label=self.cycles + 1, lr_window=(offset, total))
+
+    @staticmethod
+    def _dropped(masks: MaskSet, convs) -> dict[str, torch.Tensor]:
+        """Filters currently off, read from the masks (which a resumed run restores)."""
+        return {n: torch.nonzero(~masks[f"{n}.weight"].flatten(1).any(1)).flatten().cpu() for n in convs}
+
+    @classmethod
+    def _dropped_record(cls, masks: MaskSet, convs) -> dict:
+        """S2 pass record entries: the total (a metric) and the count per layer."""
+        per_layer = {n: len(v) for n, v in cls._dropped(masks, convs).items() if len(v)}
+        return {"filters_dropped": sum(per_layer.values()), "dropped_filters": per_layer}
 
     @staticmethod
     def _filter_masks(masks: MaskSet, drop, convs, followers) -> dict[str, torch.Tensor]:

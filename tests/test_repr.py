@@ -172,7 +172,7 @@ def test_dropped_filters_are_truly_off_during_s2_then_back(make_cfg):
     cycle = result["repr"]["cycles"][0]
     total = sum(m.out_channels for m in rankable_convs(run.model).values())
     assert cycle["total"] == round(0.3 * total) == result["passes"][1]["metrics"]["filters_dropped"]
-    assert {n: int(d.sum()) for n, d in states[0].items()} == cycle["dropped"]
+    assert {n: int(d.sum()) for n, d in states[0].items()} == cycle["dropped"] == result["passes"][1]["dropped_filters"]
     for name, dead in states[0].items():  # re-initialised and trained again in the final phase
         conv = dict(run.model.named_modules())[name]
         assert (conv.weight[dead].flatten(1).norm(dim=1) > 0).all()
@@ -207,3 +207,4 @@ def test_repr_resumes_inside_s2(make_cfg, run_cfg, monkeypatch):
     resumed = run_cfg(cfg, resume=True)
     assert [p["metrics"] for p in resumed["passes"]] == [p["metrics"] for p in reference["passes"]]
     assert resumed["repr"]["cycles"] == reference["repr"]["cycles"]
+    assert resumed["passes"][1]["dropped_filters"] == reference["passes"][1]["dropped_filters"]
