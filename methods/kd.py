@@ -222,6 +222,8 @@ class Distill(Objective):
         self.teacher_path = str(path)
         if self.teacher_path:
             self.teacher = load_teacher(self.teacher_path, run)
+        elif not getattr(run.method.regime.load(), "provides_teacher", False):
+            self._check_teacher()  # fail before the run starts, not at its first pass
 
     def set_teacher(self, teacher: nn.Module) -> None:
         self.teacher = freeze(teacher)

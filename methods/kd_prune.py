@@ -95,6 +95,7 @@ class PrunePipeline(Regime):
 
     name = ""
     tasks = ("classification",)
+    provides_teacher = True  # trains the teacher first when the objective was given none (kd.Distill)
     distill_before = False  # KD while training the unpruned student
     distill_after = False  # KD while fine-tuning the pruned student
     self_teacher = False  # the fine-tuning teacher is the unpruned student itself

@@ -3,6 +3,7 @@ and the batch augmentations (AutoAugment on uint8, CutMix with mixed labels)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -47,7 +48,9 @@ def test_label_kd_loss_equals_hand_computed_value(make_cfg):
 
     cfg = make_cfg("kd")
     assert cfg.params["kd"]["alpha"] == 0.9 and cfg.params["kd"]["temperature"] == 4.0
-    run = SimpleNamespace(cfg=cfg)
+    from kebench.registry import parse_method
+
+    run = SimpleNamespace(cfg=cfg, method=parse_method("kd+pre-distill"))  # a regime that provides the teacher
     obj = LabelKD(cfg.plugin_params("kd"), run)
     s, t, y = [2.0, 0.0, -1.0], [0.5, 1.5, 0.0], 1
     obj.set_teacher(FixedLogits([t]))
@@ -139,9 +142,11 @@ def test_teacher_errors_are_clear(make_cfg, teacher_file, tmp_path):
         Run(make_cfg("kd", plugin={"teacher": str(junk)}), show_progress=False)
 
 
-def test_kd_without_a_teacher_is_a_user_error(make_cfg, run_cfg):
-    with pytest.raises(UserError, match="--teacher PATH"):
-        run_cfg(make_cfg("kd"))
+def test_kd_without_a_teacher_is_a_user_error_before_the_run_starts(make_cfg, run_cfg):
+    cfg = make_cfg("kd")
+    with pytest.raises(UserError, match="'kd' distils from a teacher but none was given.*--teacher PATH"):
+        run_cfg(cfg)
+    assert not (Path(cfg.out) / cfg.run_id() / "config.yaml").exists()  # refused before the run began
 
 
 # --------------------------------------------------------------------------------- augmentation
