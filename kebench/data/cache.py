@@ -27,7 +27,7 @@ import shutil
 import time
 import warnings
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,15 +190,25 @@ def _build(dataset, split, base, rels, size, banner_px, workers, fp, data_path, 
     kept, unusable = [], []
     try:
         out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(len(rels), 1), size, size, 3))
-        jobs = [(base / rel, size, banner_px) for rel in rels]
-        # PIL releases the GIL while decoding and resizing, so threads scale across cores.
+        errors = {}
+        # PIL releases the GIL while decoding and resizing, so threads scale across cores. Each image
+        # is written to its row as soon as it is done (memory stays bounded whatever the order).
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for i, (arr, err) in enumerate(pool.map(_try_decode, jobs, chunksize=1)):
+            futures = {pool.submit(_try_decode, (base / rel, size, banner_px)): i for i, rel in enumerate(rels)}
+            for future in as_completed(futures):
+                i = futures[future]
+                arr, err = future.result()
                 if err is None:
-                    out[len(kept)] = arr
-                    kept.append(i)
+                    out[i] = arr
                 else:
-                    unusable.append((rels[i], err))
+                    errors[i] = err
+        for i in range(len(rels)):  # close the gaps left by unusable images (rows only move forward)
+            if i in errors:
+                unusable.append((rels[i], errors[i]))
+            else:
+                if len(kept) != i:
+                    out[len(kept)] = out[i]
+                kept.append(i)
         out.flush()
         del out
         os.truncate(tmp, len(kept) * row)
