@@ -222,10 +222,25 @@ def state_of(entry: Entry) -> tuple[str, str]:
     return "pending", ""
 
 
+def submitted_jobs(out) -> dict:
+    """run id -> the submitit/SLURM job id it was last submitted as (from <out>/.submitit/jobs.jsonl)."""
+    jobs = {}
+    try:
+        for line in (Path(out) / ".submitit" / "jobs.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            jobs[rec["run_id"]] = rec["job_id"]
+    except (OSError, ValueError, KeyError):
+        pass
+    return jobs
+
+
 def status_rows(entries: list[Entry]) -> list[dict]:
     rows = []
+    jobs = submitted_jobs(entries[0].cfg.out) if entries else {}
     for e in entries:
         state, detail = state_of(e)
+        if state == "pending" and e.run_id in jobs:
+            detail = "; ".join(filter(None, [f"submitted as job {jobs[e.run_id]}", detail]))
         rows.append({"run_id": e.run_id, "method": e.cfg.method, "arch": e.cfg.arch, "data": e.cfg.data,
                      "seed": e.cfg.seed, "state": state, "detail": detail, "dir": str(e.dir)})
     return rows

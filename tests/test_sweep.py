@@ -1,0 +1,266 @@
+"""kebench sweep: grid expansion, stable ids, status, the local executor surviving a SIGKILLed
+worker, and submitit's local executor requeueing a preempted job that resumes from its checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kebench import config, guard, results, sweep
+from kebench.cli import main as cli_main
+from kebench.errors import UserError
+
+TINY = {"data": "synthetic", "arch": "test_resnet", "batch_size": 16, "device": "cpu"}
+
+
+def _spec(tmp_path, grid, set_=None, name="sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"grid": grid, "set": {**TINY, **(set_ or {})}, "out": str(tmp_path / "results")}))
+    return path
+
+
+def _entries(path, **kw):
+    return sweep.expand(sweep.load_spec(path), **kw)
+
+
+# ------------------------------------------------------------------------------ the grid
+def test_grid_expands_with_per_method_settings_and_stable_ids(tmp_path):
+    path = _spec(tmp_path, {"method": ["ce", "smooth"], "seed": [0, 1, 2]}, {"epochs": 1, "alpha": 0.3})
+    entries = _entries(path)
+    assert [(e.cfg.method, e.cfg.seed) for e in entries] == [
+        ("ce", 0), ("ce", 1), ("ce", 2), ("smooth", 0), ("smooth", 1), ("smooth", 2)]
+    smooth = entries[3].cfg
+    assert smooth.params["smooth"] == {"alpha": 0.3} and "alpha" not in entries[0].cfg.params["ce"]
+    assert all(e.cfg.epochs == 1 and e.cfg.out == str(tmp_path / "results") for e in entries)
+    # the id is the one `kebench run` gives the same settings, and it does not depend on the sweep
+    same = config.resolve({**TINY, "method": "smooth", "seed": 0, "epochs": 1, "out": "elsewhere"}, {}, {"alpha": "0.3"})
+    assert same.run_id() == smooth.run_id()
+    assert [e.run_id for e in _entries(path)] == [e.run_id for e in entries]
+    assert len({e.run_id for e in entries}) == 6
+
+
+def test_seed_ranges_list_of_grids_and_duplicates(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"grid": [{"method": ["ce"], "seed": "0-2"}, {"method": ["ce", "smooth"], "seed": [2]}],
+                                    "set": TINY}))
+    entries = _entries(path, out=str(tmp_path / "o"))
+    assert [(e.cfg.method, e.cfg.seed) for e in entries] == [("ce", 0), ("ce", 1), ("ce", 2), ("smooth", 2)]
+    assert entries[0].cfg.out == str(tmp_path / "o")
+
+
+def test_set_overrides_and_budget_pass_through(tmp_path):
+    path = _spec(tmp_path, {"method": ["ce"]}, {"epochs": 3})
+    entries = _entries(path, sets={"epochs": "2", "budget": "matched", "lr": "0.1"})
+    cfg = entries[0].cfg
+    assert (cfg.epochs, cfg.budget, cfg.lr) == (2, "matched", 0.1)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"grid": {"method": ["ce"]}, "set": {"alpah": 0.3}}, r"\['alpah'\] apply to none of the sweep's runs"),
+    ({"grid": {"method": ["ce"]}, "sets": {}}, r"unknown top-level key\(s\) \['sets'\]"),
+    ({"set": {"epochs": 1}}, "'grid' must be a mapping"),
+    ({"grid": {"method": []}}, "'method' has an empty list"),
+    ({"grid": {"method": ["ce", "nope"]}}, r"Sweep run \{'method': 'nope'\}: Unknown method 'nope'"),
+    ({"grid": {"epochs": [0]}}, "--epochs must be a positive number"),
+])
+def test_bad_sweep_files_are_clear_errors(tmp_path, spec, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserError, match=message):
+        _entries(path)
+
+
+# ------------------------------------------------------------------------------ status
+def _fake_result(entry, status="complete", **extra):
+    record = {"run_id": entry.run_id, "status": status, "final": {"top1": 0.75}, "training": {"epochs": 4}, **extra}
+    results.write_text(entry.dir / "config.yaml", config.save_yaml(entry.cfg))
+    results.write_json(entry.dir / "result.json", record)
+
+
+def test_status_shows_done_running_failed_pending(tmp_path, capsys):
+    path = _spec(tmp_path, {"seed": [0, 1, 2, 3, 4]}, {"epochs": 1})
+    done, failed, resumable, running, fresh = _entries(path)
+    _fake_result(done)
+    _fake_result(failed, status="failed", error="non-finite loss (nan) in pass 1, epoch 1")
+    resumable.dir.mkdir(parents=True)
+    (resumable.dir / "checkpoint.pt").write_bytes(b"x")
+    (resumable.dir / "metrics.jsonl").write_text(json.dumps({"pass": 0, "epoch": 3}) + "\n")
+    with guard.RunLock(running.dir):
+        rows = sweep.status_rows(_entries(path))
+        cli_main(["sweep", str(path), "--status", "--json"])
+    by_id = {r["run_id"]: r for r in rows}
+    assert [by_id[e.run_id]["state"] for e in (done, failed, resumable, running, fresh)] == [
+        "done", "failed", "pending", "running", "pending"]
+    assert by_id[done.run_id]["detail"] == "top1 0.7500"
+    assert "non-finite loss" in by_id[failed.run_id]["detail"]
+    assert by_id[resumable.run_id]["detail"] == "resumable from pass 1 epoch 3"
+    assert f"pid {os.getpid()}" in by_id[running.run_id]["detail"]
+    assert sweep.counts(rows) == {"done": 1, "running": 1, "failed": 1, "pending": 2}
+    printed = json.loads(capsys.readouterr().out)
+    assert [r["state"] for r in printed] == [r["state"] for r in rows]
+
+
+def test_matched_budget_run_is_done_only_with_its_baseline(tmp_path):
+    path = _spec(tmp_path, {"method": ["ce+bans"]}, {"epochs": 2, "budget": "matched"})
+    (entry,) = _entries(path)
+    _fake_result(entry)  # the multi-pass run finished after 4 epochs in all ...
+    state, detail = sweep.state_of(entry)
+    assert state == "pending" and "matched baseline" in detail  # ... but its 4-epoch baseline did not
+    baseline = config.matched_config(entry.cfg, 4)
+    _fake_result(sweep.Entry(baseline, {}))
+    assert sweep.state_of(entry)[0] == "done"
+
+
+# ------------------------------------------------------------------------------ local executor
+def _rows(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_local_sweep_survives_a_killed_worker(tmp_path, monkeypatch, run_cfg):
+    """SIGKILL a worker after its first checkpoint; re-running the sweep resumes that run, skips the
+    finished one, and ends with the numbers of an uninterrupted run."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers compute like this process (1 thread)
+    epochs = 6
+    path = _spec(tmp_path, {"method": ["smooth", "ce"]}, {"epochs": epochs, "checkpoint_every_s": 0})
+    victim, other = _entries(path)
+
+    killed = {}
+
+    def kill_victim_after_first_checkpoint():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            holder = guard.lock_holder(victim.dir)
+            if holder and (victim.dir / "checkpoint.pt").exists():
+                os.kill(holder["pid"], signal.SIGKILL)
+                killed["pid"], killed["epochs"] = holder["pid"], len(_rows(victim.dir))
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=kill_victim_after_first_checkpoint)
+    watcher.start()
+    log = []
+    code = sweep.run_local(_entries(path), workers=1, gpus=[], echo=log.append)
+    watcher.join()
+    assert killed and killed["epochs"] < epochs, log
+    assert code == 1 and any("FAIL" in line and "SIGKILL" in line for line in log), log
+    assert sweep.state_of(victim)[0] == "pending"
+    assert sweep.state_of(other)[0] == "done"
+    other_result = (other.dir / "result.json").read_bytes()
+    other_mtime = (other.dir / "result.json").stat().st_mtime_ns
+
+    with pytest.raises(SystemExit) as exit_info:  # the same sweep again, through the CLI
+        cli_main(["sweep", str(path), "--workers", "1"])
+    assert exit_info.value.code == 0
+    assert [e["state"] for e in sweep.status_rows(_entries(path))] == ["done", "done"]
+    # the finished run was not run again; the killed one completed exactly once
+    assert (other.dir / "result.json").read_bytes() == other_result
+    assert (other.dir / "result.json").stat().st_mtime_ns == other_mtime
+    assert (other.dir / sweep.WORKER_LOG).read_text().count("--- ") == 1
+    assert (victim.dir / sweep.WORKER_LOG).read_text().count("--- ") == 2
+    assert [r["epoch"] for r in _rows(victim.dir)] == list(range(1, epochs + 1))
+
+    reference_cfg = dataclasses.replace(victim.cfg, out=str(tmp_path / "reference"))
+    reference = run_cfg(reference_cfg)
+    resumed = results.read_result(victim.dir)
+    assert resumed["final"] == reference["final"]
+    assert _rows(victim.dir) == _rows(Path(reference_cfg.out) / victim.run_id)
+
+
+def test_worker_refuses_a_payload_naming_code(tmp_path, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"method": "os:system", "data": "synthetic"})))
+    assert sweep.worker_main([]) == guard.EXIT_USAGE
+    assert "Unknown method 'os:system'" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"method": "ce", "entry": "os:system"})))
+    assert sweep.worker_main([]) == guard.EXIT_USAGE
+    assert "unknown key(s) ['entry']" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ submitit
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def test_submitit_local_sweep_requeues_a_preempted_job(tmp_path, monkeypatch, run_cfg):
+    """`kebench sweep --executor submitit-local`: a preemption signal (USR2, as SLURM sends it) makes
+    the job checkpoint at the next step and requeue; the requeued job resumes and matches an
+    uninterrupted run."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    epochs = 8
+    path = _spec(tmp_path, {"method": ["smooth"]}, {"epochs": epochs, "checkpoint_every_s": 0})
+    (entry,) = _entries(path)
+    jobs_file = Path(entry.cfg.out) / ".submitit" / "jobs.jsonl"
+    preempted = {}
+
+    def preempt_after_first_checkpoint():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if (entry.dir / "checkpoint.pt").exists() and jobs_file.exists():
+                controller = int(json.loads(jobs_file.read_text().splitlines()[-1])["job_id"])
+                tasks = _children(controller)
+                if tasks and guard.lock_holder(entry.dir):
+                    os.kill(tasks[0], signal.SIGUSR2)
+                    preempted["epochs"] = len(_rows(entry.dir))
+                    return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=preempt_after_first_checkpoint)
+    watcher.start()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["sweep", str(path), "--executor", "submitit-local", "--gpus-per-job", "0", "--time", "10"])
+    watcher.join()
+    assert exit_info.value.code == 0 and preempted and preempted["epochs"] < epochs
+    job_dir = next(jobs_file.parent.glob("[0-9]*"))
+    logs = "".join(f.read_text() for f in job_dir.glob("*_log.*"))
+    assert "stopped by SIGUSR2" in logs and "handing over to submitit" in logs and "Requeued job" in logs
+    assert sweep.state_of(entry)[0] == "done"
+    assert [r["epoch"] for r in _rows(entry.dir)] == list(range(1, epochs + 1))
+    reference = run_cfg(dataclasses.replace(entry.cfg, out=str(tmp_path / "reference")))
+    assert results.read_result(entry.dir)["final"] == reference["final"]
+    assert _rows(entry.dir) == _rows(Path(tmp_path / "reference") / entry.run_id)
+
+
+def test_slurm_submission_is_one_job_array_with_the_options(tmp_path, monkeypatch):
+    """Against stand-in sbatch/srun: the sbatch script carries every option, jobs are recorded."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path / "submitted.sh"}\necho Submitted batch job 4242\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    path = _spec(tmp_path, {"seed": [0, 1, 2]}, {"epochs": 1})
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["sweep", str(path), "--executor", "slurm", "--partition", "gpu", "--time", "90", "--gpus-per-job",
+                  "2", "--array-parallelism", "2", "--mem-gb", "16", "--slurm-opt", "account=abc", "--slurm-opt",
+                  "reservation=r1", "--setup", "module load cuda"])
+    assert exit_info.value.code == 0
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("--partition=gpu", "--time=90", "--gpus-per-node=2", "--array=0-2%2", "--mem=16384M",
+                 "--account=abc", "--reservation=r1", "--signal=USR2@90", "--ntasks-per-node=1"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert "module load cuda" in script
+    rows = sweep.status_rows(_entries(path))
+    assert [r["detail"] for r in rows] == [f"submitted as job 4242_{i}" for i in range(3)]
+
+
+def test_sweep_task_checkpoint_resubmits_the_same_config():
+    from kebench import slurm
+
+    task = slurm.SweepTask(nproc=2)
+    delayed = task.checkpoint({"method": "ce"})
+    assert isinstance(delayed.function, slurm.SweepTask) and delayed.function.nproc == 2
+    assert delayed.args == ({"method": "ce"},)
