@@ -455,8 +455,14 @@ class Run:
             import json
 
             ps = ck["pass_state"]
-            keep = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and (json.loads(ln)["pass"], json.loads(ln)["epoch"]) <= (ps["index"], ps["epoch"])]
+            keep = []
+            for ln in path.read_text().splitlines():
+                try:
+                    row = json.loads(ln)
+                except ValueError:  # a line torn by a crash in the middle of its append
+                    continue
+                if (row["pass"], row["epoch"]) <= (ps["index"], ps["epoch"]):
+                    keep.append(ln)
             results.write_text(path, "".join(ln + "\n" for ln in keep))
 
     def resumed_state(self, name: str):
@@ -555,11 +561,16 @@ def execute(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True)
     The run folder is locked for the whole run (a second writer gets `guard.RunBusy`), and
     SIGTERM/SIGINT stop it at the end of the current step with a checkpoint (`guard.RunInterrupted`).
     """
-    distributed.init(pick_device(cfg.device))
-    if distributed.world_size() > 1 and cfg.batch_size % distributed.world_size():
+    device = distributed.local_device(pick_device(cfg.device))
+    distributed.init(device)
+    world = distributed.world_size()
+    if world > 1 and cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
-                        f"{distributed.world_size()} processes.")
-    if guard.STOP.signum is not None:
+                        f"{world} processes.")
+    stop = guard.STOP.signum is not None
+    if world > 1:  # all ranks start, or none does
+        (stop,) = distributed.agree([stop], device)
+    if stop:
         signum = guard.STOP.consume()
         raise guard.RunInterrupted(f"Stopped by {guard.signal_name(signum)} before run {cfg.run_id()} started; "
                                    f"rerun with --resume to continue.", signum)

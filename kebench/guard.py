@@ -67,6 +67,8 @@ STOP = _Stop()
 
 
 def signal_name(signum: int | None) -> str:
+    if signum is None:
+        return "a signal"  # another rank received it
     try:
         return signal.Signals(signum).name
     except (ValueError, TypeError):

@@ -136,6 +136,8 @@ def test_truncated_checkpoint_falls_back_to_previous_one(make_cfg, run_cfg, sigt
     newest, previous = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
     assert torch.load(previous, weights_only=True)["pass_state"]["epoch"] == 2
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"pass": 0, "epoch": 3, "lo')  # and a metrics line torn mid-append
 
     with pytest.warns(UserWarning, match=r"checkpoint.pt cannot be read.*Resuming from the previous checkpoint"):
         resumed = run_cfg(cfg, resume=True)
