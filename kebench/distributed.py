@@ -230,8 +230,15 @@ def launch(cfg, nproc: int, *, resume: bool = False, show_progress: bool = True)
 
     from kebench import guard
 
+    from kebench.engine import pick_device
+
     if nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {nproc}.")
+    if cfg.batch_size % nproc:
+        raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by --nproc {nproc}.")
+    if pick_device(cfg.device).type == "cuda" and nproc > torch.cuda.device_count():
+        raise UserError(f"--nproc {nproc} needs {nproc} GPUs (one per process), but {torch.cuda.device_count()} "
+                        f"are visible. Use fewer processes, or --device cpu (gloo).")
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     procs = mp.start_processes(_worker, args=(nproc, free_port(), cfg, resume, show_progress, queue),

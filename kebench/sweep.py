@@ -124,7 +124,7 @@ def expand(spec: dict, *, out: str | None = None, sets: dict | None = None) -> l
 
     grids = spec["grid"] if isinstance(spec["grid"], list) else [spec["grid"]]
     fixed = {**(spec.get("set") or {}), **(sets or {})}
-    out = str(out or spec.get("out") or "results")
+    out = str(Path(out or spec.get("out") or "results").expanduser().absolute())  # jobs may start elsewhere
     entries: dict[str, Entry] = {}
     named, applied = set(fixed), set()
     for grid in grids:

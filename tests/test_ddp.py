@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from kebench import distributed, guard, registry
+from kebench.errors import UserError
 
 TOY_REGIME = textwrap.dedent('''
     import os
@@ -127,3 +128,38 @@ def test_two_process_knowledge_evolution_keeps_replicas_identical(make_cfg, monk
     assert record["status"] == "complete" and len(record["passes"]) == 2
     assert record["distributed"]["replicas_identical"] is True  # model, KE masks and split, bit for bit
     assert 0.0 <= record["final"]["top1"] <= 1.0
+
+
+def test_launch_refuses_what_cannot_work_before_spawning(make_cfg):
+    with pytest.raises(UserError, match="--batch-size 15 is the global batch and must be divisible by --nproc 2"):
+        distributed.launch(make_cfg(batch_size=15), 2)
+    with pytest.raises(UserError, match="--nproc must be >= 1"):
+        distributed.launch(make_cfg(), 0)
+
+
+def test_ddp_wrapper_answers_model_attributes_and_counts_forwards():
+    """Objectives call model.forward_features / get_classifier on the wrapper; a step that bypasses
+    the wrapper's forward is detected (forward_calls == 0), so the engine averages its gradients."""
+    import torch.distributed as dist
+
+    from kebench.models import create_model
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{distributed.free_port()}", rank=0, world_size=1)
+    try:
+        model = create_model("test_resnet", num_classes=3, in_chans=3)
+        ddp = distributed.DDP(model, torch.device("cpu"))
+        assert ddp.get_classifier() is model.get_classifier() and ddp.num_features == model.num_features
+        x = torch.randn(2, 3, 16, 16)
+        ddp(x).sum().backward()
+        assert ddp.forward_calls == 1
+        ddp.forward_calls = 0
+        model.zero_grad()
+        ddp.forward_head(ddp.forward_features(x)).sum().backward()  # bypasses DDP's forward
+        assert ddp.forward_calls == 0
+        grads = [p.grad.clone() for p in model.parameters()]
+        distributed.average_grads(model.parameters())  # world size 1: the mean is the gradient itself
+        assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+        with pytest.raises(AttributeError):
+            ddp.no_such_attribute
+    finally:
+        dist.destroy_process_group()
