@@ -268,28 +268,22 @@ class Run:
                     seen += len(y)
                     ps.steps += 1
                     progress.step(len(y))
-                    if self.world > 1:
-                        if step % CHECK_EVERY == 0:  # every rank decides alike, or one would wait forever
-                            bad, stop = distributed.agree([not torch.isfinite(loss.detach()).item(),
-                                                           guard.STOP.signum is not None], self.device)
-                            if bad:
-                                self._fail_nonfinite(ps, epoch, float("nan"))
-                            if stop:
-                                self._interrupt(model, optimizer, scaler, ps, dict(
-                                    step=step, gen=gen, lr=lr, t0=t0, loss_sum=loss_sum, correct=correct,
-                                    seen=seen, scored=scored, steps_per_epoch=steps_per_epoch, epoch=epoch))
+                    if self.world == 1:
+                        bad = step % CHECK_EVERY == 0 and not torch.isfinite(loss.detach())
+                        stop = guard.STOP.signum is not None
+                    elif step % CHECK_EVERY == 0:  # every rank decides alike, or one would wait forever
+                        bad, stop = distributed.agree([not torch.isfinite(loss.detach()).item(),
+                                                       guard.STOP.signum is not None], self.device)
                     else:
-                        if step % CHECK_EVERY == 0 and not torch.isfinite(loss.detach()):
-                            self._fail_nonfinite(ps, epoch, loss)
-                        if guard.STOP.signum is not None:
-                            self._interrupt(model, optimizer, scaler, ps, dict(
-                                step=step, gen=gen, lr=lr, t0=t0, loss_sum=loss_sum, correct=correct,
-                                seen=seen, scored=scored, steps_per_epoch=steps_per_epoch, epoch=epoch))
+                        bad = stop = False
+                    if bad:
+                        self._fail_nonfinite(ps, epoch, loss if self.world == 1 else float("nan"))
+                    if stop:
+                        self._interrupt(model, optimizer, scaler, ps, dict(
+                            step=step, gen=gen, lr=lr, t0=t0, sums=self._sums(loss_sum, correct, seen, scored),
+                            steps_per_epoch=steps_per_epoch, epoch=epoch))
                 if self.world > 1:  # epoch totals over all ranks; all ranks keep rank 0's BN statistics
-                    totals = distributed.sum_(torch.stack([loss_sum.double(), correct.double(),
-                                                           torch.tensor(float(seen), device=self.device, dtype=torch.float64),
-                                                           torch.tensor(float(scored), device=self.device, dtype=torch.float64)]),
-                                              self.device)
+                    totals = distributed.sum_(self._sums(loss_sum, correct, seen, scored), self.device)
                     loss_sum, correct, seen, scored = totals[0], totals[1], int(totals[2]), int(totals[3])
                     distributed.broadcast_(list(model.buffers()), self.device)
                 epoch_time = time.perf_counter() - t0
@@ -338,13 +332,16 @@ class Run:
         if extra_params:
             distributed.average_grads(extra_params)
 
+    def _sums(self, loss_sum, correct, seen: int, scored: int) -> torch.Tensor:
+        """An epoch's running sums as one float64 tensor (to all-reduce or checkpoint them together)."""
+        return torch.stack([loss_sum.detach().double(), correct.detach().double(),
+                            torch.tensor(float(seen), device=self.device, dtype=torch.float64),
+                            torch.tensor(float(scored), device=self.device, dtype=torch.float64)])
+
     def _interrupt(self, model, optimizer, scaler, ps: PassState, at: dict) -> None:
         """A stop was requested (SIGTERM/SIGINT): checkpoint the exact position inside the epoch
         (step, augmentation generator, running sums) and raise RunInterrupted."""
-        sums = [at["loss_sum"].detach().double(), at["correct"].detach().double(),
-                torch.tensor(float(at["seen"]), device=self.device, dtype=torch.float64),
-                torch.tensor(float(at["scored"]), device=self.device, dtype=torch.float64)]
-        totals = torch.stack(sums)
+        totals = at["sums"]
         if self.world > 1:
             totals = distributed.sum_(totals, self.device)
         totals = totals.cpu()
