@@ -308,6 +308,7 @@ def test_grid_command_and_kd_table_show_the_surplus(tmp_path, capsys):
     out = tmp_path / "res"
     args = ["run", "--quiet", "--data", "synthetic", "--arch", "test_resnet", "--epochs", "1", "--batch-size", "16",
             "--device", "cpu", "--out", str(out), "--checkpoint-every-s", "0", "--prune", "l1-filter",
+            "--teacher-epochs", "1",  # a teacher-only flag: scratch (no teacher) is given none of it
             "--method", "scratch,kd+self-distill,fd+self-distill"]
     try:
         cli.main(args)
