@@ -159,7 +159,7 @@ def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
         for seed in seeds:
             overrides = {k: v for k, v in kw.items() if v is not None}
             overrides.update(method=method, seed=seed)
-            configs.append(configmod.resolve(overrides, file_cfg, plugin_flags))
+            configs.append(configmod.resolve(overrides, file_cfg, plugin_flags[method]))
     return configs
 
 
