@@ -87,10 +87,26 @@ def _from_entry_points() -> dict[str, PluginSpec]:
     return specs
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe loading that refuses a plugin defined twice (plain YAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue  # '<<: *anchor' merges are overridable by design
+            key = key_node.value
+            if key in seen:
+                raise UserError(f"{self.name}: '{key}' is defined twice (line {key_node.start_mark.line + 1}); "
+                                f"keep one definition.")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 @functools.lru_cache(maxsize=None)
 def _load(path: str) -> dict[str, PluginSpec]:
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        data = yaml.load(f, Loader=_UniqueKeyLoader) or {}
     plugins = data.get("plugins", {})
     specs = {name: _spec_from_dict(name, raw, path) for name, raw in plugins.items()}
     for name, spec in _from_entry_points().items():

@@ -111,3 +111,16 @@ def test_readme_plugin_example_runs(tmp_path, monkeypatch, make_cfg, run_cfg):
     finally:
         sys.modules.pop("readme_focal", None)
         registry.reload()
+
+
+def test_plugin_defined_twice_is_refused(tmp_path, monkeypatch):
+    twice = tmp_path / "registry.yaml"
+    twice.write_text("plugins:\n  ce:\n    entry: methods.ce:CrossEntropy\n    kind: objective\n"
+                     "  ce:\n    entry: methods.ce:CrossEntropy\n    kind: objective\n")
+    monkeypatch.setattr(registry, "registry_path", lambda: twice)
+    registry.reload()
+    try:
+        with pytest.raises(Exception, match="'ce' is defined twice"):
+            registry.plugins()
+    finally:
+        registry.reload()
