@@ -135,32 +135,37 @@ def load_slim(path, map_location="cpu") -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------- cost
 @torch.inference_mode()
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], device, *, autocast=None,
-                    warmup: int | None = None, iters: int | None = None) -> float:
-    """Median milliseconds of one eval-mode forward pass on a zero batch of `input_shape`.
+def measure_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], device, *, autocast=None,
+                    warmup: int | None = None, iters: int | None = None) -> dict[str, float]:
+    """Median milliseconds of one eval-mode forward pass on a zero batch of `input_shape`, per model.
 
-    warmup/iters default to LATENCY_WARMUP/LATENCY_ITERS (read at call time).
+    The models take turns pass by pass, so a busy machine slows them alike and their ratio stays
+    meaningful. warmup/iters default to LATENCY_WARMUP/LATENCY_ITERS (read at call time).
     """
     import contextlib
 
     warmup = LATENCY_WARMUP if warmup is None else warmup
     iters = LATENCY_ITERS if iters is None else iters
     device = torch.device(device)
-    was = model.training
-    model.eval()
+    modes = {k: m.training for k, m in models.items()}
     x = torch.zeros(input_shape, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    with autocast or contextlib.nullcontext():
-        for k in range(warmup + iters):
-            sync()
-            t0 = time.perf_counter()
-            model(x)
-            sync()
-            if k >= warmup:
-                times.append(time.perf_counter() - t0)
-    model.train(was)
-    return statistics.median(times) * 1e3
+    times: dict[str, list[float]] = {k: [] for k in models}
+    try:
+        with autocast or contextlib.nullcontext():
+            for k in range(warmup + iters):
+                for key, m in models.items():
+                    m.eval()
+                    sync()
+                    t0 = time.perf_counter()
+                    m(x)
+                    sync()
+                    if k >= warmup:
+                        times[key].append(time.perf_counter() - t0)
+    finally:
+        for key, m in models.items():
+            m.train(modes[key])
+    return {key: statistics.median(t) * 1e3 for key, t in times.items()}
 
 
 def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -184,9 +189,10 @@ def profile(model: nn.Module, rate: float, resolution: int, in_chans: int, devic
     shape = (1, in_chans, resolution, resolution)
     x = torch.zeros((2,) + shape[1:], device=device)
     slim = slim_network(model, rate, x)
-    out = {}
-    for key, m in (("dense", model), ("slim", slim)):
-        out[key] = {"params": count_params(m), "flops": forward_flops(m, shape, device), "layers": layer_shapes(m)}
-        if latency:
-            out[key]["latency_ms"] = measure_latency(m, shape, device)
+    models = {"dense": model, "slim": slim}
+    out = {k: {"params": count_params(m), "flops": forward_flops(m, shape, device), "layers": layer_shapes(m)}
+           for k, m in models.items()}
+    if latency:
+        for key, ms in measure_latency(models, shape, device).items():
+            out[key]["latency_ms"] = ms
     return out

@@ -95,11 +95,11 @@ class KnowledgeEvolution(Regime):
             if run.rank == 0:  # under DDP one process writes the files
                 save_slim(models["slim"], run.dir / SLIM_FILE)
             info["slim_file"] = SLIM_FILE
+        latency = measure_latency(models, shape, run.device, autocast=run.autocast())
         cost = {}
         for key, m in models.items():
             cost[key] = inference_cost(m, d, run.device)
-            cost[key].update(latency_ms=measure_latency(m, shape, run.device, autocast=run.autocast()),
-                             latency_batch=1, latency_precision=precision)
+            cost[key].update(latency_ms=latency[key], latency_batch=1, latency_precision=precision)
         run.extra.setdefault("cost", {}).update(cost)
         run.extra["ke"] = info
         gens = {p["index"]: p["metrics"] for p in run.passes if p["kind"] == "generation"}
