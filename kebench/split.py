@@ -239,6 +239,7 @@ class _Tracer(TorchFunctionMode):
         self.module_group: dict[str, int] = {}
         self.stack: list[str] = []
         self.owner: dict[int, tuple[str, nn.Module]] = {}
+        self._derived: list[torch.Tensor] = []
         for name, m in model.named_modules():
             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, _BatchNorm)):
                 for t in (getattr(m, "weight", None), getattr(m, "running_mean", None)):
@@ -304,12 +305,23 @@ class _Tracer(TorchFunctionMode):
             return out
         tracked = [a for a in _flat(args, kwargs) if self.get(a) is not None]
         if not tracked:
+            self._derive_owner(args, kwargs, out)
             return out
         try:
             self._dispatch(name, out, args, kwargs)
         except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:  # an unusual call signature
             raise self.unsupported(name, f"unexpected arguments ({type(exc).__name__}: {exc})") from None
         return out
+
+    def _derive_owner(self, args, kwargs, out) -> None:
+        """A same-shaped tensor computed from one layer's weight alone (e.g. AdaCos's normalised class
+        weights, a dtype cast) still belongs to that layer when it reaches F.linear / conv."""
+        owners = {id(a): self.owner[id(a)] for a in _flat(args, kwargs) if isinstance(a, torch.Tensor) and id(a) in self.owner}
+        if len(owners) == 1 and isinstance(out, torch.Tensor):
+            src = next(a for a in _flat(args, kwargs) if isinstance(a, torch.Tensor) and id(a) in owners)
+            if out.shape == src.shape and id(out) not in self.owner:
+                self.owner[id(out)] = owners[id(src)]
+                self._derived.append(out)  # keep it alive so its id is not reused during the trace
 
     def _dispatch(self, name, out, args, kwargs) -> None:
         handler = getattr(self, f"_op_{name}", None)

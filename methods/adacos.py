@@ -40,13 +40,17 @@ def initial_scale(num_classes: int) -> float:
     return max(math.sqrt(2) * math.log(max(num_classes - 1, 1)), MIN_SCALE)
 
 
-class CosineHead(nn.Module):
+class CosineHead(nn.Linear):
+    """A bias-free Linear whose forward gives cosine logits: split-networks (KE) and sub-network
+    extraction treat it as the Linear it is (a weight of [classes, features])."""
+
     def __init__(self, in_features: int, num_classes: int):
-        super().__init__()
-        self.in_features, self.num_classes = in_features, num_classes
-        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-        nn.init.xavier_uniform_(self.weight)
+        super().__init__(in_features, num_classes, bias=False)
+        self.num_classes = num_classes
         self.register_buffer("s", torch.tensor(initial_scale(num_classes)))
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # A copy of s: the training step updates the buffer in place after this forward pass.
@@ -60,9 +64,6 @@ class CosineHead(nn.Module):
         theta_med = torch.acos(cos[target].clamp(-1 + 1e-7, 1 - 1e-7)).median()
         new = torch.log(b_avg) / torch.cos(torch.clamp(theta_med, max=math.pi / 4))
         self.s.copy_(torch.clamp(new, min=MIN_SCALE))
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, num_classes={self.num_classes}"
 
 
 def cosine_head(model: nn.Module) -> CosineHead:

@@ -97,3 +97,28 @@ def test_end_to_end_trains_weights_and_scale_only_in_training(make_cfg, classes)
     assert run.passes[-1]["metrics"]["top1"] > 1 / classes  # it learns
     run.evaluate()
     assert float(head.s) == s1  # evaluation never moves the scale
+
+
+def test_cosine_head_under_kels_slim_equals_masked_dense():
+    """adacos+ke with KELS: the cosine head is a Linear to the split graph, its normalised input
+    keeps every channel (normalisation mixes them), and the slim network is exact."""
+    import copy
+
+    from kebench.models import create_model
+    from kebench.slim import extract_subnetwork
+    from kebench.split import Split, channel_graph, kels_keep
+    from methods.adacos import AdaCos, CosineHead
+
+    torch.manual_seed(0)
+    model = AdaCos({}, None).adapt_model(create_model("resnet18", 6), 6).eval()
+    x = torch.randn(2, 3, 32, 32)
+    graph = channel_graph(model, x)
+    head_group = graph.layers["fc"].out_group
+    assert graph.groups[head_group].pinned  # the logits: all classes kept
+    slim = extract_subnetwork(model, kels_keep(graph, 0.5), x, graph=graph)
+    assert isinstance(slim.fc, CosineHead) and slim.fc.weight.shape == (6, 512)  # normalised input kept whole
+    assert slim.layer1[0].conv1.weight.shape == (32, 32, 3, 3)  # the rest is halved
+    zeroed = copy.deepcopy(model)
+    Split.kels(model, 0.5, graph).zero_reset(zeroed)
+    with torch.no_grad():
+        torch.testing.assert_close(slim(x), zeroed(x), rtol=1e-5, atol=1e-5)
