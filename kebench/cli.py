@@ -5,6 +5,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kebench import config as configmod
@@ -14,7 +15,8 @@ from kebench.guard import RunInterrupted
 
 # Wide enough for the summary table when output goes to a file or a pipe (rich defaults to 80).
 out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# Messages are paragraphs: let the terminal wrap them, so they stay greppable when captured.
+err = Console(stderr=True, soft_wrap=True)
 
 
 def parse_extra(args: list[str]) -> dict:
@@ -93,7 +95,7 @@ def print_summary(records: list[dict]) -> None:
                 ptable.add_row(f"{p['kind']} {p['index']}", *[_fmt(p["metrics"].get(k)) for k in keys])
             out.print(ptable)
         if r["status"] != "complete":
-            err.print(f"[red]run {r['run_id']} failed:[/red] {r.get('error')}")
+            err.print(f"[red]run {r['run_id']} failed:[/red] {escape(str(r.get('error')))}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -247,10 +249,10 @@ def main(argv=None):
         exc.show()
         sys.exit(exc.exit_code)
     except UserError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except RunInterrupted as exc:
-        err.print(f"[yellow]interrupted:[/yellow] {exc}", highlight=False)
+        err.print(f"[yellow]interrupted:[/yellow] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("Interrupted; rerun the same command with --resume to continue.")
