@@ -1,10 +1,10 @@
 """Engine overhead: training images/s of kebench's engine vs a bare hand-written PyTorch loop.
 
-Same model, data, batch size, augmentation and number of epochs, measured in the same process.
-The bare loop does the data work the engine does (index the in-memory uint8 tensors, random
-resized crop on the batch, normalise) and evaluates once at the end, as the engine does; the ratio
-therefore isolates the engine's own bookkeeping: LR schedule, hooks, loss/accuracy tracking,
-FLOP counting on the first step, per-epoch checkpoints and metrics.jsonl.
+Same model, batches (kebench's data pipeline, benchmarked on its own in data_pipeline.py),
+batch size and number of epochs, measured in the same process. The bare loop evaluates once at
+the end, as the engine does; the ratio therefore isolates the engine's own bookkeeping: LR
+schedule, hooks, loss/accuracy tracking, FLOP counting on the first step, stop/NaN checks,
+checkpoints and metrics.jsonl.
 
     python benchmarks/engine_overhead.py [--arch resnet18] [--epochs 3] [--repeats 3]
 Target: ratio >= 0.95 on CPU.
@@ -19,41 +19,33 @@ import torch
 import torch.nn.functional as F
 
 from kebench.config import resolve
-from kebench.data.pipeline import augment, center_view, crop_params, epoch_generator
+from kebench.data.pipeline import epoch_generator
 from kebench.engine import Run, lr_at
 
 
 def bare_loop(run: Run, epochs: int) -> float:
-    """The peer: a plain SGD loop over the same tensors. Returns seconds."""
-    cfg, data, device = run.cfg, run.data, run.device
+    """The peer: a plain SGD loop over the same batches (kebench's data pipeline). Returns seconds."""
+    cfg = run.cfg
     torch.manual_seed(cfg.seed)
     model = run.build_model()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    images, labels = data.train.images.to(device), data.train.labels.to(device)
-    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1) * 255
-    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1) * 255
+    train, test = run.stream("train"), run.stream("test")
     start = time.perf_counter()
     for epoch in range(epochs):
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg.lr, epoch, epochs, 0, "cosine")
         gen = epoch_generator(cfg.seed, 0, epoch)
-        order = torch.randperm(len(labels), generator=gen)
         model.train()
-        for idx in order.split(cfg.batch_size)[: len(labels) // cfg.batch_size]:
-            x = images[idx].float()
-            boxes = crop_params(len(idx), x.shape[-2], x.shape[-1], data.crop_scale, (3 / 4, 4 / 3), gen)
-            x = (augment(x, data.resolution, boxes, torch.zeros(len(idx), dtype=torch.bool)) - mean) / std
-            loss = F.cross_entropy(model(x), labels[idx])
+        for idx in train.batches(gen):
+            x, y = train.load(idx, gen)
+            loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     model.eval()
     with torch.no_grad():
-        test = data.test.images.to(device)
-        correct = 0
-        for i in range(0, len(test), 256):
-            x = (center_view(test[i:i + 256].float(), data.resolution) - mean) / std
-            correct += (model(x).argmax(1) == data.test.labels[i:i + 256].to(device)).sum().item()
+        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in test)
+    assert correct >= 0
     return time.perf_counter() - start
 
 
