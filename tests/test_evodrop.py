@@ -143,7 +143,7 @@ def test_bad_settings_are_user_errors(make_cfg):
 
 def test_runs_under_single_with_plain_mode_as_the_comparison(make_cfg, run_cfg):
     cfg = make_cfg("evodrop", plugin={"mode": "plain", "at": "layer4,head"})
-    assert cfg.params["evodrop"]["mode"] == "plain" and cfg.params["evodrop"]["keep_rate"] == 0.5
+    assert cfg.params["evodrop"]["mode"] == "plain" and cfg.params["evodrop"]["keep_rate"] == 0.9
     result = run_cfg(cfg)
     assert result["status"] == "complete" and result["regime"] == "single"
     assert 0 <= result["final"]["top1"] <= 1
