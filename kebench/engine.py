@@ -29,7 +29,7 @@ from kebench import distributed, guard, metrics, results
 from kebench.config import RunConfig, save_yaml
 from kebench.data.pipeline import BatchStream, epoch_generator
 from kebench.errors import UserError
-from kebench.models import count_params, create_model
+from kebench.models import create_model
 from kebench.plugin import Hook
 from kebench.progress import Progress
 

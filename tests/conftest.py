@@ -34,3 +34,29 @@ def run_cfg():
         return execute(cfg, resume=resume, show_progress=False)
 
     return _run
+
+
+@pytest.fixture
+def kill_run(monkeypatch):
+    """kill_run(cfg, after=N) or kill_run(cfg, when=fn(pass_state)): run cfg and kill it (a
+    KeyboardInterrupt, as Ctrl-C or a dead machine would) right after its N-th checkpoint, or after
+    the first checkpoint for which when() holds. Resume tests then rerun it with resume=True."""
+    from kebench import engine
+
+    def _kill(cfg, after: int | None = None, when=None):
+        original, saves = engine.Run._save_checkpoint, []
+
+        def dying_save(self, model, optimizer, scaler, ps, complete):
+            original(self, model, optimizer, scaler, ps, complete)
+            saves.append(ps.kind)
+            if (after is not None and len(saves) == after) or (when is not None and when(ps)):
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(engine.Run, "_save_checkpoint", dying_save)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                engine.execute(cfg, show_progress=False)
+        finally:
+            monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
+
+    return _kill

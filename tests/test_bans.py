@@ -105,25 +105,11 @@ def test_teacher_frozen_student_fresh_and_ensemble(make_cfg):
     assert result["passes"][-1]["metrics"]["ensemble_top1"] == result["final"]["ensemble_top1"]
 
 
-def test_bans_resumes_inside_a_student_generation(make_cfg, run_cfg, monkeypatch):
-    from kebench import engine
-
+def test_bans_resumes_inside_a_student_generation(make_cfg, run_cfg, kill_run):
     cfg = make_cfg("smooth+bans", epochs=2, checkpoint_every_s=0, plugin={"generations": 2, "bans.alpha": 0.5})
     reference = run_cfg(cfg)
     (Path(cfg.out) / cfg.run_id() / "result.json").unlink()
-    original = engine.Run._save_checkpoint
-    saves = []
-
-    def dying_save(self, *a, **k):
-        original(self, *a, **k)
-        saves.append(1)
-        if len(saves) == 3:  # generation 1: 2 saves; killed after generation 2's first epoch
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        run_cfg(cfg)
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
+    kill_run(cfg, after=3)  # generation 1: 2 saves; killed after generation 2's first epoch
     resumed = run_cfg(cfg, resume=True)
     assert [p["metrics"] for p in resumed["passes"]] == [p["metrics"] for p in reference["passes"]]
     assert resumed["final"]["ensemble_top1"] == reference["final"]["ensemble_top1"]

@@ -128,26 +128,12 @@ def test_dsd_phase_lengths_and_errors(make_cfg):
         DSD(make_cfg("dsd", plugin={"prune_ratio": 1.5}).plugin_params("dsd"), None)
 
 
-def test_dsd_resumes_inside_the_sparse_phase(make_cfg, run_cfg, monkeypatch):
-    from kebench import engine
-
+def test_dsd_resumes_inside_the_sparse_phase(make_cfg, run_cfg, kill_run):
     cfg = make_cfg("dsd", epochs=2, checkpoint_every_s=0, plugin={"sparse_epochs": 3})
     reference = run_cfg(cfg)
     run_dir = Path(cfg.out) / cfg.run_id()
     (run_dir / "result.json").unlink()
-    original = engine.Run._save_checkpoint
-    saves = []
-
-    def dying_save(self, *a, **k):
-        original(self, *a, **k)
-        saves.append(1)
-        if len(saves) == 4:  # dense: 2 saves; sparse: epoch 1, epoch 2 -> killed mid-phase
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        run_cfg(cfg)
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
+    kill_run(cfg, after=4)  # dense: 2 saves; sparse: epoch 1, epoch 2 -> killed mid-phase
     resumed = run_cfg(cfg, resume=True)
     assert [p["metrics"] for p in resumed["passes"]] == [p["metrics"] for p in reference["passes"]]
 

@@ -275,26 +275,12 @@ def test_objective_and_pipeline_must_fit(make_cfg):
         Run(_cfg(make_cfg, "scratch", prune="l2"), show_progress=False)
 
 
-def test_killed_pipeline_resumes_in_the_finetune_pass_with_identical_numbers(make_cfg, run_cfg, monkeypatch):
-    from kebench import engine
-
+def test_killed_pipeline_resumes_in_the_finetune_pass_with_identical_numbers(make_cfg, run_cfg, kill_run):
     cfg = make_cfg("kd+self-distill", plugin={"prune": "slimming", "prune_ratio": 0.5}, epochs=2)
     reference = run_cfg(cfg)
     run_dir = Path(cfg.out) / cfg.run_id()
     (run_dir / "result.json").unlink()
-    original = engine.Run._save_checkpoint
-    saves = []
-
-    def dying_save(self, *a, **k):
-        original(self, *a, **k)
-        saves.append(a[3].kind)  # the PassState
-        if saves.count("finetune") == 1:  # killed after the first fine-tuning epoch
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        run_cfg(cfg)
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
+    kill_run(cfg, when=lambda ps: ps.kind == "finetune")  # killed after the first fine-tuning epoch
     resumed = run_cfg(cfg, resume=True)
     assert resumed["final"] == reference["final"]
     assert resumed["cost"]["pruned"] == reference["cost"]["pruned"]

@@ -133,24 +133,13 @@ def _comparable(result):
 
 
 @pytest.mark.parametrize("kill_after", [4, 5], ids=["between-generations-2-3", "inside-generation-3"])
-def test_killed_in_generation_3_resumes_to_identical_numbers(tmp_path, monkeypatch, reference, kill_after):
+def test_killed_in_generation_3_resumes_to_identical_numbers(tmp_path, reference, kill_after, kill_run):
     """Checkpoints are saved after every epoch (2 per generation): save 4 ends generation 2, save 5
     is generation 3's first epoch. The resumed run must reproduce the uninterrupted one exactly."""
     ref_cfg, ref = reference
     cfg = _cfg(tmp_path, plugin={"generations": 3, "split_rate": 0.5}, epochs=2)
     assert cfg.run_id() == ref_cfg.run_id()
-    original, saves = engine.Run._save_checkpoint, []
-
-    def dying_save(self, *a, **k):
-        original(self, *a, **k)
-        saves.append(1)
-        if len(saves) == kill_after:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        _run(cfg)
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
+    kill_run(cfg, after=kill_after)
     run_dir = Path(cfg.out) / cfg.run_id()
     ck = load_torch(run_dir / "checkpoint.pt")
     assert ck["pass"] == (1 if kill_after == 4 else 2) and "ke_split" in ck["state"]

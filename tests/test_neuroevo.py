@@ -132,9 +132,7 @@ def test_mutations_keep_evodrop_hooks_and_carve_a_stratified_validation_split():
     assert torch.equal(val.labels, val2.labels) and torch.equal(again.labels, kept.labels)
 
 
-def test_regime_grows_selects_ensembles_and_resumes_identically(make_cfg, run_cfg, monkeypatch):
-    from kebench import engine
-
+def test_regime_grows_selects_ensembles_and_resumes_identically(make_cfg, run_cfg, kill_run):
     cfg = make_cfg("neuroevo", epochs=2, plugin={"population": 3, "survivors": 2, "rounds": 1})
     reference = run_cfg(cfg)
     assert reference["status"] == "complete" and reference["method"] == "ce+neuroevo"
@@ -157,18 +155,7 @@ def test_regime_grows_selects_ensembles_and_resumes_identically(make_cfg, run_cf
 
     run_dir = Path(cfg.out) / cfg.run_id()
     (run_dir / "result.json").unlink()
-    original, saves = engine.Run._save_checkpoint, []
-
-    def dying_save(self, *a, **k):
-        original(self, *a, **k)
-        saves.append(1)
-        if len(saves) == 7:  # 2 per pass: killed after member 3's first epoch; members 1, 2 come from the checkpoint
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        run_cfg(cfg)
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
+    kill_run(cfg, after=7)  # 2 per pass: killed after member 3's first epoch; members 1, 2 come from the checkpoint
     resumed = run_cfg(cfg, resume=True)
     assert resumed["final"] == reference["final"] and resumed["population"] == reference["population"]
     assert json.dumps(resumed["cost"]) == json.dumps(reference["cost"])

@@ -185,25 +185,11 @@ def test_schedule_from_epochs():
     assert RePr(cfg_params, None).schedule(2) == (1, 1, 1)
 
 
-def test_repr_resumes_inside_s2(make_cfg, run_cfg, monkeypatch):
-    from kebench import engine
-
+def test_repr_resumes_inside_s2(make_cfg, run_cfg, kill_run):
     cfg = make_cfg("repr", checkpoint_every_s=0, plugin={"s1": 1, "s2": 2, "cycles": 1, "final": 1})
     reference = run_cfg(cfg)
     (Path(cfg.out) / cfg.run_id() / "result.json").unlink()
-    original = engine.Run._save_checkpoint
-    saves = []
-
-    def dying_save(self, *a, **k):
-        original(self, *a, **k)
-        saves.append(1)
-        if len(saves) == 2:  # s1 done; killed after the first S2 epoch
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        run_cfg(cfg)
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
+    kill_run(cfg, after=2)  # s1 done; killed after the first S2 epoch
     resumed = run_cfg(cfg, resume=True)
     assert [p["metrics"] for p in resumed["passes"]] == [p["metrics"] for p in reference["passes"]]
     assert resumed["repr"]["cycles"] == reference["repr"]["cycles"]

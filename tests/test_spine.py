@@ -91,9 +91,7 @@ def test_run_writes_results_and_is_deterministic(make_cfg, run_cfg):
     assert rows[-1]["loss"] == json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
 
 
-def test_killed_run_resumes_to_identical_numbers(make_cfg, run_cfg, monkeypatch):
-    from kebench import engine
-
+def test_killed_run_resumes_to_identical_numbers(make_cfg, run_cfg, kill_run):
     cfg = make_cfg(epochs=3, method="smooth")
     reference = run_cfg(cfg)
     run_dir = __import__("pathlib").Path(cfg.out) / cfg.run_id()
@@ -104,19 +102,7 @@ def test_killed_run_resumes_to_identical_numbers(make_cfg, run_cfg, monkeypatch)
     reference_rows = rows()
     (run_dir / "result.json").unlink()
 
-    original = engine.Run._save_checkpoint
-    saves = []
-
-    def dying_save(self, *a, **k):
-        original(self, *a, **k)
-        saves.append(1)
-        if len(saves) == 2:  # killed right after epoch 2's checkpoint
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        run_cfg(cfg)
-    monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
+    kill_run(cfg, after=2)  # killed right after epoch 2's checkpoint
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "result.json").exists()
     resumed = run_cfg(cfg, resume=True)
     assert resumed["final"] == reference["final"]

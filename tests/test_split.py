@@ -9,7 +9,7 @@ from torch import nn
 
 from kebench.errors import UserError
 from kebench.models import count_params, create_model
-from kebench.split import Split, ceil_rate, channel_graph, kels_keep
+from kebench.split import Split, ceil_rate, channel_graph
 from methods.ke import mask_generator
 
 X32 = torch.zeros(2, 3, 32, 32)
