@@ -16,7 +16,6 @@ depths and hidden widths, so every member is a member of that family.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
