@@ -250,7 +250,7 @@ def launch(cfg, nproc: int, *, resume: bool = False, show_progress: bool = True)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    with _handlers(forward):
+    with guard.graceful_stop(handler=forward):
         try:
             while not procs.join():
                 pass
@@ -267,21 +267,3 @@ def launch(cfg, nproc: int, *, resume: bool = False, show_progress: bool = True)
         exc.exit_code = outcome[2]
         raise exc
     return outcome[1]
-
-
-@contextlib.contextmanager
-def _handlers(handler):
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    sigs = (signal.SIGTERM, signal.SIGINT)
-    previous = {s: signal.getsignal(s) for s in sigs}
-    for s in sigs:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)

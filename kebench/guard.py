@@ -85,8 +85,9 @@ def _on_signal(signum, frame) -> None:
 
 
 @contextlib.contextmanager
-def graceful_stop(signals=(signal.SIGTERM, signal.SIGINT)):
-    """Within the block, the given signals request a stop instead of killing the process.
+def graceful_stop(signals=(signal.SIGTERM, signal.SIGINT), handler=None):
+    """Within the block, the given signals request a stop instead of killing the process (or call
+    `handler`, e.g. to forward them to child processes).
 
     Only the main thread can own signal handlers; elsewhere (a test thread) this is a no-op.
     """
@@ -95,7 +96,7 @@ def graceful_stop(signals=(signal.SIGTERM, signal.SIGINT)):
         return
     previous = {s: signal.getsignal(s) for s in signals}
     for s in signals:
-        signal.signal(s, _on_signal)
+        signal.signal(s, handler or _on_signal)
     try:
         yield
     finally:

@@ -116,15 +116,9 @@ def run_submitit(entries, *, cluster: str, retry_failed: bool = False, workers: 
                  wait: bool = False, echo=print, **executor_opts) -> int:
     """Submit the sweep's unfinished runs. SLURM: one job array (returns once submitted unless
     `wait`). Local: at most `workers` jobs at a time, waiting for all. Returns an exit code."""
-    from kebench.sweep import state_of
+    from kebench.sweep import unfinished
 
-    todo = []
-    for e in entries:
-        state, detail = state_of(e)
-        if state == "pending" or (state == "failed" and retry_failed):
-            todo.append(e)
-        elif state == "running":
-            echo(f"skip {e.run_id}: running elsewhere ({detail})")
+    todo = unfinished(entries, retry_failed, echo)
     if not todo:
         echo("nothing to run")
         return 0

@@ -293,12 +293,9 @@ def worker_command(nproc: int = 1) -> list[str]:
     return [sys.executable, "-m", "kebench.sweep", "--nproc", str(nproc)]
 
 
-def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_run: int = 1,
-              retry_failed: bool = False, echo=print) -> int:
-    """Run the sweep's unfinished runs with `workers` processes at a time. Returns an exit code:
-    0 all done, 1 some run failed or died, 3 stopped by a signal (rerun the sweep to continue)."""
-    from kebench import guard
-
+def unfinished(entries: list[Entry], retry_failed: bool, echo=print) -> list[Entry]:
+    """The runs an executor should start: pending ones (and failed ones when retrying); runs another
+    process is writing right now are skipped and named."""
     todo = []
     for e in entries:
         state, detail = state_of(e)
@@ -306,6 +303,16 @@ def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_r
             todo.append(e)
         elif state == "running":
             echo(f"skip {e.run_id}: running elsewhere ({detail})")
+    return todo
+
+
+def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_run: int = 1,
+              retry_failed: bool = False, echo=print) -> int:
+    """Run the sweep's unfinished runs with `workers` processes at a time. Returns an exit code:
+    0 all done, 1 some run failed or died, 3 stopped by a signal (rerun the sweep to continue)."""
+    from kebench import guard
+
+    todo = unfinished(entries, retry_failed, echo)
     envs = slot_envs(workers, gpus, gpus_per_run)
     free = list(range(workers))
     running: dict[int, tuple] = {}  # slot -> (Popen, entry, log file, start time)
