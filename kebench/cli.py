@@ -1,6 +1,7 @@
 """kebench's command line: run, list (and the commands later issues add)."""
 from __future__ import annotations
 
+import re
 import sys
 
 import click
@@ -64,10 +65,10 @@ def _fmt(v) -> str:
 
 def print_summary(records: list[dict]) -> None:
     table = Table(title="kebench results", show_lines=False)
-    metric_keys = []
+    metric_keys = []  # headline metrics; per-generation (N3_...) and diagnostic values are in the pass tables
     for r in records:
-        for k in r.get("final", {}):
-            if k not in metric_keys:
+        for k, v in r.get("final", {}).items():
+            if k not in metric_keys and isinstance(v, (int, float)) and not re.match(r"N\d+_|.*_abs_mean$", k):
                 metric_keys.append(k)
     for col in ("method", "arch", "data", "seed", "status", *metric_keys, "best", "epochs", "TFLOPs", "time (s)"):
         table.add_column(col, justify="right" if col not in ("method", "arch", "data", "status") else "left")
