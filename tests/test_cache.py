@@ -185,3 +185,26 @@ def test_cpu_augmentation_samples_the_same_points_as_grid_sample():
     assert (ours - ref)[inner].abs().max() <= 1.01
     unflipped = augment_cpu(source, index, 16, boxes, torch.zeros(4, dtype=torch.bool), mean, std) * 50 + 100
     assert torch.allclose(ours[0], unflipped[0].flip(-1)) and not torch.allclose(ours[0], unflipped[0])
+
+
+def test_cpu_augmentation_is_the_same_with_several_threads():
+    """The batch is shared among CPU threads; every image must come out exactly as single-threaded."""
+    from kebench.data.pipeline import augment_cpu, crop_params
+
+    gen = torch.Generator().manual_seed(0)
+    source = torch.randint(0, 256, (10, 3, 40, 48), dtype=torch.uint8, generator=gen)
+    index = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    boxes = crop_params(len(index), 40, 48, (0.08, 1.0), (3 / 4, 4 / 3), gen)
+    flips = torch.rand(len(index), generator=gen) < 0.5
+    mean, std = torch.full((1, 3, 1, 1), 120.0), torch.full((1, 3, 1, 1), 60.0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = augment_cpu(source, index, 16, boxes, flips, mean, std)
+        torch.set_num_threads(2)
+        shared = augment_cpu(source, index, 16, boxes, flips, mean, std)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(single, shared)
+    assert not torch.equal(shared[1], shared[3])  # image 1 twice, different crops

@@ -7,7 +7,9 @@ sees exactly the batches an uninterrupted run would.
 """
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -66,11 +68,10 @@ def augment_cpu(source: torch.Tensor, index: torch.Tensor, out_size: int, boxes:
     top = torch.minimum((boxes[:, 1] - h / 2).round().clamp(min=0).long(), height - h)
     channels_last = source.is_contiguous(memory_format=torch.channels_last)
     out = torch.empty(n, c, out_size, out_size, memory_format=torch.channels_last)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # per-image ops are too small to split: extra threads would only spin
-    try:
-        for k, (i, l0, t0, wk, hk, flip) in enumerate(zip(index.tolist(), left.tolist(), top.tolist(), w.tolist(),
-                                                          h.tolist(), flips.tolist())):
+    jobs = list(zip(range(n), index.tolist(), left.tolist(), top.tolist(), w.tolist(), h.tolist(), flips.tolist()))
+
+    def work(part) -> None:
+        for k, i, l0, t0, wk, hk, flip in part:
             crop = source[i:i + 1, :, t0:t0 + hk, l0:l0 + wk]
             if not channels_last:
                 crop = crop.contiguous(memory_format=torch.channels_last)
@@ -78,9 +79,25 @@ def augment_cpu(source: torch.Tensor, index: torch.Tensor, out_size: int, boxes:
             o = out[k:k + 1]
             o.copy_(y.flip(-1) if flip else y)
             o.sub_(mean).div_(std)
+
+    # Per-image ops are too small to split across threads, so each image runs single-threaded and
+    # the batch is shared among the CPU threads instead (torch releases the GIL inside its kernels).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if threads > 1 and n > 1:
+            parts = [jobs[t::threads] for t in range(threads)]
+            list(_cpu_pool(threads).map(work, parts))
+        else:
+            work(jobs)
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _cpu_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kebench-augment")
 
 
 def center_view(images: torch.Tensor, out_size: int, resize_ratio: float = 1.0) -> torch.Tensor:
