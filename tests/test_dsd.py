@@ -83,8 +83,8 @@ def test_mask_set_roundtrips_through_state_dict():
         assert torch.equal(fresh[name], m) and m.dtype == torch.bool
 
 
-def test_dsd_phases_exact_sparsity_then_restored(make_cfg):
-    cfg = make_cfg("dsd", epochs=2, plugin={"sparse_epochs": 4})
+def _run_with_snapshots(cfg):
+    """Execute a run, recording the zeros per layer after each of its passes."""
     run = Run(cfg, show_progress=False)
     snapshots = []
     original = run.fit
@@ -95,7 +95,12 @@ def test_dsd_phases_exact_sparsity_then_restored(make_cfg):
         return record
 
     run.fit = spy
-    result = run.execute()
+    return run, run.execute(), snapshots
+
+
+def test_dsd_phases_exact_sparsity_then_restored(make_cfg):
+    cfg = make_cfg("dsd", epochs=2, plugin={"sparse_epochs": 4})
+    run, result, snapshots = _run_with_snapshots(cfg)
     assert result["status"] == "complete"
     assert [p["kind"] for p in result["passes"]] == ["phase"] * 3
     assert [p["phase"] for p in result["passes"]] == ["dense", "sparse", "redense"]
@@ -140,17 +145,7 @@ def test_dsd_resumes_inside_the_sparse_phase(make_cfg, run_cfg, kill_run):
 
 def test_ke_dsd_alternates_dense_and_sparse_with_restarted_lr(make_cfg):
     cfg = make_cfg("ke_dsd", epochs=2, plugin={"generations": 3})
-    run = Run(cfg, show_progress=False)
-    snapshots = []
-    original = run.fit
-
-    def spy(*args, **kwargs):
-        record = original(*args, **kwargs)
-        snapshots.append(_zeros_per_layer(run.model))
-        return record
-
-    run.fit = spy
-    result = run.execute()
+    run, result, snapshots = _run_with_snapshots(cfg)
     assert [(p["kind"], p["index"], p["phase"]) for p in result["passes"]] == [
         ("generation", 1, "dense"), ("generation", 2, "sparse"), ("generation", 3, "dense")]
     sizes = {n: p.numel() for n, p in prunable_weights(run.model)}
