@@ -60,3 +60,21 @@ def kill_run(monkeypatch):
             monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
 
     return _kill
+
+
+@pytest.fixture
+def cli_run(capsys):
+    """cli_run(args) -> (exit code, stdout, stderr) of `kebench ARGS`, run in this process."""
+    from kebench import cli
+
+    def _run(args):
+        capsys.readouterr()
+        try:
+            cli.main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return _run

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from kebench import cli
 from kebench.config import resolve, split_plugin_flags
 from kebench.engine import Run
 from kebench.errors import UserError
@@ -135,18 +134,13 @@ def test_multi_method_flags_reach_only_the_methods_that_take_them():
         resolve({"method": "ce", "data": "synthetic"}, {}, split_plugin_flags(["ce"], {"generations": "2"})["ce"])
 
 
-def test_table2_command_runs_every_baseline(tmp_path, capsys):
+def test_table2_command_runs_every_baseline(tmp_path, cli_run):
     out = tmp_path / "results"
     args = ["run", "--quiet", "--method", "ce,smooth,cskd,adacos,dsd,bans,repr", "--seeds", "0",
             "--data", "synthetic", "--arch", "test_resnet", "--epochs", "1", "--device", "cpu",
             "--out", str(out), "--generations", "2", "--cycles", "1"]
-    try:
-        cli.main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    text = capsys.readouterr()
-    assert code == 0, text.err
+    code, _, err = cli_run(args)
+    assert code == 0, err
     import json
 
     results = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in out.glob("*/result.json")}

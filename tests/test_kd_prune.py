@@ -288,24 +288,16 @@ def test_killed_pipeline_resumes_in_the_finetune_pass_with_identical_numbers(mak
     assert json.loads((run_dir / "result.json").read_text())["status"] == "complete"
 
 
-def test_grid_command_and_kd_table_show_the_surplus(tmp_path, capsys):
-    from kebench import cli
-
+def test_grid_command_and_kd_table_show_the_surplus(tmp_path, cli_run):
     out = tmp_path / "res"
     args = ["run", "--quiet", "--data", "synthetic", "--arch", "test_resnet", "--epochs", "1", "--batch-size", "16",
             "--device", "cpu", "--out", str(out), "--checkpoint-every-s", "0", "--prune", "l1-filter",
             "--teacher-epochs", "1",  # a teacher-only flag: scratch (no teacher) is given none of it
             "--method", "scratch,kd+self-distill,fd+self-distill"]
-    try:
-        cli.main(args)
-    except SystemExit as exc:
-        assert exc.code in (0, None)
-    capsys.readouterr()
-    try:
-        cli.main(["table", str(out), "--kind", "kd", "--format", "csv"])
-    except SystemExit as exc:
-        assert exc.code in (0, None)
-    text = capsys.readouterr().out
+    code, _, err = cli_run(args)
+    assert code == 0, err
+    code, text, err = cli_run(["table", str(out), "--kind", "kd", "--format", "csv"])
+    assert code == 0, err
     assert "Surplus" in text
     results = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in out.glob("*/result.json")}
     sc, sd = results["ce+scratch"]["final"], results["kd+self-distill"]["final"]

@@ -8,20 +8,9 @@ import pytest
 import torch
 import yaml
 
-from kebench import cli
 from kebench.config import resolve
 from kebench.engine import lr_at
 from kebench.errors import UserError
-
-
-def run_cli(args, capsys):
-    try:
-        cli.main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 @pytest.mark.parametrize("args, expect", [
@@ -34,8 +23,9 @@ def run_cli(args, capsys):
     (["--seeds", "a,b"], ["--seeds expects"]),
     (["--bogus-flag", "3"], ["Unknown setting 'bogus-flag'"]),
 ])
-def test_user_errors_exit_2_with_message(args, expect, capsys):
-    code, text = run_cli(["run", "--quiet", *args], capsys)
+def test_user_errors_exit_2_with_message(args, expect, cli_run):
+    code, out, err = cli_run(["run", "--quiet", *args])
+    text = out + err
     assert code == 2
     for piece in expect:
         assert piece in text
@@ -144,12 +134,16 @@ def test_augment_identity_box_and_flip():
     assert torch.allclose(same[1], x[1].flip(-1), atol=1e-4)
 
 
-def test_list_commands(capsys):
-    code, text = run_cli(["list", "archs", "resnet1*"], capsys)
+def test_list_commands(cli_run):
+    code, out, err = cli_run(["list", "archs", "resnet1*"])
+    text = out + err
     assert code == 0 and "resnet18" in text.split() and "resnet50" not in text.split()
-    code, text = run_cli(["list", "archs", "googlenet"], capsys)
+    code, out, err = cli_run(["list", "archs", "googlenet"])
+    text = out + err
     assert text.split() == ["googlenet"]
-    code, text = run_cli(["list", "datasets"], capsys)
+    code, out, err = cli_run(["list", "datasets"])
+    text = out + err
     assert "digits" in text and "synthetic" in text
-    code, text = run_cli(["list", "methods"], capsys)
+    code, out, err = cli_run(["list", "methods"])
+    text = out + err
     assert "smooth" in text and "objective" in text
