@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from kebench.config import resolve
 from kebench.data.pipeline import epoch_generator
-from kebench.engine import Run, lr_at
+from kebench.engine import Run, lr_factor
 
 
 def bare_loop(run: Run, epochs: int) -> float:
@@ -33,7 +33,7 @@ def bare_loop(run: Run, epochs: int) -> float:
     start = time.perf_counter()
     for epoch in range(epochs):
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg.lr, epoch, epochs, 0, "cosine")
+            group["lr"] = cfg.lr * lr_factor(epoch, 1, epochs, 0, "cosine")
         gen = epoch_generator(cfg.seed, 0, epoch)
         model.train()
         for idx in train.batches(gen):

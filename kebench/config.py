@@ -260,8 +260,8 @@ def validate(cfg: RunConfig) -> None:
         (cfg.batch_size > 0, f"--batch-size must be > 0, got {cfg.batch_size}."),
         (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}."),
         (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}."),
-        (0 <= cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0,
-         f"--warmup-epochs must be >= 0 and smaller than --epochs ({cfg.epochs}), got {cfg.warmup_epochs}."),
+        (cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (each pass caps it at a quarter of its "
+                                 f"schedule), got {cfg.warmup_epochs}."),
         (0 < cfg.train_fraction <= 1, f"--train-fraction must be in (0, 1], got {cfg.train_fraction}."),
         (cfg.eval_every >= 0, f"--eval-every must be >= 0 (0 = end of pass only), got {cfg.eval_every}."),
         (cfg.checkpoint_every_s >= 0, f"--checkpoint-every-s must be >= 0, got {cfg.checkpoint_every_s}."),

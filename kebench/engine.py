@@ -57,14 +57,40 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def lr_at(base: float, epoch_pos: float, total: int, warmup: int, schedule: str) -> float:
-    """Learning rate at a (fractional) epoch position: linear warm-up, then cosine decay to 0."""
-    if warmup and epoch_pos < warmup:
-        return base * (epoch_pos + 1) / warmup if epoch_pos == int(epoch_pos) else base * epoch_pos / warmup
+SCHEDULES = ("cosine", "constant")
+
+
+def lr_factor(update: int, per_epoch: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiple of the peak LR at scheduler update `update` (counted from the schedule's start; an
+    update is an epoch, or a step with `per_epoch` steps per epoch) of a `total`-epoch schedule.
+
+    The official KE code's `cosine_lr`: a linear warm-up that reaches the peak with the last update
+    of epoch `warmup` (per epoch: (e + 1) / warmup), then cosine decay from the peak at epoch
+    `warmup` towards 0 at epoch `total`; "constant" holds the peak after the warm-up. Per step, the
+    warm-up rises every step, so it never saw-tooths across epochs."""
+    warm = warmup * per_epoch
+    if update < warm:
+        return (update + 1) / warm
     if schedule == "constant":
-        return base
-    span = max(total - warmup, 1)
-    return base * 0.5 * (1 + math.cos(math.pi * (epoch_pos - warmup) / span))
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (update - warm) / max((total - warmup) * per_epoch, 1)))
+
+
+def effective_warmup(warmup: int, total: int) -> int:
+    """Warm-up epochs of a `total`-epoch schedule: at most a quarter of it, so a short pass (a smoke
+    run, RePr's S2, a short fine-tune) still decays instead of spending itself warming up."""
+    return max(0, min(int(warmup), total // 4))
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, peak: float, start: int, per_epoch: int, total: int,
+                 warmup: int, schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
+    """torch's LambdaLR over `lr_factor`, positioned at update `start` (a resumed or continued
+    schedule); step it once per update. The factor is a closed form of the position, so a resumed
+    pass gets exactly the LR an uninterrupted one had."""
+    for group in optimizer.param_groups:  # the peak, whatever a restored optimizer last used
+        group["lr"] = group["initial_lr"] = peak
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: lr_factor(start + i, per_epoch, total, warmup, schedule))
 
 
 @dataclass
@@ -166,10 +192,14 @@ class Run:
     # ------------------------------------------------------------------ training
     def fit(self, epochs: int | None = None, *, kind: str = "pass", label: int | None = None,
             model: nn.Module | None = None, hooks: list[Hook] = (), objective=None,
+            lr: float | None = None, schedule: str | None = None, warmup: int | None = None,
             lr_window: tuple[int, int] | None = None, after=None) -> dict:
         """Train `model` (default: run.model) for one pass with a fresh optimizer and LR schedule.
 
-        lr_window=(offset, total) continues one schedule of `total` epochs across passes (DSD).
+        lr, schedule ("cosine" | "constant"), warmup: this pass's peak LR, schedule and warm-up epochs
+        (default: --lr, --lr-schedule, --warmup-epochs), e.g. a short constant-LR fine-tune.
+        lr_window=(offset, total) continues one schedule of `total` epochs across passes (DSD, RePr);
+        its warm-up opens the whole window, not each pass.
         after(model) -> dict adds pass-level metrics (slim accuracy) to the record; its dict-valued
         entries (e.g. per-layer "hypotheses") become record keys beside "metrics".
         Returns the pass record (also appended to run.passes).
@@ -183,9 +213,17 @@ class Run:
         label = label if label is not None else index + 1
         hooks = list(hooks) + objective.hooks()
 
+        peak = cfg.lr if lr is None else float(lr)
+        schedule = schedule or cfg.lr_schedule
+        if schedule not in SCHEDULES or peak <= 0:
+            raise UserError(f"{self.method.name}: a {kind} pass needs an LR > 0 and a schedule in "
+                            f"{', '.join(SCHEDULES)}; got lr {peak}, schedule '{schedule}'.")
+        offset, total = lr_window or (0, epochs)
+        warm = effective_warmup(cfg.warmup_epochs if warmup is None else warmup, total)
+
         ps = PassState(index=index, kind=kind, label=label, epochs=epochs)
         params = [*model.parameters(), *objective.extra_parameters(model)]
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=peak, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         ck = self._resume
@@ -201,7 +239,6 @@ class Run:
                 ps = PassState(**ck["pass_state"])
                 self._resume = None
 
-        offset, total = lr_window or (0, epochs)
         # torch.compile shares the parameters; the FLOP-counting first step runs eagerly (the
         # counter sees aten ops, which compiled kernels bypass).
         train_model = model
@@ -211,7 +248,7 @@ class Run:
             extra_params = params[sum(1 for _ in model.parameters()):]
         compiled = torch.compile(train_model) if cfg.compile else train_model
         train = self.stream("train")
-        steps_per_epoch = None
+        steps_per_epoch = scheduler = None
         progress = Progress(enabled=self.show_progress, description=f"{self.method.name} {kind} {label}")
         with progress:
             for epoch in range(ps.epoch, epochs):
@@ -235,11 +272,12 @@ class Run:
                         loss_sum += part["loss_sum"].to(self.device)
                         correct += part["correct"].to(self.device)
                         seen, scored = part["seen"], part["scored"]
+                per_epoch = steps_per_epoch if cfg.lr_per == "step" else 1  # scheduler updates per epoch
+                if scheduler is None:  # positioned where this pass starts in its (resumed, shared) schedule
+                    scheduler = lr_scheduler(optimizer, peak, (offset + epoch) * per_epoch + (start if per_epoch > 1 else 0),
+                                             per_epoch, total, warm, schedule)
                 for step, index_batch in itertools.islice(enumerate(batches), start, None):
-                    pos = offset + epoch + (step / steps_per_epoch if cfg.lr_per == "step" else 0)
-                    lr = lr_at(cfg.lr, pos, total, cfg.warmup_epochs, cfg.lr_schedule)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
+                    lr = optimizer.param_groups[0]["lr"]
                     if self.world > 1:  # this rank's shard of the global batch, its own augmentation draws
                         index_batch = index_batch.tensor_split(self.world)[self.rank]
                         x, y = train.load(index_batch, epoch_generator(cfg.seed, index, epoch, step, self.rank))
@@ -261,6 +299,8 @@ class Run:
                     scaler.update()
                     for hook in hooks:
                         hook.after_step(model, optimizer)
+                    if per_epoch > 1:
+                        scheduler.step()
                     loss_sum += loss.detach().float() * len(y)
                     if logits is not None:
                         correct += (logits.detach().argmax(1) == y[: len(logits)]).sum()
@@ -282,6 +322,8 @@ class Run:
                         self._interrupt(model, optimizer, scaler, ps, dict(
                             step=step, gen=gen, lr=lr, t0=t0, sums=self._sums(loss_sum, correct, seen, scored),
                             steps_per_epoch=steps_per_epoch, epoch=epoch))
+                if per_epoch == 1:
+                    scheduler.step()
                 if self.world > 1:  # epoch totals over all ranks; all ranks keep rank 0's BN statistics
                     totals = distributed.sum_(self._sums(loss_sum, correct, seen, scored), self.device)
                     loss_sum, correct, seen, scored = totals[0], totals[1], int(totals[2]), int(totals[3])
@@ -311,7 +353,8 @@ class Run:
         test = ps.history[-1]["test"] if ps.history and "test" in ps.history[-1] else self.evaluate(model)
         record = {"kind": kind, "index": label, "epochs": epochs, "steps": ps.steps, "images": ps.images,
                   "step_flops": ps.step_flops, "train_flops": (ps.step_flops or 0) * ps.steps,
-                  "wall_time_s": round(ps.wall_time_s, 3), "metrics": dict(test)}
+                  "wall_time_s": round(ps.wall_time_s, 3), "metrics": dict(test),
+                  "lr": {"peak": peak, "schedule": schedule, "warmup_epochs": warm, "window": [offset, total]}}
         if after is not None:
             for key, value in after(model).items():  # dict values (e.g. "hypotheses") go beside "metrics"
                 (record if isinstance(value, dict) else record["metrics"])[key] = value

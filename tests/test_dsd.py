@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from kebench.engine import Run, lr_at
+from kebench.engine import Run, lr_factor
 from kebench.errors import UserError
 from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, smallest_magnitude_mask
 
@@ -116,7 +116,7 @@ def test_dsd_phases_exact_sparsity_then_restored(make_cfg):
     assert sum(v == 0 for v in snapshots[2].values()) >= len(sizes) // 2
     # One cosine schedule across the three phases (2 + 4 + 1 epochs).
     rows = [json.loads(line) for line in (Path(cfg.out) / cfg.run_id() / "metrics.jsonl").read_text().splitlines()]
-    assert [r["lr"] for r in rows] == pytest.approx([lr_at(cfg.lr, e, 7, 0, "cosine") for e in range(7)])
+    assert [r["lr"] for r in rows] == pytest.approx([cfg.lr * lr_factor(e, 1, 7, 0, "cosine") for e in range(7)])
     assert result["dsd"]["phases"] == {"dense": 2, "sparse": 4, "redense": 1}
 
 
@@ -152,4 +152,4 @@ def test_ke_dsd_alternates_dense_and_sparse_with_restarted_lr(make_cfg):
     assert snapshots[1] == {n: round(0.3 * s) for n, s in sizes.items()}
     assert all(snapshots[2][n] < snapshots[1][n] for n in sizes)
     rows = [json.loads(line) for line in (Path(cfg.out) / cfg.run_id() / "metrics.jsonl").read_text().splitlines()]
-    assert [r["lr"] for r in rows] == pytest.approx([lr_at(cfg.lr, e, 2, 0, "cosine") for e in (0, 1)] * 3)
+    assert [r["lr"] for r in rows] == pytest.approx([cfg.lr * lr_factor(e, 1, 2, 0, "cosine") for e in (0, 1)] * 3)

@@ -84,6 +84,22 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_is_exact(make_cfg, run_cfg, si
     assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "checkpoint.prev.pt").exists()
 
 
+@pytest.mark.parametrize("lr_per", ["step", "epoch"])
+def test_resume_inside_a_warm_up_continues_the_schedule_exactly(make_cfg, run_cfg, sigterm_at_step, tmp_path, lr_per):
+    """A stop inside the warm-up (per-step LR): the resumed scheduler starts at the step it stopped."""
+    cfg = make_cfg("smooth", epochs=8, warmup_epochs=2, lr_per=lr_per, checkpoint_every_s=0)
+    reference, reference_rows = _reference(cfg, run_cfg, tmp_path)
+    disarm = sigterm_at_step(STEPS_PER_EPOCH + 3)  # epoch 2 (still warming up), step 3
+    with pytest.raises(guard.RunInterrupted):
+        run_cfg(cfg)
+    disarm()
+    resumed = run_cfg(cfg, resume=True)
+    rows = _rows(Path(cfg.out) / cfg.run_id())
+    assert [r["lr"] for r in rows] == [r["lr"] for r in reference_rows]
+    assert rows[0]["lr"] < rows[1]["lr"] and max(r["lr"] for r in rows) == pytest.approx(cfg.lr)
+    assert [p["metrics"] for p in resumed["passes"]] == pytest.approx([p["metrics"] for p in reference["passes"]])
+
+
 def test_pending_stop_refuses_to_start_the_next_run(make_cfg, run_cfg):
     guard.STOP.request(signal.SIGTERM)
     with pytest.raises(guard.RunInterrupted, match="before run .* started"):

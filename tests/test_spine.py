@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from kebench.config import resolve
-from kebench.engine import lr_at
+from kebench.engine import Run, effective_warmup, lr_factor
 from kebench.errors import UserError
 
 
@@ -55,12 +55,64 @@ def test_plugin_value_type_checked():
         resolve({"method": "smooth"}, {}, {"alpha": "lots"})
 
 
-def test_lr_schedule_cosine_and_warmup():
-    assert lr_at(0.1, 0, 10, 0, "cosine") == pytest.approx(0.1)
-    assert lr_at(0.1, 5, 10, 0, "cosine") == pytest.approx(0.05)
-    assert lr_at(0.1, 0, 10, 2, "cosine") == pytest.approx(0.05)  # epoch 1 of a 2-epoch warm-up
-    assert lr_at(0.1, 2, 10, 2, "cosine") == pytest.approx(0.1)
-    assert lr_at(0.1, 6, 10, 2, "cosine") == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
+def _ke_cosine_lr(base, epoch, epochs, warmup):
+    """The official KE code's per-epoch schedule (cosine_lr with warmup_length), written out."""
+    if epoch < warmup:
+        return base * (epoch + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup))) * base
+
+
+@pytest.mark.parametrize("warmup", [0, 2, 5])
+def test_lr_per_epoch_is_the_ke_code_schedule(warmup):
+    lrs = [0.256 * lr_factor(e, 1, 20, warmup, "cosine") for e in range(20)]
+    assert lrs == pytest.approx([_ke_cosine_lr(0.256, e, 20, warmup) for e in range(20)])
+    assert [lr_factor(e, 1, 20, warmup, "constant") for e in range(warmup, 20)] == [1.0] * (20 - warmup)
+
+
+def test_effective_warmup_is_at_most_a_quarter_of_the_schedule():
+    assert [effective_warmup(5, t) for t in (200, 20, 12, 3, 1)] == [5, 5, 3, 0, 0]
+
+
+class _LRTrace:
+    """A hook that records the LR of every optimizer step."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def before_step(self, model, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    def after_step(self, model, optimizer):
+        pass
+
+    def epoch_end(self, model, epoch, metrics):
+        pass
+
+
+def test_per_step_warmup_rises_every_step_then_decays(make_cfg):
+    """--lr-per step: the warm-up climbs step by step to the peak (it used to saw-tooth 0.5, 0.125,
+    0.25, 0.375 inside the first epoch), then the cosine starts at the peak and ends near 0."""
+    cfg = make_cfg(epochs=8, warmup_epochs=2, lr_per="step", lr=0.1)
+    trace = _LRTrace()
+    record = Run(cfg, show_progress=False).fit(hooks=[trace])
+    steps = 6  # synthetic: 96 train images, batch 16
+    assert len(trace.lrs) == 8 * steps
+    warm = [0.1 * (k + 1) / (2 * steps) for k in range(2 * steps)]
+    decay = [0.1 * 0.5 * (1 + math.cos(math.pi * k / (6 * steps))) for k in range(6 * steps)]
+    assert trace.lrs == pytest.approx(warm + decay)
+    assert record["lr"] == {"peak": 0.1, "schedule": "cosine", "warmup_epochs": 2, "window": [0, 8]}
+
+
+def test_fit_takes_its_own_lr_and_schedule(make_cfg):
+    """A pass may run its own peak LR and schedule (a constant-LR fine-tune) without warm-up."""
+    cfg = make_cfg(epochs=4, warmup_epochs=1)
+    run = Run(cfg, show_progress=False)
+    trace = _LRTrace()
+    record = run.fit(2, lr=0.001, schedule="constant", warmup=0, hooks=[trace])
+    assert trace.lrs == pytest.approx([0.001] * 12)
+    assert record["lr"] == {"peak": 0.001, "schedule": "constant", "warmup_epochs": 0, "window": [0, 2]}
+    with pytest.raises(UserError, match="schedule in cosine, constant"):
+        run.fit(1, schedule="step")
 
 
 def test_run_writes_results_and_is_deterministic(make_cfg, run_cfg):
