@@ -16,6 +16,12 @@ fine-tuning), or `none` (KD × augmentation alone). Structured pruning extracts 
 network. Every run records `top1` (pruned, fine-tuned), `unpruned_top1`, `teacher_top1` and
 cost.unpruned / cost.pruned (params, FLOPs).
 
+Fine-tuning (`--finetune-epochs/-lr/-schedule`) is a short low-LR pass, not a re-training: Park et
+al. (through Eric-mingjie/rethinking-network-pruning) train 160 epochs and fine-tune 40 at a
+constant LR 0.001; kebench's default fine-tune is that: constant 0.001 for a quarter of the
+unpruned student's epochs (40 of 160), without warm-up (a cosine fine-tune restarts its schedule and
+warms up like any restarted pass).
+
 Resume: the teacher, the self-teacher and the pruned structure live in run.state; the structure
 is read back with `run.resumed_state` on replay (it depends on trained weights).
 """
@@ -33,10 +39,12 @@ from kebench.cost import forward_flops
 from kebench.errors import UserError, unknown_choice
 from kebench.models import count_params
 from kebench.plugin import Objective, Regime
+from methods.dsd import optional_epochs
 from methods.kd import AugmentedCE, BatchAugment, auto_value, freeze, parse_augment
 
 PRUNE_METHODS = ("l1-filter", "slimming", "weight", "none")
 STRUCTURED = ("l1-filter", "slimming")
+FINETUNE_SCHEDULES = ("constant", "cosine")
 
 
 def _needs_teacher(objective: str) -> bool:
@@ -114,9 +122,16 @@ class PrunePipeline(Regime):
             raise unknown_choice("pruning method", p.prune, list(PRUNE_METHODS))
         if not 0 <= p.prune_ratio < 1:
             raise UserError(f"--prune-ratio must be in [0, 1) (the share removed), got {p.prune_ratio}.")
-        for key in ("teacher_epochs", "train_epochs", "finetune_epochs"):
+        for key in ("teacher_epochs", "train_epochs"):
             if getattr(p, key, 0) < 0:
                 raise UserError(f"--{key.replace('_', '-')} must be >= 0 (0 = --epochs), got {getattr(p, key)}.")
+        self.finetune_given = optional_epochs(p.finetune_epochs, "finetune_epochs", self.name)
+        if not 0 < float(p.finetune_fraction) <= 1:
+            raise UserError(f"{self.name}: finetune_fraction must be in (0, 1], got {p.finetune_fraction}.")
+        if not float(p.finetune_lr) > 0:
+            raise UserError(f"{self.name}: finetune_lr must be > 0, got {p.finetune_lr}.")
+        if p.finetune_schedule not in FINETUNE_SCHEDULES:
+            raise unknown_choice("fine-tune schedule", p.finetune_schedule, list(FINETUNE_SCHEDULES))
         if p.prune == "none" and self.distill_after:
             raise UserError(f"--prune none leaves nothing to fine-tune: pipeline '{self.name}' needs a pruning "
                             f"method ({', '.join(PRUNE_METHODS[:-1])}). KD without pruning is kd+pre-distill "
@@ -131,6 +146,10 @@ class PrunePipeline(Regime):
     # ------------------------------------------------------------------ phases
     def _epochs(self, key: str) -> int:
         return getattr(self.params, key, 0) or self.run_ctx.cfg.epochs
+
+    def finetune_epochs(self) -> int:
+        """--finetune-epochs, or finetune_fraction of the unpruned student's epochs (Park: 40 of 160)."""
+        return self.finetune_given or max(1, round(self._epochs("train_epochs") * float(self.params.finetune_fraction)))
 
     def _teacher(self, run, distill) -> dict:
         """Train the teacher in its own pass (or use the loaded one); returns facts for the record."""
@@ -152,7 +171,9 @@ class PrunePipeline(Regime):
         ce = AugmentedCE({}, run, self.student_aug)
         final, info = {}, {"pipeline": self.name, "prune": p.prune, "prune_ratio": p.prune_ratio,
                            "distill": run.method.objective.name if distill else None,
-                           "student_aug": "+".join(self.student_aug.names) or "none"}
+                           "student_aug": "+".join(self.student_aug.names) or "none",
+                           "finetune": {"epochs": self.finetune_epochs(), "lr": float(p.finetune_lr),
+                                        "schedule": p.finetune_schedule}}
         if distill is not None:
             facts = self._teacher(run, distill)
             info.update(teacher=facts["teacher"], teacher_aug="+".join(self.teacher_aug.names) or "none")
@@ -192,7 +213,9 @@ class PrunePipeline(Regime):
 
         # 3. fine-tune the pruned student
         after = distill if self.distill_after else ce
-        run.fit(self._epochs("finetune_epochs"), kind="finetune", label=1, model=pruned, objective=after, hooks=hooks)
+        constant = p.finetune_schedule == "constant"
+        run.fit(self.finetune_epochs(), kind="finetune", label=1, model=pruned, objective=after, hooks=hooks,
+                lr=float(p.finetune_lr), schedule=p.finetune_schedule, warmup=0 if constant else None)
 
         pruned_cost = self._cost(pruned, run, sparse=p.prune == "weight")
         run.extra["cost"] = {"unpruned": unpruned_cost, "pruned": pruned_cost}

@@ -3,6 +3,7 @@ pruned network, and the five pipelines end to end (records, teacher contract, au
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -275,8 +276,42 @@ def test_objective_and_pipeline_must_fit(make_cfg):
         Run(_cfg(make_cfg, "scratch", prune="l2"), show_progress=False)
 
 
+def _lrs(cfg, kind):
+    rows = [json.loads(line) for line in (Path(cfg.out) / cfg.run_id() / "metrics.jsonl").read_text().splitlines()]
+    return [r["lr"] for r in rows if r["kind"] == kind]
+
+
+def test_finetune_is_parks_short_constant_low_lr_pass(make_cfg, run_cfg):
+    """Park et al.: fine-tune 40 epochs (of 160 trained) at a constant LR 0.001, not a re-training from
+    the peak LR with a restarted cosine over the full --epochs."""
+    cfg = make_cfg("scratch", plugin={"prune_ratio": 0.5}, epochs=8, lr=0.05, warmup_epochs=1)
+    assert {k: cfg.params["scratch"][k] for k in ("finetune_epochs", "finetune_fraction", "finetune_lr",
+                                                   "finetune_schedule")} == {
+        "finetune_epochs": None, "finetune_fraction": 0.25, "finetune_lr": 0.001, "finetune_schedule": "constant"}
+    r = run_cfg(cfg)
+    assert [(p["kind"], p["epochs"]) for p in r["passes"]] == [("train", 8), ("finetune", 2)]  # 8 / 4
+    assert _lrs(cfg, "finetune") == [0.001, 0.001]
+    assert _lrs(cfg, "train")[0] == pytest.approx(0.05) and _lrs(cfg, "train")[-1] < 0.01
+    assert r["passes"][-1]["lr"] == {"peak": 0.001, "schedule": "constant", "warmup_epochs": 0, "window": [0, 2]}
+    assert r["kd_pruning"]["finetune"] == {"epochs": 2, "lr": 0.001, "schedule": "constant"}
+
+
+def test_finetune_settings_from_the_command_line(make_cfg, run_cfg):
+    cfg = make_cfg("scratch", plugin={"finetune_epochs": "4", "finetune_lr": "0.02", "finetune_schedule": "cosine"},
+                   epochs=1, warmup_epochs=1)
+    r = run_cfg(cfg)
+    assert r["passes"][-1]["epochs"] == 4
+    # a restarted cosine warms up (1 epoch, reaching the peak) and then decays
+    assert _lrs(cfg, "finetune") == pytest.approx([0.02] + [0.02 * 0.5 * (1 + math.cos(math.pi * e / 3)) for e in range(3)])
+    for bad, message in [({"finetune_schedule": "step"}, "Unknown fine-tune schedule 'step'"),
+                         ({"finetune_lr": 0}, "finetune_lr must be > 0"),
+                         ({"finetune_epochs": "1.5"}, "finetune_epochs must be a positive whole number")]:
+        with pytest.raises(UserError, match=message):
+            Run(make_cfg("scratch", plugin=bad), show_progress=False)
+
+
 def test_killed_pipeline_resumes_in_the_finetune_pass_with_identical_numbers(make_cfg, run_cfg, kill_run):
-    cfg = make_cfg("kd+self-distill", plugin={"prune": "slimming", "prune_ratio": 0.5}, epochs=2)
+    cfg = make_cfg("kd+self-distill", plugin={"prune": "slimming", "prune_ratio": 0.5, "finetune_epochs": 2}, epochs=2)
     reference = run_cfg(cfg)
     run_dir = Path(cfg.out) / cfg.run_id()
     (run_dir / "result.json").unlink()
