@@ -3,7 +3,13 @@
 N generations of the same architecture. Generation 1 trains with the run's objective; every later
 generation starts from a fresh random initialisation and distils from the previous generation:
 
-    loss = (1 - alpha) * objective_loss + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))
+    reference (default): loss = 0.8 * objective_loss + 0.2 * KLDivLoss()(log_softmax(s/T), softmax(t/T))
+    hinton:              loss = 0.1 * objective_loss + 0.9 * T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean
+
+"reference" is nocotan/born_again_neuralnet since 2018-11, the code behind the KE paper's BANs row:
+torch's default 'mean' reduction divides the KL sum by batch x classes and there is no T^2, so the
+distillation gradient is weighted 0.2 / (0.8 * C * T) against CE's (1/8160 at 102 classes, T 20);
+"hinton" weighs it 0.9 * T / 0.1 = 180 times CE's, 1.5e6 times more (docs/baselines.md).
 
 The teacher is a frozen copy (eval mode, no gradients, same device) kept in `run.state`, so a
 resumed run distils from the right teacher. The BAN ensemble (mean of the generations' softmax
@@ -18,15 +24,21 @@ from torch import nn
 
 from kebench import metrics
 from kebench.engine import copy_model
-from kebench.errors import UserError
+from kebench.errors import UserError, unknown_choice
 from kebench.plugin import Objective, Regime
 
 
-def kd_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), summed over classes, mean over samples."""
+LOSSES = ("reference", "hinton")
+
+
+def kd_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float, form: str = "hinton") -> torch.Tensor:
+    """The distillation term, a mean over samples. hinton: T^2 * KL(softmax(teacher/T) ||
+    softmax(student/T)) summed over classes; reference: torch's KLDivLoss() default, the KL averaged
+    over samples *and* classes, without T^2."""
     t = temperature
-    return t * t * F.kl_div(F.log_softmax(student.float() / t, dim=1), F.log_softmax(teacher.float() / t, dim=1),
-                            reduction="batchmean", log_target=True)
+    kl = F.kl_div(F.log_softmax(student.float() / t, dim=1), F.log_softmax(teacher.float() / t, dim=1),
+                  reduction="batchmean", log_target=True)
+    return kl / student.shape[1] if form == "reference" else t * t * kl
 
 
 class Distill(Objective):
@@ -36,8 +48,9 @@ class Distill(Objective):
     *with gradients* (CE: the batch; CS-KD: the anchors, not the no-grad partner pass), so the
     student runs no extra forward pass and composes with any objective."""
 
-    def __init__(self, inner: Objective, teacher: nn.Module, alpha: float, temperature: float, run):
-        super().__init__({"alpha": alpha, "temperature": temperature}, run)
+    def __init__(self, inner: Objective, teacher: nn.Module, alpha: float, temperature: float, run,
+                 form: str = "hinton"):
+        super().__init__({"alpha": alpha, "temperature": temperature, "loss": form}, run)
         self.inner, self.teacher = inner, teacher
         self.tasks = inner.tasks
 
@@ -76,7 +89,7 @@ class Distill(Objective):
         for inputs, student in captured:
             with torch.no_grad():
                 teacher = self.teacher(inputs)
-            kd = kd + kd_term(student, teacher, self.params.temperature) * len(student)
+            kd = kd + kd_term(student, teacher, self.params.temperature, self.params.loss) * len(student)
             count += len(student)
         a = self.params.alpha
         return (1 - a) * base + a * kd / count, logits
@@ -95,7 +108,16 @@ class BornAgain(Regime):
         self.generations = int(p.generations)
         if self.generations < 1:
             raise UserError(f"bans: generations must be >= 1, got {p.generations}.")
-        if not 0 <= float(p.alpha) <= 1:
+        if p.loss not in LOSSES:
+            raise unknown_choice("BANs loss", p.loss, list(LOSSES))
+        if isinstance(p.alpha, str) and p.alpha.strip().lower() == "auto":
+            self.alpha = float(p.alpha_by_loss[p.loss])
+        else:
+            try:
+                self.alpha = float(p.alpha)
+            except ValueError:
+                raise UserError(f"bans: alpha expects a number or 'auto', got {p.alpha!r}.") from None
+        if not 0 <= self.alpha <= 1:
             raise UserError(f"bans: alpha (weight of the distillation term) must be in [0, 1], got {p.alpha}.")
         if float(p.temperature) <= 0:
             raise UserError(f"bans: temperature must be > 0, got {p.temperature}.")
@@ -114,7 +136,7 @@ class BornAgain(Regime):
                     run.state["bans_teacher"] = teacher
                 teacher.load_state_dict(run.model.state_dict())
                 run.model.load_state_dict(run.build_model().state_dict())  # fresh random init (global RNG)
-                objective = Distill(run.objective, teacher, float(p.alpha), float(p.temperature), run)
+                objective = Distill(run.objective, teacher, self.alpha, float(p.temperature), run, p.loss)
 
             def ensemble(model, g=g):
                 out, labels = run.predict(model)
@@ -122,4 +144,5 @@ class BornAgain(Regime):
                 return {"ensemble_top1": metrics.top1(probs[:g].mean(0), labels)}
 
             record = run.fit(run.cfg.epochs, kind="generation", label=g, objective=objective, after=ensemble)
+        run.extra["bans"] = {"loss": p.loss, "alpha": self.alpha, "temperature": float(p.temperature)}
         run.extra.setdefault("final", {})["ensemble_top1"] = record["metrics"]["ensemble_top1"]

@@ -3,6 +3,7 @@ resume, the kd refusal, and multi-method commands (Table 2) whose plugin flags f
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,44 @@ def test_distill_loss_equals_hand_computed_value(make_cfg):
     assert loss.item() == pytest.approx((1 - a) * ce + a * temp * temp * kl, rel=1e-5)
     assert kd_term(torch.tensor([s]), torch.tensor([s]), temp).item() == pytest.approx(0, abs=1e-7)
     assert logits.tolist() == [s]
+
+
+def test_default_loss_is_the_reference_code_form(make_cfg):
+    """nocotan/born_again_neuralnet (since 2018-11), the code behind the KE paper's BANs row:
+    0.2 * nn.KLDivLoss()(log_softmax(s/T), softmax(t/T)) + 0.8 * CE, 'mean' over batch x classes, no T^2."""
+    from methods.ce import CrossEntropy
+
+    run = Run(make_cfg("bans", plugin={"generations": 2}), show_progress=False)
+    assert (run.regime.params.loss, run.regime.alpha, run.regime.params.temperature) == ("reference", 0.2, 20.0)
+    torch.manual_seed(0)
+    s, t, y = torch.randn(5, 102) * 3, torch.randn(5, 102) * 3, torch.randint(0, 102, (5,))
+    obj = Distill(CrossEntropy({}, None), Fixed(t.tolist()), run.regime.alpha, 20.0, None, "reference")
+    loss, _ = obj.loss(Fixed(s.tolist()), torch.zeros(5, 3, 4, 4), y)
+    with warnings.catch_warnings():  # torch warns that 'mean' is not 'batchmean': that is the point
+        warnings.simplefilter("ignore")
+        expect = (0.2 * nn.KLDivLoss()(torch.log_softmax(s / 20, 1), torch.softmax(t / 20, 1))
+                  + 0.8 * nn.CrossEntropyLoss()(s, y))
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    hinton = Run(make_cfg("bans", plugin={"loss": "hinton"}), show_progress=False).regime
+    assert hinton.alpha == 0.9
+    with pytest.raises(UserError, match="Unknown BANs loss 'kl'"):
+        Run(make_cfg("bans", plugin={"loss": "kl"}), show_progress=False)
+
+
+@pytest.mark.parametrize("form, alpha, ratio", [("reference", 0.2, 0.2 / (0.8 * 102 * 20)), ("hinton", 0.9, 0.9 * 20 / 0.1)])
+def test_kd_to_ce_gradient_ratio_at_102_classes(form, alpha, ratio):
+    """The figures in docs/baselines.md: d(KD)/dz = w_kd (p_s^T - p_t^T), d(CE)/dz = w_ce (p - y);
+    w_kd / w_ce is 1/8160 (reference) and 180 (hinton) at 102 classes, T 20."""
+    torch.manual_seed(1)
+    b, c, temp = 4, 102, 20.0
+    s = (torch.randn(b, c) * 4).requires_grad_()
+    t, y = torch.randn(b, c) * 4, torch.randint(0, c, (b,))
+    (kd_grad,) = torch.autograd.grad(alpha * kd_term(s, t, temp, form), s)
+    (ce_grad,) = torch.autograd.grad((1 - alpha) * nn.functional.cross_entropy(s, y), s)
+    w_kd = kd_grad / (torch.softmax(s / temp, 1) - torch.softmax(t / temp, 1)).detach()
+    w_ce = ce_grad / (torch.softmax(s, 1) - nn.functional.one_hot(y, c)).detach()
+    assert (w_kd / w_ce).flatten().tolist() == pytest.approx([ratio] * b * c, rel=1e-3)
+    assert ratio == pytest.approx(1 / 8160 if form == "reference" else 180)
 
 
 def test_distill_uses_only_the_forward_passes_with_gradients(make_cfg):
