@@ -2,16 +2,22 @@
 
 Train dense; prune every layer's smallest-magnitude weights (per layer, `prune_ratio` of each weight
 tensor) and train with the mask held on weights, gradients and momentum; drop the mask and train
-dense again. The three phases share ONE learning-rate schedule (`lr_window`), which is what
-separates DSD from KE+DSD (`methods/ke_dsd.py`), where every generation restarts it.
+dense again. `schedule`:
+
+* continuous (default): the three phases share ONE learning-rate schedule (`lr_window`), as the KE
+  paper ran DSD (200/100/100 epochs in one schedule) — what separates DSD from KE+DSD
+  (`methods/ke_dsd.py`), where every generation restarts it. The mask is taken mid-schedule.
+* restart: Han et al.'s DSD: every phase its own schedule (and warm-up), the dense network annealed
+  before it is pruned, the re-dense phase at `redense_lr_factor` (1/10) of the peak LR.
 """
 from __future__ import annotations
 
-from kebench.errors import UserError
+from kebench.errors import UserError, unknown_choice
 from kebench.plugin import Regime
 from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, sparsity
 
 PHASES = ("dense", "sparse", "redense")
+SCHEDULES = ("continuous", "restart")
 
 
 def optional_epochs(value, name: str, plugin: str) -> int | None:
@@ -50,6 +56,10 @@ class DSD(Regime):
             raise UserError(f"dsd: phase_ratio must be three positive numbers (dense, sparse, redense), got {ratio}.")
         self.ratio = [float(r) for r in ratio]
         self.given = [optional_epochs(getattr(self.params, f"{p}_epochs"), f"{p}_epochs", "dsd") for p in PHASES]
+        if self.params.schedule not in SCHEDULES:
+            raise unknown_choice("DSD schedule", self.params.schedule, list(SCHEDULES))
+        if not 0 < float(self.params.redense_lr_factor) <= 1:
+            raise UserError(f"dsd: redense_lr_factor must be in (0, 1], got {self.params.redense_lr_factor}.")
 
     def phase_epochs(self, epochs: int) -> list[int]:
         """Epochs of (dense, sparse, redense). A phase not given explicitly gets --epochs scaled by
@@ -62,7 +72,12 @@ class DSD(Regime):
         total = sum(lengths)
         masks = MaskSet.ones_like(prunable_weights(run.model))
         run.state["dsd_masks"] = masks  # registered before any fit: resume restores it mid-sparse-phase
-        run.extra["dsd"] = {"phases": dict(zip(PHASES, lengths)), "prune_ratio": self.fraction, "lr_schedule_epochs": total}
+        restart = self.params.schedule == "restart"
+        redense_lr = run.cfg.lr * float(self.params.redense_lr_factor) if restart else run.cfg.lr
+        run.extra["dsd"] = {"phases": dict(zip(PHASES, lengths)), "prune_ratio": self.fraction,
+                            "schedule": self.params.schedule,
+                            "lr_schedule_epochs": lengths if restart else total,
+                            "peak_lr": {"dense": run.cfg.lr, "sparse": run.cfg.lr, "redense": redense_lr}}
         offset = 0
         for i, (phase, epochs) in enumerate(zip(PHASES, lengths)):
             hooks = []
@@ -71,7 +86,11 @@ class DSD(Regime):
                 hook = MaskHook(run.model, masks)
                 hook.apply()  # pruned weights start at exactly zero
                 hooks.append(hook)
-            record = run.fit(epochs, kind="phase", label=i + 1, hooks=hooks, lr_window=(offset, total),
-                             after=weight_sparsity)
+            if restart:  # its own schedule from its own peak
+                record = run.fit(epochs, kind="phase", label=i + 1, hooks=hooks, after=weight_sparsity,
+                                 lr=redense_lr if phase == "redense" else None)
+            else:
+                record = run.fit(epochs, kind="phase", label=i + 1, hooks=hooks, lr_window=(offset, total),
+                                 after=weight_sparsity)
             record["phase"] = phase
             offset += epochs

@@ -120,6 +120,28 @@ def test_dsd_phases_exact_sparsity_then_restored(make_cfg):
     assert result["dsd"]["phases"] == {"dense": 2, "sparse": 4, "redense": 1}
 
 
+def test_dsd_restart_schedule_anneals_each_phase_and_redenses_at_a_tenth(make_cfg, run_cfg):
+    """--dsd.schedule restart (Han et al.): every phase its own cosine (and warm-up); re-dense at lr/10.
+    The choice is kept in result.json (config and the dsd record)."""
+    cfg = make_cfg("dsd", epochs=4, lr=0.1, warmup_epochs=1, plugin={"dsd.schedule": "restart"})
+    result = run_cfg(cfg)
+    rows = [json.loads(line) for line in (Path(cfg.out) / cfg.run_id() / "metrics.jsonl").read_text().splitlines()]
+
+    def phase(peak, n):  # warm-up of n // 4 epochs (1 here, or none), then cosine to ~0
+        w = n // 4
+        return [peak * (e + 1) / w if e < w else peak * lr_factor(e, 1, n, w, "cosine") for e in range(n)]
+
+    assert [r["lr"] for r in rows] == pytest.approx(phase(0.1, 4) + phase(0.1, 2) + phase(0.01, 2))
+    assert [p["lr"]["peak"] for p in result["passes"]] == pytest.approx([0.1, 0.1, 0.01])
+    assert result["config"]["params"]["dsd"]["schedule"] == "restart"
+    assert result["dsd"]["schedule"] == "restart" and result["dsd"]["lr_schedule_epochs"] == [4, 2, 2]
+    assert result["passes"][1]["metrics"]["sparsity"] == pytest.approx(0.3, abs=1e-4)
+    continuous = make_cfg("dsd", epochs=4)
+    assert continuous.params["dsd"]["schedule"] == "continuous"
+    with pytest.raises(UserError, match="Unknown DSD schedule 'cyclic'"):
+        Run(make_cfg("dsd", plugin={"schedule": "cyclic"}), show_progress=False)
+
+
 def test_dsd_phase_lengths_and_errors(make_cfg):
     from methods.dsd import DSD
 
