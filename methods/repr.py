@@ -1,9 +1,13 @@
 """RePr: improved training of convolutional filters (Prakash et al., CVPR 2019).
 
 Cycles of: train S1 epochs -> drop the `prune_ratio` most redundant conv filters (inter-filter
-orthogonality, `kebench.prune.orthogonality_scores`; one global ranking across layers by default,
-`--ranking per-layer` ranks inside each layer) -> train S2 epochs with them off -> re-initialise
-them -> next cycle; a final phase trains the full network. All phases share one LR schedule.
+orthogonality, `kebench.prune.orthogonality_scores`) -> train S2 epochs with them off ->
+re-initialise them -> next cycle; a final phase trains the full network. All phases share one LR
+schedule. Every pass record lists the filters each conv has on (`kept_filters`).
+
+`--repr.ranking global` (default, as RePr and siahuat0727/RePr) ranks all filters in one list, so the
+stem, the 1x1 shortcuts and whole early stages can lose all but one filter — the failure the KE
+paper blames for RePr's weak small-data rows; `per-layer` drops the share from every layer alike.
 
 "Off" means off: the dropped filters' weights (and bias), their gradients and momentum buffers,
 and the gamma/beta of the BatchNorm channels that normalise them (found in the model graph; a
@@ -131,11 +135,15 @@ class RePr(Regime):
         run.state["repr_masks"] = masks  # which filters are off (restored on resume inside S2)
         run.state["repr_old_filters"] = old  # conv weights at the drop, for the re-initialisation
         run.extra["repr"] = {"s1": s1, "s2": s2, "final": final, "cycles": [], "ranking": self.params.ranking,
-                             "prune_ratio": self.rate, "lr_schedule_epochs": total}
+                             "prune_ratio": self.rate, "lr_schedule_epochs": total,
+                             "filters": {n: m.out_channels for n, m in convs.items()}}
+
+        def kept(_model):
+            return self._dropped_record(masks, convs)
 
         offset = 0
         for c in range(1, self.cycles + 1):
-            run.fit(s1, kind="s1", label=c, lr_window=(offset, total))
+            run.fit(s1, kind="s1", label=c, lr_window=(offset, total), after=kept)
             offset += s1
             drop = select_filters(convs, self.rate, self.params.ranking)
             old.copy_(torch.cat([m.weight.detach().flatten() for m in convs.values()]))
@@ -147,15 +155,14 @@ class RePr(Regime):
             info["cycles"] = info["cycles"][: c - 1] + [{
                 "cycle": c, "dropped": {n: len(v) for n, v in drop.items() if len(v)}, "total": n_dropped,
                 "of": sum(m.out_channels for m in convs.values())}]
-            run.fit(s2, kind="s2", label=c, hooks=[hook], lr_window=(offset, total),
-                    after=lambda _m: self._dropped_record(masks, convs))
+            run.fit(s2, kind="s2", label=c, hooks=[hook], lr_window=(offset, total), after=kept)
             offset += s2
             # Read the dropped filters back from the (possibly resumed) masks, then bring them back.
             drop = self._dropped(masks, convs)
             narrow = self._reinitialise(model, convs, drop, old, init_norm, followers, init_bn)
             run.extra["repr"]["cycles"][c - 1]["narrow_layers"] = narrow
             masks.assign({})
-        run.fit(final, kind="final", label=self.cycles + 1, lr_window=(offset, total))
+        run.fit(final, kind="final", label=self.cycles + 1, lr_window=(offset, total), after=kept)
 
     @staticmethod
     def _dropped(masks: MaskSet, convs) -> dict[str, torch.Tensor]:
@@ -164,9 +171,12 @@ class RePr(Regime):
 
     @classmethod
     def _dropped_record(cls, masks: MaskSet, convs) -> dict:
-        """S2 pass record entries: the total (a metric) and the count per layer."""
-        per_layer = {n: len(v) for n, v in cls._dropped(masks, convs).items() if len(v)}
-        return {"filters_dropped": sum(per_layer.values()), "dropped_filters": per_layer}
+        """Pass record entries: filters off (a metric, and per layer where any) and, per conv, the
+        filters on at the end of the pass (`kept_filters`: all of them outside S2)."""
+        dropped = {n: len(v) for n, v in cls._dropped(masks, convs).items()}
+        return {"filters_dropped": sum(dropped.values()),
+                "dropped_filters": {n: k for n, k in dropped.items() if k},
+                "kept_filters": {n: m.out_channels - dropped[n] for n, m in convs.items()}}
 
     @staticmethod
     def _filter_masks(masks: MaskSet, drop, convs, followers) -> dict[str, torch.Tensor]:

@@ -178,6 +178,24 @@ def test_dropped_filters_are_truly_off_during_s2_then_back(make_cfg):
         assert (conv.weight[dead].flatten(1).norm(dim=1) > 0).all()
 
 
+@pytest.mark.parametrize("ranking", ["global", "per-layer"])
+def test_every_pass_records_the_filters_each_layer_kept(make_cfg, run_cfg, ranking):
+    """`--repr.ranking`: global may cut a layer to its last filter; per-layer takes 30% of each."""
+    cfg = make_cfg("repr", plugin={"repr.ranking": ranking, "s1": 1, "s2": 1, "cycles": 1, "final": 1})
+    result = run_cfg(cfg)
+    filters = result["repr"]["filters"]
+    s1, s2, final = result["passes"]
+    assert s1["kept_filters"] == filters == final["kept_filters"]  # all on outside S2
+    kept = s2["kept_filters"]
+    assert set(kept) == set(filters)
+    assert {n: filters[n] - kept[n] for n in filters if kept[n] < filters[n]} == s2["dropped_filters"]
+    if ranking == "per-layer":
+        assert kept == {n: c - round(0.3 * c) for n, c in filters.items()}
+    else:
+        assert sum(filters.values()) - sum(kept.values()) == round(0.3 * sum(filters.values()))
+        assert min(kept.values()) >= 1
+
+
 def test_schedule_from_epochs():
     cfg_params = {"s1": None, "s2": None, "final": None, "s1_fraction": 0.25, "s2_fraction": 0.05,
                   "cycles": 3, "prune_ratio": 0.3, "ranking": "global"}
