@@ -211,7 +211,9 @@ def test_list_datasets_shows_the_paper_datasets():
     assert {"flowers102", "cub200", "aircraft", "mit67", "dogs", "cars196", "cub200-retrieval",
             "cars196-retrieval"} <= set(datasets.names())
     assert datasets.get_spec("cars196-retrieval").defaults["lr"] == 0.0256
-    assert datasets.get_spec("aircraft").defaults == {"lr": 0.256, "batch_size": 32, "epochs": 200}
+    assert datasets.get_spec("aircraft").defaults == {"lr": 0.256, "batch_size": 32, "epochs": 200, "warmup_epochs": 5}
+    assert datasets.get_spec("cub200-retrieval").defaults["warmup_epochs"] == 5  # KE code: every generation
+    assert datasets.get_spec("digits").defaults.get("warmup_epochs", 0) == 0  # quick checks stay quick
 
 
 # ---------------------------------------------------------------------------- CLI
