@@ -118,7 +118,8 @@ RUN_OPTIONS = [
     click.option("--momentum", type=float),
     click.option("--weight-decay", type=float),
     click.option("--lr-schedule", type=click.Choice(["cosine", "constant"])),
-    click.option("--warmup-epochs", type=int),
+    click.option("--warmup-epochs", type=int, help="Linear warm-up at the start of every restarted LR schedule "
+                 "(KE code; paper datasets: 5, digits: 0); a pass caps it at a quarter of its length."),
     click.option("--lr-per", type=click.Choice(["epoch", "step"]), help="Set the LR once per epoch (KE code) or per step."),
     click.option("--resolution", type=int, help="Network input size in pixels."),
     click.option("--train-fraction", type=float, help="Use this stratified fraction of the training split."),
