@@ -274,8 +274,8 @@ class Run:
                         seen, scored = part["seen"], part["scored"]
                 per_epoch = steps_per_epoch if cfg.lr_per == "step" else 1  # scheduler updates per epoch
                 if scheduler is None:  # positioned where this pass starts in its (resumed, shared) schedule
-                    scheduler = lr_scheduler(optimizer, peak, (offset + epoch) * per_epoch + (start if per_epoch > 1 else 0),
-                                             per_epoch, total, warm, schedule)
+                    at = (offset + epoch) * per_epoch + (start if per_epoch > 1 else 0)
+                    scheduler = lr_scheduler(optimizer, peak, at, per_epoch, total, warm, schedule)
                 for step, index_batch in itertools.islice(enumerate(batches), start, None):
                     lr = optimizer.param_groups[0]["lr"]
                     if self.world > 1:  # this rank's shard of the global batch, its own augmentation draws

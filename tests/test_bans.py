@@ -69,7 +69,8 @@ def test_default_loss_is_the_reference_code_form(make_cfg):
         Run(make_cfg("bans", plugin={"loss": "kl"}), show_progress=False)
 
 
-@pytest.mark.parametrize("form, alpha, ratio", [("reference", 0.2, 0.2 / (0.8 * 102 * 20)), ("hinton", 0.9, 0.9 * 20 / 0.1)])
+@pytest.mark.parametrize("form, alpha, ratio", [("reference", 0.2, 0.2 / (0.8 * 102 * 20)),
+                                                ("hinton", 0.9, 0.9 * 20 / 0.1)])
 def test_kd_to_ce_gradient_ratio_at_102_classes(form, alpha, ratio):
     """The figures in docs/baselines.md: d(KD)/dz = w_kd (p_s^T - p_t^T), d(CE)/dz = w_ce (p - y);
     w_kd / w_ce is 1/8160 (reference) and 180 (hinton) at 102 classes, T 20."""

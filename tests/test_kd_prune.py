@@ -302,7 +302,8 @@ def test_finetune_settings_from_the_command_line(make_cfg, run_cfg):
     r = run_cfg(cfg)
     assert r["passes"][-1]["epochs"] == 4
     # a restarted cosine warms up (1 epoch, reaching the peak) and then decays
-    assert _lrs(cfg, "finetune") == pytest.approx([0.02] + [0.02 * 0.5 * (1 + math.cos(math.pi * e / 3)) for e in range(3)])
+    cosine = [0.02 * 0.5 * (1 + math.cos(math.pi * e / 3)) for e in range(3)]
+    assert _lrs(cfg, "finetune") == pytest.approx([0.02] + cosine)
     for bad, message in [({"finetune_schedule": "step"}, "Unknown fine-tune schedule 'step'"),
                          ({"finetune_lr": 0}, "finetune_lr must be > 0"),
                          ({"finetune_epochs": "1.5"}, "finetune_epochs must be a positive whole number")]:
