@@ -258,3 +258,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         err.print("Interrupted; rerun the same command with --resume to continue.")
         sys.exit(130)
+    except OSError as exc:  # a disk fault outside the run folder's own writes (tables, plots, sweep logs)
+        from kebench.results import storage_error
+
+        error = storage_error(exc)
+        if error is None:
+            raise
+        err.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False)
+        sys.exit(error.exit_code)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import click
 
+from kebench.config import NOT_IN_RUN_ID
 from kebench.errors import UserError, unknown_choice
 
 KINDS = ("classification", "retrieval", "cost", "kd", "budget")
@@ -41,8 +42,8 @@ MISSING = "–"
 
 #: Config entries that never tell two runs' numbers apart (where/how they ran, or already a table
 #: dimension). `generations` is carried by the row label (KE-N3 vs KE-N10), so it is not one either.
-IGNORED_CONFIG = {"method", "seed", "out", "device", "data_root", "budget", "channels_last", "compile",
-                  "eval_every", "arch", "data", "params"}
+IGNORED_CONFIG = {*NOT_IN_RUN_ID, "channels_last", "compile", "eval_every",  # how, not what
+                  "method", "seed", "arch", "data", "params"}  # table dimensions
 IGNORED_PARAMS = {"generations"}
 #: Settings a matched single pass may differ in from its multi-pass row (its schedule is stretched).
 BUDGET_FREE = {"epochs", "warmup_epochs"}

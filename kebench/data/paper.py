@@ -321,15 +321,9 @@ def data_root(cfg_root: str | None, ds: PaperDataset) -> Path:
 
 
 def parse_options(ds: PaperDataset, given: dict) -> dict:
-    from kebench.config import _coerce
+    from kebench.data import get_spec
 
-    opts = {**COMMON_OPTIONS, **ds.options}
-    unknown = sorted(set(given) - set(opts))
-    if unknown:
-        raise UserError(f"Unknown data option(s) {unknown} for '{ds.name}'; valid: "
-                        + ", ".join(f"{k} (default {v!r})" for k, v in opts.items()) + " (--data-opt KEY=VALUE).")
-    for k, v in given.items():
-        opts[k] = _coerce(k, v, opts[k], "--data-opt")
+    opts = get_spec(ds.name).parse_options(given)
     if opts["cache_budget_gb"] < 0 or opts["workers"] < 0 or opts["max_bad"] < 0:
         raise UserError(f"--data-opt cache_budget_gb, workers and max_bad must be >= 0; got {opts}.")
     return opts
@@ -409,7 +403,8 @@ def load_paper(name: str, cfg) -> DataBundle:
 def _add(ds: PaperDataset) -> None:
     PAPER[ds.name] = ds
     defaults = RETRIEVAL_DEFAULTS if ds.task == "retrieval" else CLASSIFICATION_DEFAULTS
-    register(DatasetSpec(ds.name, ds.task, lambda cfg, n=ds.name: load_paper(n, cfg), ds.description, dict(defaults)))
+    register(DatasetSpec(ds.name, ds.task, lambda cfg, n=ds.name: load_paper(n, cfg), ds.description, dict(defaults),
+                         options={**COMMON_OPTIONS, **ds.options}))
 
 
 _FLOWERS = "  <root>/flowers-102/jpg/image_00001.jpg ... image_08189.jpg\n  <root>/flowers-102/imagelabels.mat\n  <root>/flowers-102/setid.mat"
