@@ -145,6 +145,9 @@ def run_options(f):
 
 def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
     file_cfg = configmod.load_yaml(kw.pop("config_file")) if kw.get("config_file") else {}
+    for key, like in (("method", ""), ("data", ""), ("seed", 0), ("data_options", {})):  # read before resolve()
+        if file_cfg.get(key) is not None:
+            file_cfg[key] = configmod._coerce(key, file_cfg[key], like, "config file")
     data_opts = {}
     for item in kw.pop("data_opt", ()) or ():
         if "=" not in item:

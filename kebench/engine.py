@@ -103,6 +103,7 @@ class Run:
         self.objective = self.method.objective.load()(cfg.plugin_params(self.method.objective.name), self)
         self.regime = self.method.regime.load()(cfg.plugin_params(self.method.regime.name), self)
         self.model = self.build_model()
+        self._check_batch_size()
         self.state: dict[str, nn.Module | torch.Tensor] = {}
         self.passes: list[dict] = []
         self.best: dict = {}
@@ -113,6 +114,19 @@ class Run:
         self._elapsed_before = 0.0
         self._streams: dict[str, BatchStream] = {}
         self._last_save = time.perf_counter()
+
+    def _check_batch_size(self) -> None:
+        """Refuse, before anything runs, a batch that cannot train this model on this data."""
+        per_process, n_train = self.cfg.batch_size // self.world, len(self.data.train)
+        if per_process < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            raise UserError(f"--batch-size {self.cfg.batch_size} gives {per_process} image(s) per step"
+                            f"{f' on each of {self.world} processes' if self.world > 1 else ''}, but "
+                            f"'{self.cfg.arch}' has BatchNorm layers, which need at least 2 images per step "
+                            f"to train. Use --batch-size 2 or more (the papers use 32 to 128).")
+        if self.cfg.batch_size > n_train:
+            raise UserError(f"--batch-size {self.cfg.batch_size} is larger than the {n_train} training images of "
+                            f"'{self.cfg.data}' (incomplete batches are dropped, so no step would run). Use a "
+                            f"batch size of at most {n_train}.")
 
     # ------------------------------------------------------------------ building blocks
     def build_model(self, arch: str | None = None, **kwargs) -> nn.Module:

@@ -147,14 +147,38 @@ class CorruptCheckpoint(Exception):
     pass
 
 
-def read_result(run_dir) -> dict | None:
+#: The top-level fields every reader of result.json relies on, with their types.
+RECORD_FIELDS = {"status": str, "method": str, "config": dict, "final": dict, "passes": list}
+
+
+def load_result(run_dir) -> tuple[dict | None, str | None]:
+    """(record, None) for a readable result.json of the expected shape; (None, why) otherwise
+    (why is None when the file simply does not exist yet)."""
     path = Path(run_dir) / "result.json"
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError):
-        return None
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return None, "result.json is not UTF-8 text"
+    except ValueError as exc:
+        return None, f"result.json is not valid JSON ({exc})"
+    except OSError as exc:
+        return None, f"result.json cannot be read ({exc.strerror})"
+    if not isinstance(rec, dict):
+        return None, f"result.json holds a JSON {type(rec).__name__}, not a result record"
+    wrong = [k for k, t in RECORD_FIELDS.items() if k in rec and not isinstance(rec[k], t)]
+    missing = [k for k in ("status", "method") if k not in rec]
+    if wrong or missing:
+        return None, ("result.json is not a kebench result record ("
+                      + "; ".join([*(f"'{k}' is not a {RECORD_FIELDS[k].__name__}" for k in wrong),
+                                   *(f"no '{k}'" for k in missing)]) + ")")
+    return rec, None
+
+
+def read_result(run_dir) -> dict | None:
+    """The run's result record, or None when it is missing, unreadable or malformed."""
+    return load_result(run_dir)[0]
 
 
 def iter_results(paths) -> list[tuple[Path, dict | None]]:
