@@ -30,7 +30,7 @@ from kebench.config import RunConfig, save_yaml
 from kebench.data.pipeline import BatchStream, epoch_generator
 from kebench.errors import UserError
 from kebench.models import create_model
-from kebench.plugin import Hook
+from kebench.plugin import Hook, Objective
 from kebench.progress import Progress
 
 PRIMARY = {"classification": "top1", "retrieval": "r@1"}
@@ -116,7 +116,10 @@ class Run:
         self._last_save = time.perf_counter()
 
     def _check_batch_size(self) -> None:
-        """Refuse, before anything runs, a batch that cannot train this model on this data."""
+        """Refuse, before anything runs, a batch that cannot train this model on this data. (An objective
+        with its own batch sampler — CS-KD pairs, P×K — sizes its batches itself and checks them.)"""
+        if type(self.objective).batch_sampler is not Objective.batch_sampler:
+            return
         per_process, n_train = self.cfg.batch_size // self.world, len(self.data.train)
         if per_process < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
             raise UserError(f"--batch-size {self.cfg.batch_size} gives {per_process} image(s) per step"
