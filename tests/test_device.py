@@ -165,3 +165,29 @@ def test_compile_trains_like_eager(make_cfg, tmp_path):
         assert (counters["stats"]["unique_graphs"] > before) is compile_
         losses.append([h["loss"] for h in _history(run)])
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-4, atol=0)
+
+
+def _gpu_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "gpu.py"
+    spec = importlib.util.spec_from_file_location("kebench_gpu_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_without_cuda_says_so(monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    bench = _gpu_benchmark()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["gpu.py"])
+    with pytest.raises(SystemExit) as exc:
+        bench.main()
+    assert exc.value.code == 2 and "torch sees none here" in capsys.readouterr().err
+    # docs/gpu.md's Table 2 figure: 12,600 epochs x 27,708 images x 3 seeds
+    assert bench.projection(10_000)["training_images"] == 12_600 * 27_708 * 3 == 1_047_362_400
