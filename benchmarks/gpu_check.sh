@@ -43,12 +43,12 @@ echo "== install (pip install --no-deps -e .)"
 pip install --no-deps --no-build-isolation -e . > "$OUT/pip.log" 2>&1 || { tail -20 "$OUT/pip.log"; echo "install failed"; }
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this tree's kebench, installed or not
 
-echo "== pytest -m cuda (limit 200 s)"
-timeout 200 python -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider -rs --durations=10 \
+echo "== pytest -m cuda (limit 240 s)"
+timeout 240 python -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider -rs --durations=10 \
   --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -40
 echo "pytest exit: ${PIPESTATUS[0]}" | tee -a "$OUT/pytest_cuda.log"
 
-left=$(( 450 - ($(date +%s) - start) ))
+left=$(( 460 - ($(date +%s) - start) ))
 echo "== benchmarks/gpu.py (limit ${left} s)"
 timeout "$left" python benchmarks/gpu.py --json "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu.log"
 echo "gpu.py exit: ${PIPESTATUS[0]}" | tee -a "$OUT/gpu.log"
