@@ -108,7 +108,7 @@ def bare_rate(run, epochs: int) -> float:
         steps = 0
         for idx in train.batches(gen):
             x, y = train.load(idx, gen)
-            with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            with run.autocast():  # the run's policy: bf16 here
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

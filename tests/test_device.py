@@ -100,6 +100,13 @@ def test_memory_mapped_streaming_with_prefetch_equals_resident(tmp_path):
             torch.testing.assert_close(xa, xb, atol=1e-5, rtol=0)
             assert torch.equal(ya, yb) and xa.shape == (8, 3, 16, 16)
         assert streamed.prefetch.hits - hits == 4 - start and streamed.prefetch.misses == 0
+    # a DDP rank loads its share of every planned batch: the plan holds those shares
+    rank1 = BatchStream(bundle, bundle.train, batch_size=8, device=CPU, train=True, policy=batched, shard=(1, 2))
+    gen = epoch_generator(0, 0, 0)
+    for idx in rank1.batches(gen):
+        x, _ = rank1.load(idx.tensor_split(2)[1], gen)
+        assert x.shape == (4, 3, 16, 16)
+    assert (rank1.prefetch.hits, rank1.prefetch.misses) == (4, 0)
     # unplanned batches load synchronously, eval batches are prefetched in order
     x, _ = streamed.load(torch.tensor([5, 1]), epoch_generator(1))
     assert x.shape == (2, 3, 16, 16) and streamed.prefetch.misses == 1
