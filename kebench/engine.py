@@ -202,6 +202,7 @@ class Run:
                 self._resume = None
 
         offset, total = lr_window or (0, epochs)
+        stopped = None
         # torch.compile shares the parameters; the FLOP-counting first step runs eagerly (the
         # counter sees aten ops, which compiled kernels bypass).
         train_model = model
@@ -302,9 +303,12 @@ class Run:
                 progress.end_epoch(row)
                 for hook in hooks:
                     hook.epoch_end(model, epoch + 1, row)
+                stopped = next((reason for reason in (hook.stop_pass() for hook in hooks) if reason), None)
                 ps.epoch = epoch + 1
                 ps.history.append(row)
                 self._append_metrics(row)
+                if stopped:  # a hook ended the pass early: the record below completes it
+                    break
                 if not last and time.perf_counter() - self._last_save >= cfg.checkpoint_every_s:
                     self._save_checkpoint(model, optimizer, scaler, ps, complete=False)
 
@@ -312,6 +316,8 @@ class Run:
         record = {"kind": kind, "index": label, "epochs": epochs, "steps": ps.steps, "images": ps.images,
                   "step_flops": ps.step_flops, "train_flops": (ps.step_flops or 0) * ps.steps,
                   "wall_time_s": round(ps.wall_time_s, 3), "metrics": dict(test)}
+        if stopped:
+            record.update(epochs=ps.epoch, planned_epochs=epochs, stopped=stopped)
         if after is not None:
             for key, value in after(model).items():  # dict values (e.g. "hypotheses") go beside "metrics"
                 (record if isinstance(value, dict) else record["metrics"])[key] = value

@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from kebench import archs, genome  # noqa: F401  (register sepnet_r, sepnet_b, evonet with timm)
 from kebench.errors import UserError, unknown_choice
 
 

@@ -23,6 +23,11 @@ class Hook:
     def epoch_end(self, model: nn.Module, epoch: int, metrics: dict) -> None:
         """After each epoch's metrics are computed (epoch counts from 1 within the pass)."""
 
+    def stop_pass(self) -> str | None:
+        """Asked after epoch_end: a reason (text) ends the pass after this epoch, e.g. an individual
+        extinguished at a landmark epoch. The record keeps the reason and the epochs trained."""
+        return None
+
 
 class Plugin:
     kind = ""
