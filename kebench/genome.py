@@ -37,8 +37,10 @@ DUPLICATE = "duplicate"
 LIMITS = {"min_channels": 4, "max_channels": 256, "max_units": 16, "max_down": 4, "max_fc": 2,
           "kernels": (1, 3, 5), "dropout": (0.1, 0.2, 0.3, 0.4, 0.5), "fc_widths": (32, 64, 128),
           "max_segment": 3}
-#: The genome every search starts from (a "poorly initialised" structure: the stem and the classifier).
-MINIMAL = {"stem": 16, "units": [], "fc": [], "next_id": 1}
+#: The genome every search starts from, a "poorly initialised" structure: the stem, one 3x3 conv and
+#: the classifier (EIGEN and AG-Evolution start from single-layer networks).
+MINIMAL = {"stem": 16, "units": [{"id": 1, "type": "conv", "out": 16, "k": 3, "stride": 1, "skip": False,
+                                  "concat": False}], "fc": [], "next_id": 2}
 #: `--arch evonet`: a hand-designed member (a small VGG/ResNet-like net of 0.11 M parameters).
 HAND_DESIGNED = {"stem": 16, "units": [
     {"id": 1, "type": "conv", "out": 32, "k": 3, "stride": 1, "skip": False, "concat": False},
