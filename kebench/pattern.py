@@ -42,13 +42,14 @@ class BinaryConv2d(nn.Conv2d):
 
 def is_binarized(conv: nn.Module) -> bool:
     """The conv's deployed weights are a scaled sign pattern: a BinaryConv2d, or a spatial conv whose
-    every filter holds one magnitude (what the binarize regime leaves)."""
+    every filter holds one magnitude (what the binarize regime leaves; compared exactly, since the
+    mean of n equal floats need not round back to that float)."""
     if isinstance(conv, BinaryConv2d):
         return True
     if not is_spatial(conv):
         return False
-    w = conv.weight.detach()
-    return bool(torch.equal(w.abs(), sign_pattern(w).abs()))
+    magnitudes = conv.weight.detach().abs().flatten(1)
+    return bool(torch.equal(magnitudes.amax(1), magnitudes.amin(1)))
 
 
 def size_bytes(model: nn.Module) -> int:
