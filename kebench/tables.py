@@ -8,8 +8,9 @@ One pipeline for every kind of table:
 
 Kinds: `classification` (KE paper Tables 2/3), `retrieval` (NMI / R@K groups per arch), `cost`
 (dense N vs slim H: accuracy at generation 1 and g, FLOPs, params), `kd` (KD x pruning grid with the
-surplus of Park et al.) and `budget` (each multi-pass row beside the single pass trained for the same
-total epochs). Every comparison table carries the training cost (epochs, TFLOPs) of its rows.
+surplus of Park et al.), `budget` (each multi-pass row beside the single pass trained for the same
+total epochs) and `size` (accuracy, params, storage in bytes, inference FLOPs and search/training
+cost of the reported network: binarization before/after, architecture searches). Every comparison table carries the training cost (epochs, TFLOPs) of its rows.
 The field names each kind reads are listed in docs/tables.md.
 
 pandas and scipy are imported inside functions: `kebench --help` must stay fast.
@@ -26,7 +27,7 @@ import click
 
 from kebench.errors import UserError, unknown_choice
 
-KINDS = ("classification", "retrieval", "cost", "kd", "budget")
+KINDS = ("classification", "retrieval", "cost", "kd", "budget", "size")
 FORMATS = ("latex", "markdown", "csv")
 #: Primary metric per task (mirrors kebench.engine.PRIMARY; a test keeps them equal).
 PRIMARY = {"classification": "top1", "retrieval": "r@1"}
@@ -1053,7 +1054,7 @@ def build_table(runs: list[dict], kind: str | None = None, *, rows=None, cols=No
     kind = kind or ("retrieval" if all(r.get("task") == "retrieval" for r in runs) else "classification")
     if kind not in KINDS:
         raise unknown_choice("table kind", kind, list(KINDS))
-    if kind in ("cost", "kd") and (rows or cols):
+    if kind in ("cost", "kd", "size") and (rows or cols):
         raise UserError(f"The {kind} table has a fixed shape; --rows/--cols apply to classification, retrieval "
                         f"(and --cols to budget).")
     if kind == "budget" and rows:
@@ -1065,7 +1066,55 @@ def build_table(runs: list[dict], kind: str | None = None, *, rows=None, cols=No
         return cost_table(runs, metric, generations, names, alpha, decimals)
     if kind == "kd":
         return kd_table(runs, metric, names, alpha, decimals)
+    if kind == "size":
+        return size_table(runs, metric, names, decimals)
     return budget_table(runs, cols, metric, generations, names, alpha, decimals)
+
+
+def size_table(runs: list[dict], metric=None, names: Names | None = None, decimals: int = 2) -> Table:
+    """Accuracy vs model size: per method and arch, the reported network's top-1, params, bytes and
+    GFLOPs (`cost.dense`), with the run's training cost (for a search: every individual's). A run
+    that also records its full-precision network (`cost.fp32`, binarize) gets a row for it too."""
+    names = names or Names()
+    metric = (_split_list(metric) or ["top1"])[0]
+    warnings: list[str] = []
+    entries = [e for r in _task_runs(runs, "classification") for e in expand(r, None, names)]
+    if not entries:
+        raise UserError("No classification results for the size table.")
+    rows, _, entries = _prepare(entries, ["method", "arch"], [], names, warnings, auto_into="rows")
+    row_keys = sorted({e.row for e in entries}, key=_row_sorter(entries, rows, names))
+    cols = [Col((metric_title(metric),), metric), Col(("Params (M)",), "params_m", "cost", False),
+            Col(("Size (MB)",), "size_mb", "cost", False), Col(("GFLOPs",), "gflops", "cost", False),
+            Col(("Device-h",), "device_hours", "cost", False)] + list(COST_COLS)
+
+    def net_cost(e, net, key):
+        return ((e.run.get("cost") or {}).get(net) or {}).get(key)
+
+    table_rows = []
+    for rk in row_keys:
+        es = [e for e in entries if e.row == rk]
+        versions = [("fp32", f"{metric}_before", " (fp32)")] if any(net_cost(e, "fp32", "params") for e in es) else []
+        for net, key, suffix in versions + [("dense", metric, "")]:
+            acc = make_cell({e.seed: e.metrics.get(key) for e in es})
+            cells = [acc, cost_cell([net_cost(e, net, "params") / 1e6 for e in es if net_cost(e, net, "params")]),
+                     cost_cell([net_cost(e, net, "size_bytes") / 1e6 for e in es if net_cost(e, net, "size_bytes")]),
+                     cost_cell([net_cost(e, net, "flops") / 1e9 for e in es if net_cost(e, net, "flops")])]
+            if suffix:  # the network before binarization: its cost is part of the run's below
+                cells += [Cell(), Cell(), Cell()]
+            else:
+                cells.append(cost_cell([(e.run.get("training") or {}).get("device_hours") for e in es]))
+                cells += cost_cells(es)
+            head = (rk[0] + suffix, *rk[1:])
+            table_rows.append(Row(tuple(_group_title(v) if d != "method" else v for d, v in zip(rows, head)), cells))
+    rank_column([r.cells[0] for r in table_rows], decimals)
+    notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run.",
+             "Params, Size (parameter storage: 4 bytes per weight, 1 bit + one fp32 scale per filter for binarized "
+             "k×k patterns) and GFLOPs (per image, inference) of the reported network: for an architecture search "
+             "the best individual, for binarize the pattern network; '(fp32)' rows: before binarization.",
+             "Device-h, Epochs and TFLOPs: the whole run's training cost (a search: every individual trained, "
+             "extinct ones up to their landmark).", COST_NOTE]
+    caption = f"Accuracy and size: {metric_title(metric)} (%) of the reported network with its size and cost."
+    return Table("size", caption, tuple(_dim_title(d) for d in rows), cols, table_rows, notes, decimals, warnings)
 
 
 # ---------------------------------------------------------------------------------------- rendering
@@ -1275,7 +1324,7 @@ def table_cmd(result_dirs, fmt, kind, rows, cols, metric, arch, dataset, method,
       kebench table results/ --format latex > table2.tex
       kebench table results/ --generation 3,10 --metric top1,slim_top1
       kebench table results/ --kind retrieval --metric nmi,r@1,r@4
-      kebench table results/ --kind cost | --kind kd | --kind budget
+      kebench table results/ --kind cost | --kind kd | --kind budget | --kind size
     """
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must be between 0 and 1, got {alpha}.")

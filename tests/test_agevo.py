@@ -196,6 +196,19 @@ def test_eigen_searches_records_every_individual_and_resumes_to_the_same_populat
     vals = [h["val_top1"] for h in search["history"]]
     assert vals == sorted(vals)  # plus-selection: the best never gets worse
 
+    from kebench.plots import build_figure
+    from kebench.tables import build_table, fmt_number, load_runs
+
+    runs, _ = load_runs([cfg.out])
+    table = build_table(runs, "size")
+    assert [r.head for r in table.rows] == [("CE + EIGEN-D", "evonet")]
+    cells = table.rows[0].cells
+    assert cells[0].mean == ref["final"]["top1"] and cells[1].text == fmt_number(best["params"] / 1e6)
+    fig = build_figure(runs, "search")
+    top, bottom = fig.axes[:2]
+    assert list(top.lines[0].get_ydata()) == pytest.approx([100 * h["top1"] for h in search["history"]])
+    assert list(bottom.lines[0].get_ydata()) == [h["params"] for h in search["history"]]
+
     run_dir = Path(cfg.out) / cfg.run_id()
     (run_dir / "result.json").unlink()
     kill_run(cfg, when=lambda ps: ps.kind == "individual" and ps.label == 7 and ps.epoch == 1)  # mid-search

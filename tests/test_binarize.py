@@ -67,6 +67,12 @@ def test_regime_reports_before_after_and_keeps_patterns_frozen(make_cfg, run_cfg
     assert final["size_bytes"] == _expected_bytes(model) == size_bytes(model)
     assert all(is_binarized(c) for c in pattern_convs(model).values())  # fine-tuning never moved a pattern
     assert out["binarize"]["pattern_layers"] == len(pattern_convs(model))
+    from kebench.tables import build_table, load_runs
+
+    table = build_table(load_runs([cfg.out])[0], "size")
+    assert [r.head[0] for r in table.rows] == ["CE + Binarize (fp32)", "CE + Binarize"]
+    assert [r.cells[0].mean for r in table.rows] == [final["top1_before"], final["top1"]]
+    assert [r.cells[2].mean for r in table.rows] == pytest.approx([final["size_bytes_before"] / 1e6, final["size_bytes"] / 1e6])
 
 
 def test_init_from_binarizes_an_earlier_run(make_cfg, run_cfg):
