@@ -57,7 +57,21 @@ class SEPModule(nn.Module):
         return torch.relu(self.expand(self.prb(self.squeeze(x))) + self.shortcut(x))
 
 
-class SEPNet(nn.Module):
+class TimmHead:
+    """timm's classifier interface for kebench's own nets (`fc` on `num_features`), so objectives
+    that replace the head (cosine, embedding) treat them like any timm model."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, *_) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+
+class SEPNet(TimmHead, nn.Module):
     """A 3x3 stem, SEP modules in four stages, global average pooling and a linear classifier."""
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, binary: bool = False, drop_rate: float = 0.0,
@@ -84,17 +98,8 @@ class SEPNet(nn.Module):
         x = self.drop(x.mean((2, 3)))
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, *_) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-
-
-def _timm_kwargs(kwargs: dict) -> dict:
+def timm_kwargs(kwargs: dict) -> dict:
     """Drop timm's pretrained-config arguments (kebench never loads pretrained weights)."""
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
@@ -104,10 +109,10 @@ def _timm_kwargs(kwargs: dict) -> dict:
 @register_model
 def sepnet_r(pretrained: bool = False, **kwargs) -> SEPNet:
     """SEP-Net-R: raw (full-precision) pattern and transform convolutions."""
-    return SEPNet(binary=False, **_timm_kwargs(kwargs))
+    return SEPNet(binary=False, **timm_kwargs(kwargs))
 
 
 @register_model
 def sepnet_b(pretrained: bool = False, **kwargs) -> SEPNet:
     """SEP-Net-B: every 3x3 pattern filter computed and stored as its scaled sign pattern."""
-    return SEPNet(binary=True, **_timm_kwargs(kwargs))
+    return SEPNet(binary=True, **timm_kwargs(kwargs))

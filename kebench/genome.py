@@ -29,6 +29,8 @@ from timm.models import register_model
 from torch import nn
 from torch.nn import functional as F
 
+from kebench.archs import TimmHead, timm_kwargs
+
 MUTATIONS = ("add_conv", "remove_conv", "alter_channels", "alter_filter", "alter_stride",
              "add_dropout", "remove_dropout", "add_pool", "remove_pool", "add_skip", "remove_skip",
              "add_concat", "remove_concat", "add_fc", "remove_fc")
@@ -83,7 +85,7 @@ def unit_channels(genome: dict) -> list[int]:
     return out + [c]
 
 
-class EvoNet(nn.Module):
+class EvoNet(TimmHead, nn.Module):
     """The network a genome describes, with timm's head interface (forward_features/forward_head)."""
 
     def __init__(self, genome: dict | None = None, num_classes: int = 1000, in_chans: int = 3, **_):
@@ -120,22 +122,11 @@ class EvoNet(nn.Module):
             x = torch.relu(layer(x))
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, *_) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-
 
 @register_model
 def evonet(pretrained: bool = False, genome: dict | None = None, **kwargs) -> EvoNet:
     """A genome-built network (kebench.genome); without `genome`, the hand-designed member."""
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return EvoNet(genome, **kwargs)
+    return EvoNet(genome, **timm_kwargs(kwargs))
 
 
 # ---------------------------------------------------------------------------- genomes
