@@ -91,6 +91,10 @@ class EvolutionarySearch(Regime):
     def __init__(self, params, run):
         super().__init__(params, run)
         p = self.params
+        if run.cfg.arch != ARCH:
+            raise UserError(f"{self.name} searches the genome-built '{ARCH}' family (kebench/genome.py), so --arch "
+                            f"must be {ARCH} (its default), got '{run.cfg.arch}'. The hand-designed member is "
+                            f"`--method ce --arch {ARCH}`.")
         checks = [(p.population >= 1, f"--population must be >= 1, got {p.population}."),
                   (1 <= p.keep <= p.population, f"--keep must be in [1, --population={p.population}], got {p.keep}."),
                   (p.generations >= 0, f"--generations must be >= 0, got {p.generations}."),
@@ -153,10 +157,6 @@ class EvolutionarySearch(Regime):
     # ------------------------------------------------------------------ the run
     def run(self, run) -> None:
         p, cfg = self.params, run.cfg
-        if cfg.arch != ARCH:
-            raise UserError(f"{self.name} searches the genome-built '{ARCH}' family (kebench/genome.py), so --arch "
-                            f"must be {ARCH} (its default), got '{cfg.arch}'. The hand-designed member is "
-                            f"`--method ce --arch {ARCH}`.")
         ensure_validation(run, p.val_fraction, self.name)
         probe = next(iter(run.stream("val")))[0]
         epochs = p.individual_epochs or cfg.epochs
