@@ -110,7 +110,7 @@ class PatternBinarization(Regime):
 
         def after(m):
             cost = inference_cost(m, run.data, run.device)
-            return {"binarized_" + run.primary: float(binarized), "size_bytes": cost["size_bytes"],
+            return {f"{run.primary}_binarized": float(binarized), "size_bytes": cost["size_bytes"],
                     "params": cost["params"], "flops": cost["flops"]}
 
         record = run.fit(p.finetune_epochs or cfg.epochs, kind="finetune", label=2,
@@ -119,7 +119,7 @@ class PatternBinarization(Regime):
         n_pattern = sum(c.weight.numel() for c in convs.values())
         n_all = sum(q.numel() for q in model.parameters())
         run.extra["final"] = {run.primary: m[run.primary], f"{run.primary}_before": before[run.primary],
-                              f"{run.primary}_binarized": m["binarized_" + run.primary],
+                              f"{run.primary}_binarized": m[f"{run.primary}_binarized"],
                               "size_bytes_before": cost_before["size_bytes"], "size_bytes": m["size_bytes"],
                               "params": m["params"], "flops": m["flops"]}
         run.extra["cost"] = {"fp32": cost_before}

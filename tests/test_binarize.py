@@ -104,3 +104,16 @@ def test_sepnets_are_timm_archs_and_binary_patterns_train_through_the_sign(cli_r
     dense = nn.functional.conv2d(x[:, :1] if conv.in_channels == 1 else x, torch.sign(w) * w.abs().mean((1, 2, 3), keepdim=True),
                                  None, conv.stride, conv.padding)
     assert torch.allclose(conv(x[:, :1] if conv.in_channels == 1 else x), dense, atol=1e-6)
+
+
+def test_a_fine_tune_killed_midway_resumes_with_the_same_patterns(make_cfg, run_cfg, kill_run):
+    cfg = make_cfg("binarize", epochs=1, plugin={"finetune_epochs": 2})
+    ref = run_cfg(cfg)
+    (Path(cfg.out) / cfg.run_id() / "result.json").unlink()
+    kill_run(cfg, when=lambda ps: ps.kind == "finetune" and ps.epoch == 1)
+    resumed = run_cfg(cfg, resume=True)
+    for key in ("top1", "top1_before", "top1_binarized", "size_bytes", "size_bytes_before"):
+        assert resumed["final"][key] == pytest.approx(ref["final"][key], abs=1e-6)
+    model = timm.create_model("test_resnet", num_classes=4)
+    model.load_state_dict(results.load_torch(Path(cfg.out) / cfg.run_id() / "model.pt")["state_dict"])
+    assert all(is_binarized(c) for c in pattern_convs(model).values())
