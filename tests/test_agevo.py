@@ -170,11 +170,12 @@ def test_aggressive_selection_and_extinction_thresholds_on_a_fixed_population():
     assert survivor.stop_pass() is None
 
 
-def _search_cfg(make_cfg, method="eigen", **plugin):
+def _search_cfg(make_cfg, method="eigen", device="cpu", amp="auto", channels_last=None, **plugin):
     base = {"population": 3, "keep": 1, "generations": 2, "primary_generations": 1, "mutations": 2}
     if method == "agevo":
         base.pop("primary_generations")
-    return make_cfg(method, arch="evonet", epochs=2, plugin={**base, **plugin})
+    return make_cfg(method, arch="evonet", epochs=2, device=device, amp=amp, channels_last=channels_last,
+                    plugin={**base, **plugin})
 
 
 def test_eigen_searches_records_every_individual_and_resumes_to_the_same_population(make_cfg, run_cfg, kill_run):
@@ -236,3 +237,10 @@ def test_agevo_runs_and_refuses_other_archs_and_bad_settings(make_cfg, run_cfg):
         run_cfg(_search_cfg(make_cfg, "agevo", mutation_set="add_conv,grow"))
     with pytest.raises(UserError, match="--landmarks takes increasing fractions"):
         run_cfg(_search_cfg(make_cfg, "eigen", landmarks="0.5,0.25"))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_eigen_d_searches_on_cuda_with_amp_and_channels_last(make_cfg, run_cfg):
+    out = run_cfg(_search_cfg(make_cfg, "eigen-d", device="cuda", amp="bf16", channels_last=True))
+    assert out["status"] == "complete" and len(out["passes"]) == 9 and out["device"] != "cpu"

@@ -117,3 +117,14 @@ def test_a_fine_tune_killed_midway_resumes_with_the_same_patterns(make_cfg, run_
     model = timm.create_model("test_resnet", num_classes=4)
     model.load_state_dict(results.load_torch(Path(cfg.out) / cfg.run_id() / "model.pt")["state_dict"])
     assert all(is_binarized(c) for c in pattern_convs(model).values())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_patterns_stay_exact_under_bf16_autocast_and_channels_last_on_cuda(make_cfg, run_cfg):
+    cfg = make_cfg("binarize", device="cuda", amp="bf16", channels_last=True)
+    out = run_cfg(cfg)
+    assert out["status"] == "complete" and out["final"]["size_bytes"] < out["final"]["size_bytes_before"]
+    model = timm.create_model("test_resnet", num_classes=4)
+    model.load_state_dict(results.load_torch(Path(cfg.out) / cfg.run_id() / "model.pt")["state_dict"])
+    assert all(is_binarized(c) for c in pattern_convs(model).values())
