@@ -241,7 +241,7 @@ class Run:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     if self.world > 1:  # this rank's shard of the global batch, its own augmentation draws
-                        index_batch = index_batch.tensor_split(self.world)[self.rank]
+                        index_batch = objective.shard(index_batch, self.world, self.rank)
                         x, y = train.load(index_batch, epoch_generator(cfg.seed, index, epoch, step, self.rank))
                     else:
                         x, y = train.load(index_batch, gen)
