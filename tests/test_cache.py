@@ -208,3 +208,43 @@ def test_cpu_augmentation_is_the_same_with_several_threads():
         torch.set_num_threads(before)
     assert torch.equal(single, shared)
     assert not torch.equal(shared[1], shared[3])  # image 1 twice, different crops
+
+
+@pytest.mark.parametrize("height,width,scale", [(32, 32, (0.08, 1.0)), (40, 200, (0.08, 1.0)), (300, 200, (0.7, 1.0))])
+def test_crop_params_draw_as_torchvision_random_resized_crop(height, width, scale):
+    """Area, aspect and offsets follow `RandomResizedCrop.get_params` (10 rejection draws, then the
+    centre crop with the aspect clamped), not a clamp of w and h to the image: two-sample KS tests
+    at fixed seeds, plus whole-pixel boxes inside the image."""
+    from scipy.stats import ks_2samp
+    from torchvision.transforms import RandomResizedCrop
+
+    from kebench.data.pipeline import crop_params
+
+    n, ratio = 3000, (3 / 4, 4 / 3)
+    torch.manual_seed(0)
+    ref = torch.tensor([RandomResizedCrop.get_params(torch.empty(1, height, width), scale, ratio) for _ in range(n)],
+                       dtype=torch.float64)
+    top, left, h, w = ref.T
+    boxes = crop_params(n, height, width, scale, ratio, torch.Generator().manual_seed(1)).double()
+    ow, oh = boxes[:, 2], boxes[:, 3]
+    otop, oleft = boxes[:, 1] - oh / 2, boxes[:, 0] - ow / 2
+    for a, b in ((w * h, ow * oh), (w / h, ow / oh), (top, otop), (left, oleft)):
+        assert ks_2samp(a.numpy(), b.numpy()).pvalue > 0.01
+    whole = torch.cat([ow, oh, otop, oleft])
+    assert torch.equal(whole, whole.round()) and (otop >= 0).all() and (oleft >= 0).all()
+    assert (otop + oh <= height).all() and (oleft + ow <= width).all()
+
+
+def test_crop_params_take_per_image_sizes():
+    """Images of different sizes in one batch (the aspect-keeping cache): each box fits its image,
+    and an image no draw fits falls back to torchvision's centre crop with the aspect clamped."""
+    from kebench.data.pipeline import crop_params
+
+    heights, widths = torch.tensor([40, 64, 10] * 100), torch.tensor([64, 40, 100] * 100)
+    boxes = crop_params(300, heights, widths, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
+    cx, cy, w, h = boxes.T
+    assert (cx - w / 2 >= 0).all() and (cx + w / 2 <= widths).all()
+    assert (cy - h / 2 >= 0).all() and (cy + h / 2 <= heights).all()
+    # 10x100 with scale 1: every draw is taller than 10 px, so the fallback: h 10, w round(10 * 4/3)
+    box = crop_params(1, 10, 100, (1.0, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))[0]
+    assert box.tolist() == [43 + 6.5, 5.0, 13.0, 10.0]  # left (100 - 13) // 2 = 43, as torchvision

@@ -25,16 +25,36 @@ def epoch_generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(h)
 
 
-def crop_params(n: int, height: int, width: int, scale, ratio, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample crop boxes (cx, cy, w, h) in pixels, sampled as torchvision's RandomResizedCrop."""
-    area = height * width * torch.empty(n).uniform_(scale[0], scale[1], generator=gen)
-    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
-    r = torch.exp(log_r)
-    w = torch.sqrt(area * r).clamp(max=width)
-    h = torch.sqrt(area / r).clamp(max=height)
-    cx = w / 2 + torch.rand(n, generator=gen) * (width - w)
-    cy = h / 2 + torch.rand(n, generator=gen) * (height - h)
-    return torch.stack([cx, cy, w, h], dim=1)
+#: RandomResizedCrop's draws before it falls back to a centre crop (torchvision: 10).
+CROP_TRIES = 10
+
+
+def crop_params(n: int, height, width, scale, ratio, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample crop boxes (cx, cy, w, h) in whole pixels, drawn as torchvision's
+    `RandomResizedCrop.get_params` draws them, for all samples at once: up to `CROP_TRIES` (area,
+    log-aspect) draws, w and h rounded, the first draw that fits the image is placed uniformly at an
+    integer offset; if none fits, the centre crop of the whole image with its aspect clamped to
+    `ratio`. `height`/`width`: ints, or per-sample tensors (images of different sizes)."""
+    height = torch.as_tensor(height, dtype=torch.float64).expand(n)
+    width = torch.as_tensor(width, dtype=torch.float64).expand(n)
+    area = (height * width)[:, None] * torch.empty(n, CROP_TRIES, dtype=torch.float64).uniform_(
+        scale[0], scale[1], generator=gen)
+    r = torch.exp(torch.empty(n, CROP_TRIES, dtype=torch.float64).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=gen))
+    w, h = torch.sqrt(area * r).round(), torch.sqrt(area / r).round()
+    fits = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
+    found = fits.any(1)
+    first = fits.to(torch.int8).argmax(1, keepdim=True)  # index of the first draw that fits
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    # the centre-crop fallback, with the image's aspect clamped to the ratio range
+    in_ratio = width / height
+    fw = torch.where(in_ratio < ratio[0], width, torch.where(in_ratio > ratio[1], (height * ratio[1]).round(), width))
+    fh = torch.where(in_ratio < ratio[0], (width / ratio[0]).round(), height)
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
+    u = torch.rand(n, 2, dtype=torch.float64, generator=gen)
+    top = torch.where(found, (u[:, 0] * (height - h + 1)).floor(), ((height - h) / 2).floor())
+    left = torch.where(found, (u[:, 1] * (width - w + 1)).floor(), ((width - w) / 2).floor())
+    return torch.stack([left + w / 2, top + h / 2, w, h], dim=1).float()
 
 
 def augment(images: torch.Tensor, out_size: int, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
