@@ -145,6 +145,9 @@ def run_options(f):
 
 def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
     file_cfg = configmod.load_yaml(kw.pop("config_file")) if kw.get("config_file") else {}
+    for key, like in (("method", ""), ("data", ""), ("seed", 0), ("data_options", {})):  # read before resolve()
+        if file_cfg.get(key) is not None:
+            file_cfg[key] = configmod._coerce(key, file_cfg[key], like, "config file")
     data_opts = {}
     for item in kw.pop("data_opt", ()) or ():
         if "=" not in item:
@@ -258,3 +261,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         err.print("Interrupted; rerun the same command with --resume to continue.")
         sys.exit(130)
+    except OSError as exc:  # a disk fault outside the run folder's own writes (tables, plots, sweep logs)
+        from kebench.results import storage_error
+
+        error = storage_error(exc)
+        if error is None:
+            raise
+        err.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False)
+        sys.exit(error.exit_code)

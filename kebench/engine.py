@@ -89,8 +89,7 @@ class Run:
         self.cfg = cfg
         self.device = distributed.local_device(pick_device(cfg.device))
         self.world, self.rank = distributed.world_size(), distributed.rank()  # rank 0 writes every file
-        self.dir = Path(cfg.out) / cfg.run_id()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(cfg.out) / cfg.run_id()  # created by execute(): a config that fails here leaves nothing
         self.show_progress = show_progress and self.rank == 0
         seed_everything(cfg.seed)
         self.data = datasets.load(cfg)
@@ -104,15 +103,30 @@ class Run:
         self.objective = self.method.objective.load()(cfg.plugin_params(self.method.objective.name), self)
         self.regime = self.method.regime.load()(cfg.plugin_params(self.method.regime.name), self)
         self.model = self.build_model()
+        self._check_batch_size()
         self.state: dict[str, nn.Module | torch.Tensor] = {}
         self.passes: list[dict] = []
         self.best: dict = {}
         self.extra: dict = {}  # run-level facts a regime wants in result.json
         self._pass_counter = 0
-        self._resume = self._read_checkpoint() if resume else None
-        self._elapsed_before = self._resume["elapsed"] if self._resume else 0.0
+        self._resuming = resume
+        self._resume: dict | None = None  # the checkpoint, read by execute() under the folder's lock
+        self._elapsed_before = 0.0
         self._streams: dict[str, BatchStream] = {}
         self._last_save = time.perf_counter()
+
+    def _check_batch_size(self) -> None:
+        """Refuse, before anything runs, a batch that cannot train this model on this data."""
+        per_process, n_train = self.cfg.batch_size // self.world, len(self.data.train)
+        if per_process < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            raise UserError(f"--batch-size {self.cfg.batch_size} gives {per_process} image(s) per step"
+                            f"{f' on each of {self.world} processes' if self.world > 1 else ''}, but "
+                            f"'{self.cfg.arch}' has BatchNorm layers, which need at least 2 images per step "
+                            f"to train. Use --batch-size 2 or more (the papers use 32 to 128).")
+        if self.cfg.batch_size > n_train:
+            raise UserError(f"--batch-size {self.cfg.batch_size} is larger than the {n_train} training images of "
+                            f"'{self.cfg.data}' (incomplete batches are dropped, so no step would run). Use a "
+                            f"batch size of at most {n_train}.")
 
     # ------------------------------------------------------------------ building blocks
     def build_model(self, arch: str | None = None, **kwargs) -> nn.Module:
@@ -370,6 +384,7 @@ class Run:
 
         if self.rank != 0:
             return
+        self.dir.mkdir(parents=True, exist_ok=True)  # a regime driven without execute() (tests, notebooks)
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(results._clean(row)) + "\n")
 
@@ -390,10 +405,8 @@ class Run:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "elapsed": self.elapsed(), "world_size": self.world,
         }
-        path = self.dir / CHECKPOINT
-        if path.is_file():  # keep the last good one until the new one is complete on disk
-            os.replace(path, self.dir / PREV_CHECKPOINT)
-        results.save_torch(path, ckpt)
+        # The last good checkpoint becomes checkpoint.prev.pt only once the new one is complete on disk.
+        results.save_torch(self.dir / CHECKPOINT, ckpt, previous=self.dir / PREV_CHECKPOINT)
         self._last_save = time.perf_counter()
 
     def _read_checkpoint(self) -> dict | None:
@@ -411,7 +424,11 @@ class Run:
             except results.CorruptCheckpoint as exc:
                 problems.append(str(exc))
                 continue
-            if not isinstance(ck, dict) or ck.get("run_id") != self.cfg.run_id():
+            malformed = checkpoint_problem(ck)
+            if malformed:
+                problems.append(f"{path} is not a complete kebench checkpoint ({malformed}).")
+                continue
+            if ck["run_id"] != self.cfg.run_id():
                 continue
             if problems:
                 warnings.warn(f"{' '.join(problems)} Resuming from the previous checkpoint {path} instead "
@@ -476,6 +493,11 @@ class Run:
     def execute(self) -> dict:
         """Run the regime, write result.json and the final model; return the result record."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            results.remove_stale_temps(self.dir)  # half-written files of a killed earlier attempt
+        if self._resuming:
+            self._resume = self._read_checkpoint()
+            self._elapsed_before = self._resume["elapsed"] if self._resume else 0.0
         results.write_text(self.dir / "config.yaml", save_yaml(self.cfg))
         if self._resume is None and self.rank == 0:  # a fresh start: nothing of an earlier attempt stays
             for name in ("metrics.jsonl", CHECKPOINT, PREV_CHECKPOINT):
@@ -572,12 +594,50 @@ def execute(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True)
         raise guard.RunInterrupted(f"Stopped by {guard.signal_name(signum)} before run {cfg.run_id()} started; "
                                    f"rerun with --resume to continue.", signum)
     run_dir = Path(cfg.out) / cfg.run_id()
-    with guard.graceful_stop(), _exclusive(run_dir):
-        if resume:
-            done = results.read_result(run_dir)
-            if done and done.get("status") == "complete":
-                return done
-        return Run(cfg, resume=resume, show_progress=show_progress).execute()
+    if resume:
+        done = results.read_result(run_dir)
+        if done and done.get("status") == "complete":
+            return done
+    with guard.graceful_stop():
+        run = Run(cfg, resume=resume, show_progress=show_progress)  # validates everything; creates no file
+        try:
+            with _exclusive(run_dir):
+                if resume:  # it may have completed while we were loading
+                    done = results.read_result(run_dir)
+                    if done and done.get("status") == "complete":
+                        return done
+                return run.execute()
+        except OSError as exc:
+            error = results.storage_error(exc, exc.filename or run_dir)
+            if error is None:
+                raise
+            raise error from None
+
+
+#: What a checkpoint must hold to be resumed from (a file with a valid zip header but missing parts
+#: is treated like a corrupt one: the run falls back to the checkpoint before it).
+CHECKPOINT_KEYS = {"version": int, "run_id": str, "pass": int, "complete": bool, "pass_state": dict,
+                   "model": dict, "optimizer": dict, "scaler": dict, "state": dict, "passes": list,
+                   "best": dict, "extra": dict, "rng": torch.Tensor, "cuda_rng": list, "elapsed": float}
+
+
+def checkpoint_problem(ck) -> str | None:
+    """Why `ck` is not a usable checkpoint, or None."""
+    if not isinstance(ck, dict):
+        return f"holds a {type(ck).__name__}, not a mapping"
+    missing = [k for k in (*CHECKPOINT_KEYS, "run_model") if k not in ck]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    wrong = [k for k, t in CHECKPOINT_KEYS.items() if not isinstance(ck[k], t)
+             and not (t is float and isinstance(ck[k], int))]
+    if wrong:
+        return f"wrong type for {', '.join(wrong)}"
+    fields = set(PassState.__dataclass_fields__)
+    if set(ck["pass_state"]) != fields:
+        return "its pass state does not match this kebench version"
+    if not 0 <= ck["pass"] < len(ck["passes"]) + 1:
+        return f"pass {ck['pass']} is out of range"
+    return None
 
 
 @contextlib.contextmanager

@@ -100,6 +100,13 @@ def _resolve(settings: dict):
     Returns (RunConfig, names of the settings that applied)."""
     from kebench import config
 
+    where = "sweep file"
+    bad = [k for k in settings if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"{where}: setting names must be text, got {bad!r}.")
+    for key in ("method", "data", "arch"):  # the run's identity picks which plugin settings apply
+        if settings.get(key) is not None:
+            settings = {**settings, key: config._coerce(key, settings[key], "", where)}
     flat, plugin_names = _plugin_keys(settings)
     file_cfg, applied = {}, set()
     for key, value in settings.items():
@@ -115,7 +122,7 @@ def _resolve(settings: dict):
         elif k in config.FIELDS or (dot and pname in plugin_names) or (not dot and k in flat):
             file_cfg[k] = value
             applied.add(key)
-    return config.resolve({}, file_cfg, {}), applied
+    return config.resolve({}, file_cfg, {}, source=where), applied
 
 
 def expand(spec: dict, *, out: str | None = None, sets: dict | None = None) -> list[Entry]:
@@ -206,6 +213,12 @@ def state_of(entry: Entry) -> tuple[str, str]:
     holder = guard.lock_holder(entry.dir)
     if holder is not None:
         return "running", f"pid {holder.get('pid')} on {holder.get('host')}; {_progress(entry.dir)}".rstrip("; ")
+    if any(entry.dir.glob(f".*{results.TMP_SUFFIX}")):  # litter of a killed writer: removed under the lock
+        try:
+            with guard.RunLock(entry.dir, wait_s=0):
+                results.remove_stale_temps(entry.dir)
+        except (guard.RunBusy, OSError):
+            pass  # a run just started (it cleans up itself), or the folder is read-only
     result = results.read_result(entry.dir)
     if result is not None and result.get("status") == "complete":
         matched = _matched_entry(entry, result)
