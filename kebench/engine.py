@@ -28,9 +28,10 @@ from kebench import data as datasets
 from kebench import distributed, guard, metrics, results
 from kebench.config import RunConfig, save_yaml
 from kebench.data.pipeline import BatchStream, epoch_generator
+from kebench.device import DevicePolicy
 from kebench.errors import UserError
 from kebench.models import create_model
-from kebench.plugin import Hook
+from kebench.plugin import Hook, Objective
 from kebench.progress import Progress
 
 PRIMARY = {"classification": "top1", "retrieval": "r@1"}
@@ -85,7 +86,8 @@ class PassState:
 
 
 class Run:
-    def __init__(self, cfg: RunConfig, *, resume: bool = False, show_progress: bool = True):
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, show_progress: bool = True,
+                 policy: DevicePolicy | None = None):
         self.cfg = cfg
         self.device = distributed.local_device(pick_device(cfg.device))
         self.world, self.rank = distributed.world_size(), distributed.rank()  # rank 0 writes every file
@@ -96,10 +98,9 @@ class Run:
         self.task = self.data.task
         self.primary = PRIMARY[self.task]
         self.method = cfg.method_spec
-        on_cuda = self.device.type == "cuda"
-        self.amp_dtype = {"auto": torch.bfloat16 if on_cuda else None, "bf16": torch.bfloat16,
-                          "fp16": torch.float16, "off": None}[cfg.amp]
-        self.channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
+        self.policy = policy or DevicePolicy.for_run(cfg, self.device)  # AMP, layout, compile, data placement
+        self.policy.apply_backend()
+        self.amp_dtype, self.channels_last = self.policy.amp_dtype, self.policy.channels_last
         self.objective = self.method.objective.load()(cfg.plugin_params(self.method.objective.name), self)
         self.regime = self.method.regime.load()(cfg.plugin_params(self.method.regime.name), self)
         self.model = self.build_model()
@@ -116,7 +117,10 @@ class Run:
         self._last_save = time.perf_counter()
 
     def _check_batch_size(self) -> None:
-        """Refuse, before anything runs, a batch that cannot train this model on this data."""
+        """Refuse, before anything runs, a batch that cannot train this model on this data. (An objective
+        with its own batch sampler — CS-KD pairs, P×K — sizes its batches itself and checks them.)"""
+        if type(self.objective).batch_sampler is not Objective.batch_sampler:
+            return
         per_process, n_train = self.cfg.batch_size // self.world, len(self.data.train)
         if per_process < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
             raise UserError(f"--batch-size {self.cfg.batch_size} gives {per_process} image(s) per step"
@@ -133,10 +137,7 @@ class Run:
         """A fresh model for this run's data and objective, on the run's device."""
         model = create_model(arch or self.cfg.arch, self.data.num_classes, self.data.in_chans, **kwargs)
         model = self.objective.adapt_model(model, self.data.num_classes)
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return self.policy.place(model)
 
     def stream(self, split: str = "train") -> BatchStream:
         if split not in self._streams:
@@ -145,13 +146,11 @@ class Run:
                 raise UserError(f"Dataset '{self.cfg.data}' has no {split} split.")
             self._streams[split] = BatchStream(
                 self.data, source, batch_size=self.cfg.batch_size if split == "train" else max(self.cfg.batch_size, 256),
-                device=self.device, train=split == "train", channels_last=self.channels_last)
+                device=self.device, train=split == "train", policy=self.policy, shard=(self.rank, self.world))
         return self._streams[split]
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.policy.autocast()
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -200,7 +199,7 @@ class Run:
         ps = PassState(index=index, kind=kind, label=label, epochs=epochs)
         params = [*model.parameters(), *objective.extra_parameters(model)]
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        scaler = self.policy.grad_scaler()
 
         ck = self._resume
         if ck is not None:
@@ -223,7 +222,7 @@ class Run:
             distributed.sync_from_rank0([model, self.model, self.state], self.device)
             train_model = distributed.DDP(model, self.device)
             extra_params = params[sum(1 for _ in model.parameters()):]
-        compiled = torch.compile(train_model) if cfg.compile else train_model
+        compiled = self.policy.compiled(train_model)
         train = self.stream("train")
         steps_per_epoch = None
         progress = Progress(enabled=self.show_progress, description=f"{self.method.name} {kind} {label}")
@@ -232,7 +231,8 @@ class Run:
                 model.train()
                 objective.train_mode(model)
                 gen = epoch_generator(cfg.seed, index, epoch)
-                batches = train.batches(gen, objective.batch_sampler(train.labels.cpu(), cfg.batch_size, gen))
+                batches = train.batches(gen, objective.batch_sampler(train.labels.cpu(), cfg.batch_size, gen),
+                                        share=lambda b: objective.shard(b, self.world, self.rank))
                 steps_per_epoch = len(batches)
                 progress.start_epoch(epoch + 1, epochs, steps_per_epoch)
                 loss_sum = torch.zeros((), device=self.device)
