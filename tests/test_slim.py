@@ -151,7 +151,8 @@ def test_saved_slim_reloads_in_a_fresh_process(tmp_path):
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=120)
     with torch.no_grad():
         expected = slim.eval()(x)
-        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, rtol=0, atol=0)
+        # another process may run another thread count (other kernel partitions): equal up to round-off
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(load_slim(tmp_path / "slim.pt").eval()(x), expected, rtol=0, atol=0)
 
 
