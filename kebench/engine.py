@@ -232,7 +232,8 @@ class Run:
                 model.train()
                 objective.train_mode(model)
                 gen = epoch_generator(cfg.seed, index, epoch)
-                batches = train.batches(gen, objective.batch_sampler(train.labels.cpu(), cfg.batch_size, gen))
+                batches = train.batches(gen, objective.batch_sampler(train.labels.cpu(), cfg.batch_size, gen),
+                                        share=lambda b: objective.shard(b, self.world, self.rank))
                 steps_per_epoch = len(batches)
                 progress.start_epoch(epoch + 1, epochs, steps_per_epoch)
                 loss_sum = torch.zeros((), device=self.device)
@@ -255,7 +256,7 @@ class Run:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     if self.world > 1:  # this rank's shard of the global batch, its own augmentation draws
-                        index_batch = index_batch.tensor_split(self.world)[self.rank]
+                        index_batch = objective.shard(index_batch, self.world, self.rank)
                         x, y = train.load(index_batch, epoch_generator(cfg.seed, index, epoch, step, self.rank))
                     else:
                         x, y = train.load(index_batch, gen)

@@ -51,6 +51,12 @@ class Objective(Plugin):
         """Return a list of index tensors (one per batch) for one epoch, or None for plain shuffling."""
         return None
 
+    def shard(self, batch: torch.Tensor, world: int, rank: int) -> torch.Tensor:
+        """This rank's indices of a global batch when `world` processes train one run. The default
+        deals out equal contiguous parts; an objective whose samples are coupled across the batch
+        (pairs stored apart, groups mined together) overrides it so coupled samples share a rank."""
+        return batch.tensor_split(world)[rank]
+
     def hooks(self) -> list[Hook]:
         return []
 
