@@ -286,3 +286,13 @@ def test_stale_temp_files_are_removed_on_resume_and_by_status(make_cfg, run_cfg,
     (entry.dir / ".checkpoint.pt.zz.tmp").write_bytes(b"half")
     code, out, err = cli_run(["sweep", str(sweep), "--status"])
     assert code == 0 and not list(entry.dir.glob(".*.tmp"))
+
+
+def test_run_help_lists_the_method_settings(cli_run):
+    code, out, err = cli_run(["run", "--method", "smooth+ke", "--help"])
+    assert code == 0
+    assert "Settings of method smooth+ke" in out
+    assert "--split-rate FLOAT" in out and "default 0.8 (ke.split_rate; KE)" in out
+    assert "--alpha FLOAT" in out and "(smooth.alpha; Smth)" in out
+    code, out, err = cli_run(["run", "--help"])
+    assert code == 0 and "Add --method NAME to --help" in out
