@@ -11,6 +11,7 @@ import yaml
 from kebench.config import resolve
 from kebench.engine import Run, effective_warmup, lr_factor
 from kebench.errors import UserError
+from kebench.plugin import Hook
 
 
 @pytest.mark.parametrize("args, expect", [
@@ -73,7 +74,7 @@ def test_effective_warmup_is_at_most_a_quarter_of_the_schedule():
     assert [effective_warmup(5, t) for t in (200, 20, 12, 3, 1)] == [5, 5, 3, 0, 0]
 
 
-class _LRTrace:
+class _LRTrace(Hook):
     """A hook that records the LR of every optimizer step."""
 
     def __init__(self):
@@ -81,12 +82,6 @@ class _LRTrace:
 
     def before_step(self, model, optimizer):
         self.lrs.append(optimizer.param_groups[0]["lr"])
-
-    def after_step(self, model, optimizer):
-        pass
-
-    def epoch_end(self, model, epoch, metrics):
-        pass
 
 
 def test_per_step_warmup_rises_every_step_then_decays(make_cfg):
