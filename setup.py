@@ -18,6 +18,7 @@ setup(
     # registry.yaml lives at the top level (it is the project's plugin index); installed copies
     # find it under <prefix>/share/kebench.
     data_files=[("share/kebench", ["registry.yaml"])],
+    package_data={"kebench": ["studies/*.yaml"]},
     install_requires=[
         "torch",
         "torchvision",
@@ -32,6 +33,6 @@ setup(
         "submitit",
         "pillow",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    extras_require={"test": ["pytest", "pytest-timeout"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["kebench=kebench.cli:main"]},
 )

@@ -238,6 +238,7 @@ from kebench.tables import table_cmd; cli.add_command(table_cmd)  # noqa: E402,E
 from kebench.plots import plot_cmd; cli.add_command(plot_cmd)  # noqa: E402,E702
 from kebench.profile import profile_cmd; cli.add_command(profile_cmd)  # noqa: E402,E702
 from kebench.sweep import sweep_cmd; cli.add_command(sweep_cmd)  # noqa: E402,E702
+from kebench.study import study_cmd; cli.add_command(study_cmd)  # noqa: E402,E702
 
 
 def main(argv=None):
