@@ -171,8 +171,11 @@ def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
 @click.option("--nproc", type=int, default=None,
               help="Train each run with N processes (DDP: one per GPU, gloo on CPU); like "
                    "'torchrun --nproc_per_node N -m kebench run ...'.")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write TensorBoard logs to each run's tensorboard/ folder (pip install kebench[tensorboard]; "
+                   "same as KEBENCH_TENSORBOARD=1).")
 @click.pass_context
-def run(ctx, resume, quiet, nproc, **kw):
+def run(ctx, resume, quiet, nproc, tensorboard, **kw):
     """Train and evaluate. Plugin settings are extra flags, e.g. `--method ke --generations 3`.
 
     \b
@@ -181,9 +184,13 @@ def run(ctx, resume, quiet, nproc, **kw):
       kebench run --method smooth+ke --generations 3 --split-rate 0.5
       kebench run --method ce,ke --seeds 0,1,2 --data aircraft --data-root ~/data
     """
+    import os
+
     from kebench import distributed
     from kebench.engine import execute_all
 
+    if tensorboard:
+        os.environ["KEBENCH_TENSORBOARD"] = "1"  # also reaches DDP worker processes
     configs = build_configs(kw, ctx.args)
     if nproc and nproc > 1:
         records = [r for cfg in configs for r in distributed.launch(cfg, nproc, resume=resume, show_progress=not quiet)]

@@ -23,6 +23,9 @@ class Hook:
     def epoch_end(self, model: nn.Module, epoch: int, metrics: dict) -> None:
         """After each epoch's metrics are computed (epoch counts from 1 within the pass)."""
 
+    def pass_end(self, record: dict) -> None:
+        """After a pass (generation / phase) ends, with its record (metrics, cost); monitors log it."""
+
 
 class Plugin:
     kind = ""

@@ -139,12 +139,13 @@ def _common(f):
 @click.option("--report-dir", help="Report folder. Default: OUT/report.")
 @click.option("--status", "show_status", is_flag=True, help="Show the study's run states and exit.")
 @executor_options
-def run_cmd(name, scale, out, sets, report_dir, show_status, **executor_opts):
+@click.pass_context
+def run_cmd(ctx, name, scale, out, sets, report_dir, show_status, **executor_opts):
     """Run a study's grid (finished runs are skipped, interrupted ones resumed), then write its report.
 
     \b
     Examples:
-      kebench study run ke-table2                       # mini scale, on this machine
+      kebench study run ke-table2                       # mini scale, one run after another here
       kebench study run ke-table2 --scale paper --set data_root=~/data --executor slurm --partition gpu
       kebench study run park-kd-pruning --workers 2
     """
@@ -158,6 +159,8 @@ def run_cmd(name, scale, out, sets, report_dir, show_status, **executor_opts):
     if show_status:
         sweep.print_status(sweep.status_rows(todo), Console(highlight=False))
         return
+    if scale == "mini" and ctx.get_parameter_source("executor") == click.core.ParameterSource.DEFAULT:
+        executor_opts["executor"] = "inline"  # tiny CPU runs: one process, torch imported once
     console.print(f"study {name} ({scale}): {study.note(scale)}")
     code = sweep.dispatch(todo, console, **executor_opts)
     rows = sweep.status_rows(todo)

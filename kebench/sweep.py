@@ -383,6 +383,36 @@ def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_r
     return 1 if problems else 0
 
 
+def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) -> int:
+    """Run the unfinished runs one after another in this process: no worker start-up per run (importing
+    torch costs more than a whole tiny CPU run). Same exit codes as run_local."""
+    from kebench import guard
+
+    todo = unfinished(entries, retry_failed, echo)
+    echo(f"{len(entries)} runs in the sweep, {len(todo)} to run, in this process")
+    failed = 0
+    for i, e in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        echo(f"[{i}/{len(todo)}] start {e.run_id}")
+        try:
+            records = run_config(e.cfg, show_progress=False)
+        except guard.RunInterrupted as exc:
+            echo(f"stopped {e.run_id} with a checkpoint ({exc}); rerun to resume it")
+            return guard.EXIT_INTERRUPTED
+        except guard.RunBusy:
+            echo(f"skip {e.run_id}: another process holds it")
+            continue
+        except UserError as exc:
+            records = [{"status": "failed", "error": str(exc)}]
+        state, detail = state_of(e)
+        if all(r["status"] == "complete" for r in records):
+            echo(f"done  {e.run_id}: {detail} ({time.perf_counter() - t0:.1f} s)")
+        else:
+            failed += 1
+            echo(f"FAIL  {e.run_id}: {detail or records[-1].get('error')}")
+    return 1 if failed else 0
+
+
 def worker_main(argv: list[str] | None = None) -> int:
     """One sweep run in its own process: `python -m kebench.sweep [--nproc N]`, config JSON on stdin.
 
@@ -422,8 +452,9 @@ def run_config(cfg, nproc: int = 1, show_progress: bool = True) -> list[dict]:
 
 # ------------------------------------------------------------------------------ the command
 EXECUTOR_OPTIONS = [
-    click.option("--executor", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
-                 show_default=True, help="local: worker processes here; slurm: a submitit job array; "
+    click.option("--executor", type=click.Choice(["local", "inline", "slurm", "submitit-local"]), default="local",
+                 show_default=True, help="local: worker processes here; inline: one run after another in this "
+                                         "process (tiny CPU runs); slurm: a submitit job array; "
                                          "submitit-local: the slurm code path on this machine."),
     click.option("--retry-failed", is_flag=True, help="Run failed runs again (a failure is otherwise final)."),
     click.option("--workers", type=click.IntRange(min=1), help="local/submitit-local: runs at once. Default: one per GPU, else 1."),
@@ -454,6 +485,8 @@ def dispatch(entries: list[Entry], console, *, executor="local", retry_failed=Fa
              gpus_per_run=1, partition=None, time_min=240, gpus_per_job=1, array_parallelism=16, cpus_per_task=None,
              mem_gb=None, slurm_opt=(), setup=(), wait=False) -> int:
     """Run the unfinished entries with the chosen executor; returns its exit code (see run_local)."""
+    if executor == "inline":
+        return run_inline(entries, retry_failed=retry_failed, echo=console.print)
     if executor == "local":
         gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else _visible_gpus()
         n = workers or max(1, len(gpu_list) // max(gpus_per_run, 1))
