@@ -65,12 +65,21 @@ def names() -> list[str]:
 
 
 def load(name: str) -> Study:
+    """A shipped study by name, or your own study file (a path ending in .yaml)."""
     import yaml
 
     files = _files()
-    if name not in files:
-        raise unknown_choice("study", name, sorted(files), hint="'kebench study list' shows them.")
-    data = yaml.safe_load(files[name].read_text()) or {}
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        source, name = Path(name), Path(name).stem
+    elif name not in files:
+        raise unknown_choice("study", name, sorted(files),
+                             hint="'kebench study list' shows them; a path to your own study .yaml file works too.")
+    else:
+        source = files[name]
+    try:
+        data = yaml.safe_load(source.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"Study file {source} is not valid YAML: {exc}") from None
     unknown = sorted(set(data) - STUDY_KEYS)
     if unknown:
         raise UserError(f"Study '{name}': unknown key(s) {unknown}; a study has {sorted(STUDY_KEYS)}.")
