@@ -88,8 +88,12 @@ def load_synthetic(cfg) -> DataBundle:
     )
 
 
+# The first command a user runs trains on digits: 16 px (the images are 8x8) and 5 epochs keep
+# resnet18 at ~97% top-1 in under a minute on a 2-core CPU; 32 px / 12 epochs took ~3 minutes there.
+DIGITS_DEFAULTS = {"resolution": 16, "epochs": 5}
 register(DatasetSpec("digits", "classification", load_digits_bundle,
-                     "scikit-learn's 8x8 handwritten digits, 10 classes, 1437 train / 360 test (embedded default)"))
+                     "scikit-learn's 8x8 handwritten digits, 10 classes, 1437 train / 360 test (embedded default)",
+                     defaults=dict(DIGITS_DEFAULTS)))
 register(DatasetSpec("digits-retrieval", "retrieval", load_digits_retrieval,
                      "digits, class-disjoint: train on 0-4, retrieve among 5-9 (embedded)",
                      defaults={"lr": 0.0256}))
