@@ -210,7 +210,9 @@ def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None
         m = _metric(e.run, metric)
         cost = e.run.get("cost") or {}
         label = " / ".join(str(v) for v in e.row)
-        for net, key, suffix in (("dense", m, ""), ("slim", f"slim_{m}", " (slim)")):
+        # A pruning pipeline's final metric is its pruned network's: plot it at the pruned cost.
+        evaluated = "pruned" if (cost.get("pruned") or {}).get("flops") else "dense"
+        for net, key, suffix in ((evaluated, m, ""), ("slim", f"slim_{m}", " (slim)")):
             flops = (cost.get(net) or {}).get("flops")
             value = e.metrics.get(key)
             if flops and isinstance(value, (int, float)):

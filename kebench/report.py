@@ -90,7 +90,7 @@ def select(runs: list[dict], spec: dict, scale_set: dict) -> list[dict]:
 
 # ------------------------------------------------------------------------------ summaries
 def _pct(cell: T.Cell) -> str:
-    return f"{100 * cell.mean:.2f}" + (f" ± {100 * cell.std:.2f}" if cell.std is not None else "")
+    return f"{100 * cell.mean:.2f}" + (f" ± {100 * cell.std:.2f}" if cell.std is not None else "") + " %"
 
 
 def significance(cell: T.Cell) -> str:
@@ -276,7 +276,7 @@ def figure_png(fig) -> bytes:
 
     buf = io.BytesIO()
     with plots._style():
-        fig.savefig(buf, format="png", dpi=110, metadata=plots.METADATA["png"])
+        fig.savefig(buf, format="png", dpi=plots.DPI, metadata=plots.METADATA["png"])
     return buf.getvalue()
 
 
@@ -338,18 +338,22 @@ def build_sections(study, scale: str, runs: list[dict], pending: int) -> list[Se
     return sections
 
 
-def build_figures(study, runs: list[dict]) -> list[tuple[str, str, bytes | None, str]]:
-    """(kind, caption, PNG bytes or None, why not) for the base figures and the study's own."""
+def build_figures(study, scale: str, runs: list[dict]) -> list[tuple[str, str, bytes | None, str]]:
+    """(kind, caption, PNG bytes or None, why not) for the base figures and the study's own. The
+    budget figure shows every run (the single passes at each budget are its point); the others show
+    the runs of the study's first table, so extra-budget baselines do not crowd them."""
     from kebench import plots
 
     kinds = list(dict.fromkeys([*BASE_FIGURES, *study.figures]))
+    main = select(runs, study.tables[0], study.spec(scale)["set"]) if study.tables else runs
     out = []
     for kind in kinds:
         try:
-            fig = plots.build_figure(runs, kind)
+            fig = plots.build_figure(runs if kind == "budget" or not main else main, kind)
             out.append((kind, FIGURE_TITLES[kind], figure_png(fig), ""))
         except UserError as exc:
-            out.append((kind, FIGURE_TITLES[kind], None, str(exc)))
+            if kind in study.figures:  # a figure the study asks for: say why it is missing
+                out.append((kind, FIGURE_TITLES[kind], None, str(exc)))
     return out
 
 
@@ -422,7 +426,7 @@ def write_report(study, scale: str, *, out=None, report_dir=None, sets=None) -> 
     runs, left_out = (T.load_runs([res_dir]) if res_dir.exists() else ([], []))
     pending = sum(r["state"] != "done" for r in status)
     sections = build_sections(study, scale, runs, pending)
-    figures = build_figures(study, runs) if runs else []
+    figures = build_figures(study, scale, runs) if runs else []
     target = Path(report_dir) if report_dir else res_dir / "report"
     target.mkdir(parents=True, exist_ok=True)
     page = render_html(study, scale, sections, figures, status, run_rows(runs, left_out))

@@ -180,3 +180,9 @@ def test_budget_legend_outside_and_log_labels_do_not_overlap(names):
     assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert all(t.get_text() for t in ax.get_xticklabels(which="major") if t.get_visible())
     assert not [t for t in ax.get_xticklabels(which="minor") if t.get_text()]
+
+
+def test_cost_plot_puts_pruned_networks_at_their_pruned_cost(names):
+    runs, _ = tables.load_runs([RUNS / "kd"])
+    pts = points(panels(plots.cost_figure(runs, names=names))["digits"])
+    assert pts and all(x == pytest.approx(0.017) for v in pts.values() for x, _ in v)  # cost.pruned, not unpruned
