@@ -437,4 +437,6 @@ def write_report(study, scale: str, *, out=None, report_dir=None, sets=None) -> 
     for kind, _, png, _ in figures:
         if png is not None:
             results._atomic(target / "figures" / f"{kind}.png", lambda f, b=png: f.write(b))
+    for path in [*target.glob("*.*"), *target.glob("figures/*.png")]:
+        path.chmod(0o644)  # a report is for reading (served, shared); temp files are created 0600
     return target / "report.html"
