@@ -19,19 +19,24 @@ setup(
     # find it under <prefix>/share/kebench.
     data_files=[("share/kebench", ["registry.yaml"])],
     package_data={"kebench": ["studies/*.yaml"]},
+    # Lower bounds are the features the code uses: torch.amp.GradScaler(device) and
+    # torch.load(weights_only=True) (torch 2.3), timm's model registry API (0.9), explicit k-means
+    # n_init (scikit-learn 1.2), scipy.stats.false_discovery_control (1.11), click 8.1's
+    # standalone_mode errors. No upper bounds: a benchmark records the versions it ran with instead.
     install_requires=[
-        "torch",
-        "torchvision",
-        "timm",
-        "scikit-learn",
-        "scipy",
-        "pandas",
-        "rich",
-        "click",
-        "pyyaml",
-        "matplotlib",
-        "submitit",
-        "pillow",
+        "torch>=2.3",
+        "torchvision>=0.18",
+        "timm>=0.9",
+        "numpy>=1.23",
+        "scikit-learn>=1.2",
+        "scipy>=1.11",
+        "pandas>=1.5",
+        "rich>=12",
+        "click>=8.1",
+        "pyyaml>=6",
+        "matplotlib>=3.6",
+        "submitit>=1.4",
+        "pillow>=9",
     ],
     extras_require={"test": ["pytest", "pytest-timeout"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["kebench=kebench.cli:main"]},

@@ -145,6 +145,9 @@ def run_options(f):
 
 def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
     file_cfg = configmod.load_yaml(kw.pop("config_file")) if kw.get("config_file") else {}
+    for key, like in (("method", ""), ("data", ""), ("seed", 0), ("data_options", {})):  # read before resolve()
+        if file_cfg.get(key) is not None:
+            file_cfg[key] = configmod._coerce(key, file_cfg[key], like, "config file")
     data_opts = {}
     for item in kw.pop("data_opt", ()) or ():
         if "=" not in item:
@@ -166,7 +169,58 @@ def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
     return configs
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for i, tok in enumerate(argv):
+        if tok == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if tok.startswith(flag + "="):
+            return tok.split("=", 1)[1]
+    return None
+
+
+def _type_name(value) -> str:
+    return {bool: "BOOL", int: "INTEGER", float: "FLOAT", str: "TEXT", dict: "MAPPING", list: "LIST",
+            type(None): "VALUE"}.get(type(value), type(value).__name__.upper())
+
+
+class RunCommand(click.Command):
+    """`kebench run --method ke --help` also lists the settings of the method's plugins."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["kebench.argv"] = list(args)  # --help is eager: read --method from the raw arguments
+        return super().parse_args(ctx, args)
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        argv = ctx.meta.get("kebench.argv", [])
+        methods = [m for m in (_flag_value(argv, "--method") or "").split(",") if m.strip()]
+        if not methods:
+            formatter.write_paragraph()
+            formatter.write_text("Add --method NAME to --help to list that method's own settings.")
+            return
+        engine_keys = set(configmod.FIELDS)
+        for name in methods:
+            try:
+                data = _flag_value(argv, "--data") or "digits"
+                from kebench.data import get_spec
+
+                default_obj = "triplet" if get_spec(data).task == "retrieval" else "ce"
+                spec = registry.parse_method(name.strip(), default_objective=default_obj)
+            except UserError as exc:
+                formatter.write_paragraph()
+                formatter.write_text(str(exc))
+                continue
+            rows = []
+            for plugin in (spec.objective, spec.regime):
+                for key, value in plugin.defaults.items():
+                    flag = f"--{key.replace('_', '-')}"
+                    where = "engine setting" if key in engine_keys else f"{plugin.name}.{key}"
+                    rows.append((f"{flag} {_type_name(value)}", f"default {value!r} ({where}; {plugin.label})"))
+            with formatter.section(f"Settings of method {spec.name} (registry.yaml paper defaults)"):
+                formatter.write_dl(rows or [("(none)", "this method has no settings of its own")])
+
+
+@cli.command(cls=RunCommand, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @run_options
 @click.option("--nproc", type=int, default=None,
               help="Train each run with N processes (DDP: one per GPU, gloo on CPU); like "
@@ -266,3 +320,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         err.print("Interrupted; rerun the same command with --resume to continue.")
         sys.exit(130)
+    except OSError as exc:  # a disk fault outside the run folder's own writes (tables, plots, sweep logs)
+        from kebench.results import storage_error
+
+        error = storage_error(exc)
+        if error is None:
+            raise
+        err.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False)
+        sys.exit(error.exit_code)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,23 +62,45 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def run_id(self) -> str:
-        """Stable id from everything that changes the numbers (not where they are written)."""
-        d = self.to_dict()
-        for k in ("out", "device", "checkpoint_every_s"):
-            d.pop(k)
+        """Stable id from everything that changes the numbers (not where they are written or read
+        from, nor which extra runs are asked for beside it). Every part is a safe file name."""
+        d = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_RUN_ID}
         digest = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        return f"{self.method}_{self.arch}_{self.data}_s{self.seed}_{digest}"
+        return "_".join([*(safe_name(v) for v in (self.method, self.arch, self.data)), f"s{self.seed}", digest])
+
+
+#: Settings that do not change a run's numbers: where results go, where the data is read from (the
+#: same files on another disk), the device string, checkpoint frequency, and whether the matched-budget
+#: baseline is also run. They stay out of the run id, so moving the data never retrains a finished run.
+NOT_IN_RUN_ID = ("out", "data_root", "device", "checkpoint_every_s", "budget")
+
+
+def safe_name(text, limit: int = 40) -> str:
+    """`text` as one safe path component: [A-Za-z0-9.+,=-] only, no leading dot, at most `limit` chars.
+    (The run id's hash keeps two names that map to the same safe name apart.)"""
+    cleaned = re.sub(r"[^A-Za-z0-9.+,=-]+", "-", str(text)).strip(".-")
+    return cleaned[:limit].rstrip(".-") or "x"
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _ENGINE_KEYS = set(FIELDS) - {"params", "method"}
 
 
+SCALARS = (str, int, float, bool)
+
+
 def _coerce(key: str, value, like, where: str):
-    """Convert a CLI/YAML value to the type of its default (`like`)."""
-    if value is None or like is None:
+    """Convert a CLI/YAML value to the type of its default (`like`): the one schema every setting,
+    plugin parameter and data option is checked against. Wrong shapes (a list where a name is
+    expected, a mapping where a number is) and non-finite numbers are refused with one message."""
+    if like is None:
         return value
+    expected = {bool: "true/false", int: "an integer", float: "a finite number", str: "a name (text)",
+                dict: "a mapping of KEY: VALUE", list: "a list (or comma-separated text)",
+                tuple: "a list (or comma-separated text)"}.get(type(like), type(like).__name__)
     try:
+        if value is None:
+            raise ValueError(value)
         if isinstance(like, bool):
             if isinstance(value, str):
                 low = value.lower()
@@ -84,23 +108,53 @@ def _coerce(key: str, value, like, where: str):
                     return True
                 if low in ("0", "false", "no", "off"):
                     return False
+            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                return bool(value)
+            raise ValueError(value)
+        if isinstance(like, int):
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ValueError(value)
-            return bool(value)
-        if isinstance(like, int) and not isinstance(like, bool):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value)
         if isinstance(like, float):
-            return float(value)
-        if isinstance(like, dict) and not isinstance(value, dict):
-            raise ValueError(value)
-        if isinstance(like, (list, tuple)) and isinstance(value, str):
-            return [type(like[0])(v) if like else v for v in value.split(",")]
-    except (TypeError, ValueError):
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
+            return number
+        if isinstance(like, str):
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+        if isinstance(like, dict):
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, SCALARS)
+                                                      for k, v in value.items()):
+                raise ValueError(value)
+            return dict(value)
+        if isinstance(like, (list, tuple)):
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or not all(isinstance(v, SCALARS) for v in items):
+                raise ValueError(value)
+            return [_coerce(key, v, like[0], where) for v in items] if like else list(items)
+    except (TypeError, ValueError, OverflowError):
         raise UserError(
-            f"{where}: '{key}' expects a {type(like).__name__} (like {like!r}), got {value!r}."
+            f"{where}: '{key}' expects {expected} (like {like!r}), got {value!r}."
         ) from None
     return value
+
+
+def _plugin_value(key: str, value, like, where: str):
+    """A plugin parameter: typed by its registry default; a text default ('auto', a path) also takes a
+    number, and an unset (null) default takes any single value, never a list or mapping."""
+    if like is None:
+        if value is not None and not isinstance(value, SCALARS):
+            raise UserError(f"{where}: '{key}' expects a single value, got {value!r}.")
+        return value
+    if isinstance(like, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    return _coerce(key, value, like, where)
 
 
 def _field_default(name: str):
@@ -115,7 +169,9 @@ _FIELD_TYPES = {"resolution": 0, "channels_last": True, "data_root": ""}
 
 def _engine_value(key, value, where):
     like = _field_default(key)
-    if like is None:
+    if like is None:  # an optional setting: null keeps its "not set" meaning
+        if value is None:
+            return None
         like = _FIELD_TYPES.get(key)
     return _coerce(key, value, like, where)
 
@@ -125,15 +181,25 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"Config file '{path}' does not exist. Pass an existing YAML file to --config.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"Config file '{path}' is not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
+                        f"as UTF-8 YAML.") from None
     except yaml.YAMLError as exc:
         raise UserError(f"Config file '{path}' is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"Config file '{path}' cannot be read: {exc.strerror}.") from None
     if not isinstance(data, dict):
         raise UserError(f"Config file '{path}' must hold a mapping of settings (key: value), got {type(data).__name__}.")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"Config file '{path}': setting names must be text, got {bad!r}; write e.g. "
+                        f"'epochs: 5', not '5: ...'.")
     return data
 
 
-def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dict | None = None) -> RunConfig:
+def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dict | None = None,
+            source: str = "config file") -> RunConfig:
     """Build a validated RunConfig.
 
     overrides: engine settings from CLI flags (only the ones the user gave).
@@ -146,14 +212,20 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
     file_cfg = dict(file_cfg or {})
     plugin_overrides = dict(plugin_overrides or {})
     file_params = file_cfg.pop("params", {}) or {}
+    bad = [k for k in [*file_cfg, *plugin_overrides] if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"{source}: setting names must be text, got {bad!r}.")
+    if not isinstance(file_params, dict) or not all(isinstance(k, str) for k in file_params):
+        raise UserError(f"{source}: 'params' must map plugin names to their settings "
+                        f"(params: {{ke: {{generations: 3}}}}), got {file_params!r}.")
     values = {k: _field_default(k) for k in _ENGINE_KEYS}
     values["method"] = None
 
     # Identity of the run first: which dataset and method, so their defaults can be layered.
     for key in ("data", "method", "arch"):
-        for layer in (file_cfg, overrides):
+        for layer, where in ((file_cfg, source), (overrides, "command line")):
             if layer.get(key) is not None:
-                values[key] = layer[key]
+                values[key] = _coerce(key, layer[key], "", where)
     spec = get_spec(values["data"])
     default_obj = "triplet" if spec.task == "retrieval" else "ce"
     method = registry.parse_method(values["method"] or default_obj, default_objective=default_obj)
@@ -195,9 +267,9 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
                 f"{where}: '{key}' is a setting of several plugins ({', '.join(owners)}); "
                 f"qualify it, e.g. '{owners[0]}.{pkey}'."
             )
-        params[owners[0]][pkey] = _coerce(key, value, params[owners[0]][pkey], where)
+        params[owners[0]][pkey] = _plugin_value(key, value, params[owners[0]][pkey], where)
 
-    where = "config file"
+    where = source
     for key, value in file_cfg.items():
         key = key.replace("-", "_")
         if key in _ENGINE_KEYS:
@@ -205,8 +277,8 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
         elif key != "method":
             set_plugin(key, value, where)
     for pname, kv in file_params.items():
-        if not isinstance(kv, dict):
-            raise UserError(f"config file: 'params.{pname}' must be a mapping of settings.")
+        if not isinstance(kv, dict) or not all(isinstance(k, str) for k in kv):
+            raise UserError(f"{source}: 'params.{pname}' must be a mapping of settings, got {kv!r}.")
         for key, value in kv.items():
             set_plugin(f"{pname}.{key}", value, where)
 
@@ -252,7 +324,7 @@ def validate(cfg: RunConfig) -> None:
     from kebench.data import get_spec
     from kebench.models import check_arch
 
-    get_spec(cfg.data)
+    get_spec(cfg.data).parse_options(cfg.data_options)
     check_arch(cfg.arch)
     checks = [
         (cfg.epochs > 0, f"--epochs must be a positive number of epochs per pass, got {cfg.epochs}."),

@@ -39,7 +39,7 @@ def data_cmd():
 @click.option("--data-root", help="Folder holding the dataset (or set KEBENCH_DATA).")
 @click.option("--per-class", is_flag=True, help="Print the image count of every class in every split.")
 @click.option("--strict", is_flag=True, help="Also fail when split sizes differ from the official copy.")
-@click.option("--workers", type=int, default=0, help="Decoding threads (0: one per core, at most 16).")
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="Decoding threads (0: one per core, at most 16).")
 def check_cmd(name, data_root, per_class, strict, workers):
     """Verify a local copy: images per split and class, missing and unreadable files.
 
@@ -78,6 +78,7 @@ def check_cmd(name, data_root, per_class, strict, workers):
     counts = {}
     for split, items in listing.splits.items():
         per = Counter(y for _, y in items)
+        readable = Counter(y for rel, y in items if (split, rel) not in bad_set)
         counts[split] = per
         missing = sum(1 for s, r, e in bad if s == split and e == "missing")
         unreadable = sum(1 for s, r, e in bad if s == split and e != "missing")
@@ -85,10 +86,11 @@ def check_cmd(name, data_root, per_class, strict, workers):
         table.add_row(split, str(len(items)), str(official) if official is not None else "–",
                       f"{len(per)}/{len(classes_in(split))}", str(min(per.values(), default=0)), str(max(per.values(), default=0)),
                       str(missing), str(unreadable))
-        empty = [c for c in classes_in(split) if per[c] == 0]
+        empty = [c for c in classes_in(split) if readable[c] == 0]
         if empty:
-            problems.append(f"{split}: {len(empty)} classes have no images, e.g. "
-                            f"{', '.join(_class_name(listing, ds, split, c) for c in empty[:5])}")
+            problems.append(f"{split}: {len(empty)} class(es) have no readable image, so the dataset cannot "
+                            f"be trained or evaluated: {', '.join(_class_name(listing, ds, split, c) for c in empty[:5])}"
+                            + (", ..." if len(empty) > 5 else ""))
         if official is not None and official != len(items):
             msg = f"{split}: {len(items)} images listed, the official copy has {official}"
             (problems.append if strict else out.print)(msg if strict else f"[yellow]note:[/yellow] {msg}")

@@ -28,9 +28,10 @@ from kebench import data as datasets
 from kebench import distributed, guard, metrics, monitor, results
 from kebench.config import RunConfig, save_yaml
 from kebench.data.pipeline import BatchStream, epoch_generator
+from kebench.device import DevicePolicy
 from kebench.errors import UserError
 from kebench.models import create_model
-from kebench.plugin import Hook
+from kebench.plugin import Hook, Objective
 from kebench.progress import Progress
 
 PRIMARY = {"classification": "top1", "retrieval": "r@1"}
@@ -85,45 +86,59 @@ class PassState:
 
 
 class Run:
-    def __init__(self, cfg: RunConfig, *, resume: bool = False, show_progress: bool = True):
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, show_progress: bool = True,
+                 policy: DevicePolicy | None = None):
         self.cfg = cfg
         self.device = distributed.local_device(pick_device(cfg.device))
         self.world, self.rank = distributed.world_size(), distributed.rank()  # rank 0 writes every file
-        self.dir = Path(cfg.out) / cfg.run_id()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(cfg.out) / cfg.run_id()  # created by execute(): a config that fails here leaves nothing
         self.show_progress = show_progress and self.rank == 0
         seed_everything(cfg.seed)
         self.data = datasets.load(cfg)
         self.task = self.data.task
         self.primary = PRIMARY[self.task]
         self.method = cfg.method_spec
-        on_cuda = self.device.type == "cuda"
-        self.amp_dtype = {"auto": torch.bfloat16 if on_cuda else None, "bf16": torch.bfloat16,
-                          "fp16": torch.float16, "off": None}[cfg.amp]
-        self.channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
+        self.policy = policy or DevicePolicy.for_run(cfg, self.device)  # AMP, layout, compile, data placement
+        self.policy.apply_backend()
+        self.amp_dtype, self.channels_last = self.policy.amp_dtype, self.policy.channels_last
         self.objective = self.method.objective.load()(cfg.plugin_params(self.method.objective.name), self)
         self.regime = self.method.regime.load()(cfg.plugin_params(self.method.regime.name), self)
         self.model = self.build_model()
+        self._check_batch_size()
         self.state: dict[str, nn.Module | torch.Tensor] = {}
         self.passes: list[dict] = []
         self.best: dict = {}
         self.extra: dict = {}  # run-level facts a regime wants in result.json
         self._pass_counter = 0
-        self._resume = self._read_checkpoint() if resume else None
-        self._elapsed_before = self._resume["elapsed"] if self._resume else 0.0
+        self._resuming = resume
+        self._resume: dict | None = None  # the checkpoint, read by execute() under the folder's lock
+        self._elapsed_before = 0.0
         self._streams: dict[str, BatchStream] = {}
         self._last_save = time.perf_counter()
         self.monitors = monitor.hooks_for(self)  # TensorBoard when KEBENCH_TENSORBOARD=1
+
+    def _check_batch_size(self) -> None:
+        """Refuse, before anything runs, a batch that cannot train this model on this data. (An objective
+        with its own batch sampler — CS-KD pairs, P×K — sizes its batches itself and checks them.)"""
+        if type(self.objective).batch_sampler is not Objective.batch_sampler:
+            return
+        per_process, n_train = self.cfg.batch_size // self.world, len(self.data.train)
+        if per_process < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            raise UserError(f"--batch-size {self.cfg.batch_size} gives {per_process} image(s) per step"
+                            f"{f' on each of {self.world} processes' if self.world > 1 else ''}, but "
+                            f"'{self.cfg.arch}' has BatchNorm layers, which need at least 2 images per step "
+                            f"to train. Use --batch-size 2 or more (the papers use 32 to 128).")
+        if self.cfg.batch_size > n_train:
+            raise UserError(f"--batch-size {self.cfg.batch_size} is larger than the {n_train} training images of "
+                            f"'{self.cfg.data}' (incomplete batches are dropped, so no step would run). Use a "
+                            f"batch size of at most {n_train}.")
 
     # ------------------------------------------------------------------ building blocks
     def build_model(self, arch: str | None = None, **kwargs) -> nn.Module:
         """A fresh model for this run's data and objective, on the run's device."""
         model = create_model(arch or self.cfg.arch, self.data.num_classes, self.data.in_chans, **kwargs)
         model = self.objective.adapt_model(model, self.data.num_classes)
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return self.policy.place(model)
 
     def stream(self, split: str = "train") -> BatchStream:
         if split not in self._streams:
@@ -132,13 +147,11 @@ class Run:
                 raise UserError(f"Dataset '{self.cfg.data}' has no {split} split.")
             self._streams[split] = BatchStream(
                 self.data, source, batch_size=self.cfg.batch_size if split == "train" else max(self.cfg.batch_size, 256),
-                device=self.device, train=split == "train", channels_last=self.channels_last)
+                device=self.device, train=split == "train", policy=self.policy, shard=(self.rank, self.world))
         return self._streams[split]
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.policy.autocast()
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -187,7 +200,7 @@ class Run:
         ps = PassState(index=index, kind=kind, label=label, epochs=epochs)
         params = [*model.parameters(), *objective.extra_parameters(model)]
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        scaler = self.policy.grad_scaler()
 
         ck = self._resume
         if ck is not None:
@@ -210,7 +223,7 @@ class Run:
             distributed.sync_from_rank0([model, self.model, self.state], self.device)
             train_model = distributed.DDP(model, self.device)
             extra_params = params[sum(1 for _ in model.parameters()):]
-        compiled = torch.compile(train_model) if cfg.compile else train_model
+        compiled = self.policy.compiled(train_model)
         train = self.stream("train")
         steps_per_epoch = None
         progress = Progress(enabled=self.show_progress, description=f"{self.method.name} {kind} {label}")
@@ -374,6 +387,7 @@ class Run:
 
         if self.rank != 0:
             return
+        self.dir.mkdir(parents=True, exist_ok=True)  # a regime driven without execute() (tests, notebooks)
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(results._clean(row)) + "\n")
         monitor.write_csv(self.dir)
@@ -395,10 +409,8 @@ class Run:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "elapsed": self.elapsed(), "world_size": self.world,
         }
-        path = self.dir / CHECKPOINT
-        if path.is_file():  # keep the last good one until the new one is complete on disk
-            os.replace(path, self.dir / PREV_CHECKPOINT)
-        results.save_torch(path, ckpt)
+        # The last good checkpoint becomes checkpoint.prev.pt only once the new one is complete on disk.
+        results.save_torch(self.dir / CHECKPOINT, ckpt, previous=self.dir / PREV_CHECKPOINT)
         self._last_save = time.perf_counter()
 
     def _read_checkpoint(self) -> dict | None:
@@ -416,7 +428,11 @@ class Run:
             except results.CorruptCheckpoint as exc:
                 problems.append(str(exc))
                 continue
-            if not isinstance(ck, dict) or ck.get("run_id") != self.cfg.run_id():
+            malformed = checkpoint_problem(ck)
+            if malformed:
+                problems.append(f"{path} is not a complete kebench checkpoint ({malformed}).")
+                continue
+            if ck["run_id"] != self.cfg.run_id():
                 continue
             if problems:
                 warnings.warn(f"{' '.join(problems)} Resuming from the previous checkpoint {path} instead "
@@ -481,6 +497,11 @@ class Run:
     def execute(self) -> dict:
         """Run the regime, write result.json and the final model; return the result record."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            results.remove_stale_temps(self.dir)  # half-written files of a killed earlier attempt
+        if self._resuming:
+            self._resume = self._read_checkpoint()
+            self._elapsed_before = self._resume["elapsed"] if self._resume else 0.0
         results.write_text(self.dir / "config.yaml", save_yaml(self.cfg))
         if self._resume is None and self.rank == 0:  # a fresh start: nothing of an earlier attempt stays
             for name in ("metrics.jsonl", CHECKPOINT, PREV_CHECKPOINT):
@@ -581,12 +602,50 @@ def execute(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True)
         raise guard.RunInterrupted(f"Stopped by {guard.signal_name(signum)} before run {cfg.run_id()} started; "
                                    f"rerun with --resume to continue.", signum)
     run_dir = Path(cfg.out) / cfg.run_id()
-    with guard.graceful_stop(), _exclusive(run_dir):
-        if resume:
-            done = results.read_result(run_dir)
-            if done and done.get("status") == "complete":
-                return done
-        return Run(cfg, resume=resume, show_progress=show_progress).execute()
+    if resume:
+        done = results.read_result(run_dir)
+        if done and done.get("status") == "complete":
+            return done
+    with guard.graceful_stop():
+        run = Run(cfg, resume=resume, show_progress=show_progress)  # validates everything; creates no file
+        try:
+            with _exclusive(run_dir):
+                if resume:  # it may have completed while we were loading
+                    done = results.read_result(run_dir)
+                    if done and done.get("status") == "complete":
+                        return done
+                return run.execute()
+        except OSError as exc:
+            error = results.storage_error(exc, exc.filename or run_dir)
+            if error is None:
+                raise
+            raise error from None
+
+
+#: What a checkpoint must hold to be resumed from (a file with a valid zip header but missing parts
+#: is treated like a corrupt one: the run falls back to the checkpoint before it).
+CHECKPOINT_KEYS = {"version": int, "run_id": str, "pass": int, "complete": bool, "pass_state": dict,
+                   "model": dict, "optimizer": dict, "scaler": dict, "state": dict, "passes": list,
+                   "best": dict, "extra": dict, "rng": torch.Tensor, "cuda_rng": list, "elapsed": float}
+
+
+def checkpoint_problem(ck) -> str | None:
+    """Why `ck` is not a usable checkpoint, or None."""
+    if not isinstance(ck, dict):
+        return f"holds a {type(ck).__name__}, not a mapping"
+    missing = [k for k in (*CHECKPOINT_KEYS, "run_model") if k not in ck]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    wrong = [k for k, t in CHECKPOINT_KEYS.items() if not isinstance(ck[k], t)
+             and not (t is float and isinstance(ck[k], int))]
+    if wrong:
+        return f"wrong type for {', '.join(wrong)}"
+    fields = set(PassState.__dataclass_fields__)
+    if set(ck["pass_state"]) != fields:
+        return "its pass state does not match this kebench version"
+    if not 0 <= ck["pass"] < len(ck["passes"]) + 1:
+        return f"pass {ck['pass']} is out of range"
+    return None
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ EXIT_FAILED = 1  # a run finished with status "failed" (e.g. a non-finite loss)
 EXIT_USAGE = 2  # a user error (UserError)
 EXIT_INTERRUPTED = 3  # stopped by a signal; a checkpoint was written: rerun with --resume
 EXIT_BUSY = 4  # another process is writing the same run folder
+EXIT_STORAGE = 5  # the results folder cannot be written (full disk, read-only, no permission): fix, --resume
 
 LOCK_NAME = ".lock"
 

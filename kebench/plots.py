@@ -349,12 +349,19 @@ def build_figure(runs: list[dict], kind: str, metric: str | None = None, names: 
     return FIGURES[kind](runs, metric, names)
 
 
+def figure_format(path) -> str:
+    """The file format named by a figure path's extension (checked before any work is done)."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UserError(f"--out must end in .png, .pdf or .svg (the formats matplotlib writes "
+                        f"byte-reproducibly here), got '{Path(path).name}'.")
+    return fmt
+
+
 def save_figure(fig, path) -> Path:
     """Write PNG/PDF/SVG with no dates or software versions in the file: same figure, same bytes."""
     path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise UserError(f"--out must end in .png, .pdf or .svg, got '{path.name}'.")
+    fmt = figure_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _style():
         fig.savefig(path, format=fmt, dpi=DPI, metadata=METADATA[fmt])
@@ -380,6 +387,8 @@ def plot_cmd(result_dirs, kind, out_file, metric, arch, dataset, method):
       kebench plot results/ --kind hypotheses --out zero-mapping.pdf
       kebench plot results/ --kind budget --out budget.png
     """
+    if out_file:
+        figure_format(out_file)
     runs, left_out = load_runs(result_dirs or ("results",), archs=_split_list(arch), datasets=_split_list(dataset),
                                methods=_split_list(method))
     if left_out:

@@ -1,6 +1,8 @@
 """Run directories, atomic writes and the result record schema (one for every method and task)."""
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
 import os
@@ -15,32 +17,79 @@ from kebench.errors import UserError
 SCHEMA = 1
 
 
+# errno -> (what happened, what the user should do about it). Environment faults, not user mistakes,
+# but as clear: one paragraph, exit code StorageError.exit_code, the last good checkpoint kept.
+DISK_FAULTS = {
+    errno.ENOSPC: ("the disk is full", "Free space on that disk (or point --out at another one), then rerun "
+                                      "with --resume: the last good checkpoint is kept."),
+    errno.EDQUOT: ("the disk quota is exceeded", "Free space under your quota (or point --out elsewhere), "
+                                                "then rerun with --resume: the last good checkpoint is kept."),
+    errno.EROFS: ("the file system is read-only", "Point --out at a writable folder (or remount it "
+                                                  "read-write), then rerun with --resume."),
+    errno.EACCES: ("permission was denied", "Point --out at a folder you can write to, or fix its "
+                                           "permissions, then rerun with --resume."),
+    errno.EPERM: ("the operation is not permitted", "Point --out at a folder you can write to, or fix its "
+                                                   "permissions, then rerun with --resume."),
+}
+
+
+class StorageError(UserError):
+    """The results folder cannot be written (full, read-only, no permission): exit code 5."""
+
+    exit_code = 5  # guard.EXIT_STORAGE
+
+
+def storage_error(exc: OSError, path=None) -> StorageError | None:
+    """A StorageError naming the folder and the fix for a disk fault, or None for other OSErrors."""
+    if exc.errno not in DISK_FAULTS:
+        return None
+    what, fix = DISK_FAULTS[exc.errno]
+    where = Path(path or exc.filename or ".")
+    return StorageError(f"Cannot write {where}: {what} (errno {exc.errno}, {os.strerror(exc.errno)}). {fix}")
+
+
 def _atomic(path: Path, write) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file.
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file,
+    and a failed or interrupted write leaves the previous version of `path` untouched.
 
     In a multi-process (DDP) run only rank 0 writes; the other ranks' writes are no-ops."""
     if os.environ.get("WORLD_SIZE", "1") != "1" and os.environ.get("RANK", "0") != "0":
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from the rest of a group
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if exc.errno == 28:  # ENOSPC
-            raise UserError(f"No space left on the device while writing {path}. Free some disk space "
-                            f"or point --out at another disk, then rerun with --resume.") from None
+        error = storage_error(exc, path)
+        if error is not None:
+            raise error from None
         raise
-    except BaseException:
-        if os.path.exists(tmp):
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def remove_stale_temps(folder) -> list[Path]:
+    """Delete half-written temp files a killed writer left in `folder` (call only while holding its lock)."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def write_text(path, text: str) -> None:
@@ -64,8 +113,26 @@ def write_json(path, obj) -> None:
     write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
 
 
-def save_torch(path, obj) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
+def save_torch(path, obj, previous=None) -> None:
+    """Atomically save `obj` with torch.save; with `previous`, the file being replaced is kept there.
+
+    The object is serialised in memory first, so an interrupt (a second Ctrl-C) or a failing torch
+    writer can never leave a half-written zip on disk; only complete files are renamed into place,
+    and the old file moves to `previous` only once the new one is safely on disk."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getbuffer()
+    path = Path(path)
+    if previous is None or not path.is_file():
+        _atomic(path, lambda f: f.write(payload))
+        return
+    staged = path.with_name(f".{path.name}.staged{TMP_SUFFIX}")
+    try:
+        _atomic(staged, lambda f: f.write(payload))
+        os.replace(path, previous)
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def load_torch(path, map_location="cpu"):
@@ -80,14 +147,38 @@ class CorruptCheckpoint(Exception):
     pass
 
 
-def read_result(run_dir) -> dict | None:
+#: The top-level fields every reader of result.json relies on, with their types.
+RECORD_FIELDS = {"status": str, "method": str, "config": dict, "final": dict, "passes": list}
+
+
+def load_result(run_dir) -> tuple[dict | None, str | None]:
+    """(record, None) for a readable result.json of the expected shape; (None, why) otherwise
+    (why is None when the file simply does not exist yet)."""
     path = Path(run_dir) / "result.json"
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError):
-        return None
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return None, "result.json is not UTF-8 text"
+    except ValueError as exc:
+        return None, f"result.json is not valid JSON ({exc})"
+    except OSError as exc:
+        return None, f"result.json cannot be read ({exc.strerror})"
+    if not isinstance(rec, dict):
+        return None, f"result.json holds a JSON {type(rec).__name__}, not a result record"
+    wrong = [k for k, t in RECORD_FIELDS.items() if k in rec and not isinstance(rec[k], t)]
+    missing = [] if "status" in rec else ["status"]
+    if wrong or missing:
+        return None, ("result.json is not a kebench result record ("
+                      + "; ".join([*(f"'{k}' is not a {RECORD_FIELDS[k].__name__}" for k in wrong),
+                                   *(f"no '{k}'" for k in missing)]) + ")")
+    return rec, None
+
+
+def read_result(run_dir) -> dict | None:
+    """The run's result record, or None when it is missing, unreadable or malformed."""
+    return load_result(run_dir)[0]
 
 
 def iter_results(paths) -> list[tuple[Path, dict | None]]:

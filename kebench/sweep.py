@@ -9,7 +9,8 @@ over the same folder never run the same id at once (each run holds a lock on its
     set: {epochs: 5, generations: 3}      # every run; plugin settings only where the method has them
     out: results/
 
-Executors: `local` (N worker processes, one run each, one GPU per worker), `slurm` (a submitit
+Executors: `local` (N worker processes, one run each, one GPU per worker, or `--runs-per-gpu` runs
+packed on each GPU), `slurm` (a submitit
 job array; preempted or timed-out jobs checkpoint and requeue themselves, see kebench/slurm.py)
 and `submitit-local` (the slurm code path on this machine, for trying a sweep before submitting).
 This module imports nothing heavy at import time: `kebench --help` stays fast.
@@ -100,6 +101,13 @@ def _resolve(settings: dict):
     Returns (RunConfig, names of the settings that applied)."""
     from kebench import config
 
+    where = "sweep file"
+    bad = [k for k in settings if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"{where}: setting names must be text, got {bad!r}.")
+    for key in ("method", "data", "arch"):  # the run's identity picks which plugin settings apply
+        if settings.get(key) is not None:
+            settings = {**settings, key: config._coerce(key, settings[key], "", where)}
     flat, plugin_names = _plugin_keys(settings)
     file_cfg, applied = {}, set()
     for key, value in settings.items():
@@ -115,7 +123,7 @@ def _resolve(settings: dict):
         elif k in config.FIELDS or (dot and pname in plugin_names) or (not dot and k in flat):
             file_cfg[k] = value
             applied.add(key)
-    return config.resolve({}, file_cfg, {}), applied
+    return config.resolve({}, file_cfg, {}, source=where), applied
 
 
 def expand(spec: dict, *, out: str | None = None, sets: dict | None = None) -> list[Entry]:
@@ -206,6 +214,12 @@ def state_of(entry: Entry) -> tuple[str, str]:
     holder = guard.lock_holder(entry.dir)
     if holder is not None:
         return "running", f"pid {holder.get('pid')} on {holder.get('host')}; {_progress(entry.dir)}".rstrip("; ")
+    if any(entry.dir.glob(f".*{results.TMP_SUFFIX}")):  # litter of a killed writer: removed under the lock
+        try:
+            with guard.RunLock(entry.dir, wait_s=0):
+                results.remove_stale_temps(entry.dir)
+        except (guard.RunBusy, OSError):
+            pass  # a run just started (it cleans up itself), or the folder is read-only
     result = results.read_result(entry.dir)
     if result is not None and result.get("status") == "complete":
         matched = _matched_entry(entry, result)
@@ -275,18 +289,37 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def slot_envs(workers: int, gpus: list[str], gpus_per_run: int) -> list[dict]:
-    """Environment of each worker slot: its GPUs (CUDA_VISIBLE_DEVICES), or its share of CPU threads."""
+def local_workers(gpus: list[str], gpus_per_run: int = 1, runs_per_gpu: int = 1, workers: int | None = None) -> int:
+    """How many runs the local executor keeps going: `workers` if given, else one per GPU (or per
+    group of `gpus_per_run` GPUs) times `runs_per_gpu`, else 1 on a CPU."""
+    if runs_per_gpu > 1 and not gpus:
+        raise UserError(f"--runs-per-gpu {runs_per_gpu} packs runs onto GPUs, but no GPU is visible here. "
+                        f"On a CPU, set the number of runs at once with --workers.")
+    if runs_per_gpu > 1 and gpus_per_run > 1:
+        raise UserError(f"--runs-per-gpu {runs_per_gpu} cannot be combined with --gpus-per-run {gpus_per_run}: "
+                        f"a DDP run already spans several GPUs. Pack single-GPU runs (--gpus-per-run 1) instead.")
+    if workers:
+        return workers
+    return max(1, len(gpus) // gpus_per_run * runs_per_gpu) if gpus else 1
+
+
+def slot_envs(workers: int, gpus: list[str], gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict]:
+    """Environment of each worker slot: its GPUs (CUDA_VISIBLE_DEVICES) and its share of the CPU threads.
+    Single-GPU slots take the GPUs round-robin, so `len(gpus) * runs_per_gpu` workers put exactly
+    `runs_per_gpu` runs on every GPU (several processes on one GPU run their kernels concurrently)."""
+    threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))}
     if gpus:
         if workers * gpus_per_run > len(gpus) and gpus_per_run > 1:
             raise UserError(f"{workers} workers x {gpus_per_run} GPUs per run need {workers * gpus_per_run} "
                             f"GPUs, but {len(gpus)} are available ({','.join(gpus)}).")
+        if runs_per_gpu > 1 and workers > len(gpus) * runs_per_gpu:
+            raise UserError(f"{workers} workers on {len(gpus)} GPU(s) would put more than --runs-per-gpu "
+                            f"{runs_per_gpu} runs on a GPU; use at most {len(gpus) * runs_per_gpu} workers.")
         if gpus_per_run > 1:
-            return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * gpus_per_run:(i + 1) * gpus_per_run])}
+            return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * gpus_per_run:(i + 1) * gpus_per_run]), **threads}
                     for i in range(workers)]
-        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(workers)]
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
-    return [{"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)} for _ in range(workers)]
+        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], **threads} for i in range(workers)]
+    return [dict(threads) for _ in range(workers)]
 
 
 def worker_command(nproc: int = 1) -> list[str]:
@@ -307,13 +340,13 @@ def unfinished(entries: list[Entry], retry_failed: bool, echo=print) -> list[Ent
 
 
 def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_run: int = 1,
-              retry_failed: bool = False, echo=print) -> int:
+              runs_per_gpu: int = 1, retry_failed: bool = False, echo=print) -> int:
     """Run the sweep's unfinished runs with `workers` processes at a time. Returns an exit code:
     0 all done, 1 some run failed or died, 3 stopped by a signal (rerun the sweep to continue)."""
     from kebench import guard
 
     todo = unfinished(entries, retry_failed, echo)
-    envs = slot_envs(workers, gpus, gpus_per_run)
+    envs = slot_envs(workers, gpus, gpus_per_run, runs_per_gpu)
     free = list(range(workers))
     running: dict[int, tuple] = {}  # slot -> (Popen, entry, log file, start time)
     problems, stop = [], {"signals": 0}
@@ -461,6 +494,9 @@ EXECUTOR_OPTIONS = [
     click.option("--gpus", help="local: GPU ids to use, e.g. 0,1,2,3. Default: all visible."),
     click.option("--gpus-per-run", type=click.IntRange(min=1), default=1, show_default=True,
                  help="local: GPUs per run; more than 1 trains each run with DDP."),
+    click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="local: pack N runs on each GPU (small datasets at batch 32 leave a large GPU mostly "
+                      "idle); the default --workers becomes GPUs x N."),
     click.option("--partition", help="slurm: partition."),
     click.option("--time", "time_min", type=click.IntRange(min=1), default=240, show_default=True, help="slurm: minutes per job."),
     click.option("--gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True,
@@ -482,15 +518,18 @@ def executor_options(f):
 
 
 def dispatch(entries: list[Entry], console, *, executor="local", retry_failed=False, workers=None, gpus=None,
-             gpus_per_run=1, partition=None, time_min=240, gpus_per_job=1, array_parallelism=16, cpus_per_task=None,
-             mem_gb=None, slurm_opt=(), setup=(), wait=False) -> int:
+             gpus_per_run=1, runs_per_gpu=1, partition=None, time_min=240, gpus_per_job=1, array_parallelism=16,
+             cpus_per_task=None, mem_gb=None, slurm_opt=(), setup=(), wait=False) -> int:
     """Run the unfinished entries with the chosen executor; returns its exit code (see run_local)."""
+    if runs_per_gpu > 1 and executor != "local":
+        raise UserError(f"--runs-per-gpu packs runs of the local executor; with --executor {executor} each "
+                        f"job gets its own GPUs (--gpus-per-job).")
     if executor == "inline":
         return run_inline(entries, retry_failed=retry_failed, echo=console.print)
     if executor == "local":
         gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else _visible_gpus()
-        n = workers or max(1, len(gpu_list) // max(gpus_per_run, 1))
-        return run_local(entries, workers=n, gpus=gpu_list, gpus_per_run=gpus_per_run,
+        n = local_workers(gpu_list, gpus_per_run, runs_per_gpu, workers)
+        return run_local(entries, workers=n, gpus=gpu_list, gpus_per_run=gpus_per_run, runs_per_gpu=runs_per_gpu,
                          retry_failed=retry_failed, echo=console.print)
     from kebench import slurm
 
@@ -519,6 +558,7 @@ def sweep_cmd(spec_file, show_status, as_json, out, sets, **executor_opts):
     \b
     Examples:
       kebench sweep sweep.yaml --executor local --workers 2
+      kebench sweep sweep.yaml --runs-per-gpu 4          # 4 runs share each GPU
       kebench sweep sweep.yaml --status
       kebench sweep sweep.yaml --executor slurm --partition gpu --time 240 --gpus-per-job 1 --array-parallelism 16
     """

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import click
 
+from kebench.config import NOT_IN_RUN_ID
 from kebench.errors import UserError, unknown_choice
 
 KINDS = ("classification", "retrieval", "cost", "kd", "budget")
@@ -41,8 +42,8 @@ MISSING = "–"
 
 #: Config entries that never tell two runs' numbers apart (where/how they ran, or already a table
 #: dimension). `generations` is carried by the row label (KE-N3 vs KE-N10), so it is not one either.
-IGNORED_CONFIG = {"method", "seed", "out", "device", "data_root", "budget", "channels_last", "compile",
-                  "eval_every", "arch", "data", "params"}
+IGNORED_CONFIG = {*NOT_IN_RUN_ID, "channels_last", "compile", "eval_every",  # how, not what
+                  "method", "seed", "arch", "data", "params"}  # table dimensions
 IGNORED_PARAMS = {"generations"}
 #: Settings a matched single pass may differ in from its multi-pass row (its schedule is stretched).
 BUDGET_FREE = {"epochs", "warmup_epochs"}
@@ -62,13 +63,6 @@ PRUNE_KEYS = ("prune", "pruning", "prune_method")
 
 
 # ---------------------------------------------------------------------------------------- loading
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def discover(paths) -> list[Path]:
     """Run folders (holding result.json or config.yaml) at or below each path, sorted."""
     found = set()
@@ -102,22 +96,24 @@ def load_runs(paths, *, archs=(), datasets=(), methods=()) -> tuple[list[dict], 
     """
     import yaml
 
+    from kebench.results import load_result
+
     runs, left_out = [], []
     for d in discover(paths):
-        rec = _read_json(d / "result.json") if (d / "result.json").is_file() else None
+        rec, problem = load_result(d)
         if rec is None:
             cfg = {}
             if (d / "config.yaml").is_file():
                 try:
-                    cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
-                except yaml.YAMLError:
+                    cfg = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+                except (yaml.YAMLError, ValueError, OSError):
                     cfg = {}
+            cfg = cfg if isinstance(cfg, dict) else {}
             meta = {"arch": cfg.get("arch"), "dataset": cfg.get("data"), "method": str(cfg.get("method", ""))}
             obj, _, reg = meta["method"].partition("+")
             if _filtered(meta, obj, reg or "single", archs, datasets, methods):
                 continue
-            why = ("unreadable result.json" if (d / "result.json").is_file()
-                   else "incomplete: no result.json (still running or interrupted; rerun with --resume)")
+            why = problem or "incomplete: no result.json (still running or interrupted; rerun with --resume)"
             left_out.append((str(d), why))
             continue
         if _filtered(rec, rec.get("objective", ""), rec.get("regime", ""), archs, datasets, methods):

@@ -294,7 +294,7 @@ class NeuroEvolution(Regime):
                 child = copy.deepcopy(models[parent])
                 family[next_id] = {"member": next_id, "round": round_, "parent": parent,
                                    "mutations": self.mutate(run, child, gen), "params": count_params(child)}
-                changes[next_id] = birth_change(models[parent], child, probe)
+                changes[next_id] = self._birth_change(run, next_id, models[parent], child, probe)
                 if changes[next_id] > BIRTH_TOLERANCE:
                     raise RunFailure(f"neuroevo: member {next_id} ({family[next_id]['mutations']}) changed its "
                                      f"parent's outputs by {changes[next_id]:.2e} (relative) at birth; the "
@@ -314,6 +314,21 @@ class NeuroEvolution(Regime):
                 retire(child)
 
         self._report(run, models, survivors, family, records)
+
+    @staticmethod
+    def _birth_change(run, member: int, parent: nn.Module, child: nn.Module, probe: torch.Tensor) -> float:
+        """The child's birth diagnostic, measured once and checkpointed.
+
+        On --resume, births are replayed before the checkpoint's weights are loaded, so re-measuring
+        would compare a different parent/child pair (same function, different round-off); the value
+        measured by the interrupted run is reported instead, so resumed and uninterrupted runs agree.
+        """
+        key = f"birth_change{member}"
+        measured = run.resumed_state(key)
+        if measured is None:
+            measured = torch.tensor(birth_change(parent, child, probe), dtype=torch.float64)
+        run.state[key] = measured.clone()
+        return float(measured)
 
     def _check_mutations(self, run, probe: torch.Tensor) -> None:
         """Refuse an arch whose blocks the mutations cannot copy exactly (e.g. non-ReLU activations)."""

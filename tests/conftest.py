@@ -10,6 +10,10 @@ torch.set_num_threads(1)
 os.environ.setdefault("KEBENCH_NO_PROGRESS", "1")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU, skipped without one (run them with pytest -m cuda)")
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """make_cfg(method='ce', **overrides) -> a resolved RunConfig on synthetic data with a tiny model."""

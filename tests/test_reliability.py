@@ -224,19 +224,20 @@ def test_full_disk_is_a_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch
     target = tmp_path / "result.json"
     results.write_json(target, {"v": 1})
     monkeypatch.setattr(results.os, "fsync", _no_space)
-    with pytest.raises(UserError, match=r"No space left on the device while writing .*result.json.*--resume"):
+    with pytest.raises(UserError, match=r"Cannot write .*result.json: the disk is full.*--resume"):
         results.write_json(target, {"v": 2})
     assert json.loads(target.read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]  # no temp file left behind
 
 
-def test_full_disk_during_a_run_exits_2_with_the_message(tmp_path, monkeypatch, capsys):
+def test_full_disk_during_a_run_exits_5_with_the_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(results.os, "fsync", _no_space)
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["run", "--data", "synthetic", "--arch", "test_resnet", "--epochs", "1", "--device", "cpu",
                   "--out", str(tmp_path / "results"), "--quiet"])
-    assert exit_info.value.code == 2
-    assert "No space left on the device" in capsys.readouterr().err
+    assert exit_info.value.code == 5  # guard.EXIT_STORAGE, documented in docs/sweeps.md
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "Traceback" not in err
 
 
 def test_failed_write_never_leaves_half_a_file(tmp_path):

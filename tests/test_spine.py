@@ -51,7 +51,7 @@ def test_method_composition_defaults():
 
 
 def test_plugin_value_type_checked():
-    with pytest.raises(UserError, match="'alpha' expects a float"):
+    with pytest.raises(UserError, match="'alpha' expects a finite number"):
         resolve({"method": "smooth"}, {}, {"alpha": "lots"})
 
 

@@ -264,3 +264,36 @@ def test_sweep_task_checkpoint_resubmits_the_same_config():
     delayed = task.checkpoint({"method": "ce"})
     assert isinstance(delayed.function, slurm.SweepTask) and delayed.function.nproc == 2
     assert delayed.args == ({"method": "ce"},)
+
+
+# ------------------------------------------------------------------------------ packing runs on GPUs
+def test_runs_per_gpu_packs_workers_round_robin(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert sweep.local_workers(["0", "1"], runs_per_gpu=4) == 8
+    assert sweep.local_workers(["0", "1", "2", "3"], gpus_per_run=2) == 2
+    assert sweep.local_workers([], runs_per_gpu=1) == 1 and sweep.local_workers(["0"], runs_per_gpu=3, workers=2) == 2
+    envs = sweep.slot_envs(8, ["0", "1"], 1, runs_per_gpu=4)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1"] * 4  # every GPU gets exactly 4 runs
+    assert {e["OMP_NUM_THREADS"] for e in envs} == {"2"}  # 16 cores shared by 8 workers
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in sweep.slot_envs(2, ["0", "1", "2", "3"], 2)] == ["0,1", "2,3"]
+    with pytest.raises(UserError, match="more than --runs-per-gpu 2 runs on a GPU; use at most 4"):
+        sweep.slot_envs(5, ["0", "1"], 1, runs_per_gpu=2)
+    with pytest.raises(UserError, match="no GPU is visible"):
+        sweep.local_workers([], runs_per_gpu=2)
+    with pytest.raises(UserError, match="cannot be combined with --gpus-per-run 2"):
+        sweep.local_workers(["0", "1"], gpus_per_run=2, runs_per_gpu=2)
+
+
+def test_sweep_cli_runs_per_gpu(tmp_path, monkeypatch, cli_run):
+    path = _spec(tmp_path, {"seed": [0, 1, 2]}, {"epochs": 1})
+    calls = []
+    monkeypatch.setattr(sweep, "run_local", lambda entries, **kw: calls.append((len(entries), kw)) or 0)
+    monkeypatch.setattr(sweep, "_visible_gpus", lambda: ["0", "1"])
+    code, _, _ = cli_run(["sweep", str(path), "--runs-per-gpu", "3"])
+    assert code == 0 and calls[0][0] == 3
+    assert {k: calls[0][1][k] for k in ("workers", "gpus", "runs_per_gpu")} == {
+        "workers": 6, "gpus": ["0", "1"], "runs_per_gpu": 3}
+    monkeypatch.setattr(sweep, "_visible_gpus", lambda: [])
+    code, _, err = cli_run(["sweep", str(path), "--runs-per-gpu", "2"])
+    assert code == 2 and "no GPU is visible here" in err and len(calls) == 1

@@ -46,6 +46,24 @@ class DatasetSpec:
     load: Callable  # (cfg) -> DataBundle
     description: str = ""
     defaults: dict = field(default_factory=dict)  # RunConfig defaults for this dataset
+    options: dict = field(default_factory=dict)  # the --data-opt KEY=VALUE it takes, with their defaults
+
+    def parse_options(self, given: dict) -> dict:
+        """The dataset's options with `given` applied; an unknown key or a value of the wrong type is
+        refused with the valid options listed (checked when a config is resolved, before any run)."""
+        from kebench.config import _coerce
+        from kebench.errors import UserError
+
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            valid = (", ".join(f"{k} (default {v!r})" for k, v in self.options.items())
+                     or f"none: '{self.name}' takes no options")
+            raise UserError(f"Unknown data option(s) {unknown} for dataset '{self.name}'; valid: {valid} "
+                            f"(--data-opt KEY=VALUE).")
+        opts = dict(self.options)
+        for k, v in given.items():
+            opts[k] = _coerce(k, v, opts[k], f"--data-opt for dataset '{self.name}'")
+        return opts
 
 
 _DATASETS: dict[str, DatasetSpec] = {}

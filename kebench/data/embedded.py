@@ -61,14 +61,7 @@ SYNTHETIC_OPTIONS = {"classes": 4, "size": 16, "train_per_class": 24, "test_per_
 
 def load_synthetic(cfg) -> DataBundle:
     """Learnable random data: each class is a smooth random prototype plus noise. For tests."""
-    opts = dict(SYNTHETIC_OPTIONS)
-    unknown = set(cfg.data_options) - set(opts)
-    if unknown:
-        raise UserError(
-            f"Unknown synthetic data option(s) {sorted(unknown)}; valid: {', '.join(opts)} "
-            f"(pass them as --data-opt KEY=VALUE)."
-        )
-    opts.update({k: type(opts[k])(v) for k, v in cfg.data_options.items()})
+    opts = SYNTHETIC.parse_options(cfg.data_options)
     if opts["classes"] < 2 or opts["size"] < 4 or opts["train_per_class"] < 1 or opts["test_per_class"] < 1:
         raise UserError(f"Synthetic data needs classes >= 2, size >= 4 and >= 1 image per class; got {opts}.")
     res = cfg.resolution or opts["size"]
@@ -97,6 +90,6 @@ register(DatasetSpec("digits", "classification", load_digits_bundle,
 register(DatasetSpec("digits-retrieval", "retrieval", load_digits_retrieval,
                      "digits, class-disjoint: train on 0-4, retrieve among 5-9 (embedded)",
                      defaults={"lr": 0.0256}))
-register(DatasetSpec("synthetic", "classification", load_synthetic,
-                     "random class prototypes plus noise; sizes set with --data-opt (for tests)",
-                     defaults={"epochs": 2, "batch_size": 16}))
+SYNTHETIC = register(DatasetSpec("synthetic", "classification", load_synthetic,
+                                 "random class prototypes plus noise; sizes set with --data-opt (for tests)",
+                                 defaults={"epochs": 2, "batch_size": 16}, options=SYNTHETIC_OPTIONS))

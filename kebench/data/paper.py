@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from kebench.data import DataBundle, DatasetSpec, register
 from kebench.data import cache as cachemod
@@ -321,15 +322,9 @@ def data_root(cfg_root: str | None, ds: PaperDataset) -> Path:
 
 
 def parse_options(ds: PaperDataset, given: dict) -> dict:
-    from kebench.config import _coerce
+    from kebench.data import get_spec
 
-    opts = {**COMMON_OPTIONS, **ds.options}
-    unknown = sorted(set(given) - set(opts))
-    if unknown:
-        raise UserError(f"Unknown data option(s) {unknown} for '{ds.name}'; valid: "
-                        + ", ".join(f"{k} (default {v!r})" for k, v in opts.items()) + " (--data-opt KEY=VALUE).")
-    for k, v in given.items():
-        opts[k] = _coerce(k, v, opts[k], "--data-opt")
+    opts = get_spec(ds.name).parse_options(given)
     if opts["cache_budget_gb"] < 0 or opts["workers"] < 0 or opts["max_bad"] < 0:
         raise UserError(f"--data-opt cache_budget_gb, workers and max_bad must be >= 0; got {opts}.")
     return opts
@@ -368,10 +363,18 @@ def load_paper(name: str, cfg) -> DataBundle:
             f"max_bad={opts['max_bad']}:\n{shown}{'' if len(unusable) <= 20 else chr(10) + '  ...'}\n"
             f"Re-extract the official archives (see 'kebench data check {name}'), or raise the limit "
             f"with --data-opt max_bad=N to skip them.")
-    empty = [s for s, sp in splits.items() if len(sp) == 0]
-    if empty:
-        raise UserError(f"'{name}' under {listing.base} has no usable images in its {', '.join(empty)} split(s); "
-                        f"run 'kebench data check {name}' to see what is missing.")
+    half = len(listing.classes) // 2
+    for split, sp in splits.items():  # a class with no usable image makes the benchmark meaningless
+        first, count = ((0, half) if split == "train" else (half, len(listing.classes) - half)) \
+            if ds.task == "retrieval" else (0, len(listing.classes))
+        present = torch.bincount(sp.labels, minlength=count)[:count] if len(sp) else torch.zeros(count)
+        empty = [listing.classes[first + c] for c in range(count) if present[c] == 0]
+        if empty:
+            raise UserError(
+                f"'{name}' under {listing.base}: {len(empty)} class(es) have no usable image in the {split} "
+                f"split ({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}), so the dataset cannot be "
+                f"trained and evaluated fairly. Re-extract the official archives; 'kebench data check {name}' "
+                f"lists the missing and unreadable files.")
     if unusable:
         warnings.warn(f"{len(unusable)} missing or unreadable image(s) of '{name}' skipped "
                       f"(listed in result.json under data.unusable), e.g. {unusable[0]['path']}: {unusable[0]['reason']}",
@@ -382,7 +385,6 @@ def load_paper(name: str, cfg) -> DataBundle:
         warnings.warn(f"'{name}': {reason}; decoding with DataLoader workers every epoch instead (slower). "
                       f"Raise --data-opt cache_budget_gb or free disk space to cache it.", stacklevel=2)
 
-    half = len(listing.classes) // 2
     num_classes = half if ds.task == "retrieval" else len(listing.classes)
     sizes = {s: len(sp) for s, sp in splits.items()}
     options = {k: v for k, v in opts.items() if k in ds.options}
@@ -409,7 +411,8 @@ def load_paper(name: str, cfg) -> DataBundle:
 def _add(ds: PaperDataset) -> None:
     PAPER[ds.name] = ds
     defaults = RETRIEVAL_DEFAULTS if ds.task == "retrieval" else CLASSIFICATION_DEFAULTS
-    register(DatasetSpec(ds.name, ds.task, lambda cfg, n=ds.name: load_paper(n, cfg), ds.description, dict(defaults)))
+    register(DatasetSpec(ds.name, ds.task, lambda cfg, n=ds.name: load_paper(n, cfg), ds.description, dict(defaults),
+                         options={**COMMON_OPTIONS, **ds.options}))
 
 
 _FLOWERS = "  <root>/flowers-102/jpg/image_00001.jpg ... image_08189.jpg\n  <root>/flowers-102/imagelabels.mat\n  <root>/flowers-102/setid.mat"

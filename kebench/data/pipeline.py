@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 
 from kebench.data import DataBundle, Split
+from kebench.device import DevicePolicy, is_memmapped, resident_budget
 
 
 def epoch_generator(*key: int) -> torch.Generator:
@@ -115,26 +117,39 @@ def center_view(images: torch.Tensor, out_size: int, resize_ratio: float = 1.0) 
 
 class BatchStream:
     """Iterates one split in batches on `device`. Train: shuffled (or the objective's sampler) and
-    augmented; eval: in order, center view."""
+    augmented; eval: in order, center view. Where the images live (resident on the device or
+    streamed) and how batches are augmented is the run's `DevicePolicy` (kebench/device.py)."""
 
     def __init__(self, bundle: DataBundle, split: Split, *, batch_size: int, device: torch.device,
-                 train: bool, channels_last: bool = False, test_resize_ratio: float | None = None):
+                 train: bool, channels_last: bool = False, test_resize_ratio: float | None = None,
+                 policy: DevicePolicy | None = None, shard: tuple[int, int] = (0, 1)):
         self.bundle, self.split, self.batch_size = bundle, split, batch_size
-        self.device, self.train, self.channels_last = device, train, channels_last
+        self.policy = policy or DevicePolicy(device, channels_last=channels_last,
+                                             augment="per_image" if device.type == "cpu" else "batched",
+                                             resident_bytes=resident_budget(device))
+        self.device, self.train, self.channels_last = device, train, self.policy.channels_last
         self.test_resize_ratio = test_resize_ratio or bundle.info.get("test_resize_ratio", 1.0)
-        # In-memory datasets live on the device once (a GPU data cache); memory-mapped ones stream.
-        resident = (torch.is_tensor(split.images) and split.images.numel() < 2**31
-                    and not _is_memmapped(split.images))  # not a tensor: decoded on demand (data/cache.py)
-        self.images = split.images.to(device) if resident else split.images
+        self.shard = shard  # (rank, world): this process loads its share of every batch (DDP)
+        # Small datasets live on the device once, as uint8 (a GPU data cache); others stream by batch.
+        self.resident = self.policy.keeps_resident(split.images)
+        self.images = split.images.to(device) if self.resident else split.images
         self.labels = split.labels.to(device)
         self.mean = torch.tensor(bundle.mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(bundle.std, device=device).view(1, -1, 1, 1) * 255
+        # On-demand decoders (data/cache.py) read ahead themselves; a streamed tensor gets a prefetcher
+        # when the batch is gathered whole (the per-image CPU path reads its crops in place).
+        gathers = self.policy.augment == "batched" or not train
+        self.prefetch = (Prefetcher(self.images, device) if self.policy.prefetch and gathers and not self.resident
+                         and torch.is_tensor(self.images) else None)
 
     def batches(self, gen: torch.Generator | None = None, sampler=None) -> list[torch.Tensor]:
         chunks = self._order(gen, sampler)
         plan = getattr(self.images, "plan", None)  # on-demand decoding (data/cache.py) prefetches this order
         if plan is not None:
             plan(chunks)
+        if self.prefetch is not None:
+            rank, world = self.shard
+            self.prefetch.plan([c.tensor_split(world)[rank] for c in chunks] if world > 1 else chunks)
         return chunks
 
     def _order(self, gen: torch.Generator | None = None, sampler=None) -> list[torch.Tensor]:
@@ -156,7 +171,7 @@ class BatchStream:
             n = len(index)
             boxes = crop_params(n, *self.images.shape[-2:], self.bundle.crop_scale, (3 / 4, 4 / 3), gen)
             flips = torch.rand(n, generator=gen) < 0.5 if self.bundle.flip else torch.zeros(n, dtype=torch.bool)
-            if self.device.type == "cpu":
+            if self.policy.augment == "per_image":
                 source, rows = (self.images, index) if torch.is_tensor(self.images) else (self.images[index], torch.arange(n))
                 x = augment_cpu(source, rows, res, boxes, flips, self.mean, self.std)
             else:
@@ -168,18 +183,97 @@ class BatchStream:
         return x, y
 
     def _gather(self, index: torch.Tensor) -> torch.Tensor:
-        if self.images.device == self.device:
+        """The uint8 images of a batch, on the device."""
+        if self.resident:
             return self.images[index.to(self.device)]
-        x = self.images[index].pin_memory() if self.device.type == "cuda" else self.images[index]
-        return x.to(self.device, non_blocking=True)
+        x = self.prefetch.take(index) if self.prefetch is not None else None
+        return x if x is not None else _fetch(self.images, index, self.device)
 
     def __iter__(self):
         for index in self.batches():
             yield self.load(index)
 
 
-def _is_memmapped(t: torch.Tensor) -> bool:
-    try:
-        return t.untyped_storage().filename is not None
-    except (AttributeError, RuntimeError):
-        return False
+def _fetch(images, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Gather rows of a host tensor (e.g. memory-mapped) onto `device`: pinned and non-blocking on CUDA."""
+    x = images[index]
+    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+
+
+def _fetch_ahead(images, index: torch.Tensor, device: torch.device, stream) -> tuple:
+    """`_fetch` on a side CUDA stream: (batch, the copy's CUDA event or None on a CPU)."""
+    if stream is None:
+        return _fetch(images, index, device), None
+    with torch.cuda.stream(stream):
+        x = _fetch(images, index, device)
+        done = torch.cuda.Event()
+        done.record(stream)
+    return x, done
+
+
+class Prefetcher:
+    """Reads a streamed split one batch ahead: when batch k is taken, batch k+1 of the announced
+    order is gathered in a background thread (page-cache reads of a memory-mapped file release the
+    GIL) and, on CUDA, pinned and copied on a side stream, while batch k trains. The order comes from
+    `plan()`; a batch that is not the next one announced (a resumed epoch skips its first steps) is
+    found further on in the plan, or else loaded synchronously. Augmentation randomness is untouched:
+    only the raw uint8 rows are read ahead."""
+
+    def __init__(self, images: torch.Tensor, device: torch.device):
+        self.images, self.device = images, device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.upcoming: deque = deque()
+        self.pending = None  # (index, future)
+        self.hits = self.misses = 0
+
+    def plan(self, order) -> None:
+        self.upcoming = deque(torch.as_tensor(i).cpu() for i in order)
+        self._next()
+
+    def _next(self) -> None:
+        self.pending = None
+        if self.upcoming:
+            index = self.upcoming.popleft()
+            self.pending = (index, _prefetch_pool().submit(_fetch_ahead, self.images, index, self.device, self.stream))
+
+    def take(self, index: torch.Tensor) -> torch.Tensor | None:
+        """The batch for `index` (starting the read of the one after it), or None if it was not planned."""
+        index = index.cpu()
+        if self.pending is None or not _same(self.pending[0], index):
+            skip = next((k for k, i in enumerate(self.upcoming) if _same(i, index)), None)
+            if skip is None:
+                self.misses += 1
+                return None
+            for _ in range(skip):
+                self.upcoming.popleft()
+            self.upcoming.popleft()
+            self.pending = (index, _completed(_fetch_ahead(self.images, index, self.device, self.stream)))
+        future = self.pending[1]
+        self._next()
+        x, done = future.result()
+        self.hits += 1
+        if done is not None:  # the compute stream waits for the copy; the allocator learns who uses x
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(done)
+            x.record_stream(current)
+        return x
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return len(a) == len(b) and torch.equal(a, b)
+
+
+def _completed(value):
+    from concurrent.futures import Future
+
+    future = Future()
+    future.set_result(value)
+    return future
+
+
+@functools.lru_cache(maxsize=1)
+def _prefetch_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="kebench-prefetch")
+
+
+_is_memmapped = is_memmapped  # the name tests and older callers import
