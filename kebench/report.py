@@ -121,8 +121,10 @@ def _baseline_row(table: T.Table, row: T.Row) -> T.Row | None:
     if " + " not in label:
         return None
     obj = label.split(" + ")[0]
+    # Other row dimensions must agree, except where the N1 row has no value (a KE setting such as
+    # split_rate is "–" for a single pass).
     cands = [r for r in table.rows if str(r.head[mi]).startswith(f"{obj} (N1")
-             and all(a == b for i, (a, b) in enumerate(zip(r.head, row.head)) if i != mi)]
+             and all(a == b or str(a) in (T.MISSING, "") for i, (a, b) in enumerate(zip(r.head, row.head)) if i != mi)]
     return next((r for r in cands if str(r.head[mi]) == f"{obj} (N1)"), cands[0] if cands else None)
 
 
@@ -138,10 +140,11 @@ def summarize_grid(table: T.Table) -> str:
         cell = best.cells[j]
         text = f"{_col_name(table.cols[j])}: best {_row_name(best)} ({_pct(cell)})"
         base = _baseline_row(table, best)
+        mi = table.row_names.index("Method") if "Method" in table.row_names else 0
         if base is not None and base.cells[j].mean is not None:
             d = 100 * (cell.mean - base.cells[j].mean)
             text += f", {d:+.2f} points over {_row_name(base)}, {significance(cell)}"
-        elif base is None:
+        elif " + " not in str(best.head[mi]):
             text += ", a single pass: no multi-pass regime beat it"
         parts.append(text)
         for r in filled:

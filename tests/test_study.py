@@ -158,3 +158,33 @@ def test_study_report_marks_missing_runs_and_cells(tiny_report, tmp_path, cli_ru
     missing = [c for c in page.cells if "missing" in c["class"]]
     assert missing and all(c["text"] == "–" for c in missing)  # KE rows: no digits cell yet
     assert "incomplete: no result.json" in text
+
+
+def _cell(values, **kw):
+    from kebench import tables as T
+
+    c = T.make_cell(values)
+    for k, v in kw.items():
+        setattr(c, k, v)
+    return c
+
+
+def test_summaries_name_the_winner_the_margin_and_the_test():
+    from kebench import report, tables as T
+
+    cols = [T.Col(("digits",), "top1")]
+    n1 = T.Row(("CE (N1)", "–"), [_cell({0: .70, 1: .72})])
+    ke = T.Row(("CE + KE-N3", "0.5"), [_cell({0: .80, 1: .82}, mark="*", test="paired-t", p=0.012)])
+    line = report.summarize_grid(T.Table("classification", "", ("Method", "split_rate"), cols, [n1, ke]))
+    assert line.startswith("digits: best CE + KE-N3 / 0.5 (81.00 ± 1.41 %), +10.00 points over CE (N1)")
+    assert "significant (paired-t, p = 0.012)" in line and "1 of 1 higher (1 significantly)" in line
+    worse = T.Row(("CE + KE-N3", "0.5"), [_cell({0: .60, 1: .66}, test="paired-t", p=0.2)])
+    line = report.summarize_grid(T.Table("classification", "", ("Method", "split_rate"), cols, [n1, worse]))
+    assert "best CE (N1)" in line and "no multi-pass regime beat it" in line and "0 of 1 higher" in line
+    # budget: multi row, matched single row, per-seed difference
+    multi, single = T.Row(("CE + KE-N3",), [_cell({0: .80, 1: .81})]), T.Row(("CE (N1, 24 ep)",), [_cell({0: .84, 1: .86})])
+    delta = T.Row(("Δ (multi − single)",), [_cell({0: -.04, 1: -.05}, mark="*", test="one-sample-t", p=0.03)])
+    line = report.summarize_budget(T.Table("budget", "", ("Method",), cols, [multi, single, delta]))
+    assert line.startswith("At equal total epochs the multi-pass regime wins 0 of 1 comparisons (0 significantly) "
+                           "and the single pass wins 1 (1 significantly).")
+    assert "Largest loss: CE + KE-N3 vs CE (N1, 24 ep), Δ -4.50 points, significant (one-sample-t, p = 0.03)" in line
