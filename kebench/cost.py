@@ -24,6 +24,9 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...], device="cpu") 
 
 
 def inference_cost(model: nn.Module, data, device="cpu") -> dict:
-    """Params and per-image inference FLOPs at the dataset's input resolution."""
+    """Params, storage in bytes (1 bit per binarized pattern weight, kebench.pattern) and per-image
+    inference FLOPs at the dataset's input resolution."""
+    from kebench.pattern import size_bytes
+
     shape = (1, data.in_chans, data.resolution, data.resolution)
-    return {"params": count_params(model), "flops": forward_flops(model, shape, device)}
+    return {"params": count_params(model), "size_bytes": size_bytes(model), "flops": forward_flops(model, shape, device)}

@@ -6,9 +6,11 @@ Two ways in:
     kebench run --nproc 4 --method ke --data flowers102 ...     # spawns the 4 processes itself
 
 What the engine does with more than one process (see `Run.fit`):
-* `--batch-size` stays the *global* batch: each rank trains on its contiguous shard of every batch
-  the single-process run would draw, and DDP averages the gradients, so the learning rate and the
-  schedule mean the same thing at any process count.
+* `--batch-size` stays the *global* batch: each rank trains on its shard of every batch the
+  single-process run would draw (`Objective.shard`: contiguous parts by default; CS-KD keeps each
+  anchor with its partner), and DDP averages the gradients, so the learning rate and the schedule
+  mean the same thing at any process count. A loss that couples the whole batch (triplet mining)
+  gathers the ranks' outputs with `gather_rows` and sees the batch one process would.
 * At the start of every pass the model, the run's registered state (`run.state`: masks, teachers)
   and the RNG states are broadcast from rank 0, so whatever a regime did between passes (KE's
   re-initialisation, DSD's masks) is identical on every rank; BatchNorm statistics are broadcast
@@ -132,6 +134,23 @@ def sum_(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     buf = tensor.detach().to(_comm_device(device), torch.float64).clone()
     dist.all_reduce(buf)
     return buf.to(tensor.device, tensor.dtype)
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of `t` (equal-sized shards), concatenated in rank order: the global batch.
+    Gradients flow only into this rank's own rows; see `global_loss`."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.detach().contiguous())
+    parts[dist.get_rank()] = t
+    return torch.cat(parts)
+
+
+def global_loss(loss: torch.Tensor) -> torch.Tensor:
+    """A loss every rank computes over the gathered global batch: same value, gradient scaled by
+    the world size, because each rank back-propagates only into its own rows and DDP then averages
+    the ranks' gradients; the average is then exactly the one-process gradient of the loss."""
+    world = dist.get_world_size()
+    return loss + (world - 1) * (loss - loss.detach())
 
 
 def agree(flags: list[bool], device: torch.device) -> list[bool]:

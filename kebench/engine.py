@@ -216,6 +216,7 @@ class Run:
                 self._resume = None
 
         offset, total = lr_window or (0, epochs)
+        stopped = None
         # torch.compile shares the parameters; the FLOP-counting first step runs eagerly (the
         # counter sees aten ops, which compiled kernels bypass).
         train_model = model
@@ -232,7 +233,8 @@ class Run:
                 model.train()
                 objective.train_mode(model)
                 gen = epoch_generator(cfg.seed, index, epoch)
-                batches = train.batches(gen, objective.batch_sampler(train.labels.cpu(), cfg.batch_size, gen))
+                batches = train.batches(gen, objective.batch_sampler(train.labels.cpu(), cfg.batch_size, gen),
+                                        share=lambda b: objective.shard(b, self.world, self.rank))
                 steps_per_epoch = len(batches)
                 progress.start_epoch(epoch + 1, epochs, steps_per_epoch)
                 loss_sum = torch.zeros((), device=self.device)
@@ -255,7 +257,7 @@ class Run:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     if self.world > 1:  # this rank's shard of the global batch, its own augmentation draws
-                        index_batch = index_batch.tensor_split(self.world)[self.rank]
+                        index_batch = objective.shard(index_batch, self.world, self.rank)
                         x, y = train.load(index_batch, epoch_generator(cfg.seed, index, epoch, step, self.rank))
                     else:
                         x, y = train.load(index_batch, gen)
@@ -316,9 +318,12 @@ class Run:
                 progress.end_epoch(row)
                 for hook in hooks:
                     hook.epoch_end(model, epoch + 1, row)
+                stopped = next((reason for reason in (hook.stop_pass() for hook in hooks) if reason), None)
                 ps.epoch = epoch + 1
                 ps.history.append(row)
                 self._append_metrics(row)
+                if stopped:  # a hook ended the pass early: the record below completes it
+                    break
                 if not last and time.perf_counter() - self._last_save >= cfg.checkpoint_every_s:
                     self._save_checkpoint(model, optimizer, scaler, ps, complete=False)
 
@@ -326,6 +331,8 @@ class Run:
         record = {"kind": kind, "index": label, "epochs": epochs, "steps": ps.steps, "images": ps.images,
                   "step_flops": ps.step_flops, "train_flops": (ps.step_flops or 0) * ps.steps,
                   "wall_time_s": round(ps.wall_time_s, 3), "metrics": dict(test)}
+        if stopped:
+            record.update(epochs=ps.epoch, planned_epochs=epochs, stopped=stopped)
         if after is not None:
             for key, value in after(model).items():  # dict values (e.g. "hypotheses") go beside "metrics"
                 (record if isinstance(value, dict) else record["metrics"])[key] = value

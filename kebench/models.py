@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from kebench import archs, genome  # noqa: F401  (register sepnet_r, sepnet_b, evonet with timm)
 from kebench.errors import UserError, unknown_choice
 
 
@@ -66,10 +67,33 @@ def create_model(arch: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn
     check_arch(arch)
     if arch in TORCHVISION_ARCHS:
         return TORCHVISION_ARCHS[arch](num_classes=num_classes, in_chans=in_chans)
+    vgg = arch.startswith("vgg")
+    if vgg:
+        kwargs.setdefault("drop_rate", VGG_DROPOUT)
     try:
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise UserError(f"timm could not build '{arch}' with {num_classes} classes and {in_chans} input channels: {exc}") from None
+    if vgg:
+        torchvision_vgg_head(model)
+    return model
+
+
+#: torchvision's VGG classifier: Linear-ReLU-Dropout(0.5)-Linear-ReLU-Dropout(0.5)-Linear.
+VGG_DROPOUT = 0.5
+
+
+def torchvision_vgg_head(model: nn.Module) -> nn.Module:
+    """Make a timm VGG's head torchvision's (the VGG of the KE paper's ablation). timm builds it as
+    fc1 (7x7 conv) - ReLU - drop - fc2 (1x1 conv) - ReLU, then pool - drop - fc: with drop_rate 0.5
+    the dropouts sit where torchvision's two Dropout(0.5) do, and at 224 px (a 7x7 feature map; timm
+    pools smaller maps up to 7x7 as torchvision's AdaptiveAvgPool2d(7) does) fc1/fc2 compute
+    torchvision's Linear(25088, 4096) / Linear(4096, 4096). timm initialises those two convs as
+    convs (Kaiming); torchvision draws its Linear layers from N(0, 0.01) with zero bias: do so."""
+    for fc in (model.pre_logits.fc1, model.pre_logits.fc2):
+        nn.init.normal_(fc.weight, 0, 0.01)
+        nn.init.zeros_(fc.bias)
+    return model
 
 
 def count_params(model: nn.Module) -> int:

@@ -6,6 +6,8 @@ Kinds:
   hypotheses   mean |w| of the fit (solid) and reset (dashed) hypotheses across generations
   budget       accuracy vs cumulative training FLOPs: a curve per multi-pass regime (pass by pass),
                single-pass runs at their budgets as points
+  search       architecture searches (agevo, eigen): the best individual's test accuracy (top) and
+               size in parameters (bottom, log) after each generation, against cumulative training FLOPs
 
 Every figure function takes loaded runs (`kebench.tables.load_runs`) and returns a matplotlib
 `Figure` (built without pyplot, so no global state); `save_figure` writes PNG/PDF/SVG without
@@ -24,7 +26,7 @@ from kebench.errors import UserError
 from kebench.tables import (PRIMARY, Names, _prepare, _split_list, expand, load_runs, metric_title,
                             signature)
 
-PLOT_KINDS = ("generations", "cost", "hypotheses", "budget")
+PLOT_KINDS = ("generations", "cost", "hypotheses", "budget", "search")
 FORMATS = ("png", "pdf", "svg")
 PANEL_COLUMNS = 3
 PANEL_SIZE = (4.6, 3.6)  # inches per panel
@@ -336,8 +338,47 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
     return fig
 
 
+def search_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
+    """Per dataset: the best individual's accuracy (top) and parameters (bottom) over the search,
+    one curve per search run (`search.history` of agevo/eigen results), x = cumulative training TFLOPs."""
+    from matplotlib.figure import Figure
+
+    names = names or Names()
+    searches = [r for r in runs if (r.get("search") or {}).get("history")]
+    if not searches:
+        raise UserError("No architecture-search results (result.json with `search.history`, from agevo/eigen) "
+                        "to plot.")
+    if metric not in (None, "top1", "val_top1"):
+        raise UserError(f"--metric for the search plot is top1 or val_top1, got '{metric}'.")
+    labels = curve_labels(searches, names)
+    datasets = sorted({r.get("dataset") for r in searches}, key=str)
+    with _style():
+        fig = Figure(figsize=(PANEL_SIZE[0] * len(datasets), PANEL_SIZE[1] * 1.6), layout="constrained")
+        axes = fig.subplots(2, len(datasets), squeeze=False, sharex="col")
+        for j, dataset in enumerate(datasets):
+            top, bottom = axes[0, j], axes[1, j]
+            for i, r in enumerate(sorted((r for r in searches if r.get("dataset") == dataset),
+                                         key=lambda r: (labels[r["_path"]], str(r.get("seed"))))):
+                history = r["search"]["history"]
+                xs = [h["train_flops"] / 1e12 for h in history]
+                label = labels[r["_path"]] + (f" seed {r.get('seed')}" if len(searches) > 1 else "")
+                top.plot(xs, [100 * h[metric or "top1"] for h in history], color=_color(i), marker="o", ms=3,
+                         lw=1.4, label=label)
+                bottom.plot(xs, [h["params"] for h in history], color=_color(i), marker="s", ms=3, lw=1.4,
+                            label=label)
+            top.set_title(str(dataset))
+            top.set_ylabel(f"Best individual: {metric_title(metric or 'top1')} (%)")
+            bottom.set_ylabel("Best individual: parameters")
+            bottom.set_yscale("log")
+            bottom.set_xlabel("Cumulative training TFLOPs (search cost)")
+            for ax in (top, bottom):
+                ax.grid(alpha=0.3, which="both")
+            _legend(top)
+    return fig
+
+
 FIGURES = {"generations": generations_figure, "cost": cost_figure, "hypotheses": hypotheses_figure,
-           "budget": budget_figure}
+           "budget": budget_figure, "search": search_figure}
 
 
 def build_figure(runs: list[dict], kind: str, metric: str | None = None, names: Names | None = None):
@@ -378,7 +419,7 @@ def save_figure(fig, path) -> Path:
 @click.option("--method", multiple=True,
               help="Only these methods (`ce`, `smooth+ke`; a bare regime `ke` keeps all its objectives).")
 def plot_cmd(result_dirs, kind, out_file, metric, arch, dataset, method):
-    """Figures from result folders: generations, cost, hypotheses or budget (one panel per dataset).
+    """Figures from result folders: generations, cost, hypotheses, budget or search (one panel per dataset).
 
     \b
     Examples:
@@ -386,6 +427,7 @@ def plot_cmd(result_dirs, kind, out_file, metric, arch, dataset, method):
       kebench plot results/ --kind cost --out cost.png
       kebench plot results/ --kind hypotheses --out zero-mapping.pdf
       kebench plot results/ --kind budget --out budget.png
+      kebench plot results/ --kind search --out search.png
     """
     if out_file:
         figure_format(out_file)
@@ -402,4 +444,4 @@ def plot_cmd(result_dirs, kind, out_file, metric, arch, dataset, method):
 
 
 __all__ = ["PLOT_KINDS", "build_figure", "save_figure", "generations_figure", "cost_figure", "hypotheses_figure",
-           "budget_figure"]
+           "budget_figure", "search_figure"]

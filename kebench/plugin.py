@@ -23,6 +23,11 @@ class Hook:
     def epoch_end(self, model: nn.Module, epoch: int, metrics: dict) -> None:
         """After each epoch's metrics are computed (epoch counts from 1 within the pass)."""
 
+    def stop_pass(self) -> str | None:
+        """Asked after epoch_end: a reason (text) ends the pass after this epoch, e.g. an individual
+        extinguished at a landmark epoch. The record keeps the reason and the epochs trained."""
+        return None
+
     def pass_end(self, record: dict) -> None:
         """After a pass (generation / phase) ends, with its record (metrics, cost); monitors log it."""
 
@@ -48,6 +53,12 @@ class Objective(Plugin):
     def batch_sampler(self, labels: torch.Tensor, batch_size: int, generator: torch.Generator):
         """Return a list of index tensors (one per batch) for one epoch, or None for plain shuffling."""
         return None
+
+    def shard(self, batch: torch.Tensor, world: int, rank: int) -> torch.Tensor:
+        """This rank's indices of a global batch when `world` processes train one run. The default
+        deals out equal contiguous parts; an objective whose samples are coupled across the batch
+        (pairs stored apart, groups mined together) overrides it so coupled samples share a rank."""
+        return batch.tensor_split(world)[rank]
 
     def hooks(self) -> list[Hook]:
         return []

@@ -70,7 +70,9 @@ def _op_name(func) -> str:
 
 
 def ceil_rate(rate: float, size: int) -> int:
-    """ceil(rate*size) in exact decimal arithmetic (0.7*10 is 7, not the float 7.000000000000001 -> 8)."""
+    """ceil(rate*size) with `rate` taken as the decimal it was written as (0.07*100 is 7, where the
+    float product 7.000000000000001 would give 8). For the rates 0.1..0.9 and layer widths up to
+    2048 this equals the float ceil(rate*size) of the official code (tests/test_split.py)."""
     return min(size, max(1, math.ceil(Fraction(repr(float(rate))) * size)))
 
 

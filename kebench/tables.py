@@ -8,8 +8,9 @@ One pipeline for every kind of table:
 
 Kinds: `classification` (KE paper Tables 2/3), `retrieval` (NMI / R@K groups per arch), `cost`
 (dense N vs slim H: accuracy at generation 1 and g, FLOPs, params), `kd` (KD x pruning grid with the
-surplus of Park et al.) and `budget` (each multi-pass row beside the single pass trained for the same
-total epochs). Every comparison table carries the training cost (epochs, TFLOPs) of its rows.
+surplus of Park et al.), `budget` (each multi-pass row beside the single pass trained for the same
+total epochs) and `size` (accuracy, params, storage in bytes, inference FLOPs and search/training
+cost of the reported network: binarization before/after, architecture searches). Every comparison table carries the training cost (epochs, TFLOPs) of its rows.
 The field names each kind reads are listed in docs/tables.md.
 
 pandas and scipy are imported inside functions: `kebench --help` must stay fast.
@@ -27,14 +28,18 @@ import click
 from kebench.config import NOT_IN_RUN_ID
 from kebench.errors import UserError, unknown_choice
 
-KINDS = ("classification", "retrieval", "cost", "kd", "budget")
+KINDS = ("classification", "retrieval", "cost", "kd", "budget", "size")
 FORMATS = ("latex", "markdown", "csv")
 #: Primary metric per task (mirrors kebench.engine.PRIMARY; a test keeps them equal).
 PRIMARY = {"classification": "top1", "retrieval": "r@1"}
 #: Columns of the retrieval table in the KE paper (Table 4): NMI, R@1, R@4.
 RETRIEVAL_METRICS = ("nmi", "r@1", "r@4")
-#: Significance level of the marks, and resamples of the bootstrap interval used when seeds differ.
+#: Significance level of the marks (on Benjamini-Hochberg adjusted p-values over the cells a table
+#: tests), and resamples of the bootstrap used when seeds differ.
 ALPHA = 0.05
+#: Fewest runs per side behind a mark: a paired t-test on 2 seeds has 1 degree of freedom, and two
+#: seeds that differ by the same test-set quantum would always look significant.
+MIN_SEEDS = 3
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # the bootstrap is seeded: the same results always give the same table
 MARK_PAIRED, MARK_BOOTSTRAP, MARK_FROM_MEANS = "*", "†", "‡"
@@ -393,7 +398,9 @@ class Cell:
     n: int = 0
     mark: str = ""
     test: str = ""  # paired-t | bootstrap | one-sample-t | from-means
-    p: float | None = None
+    p: float | None = None  # raw p-value (None: not tested, or constant differences)
+    q: float | None = None  # Benjamini-Hochberg adjusted over the table's tested cells
+    n_test: int = 0  # runs per side behind the test (shared seeds; the smaller side for the bootstrap)
     rank: int = 0  # 1 best, 2 second in its column
     text: str | None = None  # preformatted (cost cells)
     signed: bool = False  # a difference: shown with its sign
@@ -453,8 +460,9 @@ def cells_by_key(entries: list[Entry], metric: str, value=None) -> dict:
 
 
 def compare(cell: Cell, base: Cell, alpha: float) -> None:
-    """Mark `cell` if it differs from `base`: paired t-test over shared seeds (>= 2), else a bootstrap
-    interval of the difference in means when both have >= 2 runs. Sets mark, test and p."""
+    """Test whether `cell` differs from `base`: paired t-test over shared seeds (>= 2), else a
+    bootstrap of the difference in means when both have >= 2 runs. Sets test, p and n_test; the
+    marks come from `significance`, once all cells of a table are tested."""
     import numpy as np
     from scipy import stats
 
@@ -462,36 +470,50 @@ def compare(cell: Cell, base: Cell, alpha: float) -> None:
     if len(common) >= 2:
         a = np.array([cell.values[s] for s in common])
         b = np.array([base.values[s] for s in common])
-        cell.test = "paired-t"
-        if np.all(a - b == (a - b)[0]):  # constant differences: t is undefined (0/0) or infinite
-            cell.p = 1.0 if a[0] == b[0] else 0.0
-        else:
-            cell.p = float(stats.ttest_rel(a, b).pvalue)
-        if cell.p < alpha:
-            cell.mark = MARK_PAIRED
+        cell.test, cell.n_test = "paired-t", len(common)
+        # constant differences: t is 0/0 or infinite, no p-value (not p = 0)
+        cell.p = None if np.all(a - b == (a - b)[0]) else float(stats.ttest_rel(a, b).pvalue)
     elif cell.n >= 2 and base.n >= 2:
         a, b = np.array(list(cell.values.values())), np.array(list(base.values.values()))
         res = stats.bootstrap((a, b), lambda x, y, axis: x.mean(axis=axis) - y.mean(axis=axis), vectorized=True,
                               n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=1 - alpha, method="percentile",
                               rng=np.random.default_rng(BOOTSTRAP_SEED))
-        lo, hi = res.confidence_interval
-        cell.test = "bootstrap"
-        if lo > 0 or hi < 0:
-            cell.mark = MARK_BOOTSTRAP
+        dist = res.bootstrap_distribution
+        cell.test, cell.n_test = "bootstrap", min(len(a), len(b))
+        # two-sided percentile-bootstrap p-value: twice the smaller tail beyond 0
+        cell.p = float(min(1.0, 2 * min(np.mean(dist <= 0), np.mean(dist >= 0))))
 
 
 def one_sample(cell: Cell, alpha: float) -> None:
-    """Mark a difference cell whose per-seed values differ from 0 (one-sample t-test, n >= 2)."""
+    """Test a difference cell's per-seed values against 0 (one-sample t-test, n >= 2); marks: `significance`."""
     import numpy as np
     from scipy import stats
 
     if cell.n < 2:
         return
     v = np.array(list(cell.values.values()))
-    cell.test = "one-sample-t"
-    cell.p = (1.0 if v[0] == 0 else 0.0) if np.all(v == v[0]) else float(stats.ttest_1samp(v, 0.0).pvalue)
-    if cell.p < alpha:
-        cell.mark = MARK_PAIRED
+    cell.test, cell.n_test = "one-sample-t", cell.n
+    cell.p = None if np.all(v == v[0]) else float(stats.ttest_1samp(v, 0.0).pvalue)
+
+
+TESTS = {"paired-t": MARK_PAIRED, "one-sample-t": MARK_PAIRED, "bootstrap": MARK_BOOTSTRAP}
+
+
+def significance(cells: list[Cell], alpha: float) -> list[Cell]:
+    """Mark the cells of one table: Benjamini-Hochberg (`scipy.stats.false_discovery_control`) over
+    every cell tested with >= MIN_SEEDS runs per side, a mark where the adjusted p < alpha. Cells
+    tested on fewer runs keep their raw p (shown beside n) and get no mark. Returns the family."""
+    from scipy.stats import false_discovery_control
+
+    family = [c for c in cells if c.test in TESTS and c.p is not None and c.n_test >= MIN_SEEDS]
+    for c in cells:
+        if c.test in TESTS:
+            c.mark, c.q = "", None
+    if family:
+        for c, q in zip(family, false_discovery_control([c.p for c in family], method="bh")):
+            c.q = float(q)
+            c.mark = TESTS[c.test] if q < alpha else ""
+    return family
 
 
 def rank_column(cells: list[Cell], decimals: int) -> None:
@@ -561,17 +583,41 @@ COST_NOTE = ("Epochs and TFLOPs: training cost of one run up to the generation s
 def _value_note(alpha: float, tests: set, baseline_rule: str) -> list[str]:
     notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run."]
     if MARK_PAIRED in tests:
-        notes.append(f"{MARK_PAIRED} p < {alpha:g}, paired t-test over the seeds both cells have, "
-                     f"against {baseline_rule}.")
+        notes.append(f"{MARK_PAIRED} paired t-test over the seeds both cells have, against {baseline_rule}.")
     if MARK_BOOTSTRAP in tests:
-        notes.append(f"{MARK_BOOTSTRAP} the {100 * (1 - alpha):g}% bootstrap interval of the difference in means "
-                     f"({BOOTSTRAP_RESAMPLES} resamples) excludes 0; used where the seeds differ, "
-                     f"against {baseline_rule}.")
+        notes.append(f"{MARK_BOOTSTRAP} bootstrap of the difference in means ({BOOTSTRAP_RESAMPLES} resamples), "
+                     f"used where the seeds differ, against {baseline_rule}.")
     return notes
 
 
-def _marks(rows) -> set:
+def _significance_note(rows, alpha: float) -> list[str]:
+    """How the marks were decided, and what (n; p=...) means, for the tables that test."""
+    cells = [c for r in rows for c in r.cells]
+    family = [c for c in cells if c.test in TESTS and c.p is not None and c.n_test >= MIN_SEEDS]
+    notes = []
+    if any(c.test in TESTS for c in cells):
+        notes.append(f"Marks: Benjamini–Hochberg adjusted p < {alpha:g} over the {len(family)} cell(s) of this "
+                     f"table tested on at least {MIN_SEEDS} runs per side; (n; p=...) = too few runs for a mark, "
+                     f"the raw p; (n; p=–) = constant differences, no test.")
+    return notes
+
+
+def _marks(rows, alpha: float = ALPHA) -> set:
+    significance([c for r in rows for c in r.cells], alpha)
     return {c.mark for r in rows for c in r.cells if c.mark}
+
+
+def _count(cell: Cell) -> str:
+    """The cell's run count, with the raw p where a test ran on too few runs for a mark."""
+    if not cell.n:
+        return ""
+    if cell.test not in TESTS or (cell.n_test >= MIN_SEEDS and cell.p is not None):
+        return f"{cell.n}"
+    if cell.p is None:
+        return f"{cell.n}; p=–"
+    if cell.test == "bootstrap" and cell.p == 0:  # no resample crossed 0
+        return f"{cell.n}; p<{1 / BOOTSTRAP_RESAMPLES:g}"
+    return f"{cell.n}; p={cell.p:.2g}"
 
 
 # ---------------------------------------------------------------------------------------- kinds
@@ -701,11 +747,12 @@ def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metrics=None, 
     what = " / ".join(metric_title(m) for m in metrics)
     caption = (f"{'Classification' if task == 'classification' else 'Retrieval'}: {what} (%) on the test split at the "
                f"last epoch; multi-generation regimes at {gen_text}.")
-    marks = _marks(table_rows)
+    marks = _marks(table_rows, alpha)
     notes = _value_note(alpha, marks, "the method's baseline (same objective, single pass, same epochs per pass)")
+    notes += _significance_note(table_rows, alpha)
     shown = {e.label for e in entries}
     pairs = sorted((a, b) for a, b in base_of.items() if a in shown)
-    if pairs and marks & {MARK_PAIRED, MARK_BOOTSTRAP}:
+    if pairs and any(c.test in TESTS for r in table_rows for c in r.cells):
         notes.append("Baselines: " + "; ".join(f"{a} vs {b}" for a, b in pairs) + ".")
     notes += [f"Best per {'row' if across_rows else 'column'} in bold, second underlined.", COST_NOTE]
     return Table(kind, caption, tuple(_dim_title(d) for d in rows), columns + list(COST_COLS), table_rows,
@@ -771,8 +818,9 @@ def cost_table(runs: list[dict], metric=None, generations=None, names: Names | N
             table_rows.append(Row((*rk, title), cells + cost_cells(es), rule_before=rule))
     notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run.",
              "Acc_1: accuracy after generation 1; Acc_g: after the generation in the row label; Δacc = Acc_g − Acc_1 "
-             "per seed" + (f" ({MARK_PAIRED} p < {alpha:g}, one-sample t-test over seeds against 0)."
-                           if _marks(table_rows) else "."),
+             "per seed" + (f" ({MARK_PAIRED}: one-sample t-test over seeds against 0)."
+                           if _marks(table_rows, alpha) else "."),
+             *_significance_note(table_rows, alpha),
              "GFLOPs (per image, inference) and params of the evaluated network; reductions are relative to the dense "
              "network (ref).", COST_NOTE]
     caption = (f"Dense network N vs slim fit-hypothesis H: {metric_title(metric or 'top1')} (%) at generation 1 and g, "
@@ -921,8 +969,9 @@ def kd_table(runs: list[dict], metric=None, names: Names | None = None, alpha: f
     for j in range(len(KD_PIPELINES) + 2):
         if cols[j].rank:
             rank_column([r.cells[j] for r in table_rows], decimals)
-    marks = _marks(table_rows)
+    marks = _marks(table_rows, alpha)
     notes = _value_note(alpha, marks, "Pruned Scratch (Unpruned KD: against Unpruned Scratch)")
+    notes += _significance_note(table_rows, alpha)
     surplus_col = len(KD_PIPELINES) + 2
     tested = any(r.cells[surplus_col].test == "one-sample-t" and r.cells[surplus_col].mark for r in table_rows)
     notes.append("Surplus = (Self-Distill − Scratch) − (Unpruned KD − Unpruned Scratch), per seed where all four "
@@ -1001,7 +1050,10 @@ def budget_table(runs: list[dict], cols=None, metrics=None, generations=None, na
                 d = Cell(mean=a.mean - b.mean, n=0)
                 tmp = Cell(values=a.values, n=a.n)
                 compare(tmp, b, alpha)  # bootstrap when both sides have >= 2 runs
-                d.mark, d.test = (tmp.mark, tmp.test) if tmp.test else (MARK_FROM_MEANS, "from-means")
+                if tmp.test:
+                    d.test, d.p, d.n_test = tmp.test, tmp.p, tmp.n_test
+                else:
+                    d.mark, d.test = MARK_FROM_MEANS, "from-means"
             else:
                 d = Cell()
             cells_multi.append(a)
@@ -1020,15 +1072,15 @@ def budget_table(runs: list[dict], cols=None, metrics=None, generations=None, na
             shown = [round(c.mean * 100, decimals) for c in (a, b) if c.mean is not None]
             if len(shown) == 2 and shown[0] != shown[1]:
                 (a if a.mean > b.mean else b).rank = 1
-    marks = _marks(table_rows)
+    marks = _marks(table_rows, alpha)
     notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run. The single-pass row is "
              "the same objective trained once for the multi-pass row's total epochs, same schedule shape "
              "(`kebench run ... --budget matched`); the better of each pair is in bold."]
     if MARK_PAIRED in marks:
-        notes.append(f"Δ: per-seed difference; {MARK_PAIRED} p < {alpha:g}, paired t-test over the shared seeds.")
+        notes.append(f"Δ: per-seed difference; {MARK_PAIRED} paired t-test over the shared seeds.")
     if MARK_BOOTSTRAP in marks:
-        notes.append(f"{MARK_BOOTSTRAP} no shared seeds: the {100 * (1 - alpha):g}% bootstrap interval of the "
-                     f"difference in means excludes 0.")
+        notes.append(f"{MARK_BOOTSTRAP} no shared seeds: bootstrap of the difference in means.")
+    notes += _significance_note(table_rows, alpha)
     if MARK_FROM_MEANS in marks:
         notes.append(f"{MARK_FROM_MEANS} difference of the means (no shared seeds, too few runs to test).")
     if unmatched:
@@ -1049,7 +1101,7 @@ def build_table(runs: list[dict], kind: str | None = None, *, rows=None, cols=No
     kind = kind or ("retrieval" if all(r.get("task") == "retrieval" for r in runs) else "classification")
     if kind not in KINDS:
         raise unknown_choice("table kind", kind, list(KINDS))
-    if kind in ("cost", "kd") and (rows or cols):
+    if kind in ("cost", "kd", "size") and (rows or cols):
         raise UserError(f"The {kind} table has a fixed shape; --rows/--cols apply to classification, retrieval "
                         f"(and --cols to budget).")
     if kind == "budget" and rows:
@@ -1061,7 +1113,55 @@ def build_table(runs: list[dict], kind: str | None = None, *, rows=None, cols=No
         return cost_table(runs, metric, generations, names, alpha, decimals)
     if kind == "kd":
         return kd_table(runs, metric, names, alpha, decimals)
+    if kind == "size":
+        return size_table(runs, metric, names, decimals)
     return budget_table(runs, cols, metric, generations, names, alpha, decimals)
+
+
+def size_table(runs: list[dict], metric=None, names: Names | None = None, decimals: int = 2) -> Table:
+    """Accuracy vs model size: per method and arch, the reported network's top-1, params, bytes and
+    GFLOPs (`cost.dense`), with the run's training cost (for a search: every individual's). A run
+    that also records its full-precision network (`cost.fp32`, binarize) gets a row for it too."""
+    names = names or Names()
+    metric = (_split_list(metric) or ["top1"])[0]
+    warnings: list[str] = []
+    entries = [e for r in _task_runs(runs, "classification") for e in expand(r, None, names)]
+    if not entries:
+        raise UserError("No classification results for the size table.")
+    rows, _, entries = _prepare(entries, ["method", "arch"], [], names, warnings, auto_into="rows")
+    row_keys = sorted({e.row for e in entries}, key=_row_sorter(entries, rows, names))
+    cols = [Col((metric_title(metric),), metric), Col(("Params (M)",), "params_m", "cost", False),
+            Col(("Size (MB)",), "size_mb", "cost", False), Col(("GFLOPs",), "gflops", "cost", False),
+            Col(("Device-h",), "device_hours", "cost", False)] + list(COST_COLS)
+
+    def net_cost(e, net, key):
+        return ((e.run.get("cost") or {}).get(net) or {}).get(key)
+
+    table_rows = []
+    for rk in row_keys:
+        es = [e for e in entries if e.row == rk]
+        versions = [("fp32", f"{metric}_before", " (fp32)")] if any(net_cost(e, "fp32", "params") for e in es) else []
+        for net, key, suffix in versions + [("dense", metric, "")]:
+            acc = make_cell({e.seed: e.metrics.get(key) for e in es})
+            cells = [acc, cost_cell([net_cost(e, net, "params") / 1e6 for e in es if net_cost(e, net, "params")]),
+                     cost_cell([net_cost(e, net, "size_bytes") / 1e6 for e in es if net_cost(e, net, "size_bytes")]),
+                     cost_cell([net_cost(e, net, "flops") / 1e9 for e in es if net_cost(e, net, "flops")])]
+            if suffix:  # the network before binarization: its cost is part of the run's below
+                cells += [Cell(), Cell(), Cell()]
+            else:
+                cells.append(cost_cell([(e.run.get("training") or {}).get("device_hours") for e in es]))
+                cells += cost_cells(es)
+            head = (rk[0] + suffix, *rk[1:])
+            table_rows.append(Row(tuple(_group_title(v) if d != "method" else v for d, v in zip(rows, head)), cells))
+    rank_column([r.cells[0] for r in table_rows], decimals)
+    notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run.",
+             "Params, Size (parameter storage: 4 bytes per weight, 1 bit + one fp32 scale per filter for binarized "
+             "k×k patterns) and GFLOPs (per image, inference) of the reported network: for an architecture search "
+             "the best individual, for binarize the pattern network; '(fp32)' rows: before binarization.",
+             "Device-h, Epochs and TFLOPs: the whole run's training cost (a search: every individual trained, "
+             "extinct ones up to their landmark).", COST_NOTE]
+    caption = f"Accuracy and size: {metric_title(metric)} (%) of the reported network with its size and cost."
+    return Table("size", caption, tuple(_dim_title(d) for d in rows), cols, table_rows, notes, decimals, warnings)
 
 
 # ---------------------------------------------------------------------------------------- rendering
@@ -1103,7 +1203,7 @@ def _tex_cell(cell: Cell, col: Col, decimals: int) -> str:
     body = {1: rf"$\mathbf{{{math_core}}}$", 2: rf"\underline{{${math_core}$}}"}.get(cell.rank, f"${math_core}$")
     mark = {MARK_PAIRED: r"$^{*}$", MARK_BOOTSTRAP: r"$^{\dagger}$",
             MARK_FROM_MEANS: r"$^{\ddagger}$"}.get(cell.mark, "")
-    count = rf" {{\scriptsize({cell.n})}}" if cell.n else ""
+    count = rf" {{\scriptsize({tex(_count(cell))})}}" if cell.n else ""
     return body + mark + count
 
 
@@ -1115,7 +1215,7 @@ def _md_cell(cell: Cell, col: Col, decimals: int) -> str:
         return core
     body = {1: f"**{core}**", 2: f"<u>{core}</u>"}.get(cell.rank, core)
     mark = "\\*" if cell.mark == MARK_PAIRED else cell.mark
-    return body + mark + (f" ({cell.n})" if cell.n else "")
+    return body + mark + (f" ({_count(cell)})" if cell.n else "")
 
 
 def _header_levels(table: Table) -> list[list[tuple[str, int]]]:
@@ -1210,7 +1310,7 @@ def to_csv(table: Table) -> str:
                         "mean": cell.mean, "std": cell.std, "n": cell.n,
                         "seeds": ";".join(str(s) for s in cell.values),
                         "values": ";".join(f"{v:.10g}" for v in cell.values.values()),
-                        "test": cell.test, "p_value": cell.p, "mark": cell.mark,
+                        "test": cell.test, "p_value": cell.p, "q_value": cell.q, "mark": cell.mark,
                         "rank": {1: "best", 2: "second"}.get(cell.rank, ""),
                         "text": _core(cell, col, table.decimals) or MISSING})
             records.append(rec)
@@ -1271,7 +1371,7 @@ def table_cmd(result_dirs, fmt, kind, rows, cols, metric, arch, dataset, method,
       kebench table results/ --format latex > table2.tex
       kebench table results/ --generation 3,10 --metric top1,slim_top1
       kebench table results/ --kind retrieval --metric nmi,r@1,r@4
-      kebench table results/ --kind cost | --kind kd | --kind budget
+      kebench table results/ --kind cost | --kind kd | --kind budget | --kind size
     """
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must be between 0 and 1, got {alpha}.")

@@ -49,6 +49,12 @@ class ClassWiseSelfKD(Objective):
         partners = class_partners(labels, generator)
         return [torch.cat([a, partners[a]]) for a in anchors]
 
+    def shard(self, batch, world, rank):
+        """Under several processes each rank takes its part of the anchors *and* their partners,
+        so it keeps the [anchors; partners] layout and every pair stays on one rank."""
+        anchors, partners = batch.chunk(2)
+        return torch.cat([anchors.tensor_split(world)[rank], partners.tensor_split(world)[rank]])
+
     def loss(self, model, x, y):
         b = len(x) // 2
         logits = model(x[:b])

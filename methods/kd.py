@@ -5,7 +5,11 @@
 * fd:  L = CE(s, y) + β·mean|φ_T/‖φ_T‖₂ − R(φ_S)/‖R(φ_S)‖₂|                 (Factor-Transfer style)
   φ = the last feature map (`forward_features`), each sample's map flattened and L2-normalised,
   R a 1×1-conv regressor from the student's to the teacher's channels; the L1 distance is a *mean*
-  over elements, as in the reference code, which is why β is in the hundreds.
+  over elements, as in the reference code, which is why β is in the hundreds. A mean |difference|
+  of two unit vectors of N elements shrinks as 1/√N, so Park et al. scale β with the feature-map
+  size: `beta auto` takes the family's CIFAR value and multiplies it by √(N / N_ref), N the
+  teacher's C·H·W at the run's resolution, N_ref that of the CIFAR network the value was tuned on
+  (ResNet-56: 64·8·8; at 224 px ResNet18's 512·7·7 gives β ≈ 1237).
 
 The teacher is the same architecture, in eval mode, never updated: a pipeline regime trains it
 first (`methods/kd_prune.py`) or `--teacher PATH` loads a `model.pt` of an earlier kebench run.
@@ -16,6 +20,7 @@ student's passes independently (Park et al.'s four augmentation combinations).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -276,6 +281,9 @@ class FeatureKD(Distill):
         self.beta = auto_value(self.params.beta, run.cfg.arch, self.params.beta_by_family, "beta")
         if self.beta < 0:
             raise UserError(f"fd: beta must be >= 0, got {self.beta}.")
+        self.auto_beta = str(self.params.beta).strip().lower() == "auto"
+        if self.auto_beta:  # the family's reference size; the scaled beta is set once the teacher is known
+            self.reference_size = family_value(run.cfg.arch, self.params.beta_reference_size, "beta_reference_size")
         self.regressor: nn.Module | None = None
 
     def extra_parameters(self, model):
@@ -285,6 +293,13 @@ class FeatureKD(Distill):
         self._check_teacher()
         self.regressor = make_regressor(model, self.teacher, self.run_ctx)
         self.run_ctx.state["fd.regressor"] = self.regressor
+        if self.auto_beta:
+            size = math.prod(feature_shape(self.teacher, self.run_ctx))
+            family = family_value(self.run_ctx.cfg.arch, self.params.beta_by_family, "beta")
+            self.beta = scaled_beta(family, size, self.reference_size)
+            self.run_ctx.extra["fd"] = {"beta": self.beta, "beta_family": family, "feature_size": size,
+                                        "reference_size": self.reference_size,
+                                        "rule": "beta_family * sqrt(feature_size / reference_size)"}
         return list(self.regressor.parameters())
 
     def loss(self, model, x, y):
@@ -295,6 +310,13 @@ class FeatureKD(Distill):
         logits = model.forward_head(feat)
         loss = mixed_ce(logits, y, y_b, lam) + self.beta * feature_term(self.regressor(feat), teacher_feat)
         return loss, logits
+
+
+def scaled_beta(beta: float, feature_size: int, reference_size: int) -> float:
+    """β for a feature map of `feature_size` elements (C·H·W), from a β tuned at `reference_size`:
+    the mean |difference| of unit-norm maps scales as 1/√size, so β scales as √size keeps the
+    distillation term's weight against CE that of the reference setting."""
+    return float(beta) * math.sqrt(feature_size / reference_size)
 
 
 def feature_shape(model: nn.Module, run) -> torch.Size:

@@ -23,11 +23,12 @@ from torch import nn
 
 from kebench import metrics
 from kebench.cost import forward_flops
-from kebench.data import Split
 from kebench.data.pipeline import epoch_generator
 from kebench.engine import RunFailure
 from kebench.errors import UserError, unknown_choice
 from kebench.models import count_params
+from kebench.morph import (BIRTH_TOLERANCE, VAL_SPLIT_SEED, birth_change, carve_validation,  # noqa: F401
+                           ensure_validation, remap_units, widen_index)
 from kebench.plugin import Regime
 
 #: Hidden layers a mutation may widen: (conv whose outputs grow, its BN, conv that reads them).
@@ -39,11 +40,6 @@ BLOCK_PAIRS = {
 LAST_BN = {BasicBlock: "bn2", Bottleneck: "bn3"}
 MUTATIONS = ("widen", "deepen")
 SPLITS = ("random", "equal")
-#: Largest relative change of the logits at birth we accept as "the same function": float32 (and
-#: TF32 convolutions on GPUs) round-off is orders of magnitude below; a broken mutation far above.
-BIRTH_TOLERANCE = 1e-3
-#: The validation subset carved from train is the same for every seed (like a dataset's own split).
-VAL_SPLIT_SEED = 0
 #: Key of the mutation random stream, kept apart from the (seed, pass, epoch) batch streams.
 MUTATION_STREAM = 7_919
 
@@ -88,33 +84,11 @@ def check_family(model: nn.Module, arch: str) -> None:
         )
 
 
-@torch.no_grad()
 def remap_hidden(block: nn.Module, pair: tuple[str, str, str], index: torch.Tensor,
                  in_scale: torch.Tensor | None = None) -> None:
-    """Rebuild hidden layer `pair` of `block` so its unit j is the old unit index[j].
-
-    conv_a's filters and bn_a's parameters and running statistics are gathered by `index`; conv_b's
-    input weights too, multiplied by `in_scale[j]`. Narrowing: index = 0..k-1. Net2WiderNet:
-    index repeats units, and the shares in_scale of each old unit's copies sum to 1.
-    """
-    conv_a, bn, conv_b = (getattr(block, n) for n in pair)
-    index = index.to(conv_a.weight.device)
-    conv_a.weight = nn.Parameter(conv_a.weight[index].contiguous())
-    if conv_a.bias is not None:
-        conv_a.bias = nn.Parameter(conv_a.bias[index].contiguous())
-    conv_a.out_channels = len(index)
-    for name in ("weight", "bias"):
-        if getattr(bn, name, None) is not None:
-            setattr(bn, name, nn.Parameter(getattr(bn, name)[index].contiguous()))
-    for name in ("running_mean", "running_var"):
-        if getattr(bn, name, None) is not None:
-            setattr(bn, name, getattr(bn, name)[index].contiguous())
-    bn.num_features = len(index)
-    w = conv_b.weight[:, index]
-    if in_scale is not None:
-        w = w * in_scale.to(w).view(1, -1, *([1] * (w.dim() - 2)))
-    conv_b.weight = nn.Parameter(w.contiguous())
-    conv_b.in_channels = len(index)
+    """Rebuild hidden layer `pair` = (conv_a, bn_a, conv_b) of `block` so its unit j is the old unit
+    index[j] (kebench.morph.remap_units)."""
+    remap_units(*(getattr(block, n) for n in pair), index, in_scale)
 
 
 def narrow_block(block: nn.Module, fraction: float) -> None:
@@ -135,13 +109,8 @@ def widen(model: nn.Module, gen: torch.Generator, widen_by: float, split: str) -
     path, block, pair = layers[int(torch.randint(len(layers), (1,), generator=gen))]
     width = getattr(block, pair[0]).out_channels
     added = max(1, round(widen_by * width))
-    index = torch.cat([torch.arange(width), torch.randint(width, (added,), generator=gen)])
-    if split == "equal":
-        weight = torch.ones(len(index), dtype=torch.float64)
-    else:  # Exp(1) weights normalised per group = a uniform point on each group's simplex
-        weight = torch.empty(len(index), dtype=torch.float64).exponential_(generator=gen)
-    group_total = torch.zeros(width, dtype=torch.float64).index_add_(0, index, weight)
-    remap_hidden(block, pair, index, weight / group_total[index])
+    index, share = widen_index(width, added, gen, split)
+    remap_hidden(block, pair, index, share)
     return f"widen {path}.{pair[0]} {width}->{width + added}"
 
 
@@ -161,31 +130,6 @@ def deepen(model: nn.Module, gen: torch.Generator, make_block) -> str:
     nn.init.zeros_(last.bias)
     stage.insert(position, block)
     return f"deepen {sname} at {position} ({len(stage)} blocks)"
-
-
-@torch.no_grad()
-def birth_change(parent: nn.Module, child: nn.Module, x: torch.Tensor) -> float:
-    """max |child(x) - parent(x)| / max |parent(x)| in eval mode (0 for a function-preserving child)."""
-    modes = parent.training, child.training
-    parent.eval()
-    child.eval()
-    a, b = parent(x).float(), child(x).float()
-    parent.train(modes[0])
-    child.train(modes[1])
-    return ((a - b).abs().max() / a.abs().max().clamp_min(torch.finfo(a.dtype).tiny)).item()
-
-
-def carve_validation(train: Split, fraction: float) -> tuple[Split, Split]:
-    """A stratified, seed-independent validation subset of `train` (each class keeps >= 1 train image)."""
-    gen = torch.Generator().manual_seed(VAL_SPLIT_SEED)
-    val, keep = [], []
-    for c in torch.unique(train.labels):
-        idx = torch.nonzero(train.labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_val = min(max(1, round(fraction * len(idx))), len(idx) - 1)
-        val.append(idx[:n_val])
-        keep.append(idx[n_val:])
-    return train.subset(torch.sort(torch.cat(keep)).values), train.subset(torch.sort(torch.cat(val)).values)
 
 
 # ---------------------------------------------------------------------------- the regime
@@ -262,11 +206,7 @@ class NeuroEvolution(Regime):
     def run(self, run) -> None:
         p, cfg = self.params, run.cfg
         check_family(run.model, cfg.arch)
-        if run.data.val is None:
-            run.data.train, run.data.val = carve_validation(run.data.train, p.val_fraction)
-            run.data.info["validation"] = (f"neuroevo: stratified {p.val_fraction:.0%} of train held out for "
-                                           f"selection (generator seed {VAL_SPLIT_SEED}); "
-                                           f"{len(run.data.train)} train / {len(run.data.val)} val images")
+        ensure_validation(run, p.val_fraction, "neuroevo")
         probe = next(iter(run.stream("val")))[0]
         self._check_mutations(run, probe)
 

@@ -8,7 +8,9 @@ D_ap - D_an + m; when it lies beyond the margin the loss is 0. When no negative 
 the positive at all, the farthest negative of the anchor is used (as TensorFlow does). The loss is
 the mean over all anchor-positive pairs.
 
-Batches are P x K: P classes, K images each (paper: 25 x 5 = 125).
+Batches are P x K: P classes, K images each (paper: 25 x 5 = 125). Under several processes the
+embeddings of all ranks are gathered before mining, so negatives are chosen from the whole P x K
+batch exactly as in one process (and the gradient is the one-process gradient).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kebench import distributed
 from kebench.errors import UserError
 from kebench.plugin import Objective
 
@@ -157,4 +160,8 @@ class Triplet(Objective):
         return pk_batches(labels, self.classes_per_batch, self.params.images_per_class, generator)
 
     def loss(self, model, x, y):
-        return semihard_triplet_loss(model(x), y, self.params.margin), None
+        emb = model(x)
+        if distributed.world_size() == 1:
+            return semihard_triplet_loss(emb, y, self.params.margin), None
+        loss = semihard_triplet_loss(distributed.gather_rows(emb), distributed.gather_rows(y), self.params.margin)
+        return distributed.global_loss(loss), None

@@ -90,7 +90,7 @@ def test_end_to_end_trains_weights_and_scale_only_in_training(make_cfg, classes)
     head = cosine_head(run.model)
     w0, s0 = head.weight.detach().clone(), float(head.s)
     assert s0 == pytest.approx(initial_scale(classes))
-    run.fit(1)
+    run.fit(3)  # 3 short epochs: 1 epoch (6 steps) sat at chance for some augmentation draws
     assert not torch.equal(head.weight.detach(), w0)  # the engine's optimizer trains the class weights
     s1 = float(head.s)
     assert s1 >= MIN_SCALE and (s1 != s0 or classes == 2)  # at C = 2 it sits on the floor (see adacos.py)

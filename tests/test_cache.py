@@ -2,11 +2,13 @@
 option; the DataLoader fallback yields exactly the cached pipeline's batches."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,9 +29,9 @@ def decodes(monkeypatch):
     calls = []
     real = cache.decode_image
 
-    def counting(path, size, banner_px=0):
+    def counting(path, size, banner_px=0, keep_aspect=False):
         calls.append(Path(path).name)
-        return real(path, size, banner_px)
+        return real(path, size, banner_px, keep_aspect)
 
     monkeypatch.setattr(cache, "decode_image", counting)
     return calls
@@ -53,7 +55,9 @@ def test_second_load_hits_the_memory_mapped_cache(tmp_path, decodes):
         a, b = getattr(first, split), getattr(second, split)
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
         assert _is_memmapped(b.images)  # BatchStream streams it by index instead of copying it whole
-    assert Path(second.info["cache"]["train"]["file"]).stat().st_size == 6 * 3 * 37 * 37
+    # train: aspect-keeping 37 x 74 slots; evaluation splits: 37 x 37 center squares
+    assert Path(second.info["cache"]["train"]["file"]).stat().st_size == 6 * 3 * 37 * 74
+    assert Path(second.info["cache"]["test"]["file"]).stat().st_size == 6 * 3 * 37 * 37
     stream = BatchStream(second, second.train, batch_size=4, device=torch.device("cpu"), train=True)
     assert stream.images is second.train.images
 
@@ -70,7 +74,8 @@ def test_changed_source_file_invalidates_its_split_only(tmp_path, decodes):
     after = load(fixture, tmp_path)
     assert len(decodes) == fixture.sizes["train"]  # the train split is rebuilt, val and test are hits
     assert [i["hit"] for i in after.info["cache"].values()] == [False, True, True]
-    new_color = after.train.images[0].float().mean((1, 2))
+    h, w = after.train.extent[0].tolist()
+    new_color = after.train.images[0, :, :h, :w].float().mean((1, 2))
     assert torch.allclose(new_color, torch.tensor(fx.PALETTE[5], dtype=torch.float32), atol=12)
     assert not torch.equal(before.train.images[0], after.train.images[0])
     assert torch.equal(before.train.images[1:], after.train.images[1:])
@@ -143,14 +148,14 @@ def test_fallback_decodes_on_demand_with_the_cached_pixels(tmp_path):
 def test_fallback_reports_images_that_fail_while_training(tmp_path):
     fixture = fx.build("cub200", tmp_path / "data")
     listing = paper.list_dataset("cub200", fixture.root)
-    bad = listing.base / listing.splits["train"][2][0]
+    bad = listing.base / listing.splits["test"][2][0]  # (a train image's header is read up front)
     bad.write_bytes(bad.read_bytes()[:150])
     with pytest.warns(UserWarning):
         bundle = load(fixture, tmp_path, cache_budget_gb=0, workers=0)
     with pytest.warns(UserWarning, match="black image"):
-        x = bundle.train.images[torch.tensor([1, 2])]
+        x = bundle.test.images[torch.tensor([1, 2])]
     assert x[1].max() == 0 and x[0].max() > 0
-    failures = bundle.info["cache"]["train"]["unreadable_during_training"]
+    failures = bundle.info["cache"]["test"]["unreadable_during_training"]
     assert [f[0] for f in failures] == [str(bad)]
 
 
@@ -211,3 +216,101 @@ def test_cpu_augmentation_is_the_same_with_several_threads():
         torch.set_num_threads(before)
     assert torch.equal(single, shared)
     assert not torch.equal(shared[1], shared[3])  # image 1 twice, different crops
+
+
+@pytest.mark.parametrize("height,width,scale", [(32, 32, (0.08, 1.0)), (40, 200, (0.08, 1.0)), (300, 200, (0.7, 1.0))])
+def test_crop_params_draw_as_torchvision_random_resized_crop(height, width, scale):
+    """Area, aspect and offsets follow `RandomResizedCrop.get_params` (10 rejection draws, then the
+    centre crop with the aspect clamped), not a clamp of w and h to the image: two-sample KS tests
+    at fixed seeds, plus whole-pixel boxes inside the image."""
+    from scipy.stats import ks_2samp
+    from torchvision.transforms import RandomResizedCrop
+
+    from kebench.data.pipeline import crop_params
+
+    n, ratio = 3000, (3 / 4, 4 / 3)
+    torch.manual_seed(0)
+    ref = torch.tensor([RandomResizedCrop.get_params(torch.empty(1, height, width), scale, ratio) for _ in range(n)],
+                       dtype=torch.float64)
+    top, left, h, w = ref.T
+    boxes = crop_params(n, height, width, scale, ratio, torch.Generator().manual_seed(1)).double()
+    ow, oh = boxes[:, 2], boxes[:, 3]
+    otop, oleft = boxes[:, 1] - oh / 2, boxes[:, 0] - ow / 2
+    for a, b in ((w * h, ow * oh), (w / h, ow / oh), (top, otop), (left, oleft)):
+        assert ks_2samp(a.numpy(), b.numpy()).pvalue > 0.01
+    whole = torch.cat([ow, oh, otop, oleft])
+    assert torch.equal(whole, whole.round()) and (otop >= 0).all() and (oleft >= 0).all()
+    assert (otop + oh <= height).all() and (oleft + ow <= width).all()
+
+
+def test_crop_params_take_per_image_sizes():
+    """Images of different sizes in one batch (the aspect-keeping cache): each box fits its image,
+    and an image no draw fits falls back to torchvision's centre crop with the aspect clamped."""
+    from kebench.data.pipeline import crop_params
+
+    heights, widths = torch.tensor([40, 64, 10] * 100), torch.tensor([64, 40, 100] * 100)
+    boxes = crop_params(300, heights, widths, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
+    cx, cy, w, h = boxes.T
+    assert (cx - w / 2 >= 0).all() and (cx + w / 2 <= widths).all()
+    assert (cy - h / 2 >= 0).all() and (cy + h / 2 <= heights).all()
+    # 10x100 with scale 1: every draw is taller than 10 px, so the fallback: h 10, w round(10 * 4/3)
+    box = crop_params(1, 10, 100, (1.0, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))[0]
+    assert box.tolist() == [43 + 6.5, 5.0, 13.0, 10.0]  # left (100 - 13) // 2 = 43, as torchvision
+
+
+def _margin_image(path: Path, w: int, h: int) -> None:
+    """Green, with a red first and a blue last 1/6 along the longer side (left/right, or top/bottom)."""
+    from PIL import Image
+
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    arr[...] = (0, 255, 0)
+    m = max(w, h) // 6
+    if w >= h:
+        arr[:, :m], arr[:, -m:] = (255, 0, 0), (0, 0, 255)
+    else:
+        arr[:m], arr[-m:] = (255, 0, 0), (0, 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)  # PNG: exact colours
+
+
+def test_training_crops_reach_the_margins_in_each_images_orientation(tmp_path):
+    """The training cache keeps each whole image (aspect ratio kept, portrait stored transposed), so
+    RandomResizedCrop reaches the margins a central square would drop; crops come out in the image's
+    own orientation, on the CPU path and the grid_sample path alike."""
+    from kebench.data import DataBundle, Split
+    from kebench.data.pipeline import augment, augment_cpu, crop_params, stored_boxes
+
+    _margin_image(tmp_path / "src" / "wide.png", 72, 40)
+    _margin_image(tmp_path / "src" / "tall.png", 40, 72)
+    got = cache.open_split("toy", "train", tmp_path / "src", [("wide.png", 0), ("tall.png", 1)], size=16,
+                           keep_aspect=True, cache_dir=tmp_path / "cache", workers=1)
+    split = got.split
+    assert split.extent.tolist() == [[16, 28], [28, 16]] and split.images.shape == (2, 3, 16, 32)
+    assert "-aspect-" in got.info["file"] and json.loads(Path(got.info["file"]).with_suffix(".json").read_text())[
+        "version"] == cache.FORMAT_VERSION == 3  # a new key: square caches of format 2 are rebuilt
+    # an image longer than MAX_ASPECT x its shorter side is shrunk whole into the slot, not cut
+    assert cache.stored_extent(72, 40, 16) == (16, 28) and cache.stored_extent(200, 40, 16) == (6, 32)
+    assert cache.stored_extent(40, 200, 16) == (32, 6) and cache.stored_extent(40, 230, 16, banner_px=30) == (32, 6)
+    bundle = DataBundle("toy", "classification", split, split, 2, 3, 8, (0.0,) * 3, (1 / 255,) * 3)
+    stream = BatchStream(bundle, split, batch_size=2, device=torch.device("cpu"), train=True)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([stream.load(torch.tensor([0, 1]), gen)[0] for _ in range(100)])  # pixel values
+    red, blue = x[:, 0] > 200, x[:, 2] > 200
+    wide, tall = slice(0, None, 2), slice(1, None, 2)
+    assert red[wide].any(1).any(1).float().mean() > 0.2 and blue[wide].any(1).any(1).float().mean() > 0.2
+    assert red[tall].any(1).any(1).float().mean() > 0.2 and blue[tall].any(1).any(1).float().mean() > 0.2
+    rows, cols = torch.arange(8.0)[:, None].expand(8, 8), torch.arange(8.0)[None, :].expand(8, 8)
+    unflipped_tall = red[tall].float()  # no flip reverses rows: red stays at the top of the tall image
+    assert (unflipped_tall * rows).sum() / unflipped_tall.sum() < 2.5
+    assert (red[tall].float() * cols).sum() / red[tall].float().sum() == pytest.approx(3.5, abs=0.8)
+    # evaluated (a validation subset carved from it): the center view of each real image, not of the slot
+    view, _ = BatchStream(bundle, split, batch_size=2, device=torch.device("cpu"), train=False).load(torch.arange(2))
+    assert view.shape == (2, 3, 8, 8) and (view[:, 1] > 200).all() and (view[:, [0, 2]] < 60).all()
+    # grid_sample (CUDA path) reads the same points from the transposed slot
+    hw = split.extent.T
+    boxes = stored_boxes(crop_params(2, *hw, (0.08, 1.0), (3 / 4, 4 / 3), gen), hw[0] > hw[1])
+    flips = torch.tensor([True, False])
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    cpu = augment_cpu(split.images, torch.arange(2), 8, boxes, flips, mean, std, hw[0] > hw[1])
+    grid = augment(split.images.float(), 8, boxes, flips, hw[0] > hw[1])
+    assert (cpu - grid)[..., 2:-2, 2:-2].abs().max() <= 1.01

@@ -30,9 +30,15 @@ def load(fixture: fx.Fixture, tmp_path: Path, resolution: int = RES, **options):
     return datasets.load(cfg)
 
 
-def class_of(images: torch.Tensor, colors) -> torch.Tensor:
-    """Nearest palette colour of each image's mean colour (fixture images are class colour + zero-mean gradient)."""
-    return torch.cdist(images.float().mean((2, 3)), torch.tensor(colors, dtype=torch.float32)).argmin(1)
+def class_of(split, colors) -> torch.Tensor:
+    """Nearest palette colour of each image's mean colour (fixture images are class colour + zero-mean
+    gradient), over each image's real region where the split keeps aspect ratios in padded slots."""
+    if split.extent is None:
+        means = split.images.float().mean((2, 3))
+    else:
+        means = torch.stack([img[:, :min(h, w), :max(h, w)].float().mean((1, 2))
+                             for img, (h, w) in zip(split.images, split.extent.tolist())])
+    return torch.cdist(means, torch.tensor(colors, dtype=torch.float32)).argmin(1)
 
 
 def eval_view(bundle, split, index: int) -> torch.Tensor:
@@ -70,10 +76,12 @@ def test_fixture_loads_with_exact_splits_labels_and_pixels(key, tmp_path):
     for split_name in sizes:
         split = getattr(bundle, split_name)
         assert split.labels.dtype == torch.int64 and split.images.dtype == torch.uint8
-        assert split.images.shape[1:] == (3, round(RES * 256 / 224), round(RES * 256 / 224))
+        side = round(RES * 256 / 224)  # training splits keep the aspect ratio: 2x-wide slots
+        assert split.images.shape[1:] == (3, side, 2 * side if split_name == "train" else side)
+        assert (split.extent is not None) == (split_name == "train")
         assert int(split.labels.min()) == 0  # 0-based
         assert int(split.labels.max()) == len(fixture.class_colors[split_name]) - 1
-        assert torch.equal(class_of(split.images, fixture.class_colors[split_name]), split.labels)
+        assert torch.equal(class_of(split, fixture.class_colors[split_name]), split.labels)
     if bundle.task == "retrieval":  # class-disjoint: test classes are the second half, re-based to 0
         assert bundle.info["split"].startswith("class-disjoint")
         assert set(fixture.class_colors["train"]).isdisjoint(fixture.class_colors["test"])
@@ -114,10 +122,11 @@ def test_aircraft_banner_is_cropped_by_default_and_recorded(tmp_path):
     cropped = load(fixture, tmp_path)
     kept = load(fixture, tmp_path, crop_banner="false")
     assert cropped.info["options"] == {"crop_banner": True} and kept.info["options"] == {"crop_banner": False}
-    bottom = lambda b: b.train.images[:, :, -1, :].float().mean().item()  # noqa: E731
+    bottom = lambda b: b.test.images[:, :, -1, :].float().mean().item()  # noqa: E731
     assert bottom(kept) > 245  # the white banner is in the bottom rows
     assert bottom(cropped) < 200
     assert cropped.info["cache"]["train"]["file"] != kept.info["cache"]["train"]["file"]
+    assert cropped.info["cache"]["test"]["file"] != kept.info["cache"]["test"]["file"]
 
 
 def test_root_from_environment_variable(tmp_path, monkeypatch):
@@ -192,7 +201,7 @@ def test_unusable_images_are_skipped_listed_and_counted(tmp_path):
     assert sorted(f["path"] for f in unusable["files"]) == sorted(broken)
     reasons = {f["path"]: f["reason"] for f in unusable["files"]}
     assert reasons[broken[1]] == "missing" and reasons[broken[0]].startswith("unreadable")
-    assert torch.equal(class_of(bundle.train.images, fixture.class_colors["train"]), bundle.train.labels)
+    assert torch.equal(class_of(bundle.train, fixture.class_colors["train"]), bundle.train.labels)
     with pytest.raises(UserError) as e:
         load(fixture, tmp_path, max_bad=1)
     assert "max_bad=1" in str(e.value) and broken[0] in str(e.value)
@@ -204,7 +213,7 @@ def test_train_fraction_on_a_cached_split(tmp_path):
                     data_options={"cache_dir": str(tmp_path / "cache"), "workers": 1})
     bundle = datasets.load(cfg)
     assert torch.bincount(bundle.train.labels).tolist() == [1, 1, 1, 1]
-    assert torch.equal(class_of(bundle.train.images, fixture.class_colors["train"]), bundle.train.labels)
+    assert torch.equal(class_of(bundle.train, fixture.class_colors["train"]), bundle.train.labels)
 
 
 def test_list_datasets_shows_the_paper_datasets():

@@ -55,21 +55,81 @@ TOY_REGIME = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def toy_regime(tmp_path, monkeypatch):
-    """The regime above as an out-of-tree plugin (an entry point), visible to spawned ranks too."""
+# Objectives that record, on every rank and step, what their loss saw (one line per step).
+PROBES = textwrap.dedent('''
+    import os
+
+    import methods.triplet
+    from methods.cskd import ClassWiseSelfKD
+    from methods.triplet import Triplet
+
+
+    def _log(run, name, text):
+        with open(run.dir / f"rank{os.environ.get('RANK', '0')}_{name}.txt", "a") as f:
+            f.write(text + "\\n")
+
+
+    class PairProbe(ClassWiseSelfKD):
+        """CS-KD; logs the share of anchor/partner pairs of one class among this rank's pairs."""
+
+        kind = "objective"
+        defaults = {"temperature": 4.0, "lambda_cls": 3.0}
+
+        def loss(self, model, x, y):
+            b = len(y) // 2
+            _log(self.run_ctx, "pairs", f"{b} {(y[:b] == y[b:]).float().mean().item()}")
+            return super().loss(model, x, y)
+
+
+    class MiningProbe(Triplet):
+        """Triplet; logs the labels the semi-hard mining ran over."""
+
+        kind = "objective"
+        defaults = {"margin": 0.2, "embedding_dim": 8, "classes_per_batch": 4, "images_per_class": 4}
+
+        def loss(self, model, x, y):
+            real = methods.triplet.semihard_triplet_loss
+
+            def logged(emb, labels, margin):
+                _log(self.run_ctx, "mined", " ".join(map(str, labels.tolist())))
+                return real(emb, labels, margin)
+
+            methods.triplet.semihard_triplet_loss = logged
+            try:
+                return super().loss(model, x, y)
+            finally:
+                methods.triplet.semihard_triplet_loss = real
+''')
+
+
+def _plugin_module(tmp_path, monkeypatch, module: str, source: str, entry_points: str):
+    """`source` as an out-of-tree plugin module (entry points), visible to spawned ranks too."""
     plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "ddp_toy.py").write_text(TOY_REGIME)
-    dist = plugins / "ddp_toy-0.1.dist-info"
+    plugins.mkdir(exist_ok=True)
+    (plugins / f"{module}.py").write_text(source)
+    dist = plugins / f"{module}-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ddp-toy\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[kebench.methods]\nrandmask = ddp_toy:RandomMasks\n")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[kebench.methods]\n{entry_points}\n")
     monkeypatch.syspath_prepend(str(plugins))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     registry.reload()
+
+
+@pytest.fixture
+def toy_regime(tmp_path, monkeypatch):
+    _plugin_module(tmp_path, monkeypatch, "ddp_toy", TOY_REGIME, "randmask = ddp_toy:RandomMasks")
     yield
     sys.modules.pop("ddp_toy", None)
+    registry.reload()
+
+
+@pytest.fixture
+def probes(tmp_path, monkeypatch):
+    _plugin_module(tmp_path, monkeypatch, "ddp_probes", PROBES,
+                   "pairprobe = ddp_probes:PairProbe\nminingprobe = ddp_probes:MiningProbe")
+    yield
+    sys.modules.pop("ddp_probes", None)
     registry.reload()
 
 
@@ -128,6 +188,80 @@ def test_two_process_knowledge_evolution_keeps_replicas_identical(make_cfg, monk
     assert record["status"] == "complete" and len(record["passes"]) == 2
     assert record["distributed"]["replicas_identical"] is True  # model, KE masks and split, bit for bit
     assert 0.0 <= record["final"]["top1"] <= 1.0
+
+
+def test_two_process_cskd_keeps_every_anchor_with_its_partner(probes, make_cfg):
+    """Each rank gets half the anchors *and their partners* (a contiguous split paired unrelated
+    samples: about 1 in 4 of one class at 4 balanced classes)."""
+    cfg = make_cfg("pairprobe", epochs=1)
+    (record,) = distributed.launch(cfg, 2, show_progress=False)
+    assert record["status"] == "complete" and record["distributed"]["replicas_identical"] is True
+    run_dir = Path(cfg.out) / cfg.run_id()
+    for rank in (0, 1):
+        lines = (run_dir / f"rank{rank}_pairs.txt").read_text().split()
+        anchors, same = [int(v) for v in lines[::2]], [float(v) for v in lines[1::2]]
+        assert len(same) == 6 and set(anchors) == {8}  # 6 steps, 16 / 2 anchors per rank
+        assert all(v == 1.0 for v in same)
+
+
+def test_two_process_triplet_mines_the_whole_pk_batch(probes, make_cfg):
+    """Semi-hard negatives are mined over all P x K images (gathered from both ranks), as one
+    process does; each rank trains on half of them."""
+    cfg = make_cfg("miningprobe", data="digits-retrieval", batch_size=16, epochs=1)
+    (record,) = distributed.launch(cfg, 2, show_progress=False)
+    assert record["status"] == "complete" and record["distributed"]["batch_per_process"] == 8
+    run_dir = Path(cfg.out) / cfg.run_id()
+    batches = [(run_dir / f"rank{r}_mined.txt").read_text().splitlines() for r in (0, 1)]
+    assert batches[0] == batches[1] and len(batches[0]) == record["training"]["steps"] > 0
+    for line in batches[0]:
+        labels = torch.tensor([int(v) for v in line.split()])
+        assert len(labels) == 16 and sorted(torch.bincount(labels)[torch.bincount(labels) > 0].tolist()) == [4] * 4
+
+
+def test_gathered_triplet_loss_has_the_one_process_gradient(tmp_path):
+    """Two ranks, each with half the batch, DDP-averaged: the same loss and parameter gradient as
+    one process with the whole batch."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_gradient_rank, args=(distributed.free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    from methods.triplet import semihard_triplet_loss
+
+    x, y, model = _gradient_case()
+    loss = semihard_triplet_loss(torch.nn.functional.normalize(model(x), dim=1), y, 0.2)
+    loss.backward()
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"grad{rank}.pt", weights_only=True)
+        assert abs(got["loss"] - loss.item()) < 1e-6
+        assert torch.allclose(got["grad"], model.weight.grad, rtol=1e-5, atol=1e-7)
+
+
+def _gradient_case():
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(12, 5, generator=gen), torch.arange(3).repeat_interleave(4)
+    model = torch.nn.Linear(5, 4, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(4, 5, generator=gen))
+    return x, y, model
+
+
+def _gradient_rank(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from methods.triplet import semihard_triplet_loss
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        x, y, model = _gradient_case()
+        ddp = distributed.DDP(model, torch.device("cpu"))
+        xs, ys = x.tensor_split(2)[rank], y.tensor_split(2)[rank]
+        emb = torch.nn.functional.normalize(ddp(xs), dim=1)
+        loss = distributed.global_loss(semihard_triplet_loss(distributed.gather_rows(emb),
+                                                             distributed.gather_rows(ys), 0.2))
+        loss.backward()
+        torch.save({"loss": loss.item(), "grad": model.weight.grad}, Path(out) / f"grad{rank}.pt")
+    finally:
+        dist.destroy_process_group()
 
 
 def test_launch_refuses_what_cannot_work_before_spawning(make_cfg):

@@ -104,6 +104,38 @@ def test_beta_and_sparsity_defaults_follow_the_architecture_family(make_cfg):
         auto_value("auto", "efficientnet_b0", table, "beta")
 
 
+def test_scaled_beta_follows_the_feature_map_size():
+    """Park et al.'s β are CIFAR values; the mean L1 of unit maps shrinks as 1/sqrt(C·H·W), so β
+    grows as sqrt(size): ResNet18 at 224 px (512x7x7) against ResNet-56 on CIFAR (64x8x8)."""
+    from kebench.models import create_model
+    from methods.kd import feature_shape, scaled_beta
+
+    run = SimpleNamespace(data=SimpleNamespace(in_chans=3, resolution=224), cfg=SimpleNamespace(arch="resnet18"))
+    shape = feature_shape(create_model("resnet18", 10), run)
+    assert tuple(shape) == (512, 7, 7)
+    assert scaled_beta(500, math.prod(shape), 64 * 8 * 8) == pytest.approx(1237.4, abs=0.1)
+    assert scaled_beta(500, 4096, 4096) == 500
+    # why: the distance of two random unit maps falls as 1/sqrt(size), beta * distance stays put
+    gen = torch.Generator().manual_seed(0)
+    terms = {n: feature_term(torch.randn(64, n, 1, 1, generator=gen), torch.randn(64, n, 1, 1, generator=gen))
+             for n in (256, 4096)}
+    assert scaled_beta(1, 4096, 256) * terms[4096].item() == pytest.approx(terms[256].item(), rel=0.02)
+
+
+def test_fd_auto_beta_is_scaled_to_the_teachers_feature_map_and_recorded(make_cfg, teacher_file):
+    cfg = make_cfg("fd", plugin={"teacher": teacher_file})
+    run = Run(cfg, show_progress=False)
+    run.objective.extra_parameters(run.model)
+    size = math.prod(run.objective.teacher.forward_features(torch.zeros(1, 3, 16, 16)).shape[1:])
+    assert run.objective.beta == pytest.approx(500 * math.sqrt(size / 4096))
+    assert run.extra["fd"] == {"beta": run.objective.beta, "beta_family": 500.0, "feature_size": size,
+                               "reference_size": 4096.0,
+                               "rule": "beta_family * sqrt(feature_size / reference_size)"}
+    fixed = Run(make_cfg("fd", plugin={"teacher": teacher_file, "beta": "750"}), show_progress=False)
+    fixed.objective.extra_parameters(fixed.model)
+    assert fixed.objective.beta == 750 and "fd" not in fixed.extra  # a number is used as given
+
+
 # --------------------------------------------------------------------------- the teacher contract
 @pytest.fixture
 def teacher_file(make_cfg, run_cfg):

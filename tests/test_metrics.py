@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from sklearn.metrics import normalized_mutual_info_score
+
 from kebench import metrics
 
 
@@ -22,7 +24,7 @@ def brute_recall(emb: torch.Tensor, labels: torch.Tensor, ks=(1, 2, 4, 8)) -> di
 
 
 def brute_nmi(a: np.ndarray, b: np.ndarray) -> float:
-    """NMI with arithmetic-mean normalisation, from the contingency table."""
+    """NMI = I / sqrt(H(a) H(b)) (the KE paper's geometric normalisation), from the contingency table."""
     n = len(a)
     ua, ub = np.unique(a), np.unique(b)
     count = np.array([[np.sum((a == i) & (b == j)) for j in ub] for i in ua], dtype=float)
@@ -30,7 +32,7 @@ def brute_nmi(a: np.ndarray, b: np.ndarray) -> float:
     h = lambda p: -sum(x * math.log(x) for x in p if x > 0)  # noqa: E731
     mi = sum(pab[i, j] * math.log(pab[i, j] / (pa[i] * pb[j]))
              for i in range(len(ua)) for j in range(len(ub)) if pab[i, j] > 0)
-    return mi / ((h(pa) + h(pb)) / 2)
+    return mi / math.sqrt(h(pa) * h(pb))
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -101,14 +103,17 @@ def test_recall_rejects_bad_arguments():
 @pytest.mark.parametrize("seed", range(3))
 def test_nmi_matches_brute_force(seed):
     gen = torch.Generator().manual_seed(seed)
-    labels = torch.tensor([3, 7, 11]).repeat_interleave(20)  # 3 distinct, non-consecutive labels
+    sizes = torch.tensor([10, 20, 30])  # unequal classes: H(Y) != H(C), so the normalisations differ
+    labels = torch.tensor([3, 7, 11]).repeat_interleave(sizes)  # 3 distinct, non-consecutive labels
     centers = torch.randn(3, 6, generator=gen)
-    emb = centers.repeat_interleave(20, 0) + 0.9 * torch.randn(60, 6, generator=gen)
+    emb = centers.repeat_interleave(sizes, 0) + 0.9 * torch.randn(60, 6, generator=gen)
     clusters = metrics.kmeans_labels(emb, 3, seed=seed)  # k = number of distinct labels
     expected = brute_nmi(labels.numpy(), clusters)
     got = metrics.nmi(emb, labels, seed=seed)
     assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
     assert 0 < got < 1  # overlapping clusters: neither perfect nor independent
+    arithmetic = normalized_mutual_info_score(labels.numpy(), clusters, average_method="arithmetic")
+    assert abs(got - arithmetic) > 1e-9  # the normalisations differ far beyond the tolerance above
     assert metrics.nmi(emb, labels, seed=seed) == got  # pinned seed: deterministic
 
 
@@ -124,9 +129,14 @@ def test_retrieval_metrics_keys_and_recorded_recipe():
     gen = torch.Generator().manual_seed(1)
     emb, labels = torch.randn(40, 4, generator=gen), torch.arange(40) % 4
     out = metrics.retrieval_metrics(emb, labels, seed=3)
-    assert list(out) == ["nmi", "r@1", "r@2", "r@4", "r@8"]
+    assert list(out) == ["nmi", "r@1", "r@2", "r@4", "r@8", "nmi_mean", "nmi_std", "nmi_min", "nmi_max"]
     assert out["nmi"] == metrics.nmi(emb, labels, seed=3)
+    runs = [metrics.nmi(emb, labels, seed=s) for s in range(3, 3 + metrics.NMI_RESTARTS)]
+    assert out["nmi_min"] == min(runs) and out["nmi_max"] == max(runs)
+    assert out["nmi_mean"] == pytest.approx(float(np.mean(runs)), abs=1e-12)
+    assert out["nmi_std"] == pytest.approx(float(np.std(runs, ddof=1)), abs=1e-12)
     assert [out[f"r@{k}"] for k in (1, 2, 4, 8)] == list(metrics.recall_at_k(emb, labels).values())
     recipe = metrics.describe("retrieval", seed=3)["nmi"]
     assert recipe["n_init"] == 10 and recipe["random_state"] == 3 and recipe["algorithm"] == "lloyd"
     assert recipe["kmeans"].startswith("sklearn.cluster.KMeans (scikit-learn ")
+    assert recipe["score"].endswith("(average_method='geometric')") and "sqrt(H(Y) H(C))" in recipe["definition"]

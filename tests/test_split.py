@@ -21,7 +21,12 @@ def _resnet18(num_classes=10):
 
 
 def test_ceil_rate_is_exact_decimal():
-    assert ceil_rate(0.7, 10) == 7  # float 0.7*10 = 7.000000000000001 would give 8
+    assert 0.07 * 100 > 7 and math.ceil(0.07 * 100) == 8  # the float product overshoots ...
+    assert ceil_rate(0.07, 100) == 7  # ... the decimal one does not
+    assert ceil_rate(0.7, 10) == 7 and ceil_rate(0.3, 10) == 3
+    # where the official code's float ceil(rate * width) is already exact, both agree
+    for rate in (0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9):
+        assert all(ceil_rate(rate, n) == math.ceil(rate * n) for n in range(1, 2049)), rate
     assert ceil_rate(0.8, 64) == 52 and ceil_rate(0.5, 64) == 32 and ceil_rate(0.5, 3) == 2
     assert ceil_rate(0.01, 5) == 1  # never an empty group
 

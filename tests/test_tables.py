@@ -120,7 +120,8 @@ def test_best_bold_second_underlined(names):
     assert list(flowers["rank"].fillna("")[:3]) == ["best", "second", ""]
     assert flowers.iloc[0]["Method"] == "CE + KE-N10" and flowers.iloc[1]["Method"] == "CE + BANs-N3"
     tex, _ = make("classification", names, "latex")
-    assert r"\underline{$76.26 \pm 0.20$}$^{*}$" in tex
+    # 2 seeds: no mark, the raw p beside n
+    assert r"\underline{$76.26 \pm 0.20$} {\scriptsize(2; p=0.018)}" in tex
 
 
 def test_paired_t_test_against_the_n1_baseline(names):
@@ -137,9 +138,53 @@ def test_paired_t_test_against_the_n1_baseline(names):
 def test_bootstrap_when_seeds_differ(names):
     df = csv_frame("classification", names)
     c = cell(df, "Smth + KE-N3", "flowers102")  # seeds 2, 3 against Smth (N1) seeds 0, 1
-    assert c["seeds"] == "2;3" and c["test"] == "bootstrap" and c["mark"] == "†"
+    assert c["seeds"] == "2;3" and c["test"] == "bootstrap"
+    assert c["p_value"] == 0 and pd.isna(c["mark"])  # 2 runs a side: no mark, however far apart
     md, _ = make("classification", names, "markdown")
-    assert "bootstrap interval of the difference in means" in md
+    assert "| Smth + KE-N3 | – | 74.12 ± 0.28 (2; p<0.0001) |" in md
+
+
+def _cell(*values, seeds=None):
+    return tables.make_cell(dict(zip(seeds or range(len(values)), values)))
+
+
+def test_two_seeds_with_a_constant_difference_are_not_significant():
+    """Two seeds one test-set quantum apart (the same difference twice) used to get p = 0 and a star."""
+    a, b = _cell(0.7010, 0.7210), _cell(0.7000, 0.7200)
+    tables.compare(a, b, 0.05)
+    assert a.test == "paired-t" and a.p is None and a.n_test == 2
+    assert tables.significance([a], 0.05) == [] and a.mark == ""
+    assert tables._count(a) == "2; p=–"
+    d = _cell(0.01, 0.01, 0.01)  # also with 3 seeds: a constant difference has no t-test
+    tables.one_sample(d, 0.05)
+    assert d.p is None and tables.significance([d], 0.05) == [] and d.mark == ""
+
+
+def test_marks_need_three_seeds_and_are_benjamini_hochberg_adjusted():
+    base = _cell(0.70, 0.71, 0.72, 0.69)
+    cells = [_cell(*(v + shift + 0.002 * i for i, v in enumerate(base.values.values())))
+             for shift in (0.02, 0.0015, 0.002, 0.001)]
+    two = _cell(0.75, 0.762, seeds=[0, 1])
+    for c in cells + [two]:
+        tables.compare(c, base, 0.05)
+    raw = [c.p for c in cells]
+    assert all(c.test == "paired-t" and c.n_test == 4 for c in cells) and two.n_test == 2
+    family = tables.significance(cells + [two], 0.05)
+    assert family == cells  # the 2-seed cell is not tested for a mark ...
+    assert two.mark == "" and tables._count(two) == f"2; p={two.p:.2g}" and two.p < 0.05  # ... its p is shown
+    q = stats.false_discovery_control(raw, method="bh")
+    assert [c.q for c in cells] == pytest.approx(list(q))
+    assert [c.mark for c in cells] == ["*" if v < 0.05 else "" for v in q]
+    # the correction matters here: some raw p < 0.05 lose their mark
+    assert any(p < 0.05 <= v for p, v in zip(raw, q)) and cells[0].mark == "*"
+
+
+def test_bootstrap_marks_with_three_runs_a_side():
+    a, b = _cell(0.80, 0.81, 0.82, seeds=[3, 4, 5]), _cell(0.70, 0.71, 0.72)
+    tables.compare(a, b, 0.05)
+    assert a.test == "bootstrap" and a.n_test == 3 and a.p < 0.05
+    tables.significance([a], 0.05)
+    assert a.mark == "†" and tables._count(a) == "3"
 
 
 def test_generation_option_reads_passes_and_cumulative_cost(names):
@@ -244,7 +289,7 @@ def test_budget_table_matches_single_pass_by_total_epochs(names):
     assert cell(df, "CE (N1, 15 ep)", "Epochs")["text"] == "15"
     assert cell(df, "CE + KE-N3", "Epochs")["text"] == "15"
     md, _ = make("budget", names, "markdown", kind="budget")
-    assert "| Δ (multi − single) | -0.95 ± 0.23 (2) | – |  |  |" in md
+    assert "| Δ (multi − single) | -0.95 ± 0.23 (2; p=0.11) | – |  |  |" in md
     assert "Without a single pass of the same total epochs (run them with --budget matched): Smth + KE-N3." in md
     alls = csv_frame("budget", names, kind="budget", generation="all")
     assert list(alls[alls["column"] == "digits"]["Method"])[3:5] == ["CE + KE-N2", "CE (N1, 10 ep)"]

@@ -14,12 +14,15 @@ from kebench.errors import unknown_choice
 class Split:
     images: torch.Tensor  # uint8 [N, C, H, W] (may be memory-mapped)
     labels: torch.Tensor  # int64 [N], 0-based
+    #: int64 [N, 2]: each image's real (height, width) when images are stored with their aspect ratio
+    #: in padded slots (data/cache.py; portrait ones transposed). None: every image fills [H, W].
+    extent: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor) -> "Split":
-        return Split(self.images[index], self.labels[index])
+        return Split(self.images[index], self.labels[index], None if self.extent is None else self.extent[index])
 
 
 @dataclass

@@ -351,7 +351,8 @@ def load_paper(name: str, cfg) -> DataBundle:
     splits, unusable, cache_info = {}, [], {}
     for split, items in listing.splits.items():
         got = cachemod.open_split(cache_name, split if ds.task == "classification" else f"disjoint-{split}",
-                                  listing.base, items, size=size, banner_px=banner, cache_dir=cache_dir,
+                                  listing.base, items, size=size, banner_px=banner, keep_aspect=split == "train",
+                                  cache_dir=cache_dir,
                                   budget_bytes=budget, workers=opts["workers"])
         splits[split] = got.split
         unusable += [{"split": split, "path": str(listing.base / p), "reason": r} for p, r in got.unusable]
@@ -393,8 +394,8 @@ def load_paper(name: str, cfg) -> DataBundle:
         "classes": len(listing.classes), "splits": sizes,
         "official_sizes": ds.official, "matches_official": sizes == ds.official,
         "options": options, "resolution": res, "cached_size": size,
-        "transform": {"train": f"RandomResizedCrop({res}, scale={CROP_SCALE}) + flip, drawn from the "
-                               f"{size}x{size} center square of Resize({size})",
+        "transform": {"train": f"RandomResizedCrop({res}, scale={CROP_SCALE}) + flip, drawn from the whole "
+                               f"image after Resize({size}) (longer side capped at {cachemod.MAX_ASPECT * size})",
                       "test": f"Resize({size}) + CenterCrop({res})"},
         "test_resize_ratio": size / res,  # the cache is already at the test resize: center_view only crops
         "cache": cache_info, "unusable": {"count": len(unusable), "files": unusable},

@@ -27,41 +27,75 @@ def epoch_generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(h)
 
 
-def crop_params(n: int, height: int, width: int, scale, ratio, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample crop boxes (cx, cy, w, h) in pixels, sampled as torchvision's RandomResizedCrop."""
-    area = height * width * torch.empty(n).uniform_(scale[0], scale[1], generator=gen)
-    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
-    r = torch.exp(log_r)
-    w = torch.sqrt(area * r).clamp(max=width)
-    h = torch.sqrt(area / r).clamp(max=height)
-    cx = w / 2 + torch.rand(n, generator=gen) * (width - w)
-    cy = h / 2 + torch.rand(n, generator=gen) * (height - h)
-    return torch.stack([cx, cy, w, h], dim=1)
+#: RandomResizedCrop's draws before it falls back to a centre crop (torchvision: 10).
+CROP_TRIES = 10
 
 
-def augment(images: torch.Tensor, out_size: int, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Crop each image to its box, resize to out_size (bilinear) and flip where asked. Float in, float out."""
+def crop_params(n: int, height, width, scale, ratio, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample crop boxes (cx, cy, w, h) in whole pixels, drawn as torchvision's
+    `RandomResizedCrop.get_params` draws them, for all samples at once: up to `CROP_TRIES` (area,
+    log-aspect) draws, w and h rounded, the first draw that fits the image is placed uniformly at an
+    integer offset; if none fits, the centre crop of the whole image with its aspect clamped to
+    `ratio`. `height`/`width`: ints, or per-sample tensors (images of different sizes)."""
+    height = torch.as_tensor(height, dtype=torch.float64).expand(n)
+    width = torch.as_tensor(width, dtype=torch.float64).expand(n)
+    area = (height * width)[:, None] * torch.empty(n, CROP_TRIES, dtype=torch.float64).uniform_(
+        scale[0], scale[1], generator=gen)
+    r = torch.exp(torch.empty(n, CROP_TRIES, dtype=torch.float64).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=gen))
+    w, h = torch.sqrt(area * r).round(), torch.sqrt(area / r).round()
+    fits = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
+    found = fits.any(1)
+    first = fits.to(torch.int8).argmax(1, keepdim=True)  # index of the first draw that fits
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    # the centre-crop fallback, with the image's aspect clamped to the ratio range
+    in_ratio = width / height
+    fw = torch.where(in_ratio < ratio[0], width, torch.where(in_ratio > ratio[1], (height * ratio[1]).round(), width))
+    fh = torch.where(in_ratio < ratio[0], (width / ratio[0]).round(), height)
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
+    u = torch.rand(n, 2, dtype=torch.float64, generator=gen)
+    top = torch.where(found, (u[:, 0] * (height - h + 1)).floor(), ((height - h) / 2).floor())
+    left = torch.where(found, (u[:, 1] * (width - w + 1)).floor(), ((width - w) / 2).floor())
+    return torch.stack([left + w / 2, top + h / 2, w, h], dim=1).float()
+
+
+def stored_boxes(boxes: torch.Tensor, transposed: torch.Tensor | None) -> torch.Tensor:
+    """Boxes (cx, cy, w, h) drawn in each image's own orientation -> in the stored slot's
+    coordinates (x and y swap for images the cache stored transposed)."""
+    if transposed is None or not transposed.any():
+        return boxes
+    return torch.where(transposed[:, None], boxes[:, [1, 0, 3, 2]], boxes)
+
+
+def augment(images: torch.Tensor, out_size: int, boxes: torch.Tensor, flips: torch.Tensor,
+            transposed: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop each image to its box (slot coordinates), resize to out_size (bilinear) and flip where
+    asked; `transposed` images come out in their own orientation. Float in, float out."""
     n, _, height, width = images.shape
     boxes = boxes.to(images.device, torch.float32)
     sign = 1.0 - 2.0 * flips.to(images.device, torch.float32)
-    # The affine_grid of an axis-aligned box, built separably: x depends on the column only, y on the
-    # row only (affine_grid's batched matmul costs more than the sampling itself on CPU).
+    t = torch.zeros(n, dtype=torch.bool, device=images.device) if transposed is None else transposed.to(images.device)
+    # The affine_grid of an axis-aligned box, built separably: the stored x depends on the output
+    # column only (on the row for a transposed image), y on the other (affine_grid's batched matmul
+    # costs more than the sampling itself on CPU). The flip reverses the output columns.
     base = (torch.arange(out_size, device=images.device, dtype=torch.float32) * 2 + 1) / out_size - 1
-    gx = (boxes[:, 2] / width * sign)[:, None] * base + (2 * boxes[:, 0] / width - 1)[:, None]
-    gy = (boxes[:, 3] / height)[:, None] * base + (2 * boxes[:, 1] / height - 1)[:, None]
+    gx = (boxes[:, 2] / width * torch.where(t, 1.0, sign))[:, None] * base + (2 * boxes[:, 0] / width - 1)[:, None]
+    gy = (boxes[:, 3] / height * torch.where(t, sign, 1.0))[:, None] * base + (2 * boxes[:, 1] / height - 1)[:, None]
+    t = t[:, None, None]
     grid = torch.empty(n, out_size, out_size, 2, device=images.device)
-    grid[..., 0] = gx[:, None, :]
-    grid[..., 1] = gy[:, :, None]
+    grid[..., 0] = torch.where(t, gx[:, :, None], gx[:, None, :])
+    grid[..., 1] = torch.where(t, gy[:, None, :], gy[:, :, None])
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def augment_cpu(source: torch.Tensor, index: torch.Tensor, out_size: int, boxes: torch.Tensor, flips: torch.Tensor,
-                mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+                mean: torch.Tensor, std: torch.Tensor, transposed: torch.Tensor | None = None) -> torch.Tensor:
     """`augment` + normalisation for CPU training, image by image: each box (rounded to whole pixels,
     as torchvision's RandomResizedCrop) is read straight out of `source` (e.g. the memory-mapped
     cache: only the crop's pixels are touched), resized with the uint8 bilinear kernel on a
     channels-last view, flipped and normalised while it is still in the CPU cache. Several times
-    less CPU work than gathering whole images, converting them to float and grid-sampling them."""
+    less CPU work than gathering whole images, converting them to float and grid-sampling them.
+    Boxes are in slot coordinates; `transposed` crops are turned back to their own orientation."""
     n = len(index)
     _, c, height, width = source.shape
     w = boxes[:, 2].round().clamp(1, width).long()
@@ -70,12 +104,16 @@ def augment_cpu(source: torch.Tensor, index: torch.Tensor, out_size: int, boxes:
     top = torch.minimum((boxes[:, 1] - h / 2).round().clamp(min=0).long(), height - h)
     channels_last = source.is_contiguous(memory_format=torch.channels_last)
     out = torch.empty(n, c, out_size, out_size, memory_format=torch.channels_last)
-    jobs = list(zip(range(n), index.tolist(), left.tolist(), top.tolist(), w.tolist(), h.tolist(), flips.tolist()))
+    turn = torch.zeros(n, dtype=torch.bool) if transposed is None else transposed.cpu()
+    jobs = list(zip(range(n), index.tolist(), left.tolist(), top.tolist(), w.tolist(), h.tolist(), flips.tolist(),
+                    turn.tolist()))
 
     def work(part) -> None:
-        for k, i, l0, t0, wk, hk, flip in part:
+        for k, i, l0, t0, wk, hk, flip, tr in part:
             crop = source[i:i + 1, :, t0:t0 + hk, l0:l0 + wk]
-            if not channels_last:
+            if tr:
+                crop = crop.transpose(-1, -2)
+            if not channels_last or tr:
                 crop = crop.contiguous(memory_format=torch.channels_last)
             y = F.interpolate(crop, size=(out_size, out_size), mode="bilinear", align_corners=False)
             o = out[k:k + 1]
@@ -100,6 +138,17 @@ def augment_cpu(source: torch.Tensor, index: torch.Tensor, out_size: int, boxes:
 @functools.lru_cache(maxsize=4)
 def _cpu_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kebench-augment")
+
+
+def center_view_extent(images: torch.Tensor, extent: torch.Tensor, out_size: int,
+                       resize_ratio: float = 1.0) -> torch.Tensor:
+    """`center_view` of images stored with their aspect ratio (`Split.extent`): each image's real
+    region, in its own orientation, resized and center-cropped on its own. Float in, float out."""
+    out = []
+    for img, (h, w) in zip(images, extent.tolist()):
+        real = img[:, :w, :h].transpose(-1, -2) if h > w else img[:, :h, :w]
+        out.append(center_view(real[None], out_size, resize_ratio))
+    return torch.cat(out) if out else images[:, :, :out_size, :out_size]
 
 
 def center_view(images: torch.Tensor, out_size: int, resize_ratio: float = 1.0) -> torch.Tensor:
@@ -134,6 +183,7 @@ class BatchStream:
         self.resident = self.policy.keeps_resident(split.images)
         self.images = split.images.to(device) if self.resident else split.images
         self.labels = split.labels.to(device)
+        self.extent = split.extent  # per-image (h, w) of aspect-keeping slots, or None (CPU)
         self.mean = torch.tensor(bundle.mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(bundle.std, device=device).view(1, -1, 1, 1) * 255
         # On-demand decoders (data/cache.py) read ahead themselves; a streamed tensor gets a prefetcher
@@ -142,14 +192,21 @@ class BatchStream:
         self.prefetch = (Prefetcher(self.images, device) if self.policy.prefetch and gathers and not self.resident
                          and torch.is_tensor(self.images) else None)
 
-    def batches(self, gen: torch.Generator | None = None, sampler=None) -> list[torch.Tensor]:
+    def batches(self, gen: torch.Generator | None = None, sampler=None, share=None) -> list[torch.Tensor]:
+        """One epoch's global batches. `share(batch)`: this process's part of a batch under DDP (the
+        objective's `shard`; default the contiguous part), which is what the prefetcher loads."""
         chunks = self._order(gen, sampler)
+        rank, world = self.shard
+        if world > 1 and self.train:
+            share = share or (lambda c: c.tensor_split(world)[rank])
+            parts = [share(c) for c in chunks]
+        else:
+            parts = chunks
         plan = getattr(self.images, "plan", None)  # on-demand decoding (data/cache.py) prefetches this order
         if plan is not None:
-            plan(chunks)
+            plan(parts)
         if self.prefetch is not None:
-            rank, world = self.shard
-            self.prefetch.plan([c.tensor_split(world)[rank] for c in chunks] if world > 1 else chunks)
+            self.prefetch.plan(parts)
         return chunks
 
     def _order(self, gen: torch.Generator | None = None, sampler=None) -> list[torch.Tensor]:
@@ -169,13 +226,20 @@ class BatchStream:
         res = self.bundle.resolution
         if self.train:
             n = len(index)
-            boxes = crop_params(n, *self.images.shape[-2:], self.bundle.crop_scale, (3 / 4, 4 / 3), gen)
+            # crops are drawn over each whole image (its real extent in an aspect-keeping cache)
+            hw = self.images.shape[-2:] if self.extent is None else self.extent[index.cpu()].T
+            boxes = crop_params(n, *hw, self.bundle.crop_scale, (3 / 4, 4 / 3), gen)
             flips = torch.rand(n, generator=gen) < 0.5 if self.bundle.flip else torch.zeros(n, dtype=torch.bool)
+            turned = None if self.extent is None else hw[0] > hw[1]  # stored transposed (portrait)
+            boxes = stored_boxes(boxes, turned)
             if self.policy.augment == "per_image":
                 source, rows = (self.images, index) if torch.is_tensor(self.images) else (self.images[index], torch.arange(n))
-                x = augment_cpu(source, rows, res, boxes, flips, self.mean, self.std)
+                x = augment_cpu(source, rows, res, boxes, flips, self.mean, self.std, turned)
             else:
-                x = augment(self._gather(index).float(), res, boxes, flips).sub_(self.mean).div_(self.std)
+                x = augment(self._gather(index).float(), res, boxes, flips, turned).sub_(self.mean).div_(self.std)
+        elif self.extent is not None:  # e.g. a validation subset carved from an aspect-keeping train split
+            x = (center_view_extent(self._gather(index).float(), self.extent[index.cpu()], res,
+                                    self.test_resize_ratio) - self.mean) / self.std
         else:
             x = (center_view(self._gather(index).float(), res, self.test_resize_ratio) - self.mean) / self.std
         if self.channels_last:
