@@ -123,6 +123,15 @@ def _panel_run(runs: list[dict], dataset) -> dict:
     return next((r for r in runs if r.get("dataset") == dataset), runs[0])
 
 
+def _few_ticks(axis) -> None:
+    """At most 5 short labels: points that share one cost (a grid of methods on one arch) made the
+    default locator label a tiny range with long numbers that overlapped."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(nbins=4))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
+
+
 def _log_axis(ax) -> None:
     """Log x axis with plain-number labels on the major ticks only (minor labels overlapped)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -231,6 +240,7 @@ def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None
                 ax.scatter([x], [y], color=_color(i, n), marker=marker, s=28, label=label, zorder=3)
                 if sd:
                     ax.errorbar([x], [y], yerr=[sd], fmt="none", ecolor=_color(i, n), elinewidth=1, capsize=2)
+            _few_ticks(ax.xaxis)
             ax.set_title(str(dataset))
             ax.set_xlabel("Inference GFLOPs per image")
             ax.set_ylabel(_axis_title(metric, _panel_run([e.run for e in entries], dataset)))

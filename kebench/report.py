@@ -40,6 +40,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bo
 table.kb{border-collapse:collapse;margin:.6em 0;font-size:.86em}
 table.kb th,table.kb td{border-bottom:1px solid #e3e3e3;padding:.25em .6em;text-align:right;white-space:nowrap}
 table.kb th{background:#f4f4f6}table.kb td.head,table.kb th.head{text-align:left}
+table.kb thead tr:not(:last-child) th{text-align:center}
 table.kb tr.rule td{border-top:2px solid #999}td.missing{color:#b00;background:#fff0f0}
 td .n{color:#888;font-size:.85em}sup{color:#a33}.best{font-weight:bold}.second{text-decoration:underline}
 .notes{font-size:.82em;color:#555;margin:0 0 1em 1.2em}figure{margin:1em 0}figure img{max-width:100%}
@@ -94,7 +95,12 @@ def _pct(cell: T.Cell) -> str:
 
 
 def significance(cell: T.Cell) -> str:
-    """'significant (paired-t, p = 0.012)', 'not significant (p = 0.31)' or why it was not tested."""
+    """'significant (paired-t, BH-adjusted p = 0.012)', 'not significant (...)' or why it was not tested.
+    The table marks a cell where its Benjamini-Hochberg adjusted p (q) is below alpha; without q
+    (too few runs for the family) the raw p is given."""
+    q = getattr(cell, "q", None)
+    if q is not None:
+        return f"{'significant' if cell.mark else 'not significant'} ({cell.test}, BH-adjusted p = {q:.2g})"
     if cell.mark and cell.p is not None:
         return f"significant ({cell.test}, p = {cell.p:.2g})"
     if cell.mark:

@@ -186,3 +186,16 @@ def test_cost_plot_puts_pruned_networks_at_their_pruned_cost(names):
     runs, _ = tables.load_runs([RUNS / "kd"])
     pts = points(panels(plots.cost_figure(runs, names=names))["digits"])
     assert pts and all(x == pytest.approx(0.017) for v in pts.values() for x, _ in v)  # cost.pruned, not unpruned
+
+
+def test_cost_plot_tick_labels_do_not_overlap(names):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    runs, _ = tables.load_runs([RUNS / "kd"])  # every pipeline at one pruned cost: a degenerate x range
+    fig = plots.cost_figure(runs, names=names)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    ax = panels(fig)["digits"]
+    boxes = [t.get_window_extent(canvas.get_renderer()) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+    assert len(boxes) >= 2
+    assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

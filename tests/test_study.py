@@ -188,3 +188,13 @@ def test_summaries_name_the_winner_the_margin_and_the_test():
     assert line.startswith("At equal total epochs the multi-pass regime wins 0 of 1 comparisons (0 significantly) "
                            "and the single pass wins 1 (1 significantly).")
     assert "Largest loss: CE + KE-N3 vs CE (N1, 24 ep), Δ -4.50 points, significant (one-sample-t, p = 0.03)" in line
+
+
+def test_significance_reports_the_adjusted_p_the_mark_rests_on():
+    from kebench import report
+
+    marked = _cell({0: .1, 1: .2, 2: .3}, mark="*", test="paired-t", p=0.004, q=0.012)
+    unmarked = _cell({0: .1, 1: .2, 2: .3}, test="paired-t", p=0.03, q=0.09)
+    assert report.significance(marked) == "significant (paired-t, BH-adjusted p = 0.012)"
+    assert report.significance(unmarked) == "not significant (paired-t, BH-adjusted p = 0.09)"
+    assert report.significance(_cell({0: .1})) == "not tested (fewer than 2 seeds)"
