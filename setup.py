@@ -18,6 +18,7 @@ setup(
     # registry.yaml lives at the top level (it is the project's plugin index); installed copies
     # find it under <prefix>/share/kebench.
     data_files=[("share/kebench", ["registry.yaml"])],
+    package_data={"kebench": ["studies/*.yaml"]},
     # Lower bounds are the features the code uses: torch.amp.GradScaler(device) and
     # torch.load(weights_only=True) (torch 2.3), timm's model registry API (0.9), explicit k-means
     # n_init (scikit-learn 1.2), scipy.stats.false_discovery_control (1.11), click 8.1's
@@ -37,6 +38,6 @@ setup(
         "submitit>=1.4",
         "pillow>=9",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    extras_require={"test": ["pytest", "pytest-timeout"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["kebench=kebench.cli:main"]},
 )

@@ -226,19 +226,26 @@ class RunCommand(click.Command):
 @click.option("--nproc", type=int, default=None,
               help="Train each run with N processes (DDP: one per GPU, gloo on CPU); like "
                    "'torchrun --nproc_per_node N -m kebench run ...'.")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write TensorBoard logs to each run's tensorboard/ folder (pip install kebench[tensorboard]; "
+                   "same as KEBENCH_TENSORBOARD=1).")
 @click.pass_context
-def run(ctx, resume, quiet, nproc, **kw):
+def run(ctx, resume, quiet, nproc, tensorboard, **kw):
     """Train and evaluate. Plugin settings are extra flags, e.g. `--method ke --generations 3`.
 
     \b
     Examples:
-      kebench run                                  # CE, resnet18, digits
+      kebench run                                  # CE, resnet10t, digits (16 px, 5 epochs)
       kebench run --method smooth+ke --generations 3 --split-rate 0.5
       kebench run --method ce,ke --seeds 0,1,2 --data aircraft --data-root ~/data
     """
+    import os
+
     from kebench import distributed
     from kebench.engine import execute_all
 
+    if tensorboard:
+        os.environ["KEBENCH_TENSORBOARD"] = "1"  # also reaches DDP worker processes
     configs = build_configs(kw, ctx.args)
     if nproc and nproc > 1:
         records = [r for cfg in configs for r in distributed.launch(cfg, nproc, resume=resume, show_progress=not quiet)]
@@ -293,6 +300,7 @@ from kebench.tables import table_cmd; cli.add_command(table_cmd)  # noqa: E402,E
 from kebench.plots import plot_cmd; cli.add_command(plot_cmd)  # noqa: E402,E702
 from kebench.profile import profile_cmd; cli.add_command(profile_cmd)  # noqa: E402,E702
 from kebench.sweep import sweep_cmd; cli.add_command(sweep_cmd)  # noqa: E402,E702
+from kebench.study import study_cmd; cli.add_command(study_cmd)  # noqa: E402,E702
 
 
 def main(argv=None):

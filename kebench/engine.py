@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from kebench import data as datasets
-from kebench import distributed, guard, metrics, results
+from kebench import distributed, guard, metrics, monitor, results
 from kebench.config import RunConfig, save_yaml
 from kebench.data.pipeline import BatchStream, epoch_generator
 from kebench.device import DevicePolicy
@@ -141,6 +141,7 @@ class Run:
         self._elapsed_before = 0.0
         self._streams: dict[str, BatchStream] = {}
         self._last_save = time.perf_counter()
+        self.monitors = monitor.hooks_for(self)  # TensorBoard when KEBENCH_TENSORBOARD=1
 
     def _check_batch_size(self) -> None:
         """Refuse, before anything runs, a batch that cannot train this model on this data. (An objective
@@ -224,7 +225,7 @@ class Run:
         index = self._pass_counter
         self._pass_counter += 1
         label = label if label is not None else index + 1
-        hooks = list(hooks) + objective.hooks()
+        hooks = list(hooks) + objective.hooks() + self.monitors
 
         peak = cfg.lr if lr is None else float(lr)
         schedule = schedule or cfg.lr_schedule
@@ -379,6 +380,9 @@ class Run:
             for key, value in after(model).items():  # dict values (e.g. "hypotheses") go beside "metrics"
                 (record if isinstance(value, dict) else record["metrics"])[key] = value
         self.passes.append(record)
+        for hook in hooks:
+            if hasattr(hook, "pass_end"):  # hooks written against an older Hook have no pass_end
+                hook.pass_end(record)
         self._save_checkpoint(model, optimizer, scaler, ps, complete=True)
         return record
 
@@ -436,6 +440,7 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)  # a regime driven without execute() (tests, notebooks)
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(results._clean(row)) + "\n")
+        monitor.write_csv(self.dir)
 
     def _state_dicts(self) -> dict:
         return {k: (v.state_dict() if isinstance(v, nn.Module) else v) for k, v in self.state.items()}
@@ -555,9 +560,13 @@ class Run:
         try:
             self.regime.run(self)
         except RunFailure as exc:
+            for m in self.monitors:
+                m.close()
             record = self._record(status="failed", error=str(exc))
             results.write_json(self.dir / "result.json", record)
             return record
+        for m in self.monitors:
+            m.close()
         record = self._record(status="complete")
         results.save_torch(self.dir / "model.pt", {"arch": self.cfg.arch, "state_dict": self.model.state_dict()})
         results.write_json(self.dir / "result.json", record)

@@ -38,7 +38,6 @@ METADATA = {"png": {"Software": None},
             "svg": {"Date": None, "Creator": None}}
 HYPOTHESIS_KEYS = ("fit_abs_mean", "reset_abs_mean")
 NOT_THE_MODEL = ("teacher",)  # pass kinds that train a network other than the one the run reports
-LEGEND_INSIDE_MAX = 6  # longer legends go beside the panel
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -102,17 +101,47 @@ def _panels(fig_data: dict, title: str):
     return fig, dict(zip(datasets, axes))
 
 
-def _color(i: int):
+def _color(i: int, n: int = 10):
+    """Colour i of n series in a panel, all distinct: tab10 up to 10, tab20 up to 20 (dark shades
+    first), then evenly spaced along the turbo colour map."""
     from matplotlib import colormaps
 
-    return colormaps["tab10"](i % 10)
+    if n <= 10:
+        return colormaps["tab10"](i % 10)
+    if n <= 20:
+        return colormaps["tab20"]((2 * i) % 20 + (i >= 10))
+    return colormaps["turbo"](0.05 + 0.9 * i / (n - 1))
 
 
 def _legend(ax) -> None:
-    if len(ax.get_legend_handles_labels()[1]) > LEGEND_INSIDE_MAX:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    else:
-        ax.legend(loc="best")
+    """Beside the panel, never over it: a legend inside the axes can hide a point or a curve."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+
+
+def _panel_run(runs: list[dict], dataset) -> dict:
+    """A run of this panel's dataset: its task names the panel's metric (r@1 for retrieval)."""
+    return next((r for r in runs if r.get("dataset") == dataset), runs[0])
+
+
+def _few_ticks(axis) -> None:
+    """At most 5 short labels: points that share one cost (a grid of methods on one arch) made the
+    default locator label a tiny range with long numbers that overlapped."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(nbins=4))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
+
+
+def _log_axis(ax) -> None:
+    """Log x axis with plain-number labels on the major ticks only (minor labels overlapped)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 1.0
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 2 else (1.0, 2.0, 5.0), numticks=8))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _style():
@@ -144,6 +173,7 @@ def generations_figure(runs: list[dict], metric: str | None = None, names: Names
         for dataset, ax in axes.items():
             baselines_done = {}
             several_archs = len({info[(dataset, label)][1] for label in curves[dataset]}) > 1
+            n = len(curves[dataset])
             for i, label in enumerate(sorted(curves[dataset])):
                 pts = curves[dataset][label]
                 objective, arch, epochs, m = info[(dataset, label)]
@@ -153,10 +183,10 @@ def generations_figure(runs: list[dict], metric: str | None = None, names: Names
                         continue
                     y = [100 * _mean(pts[(net, g)]) for g in gens]
                     sd = [100 * _std(pts[(net, g)]) for g in gens]
-                    ax.plot(gens, y, color=_color(i), ms=3, lw=1.4, label=f"{label} ({net})", **style)
+                    ax.plot(gens, y, color=_color(i, n), ms=3, lw=1.4, label=f"{label} ({net})", **style)
                     if any(sd):
                         ax.fill_between(gens, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
-                                        color=_color(i), alpha=0.15, lw=0)
+                                        color=_color(i, n), alpha=0.15, lw=0)
                 key = (objective, arch, epochs)
                 if key in baselines_done:
                     continue
@@ -166,11 +196,11 @@ def generations_figure(runs: list[dict], metric: str | None = None, names: Names
                         and isinstance((r.get("final") or {}).get(m), (int, float))]
                 if base:
                     baselines_done[key] = True
-                    ax.axhline(100 * _mean([r["final"][m] for r in base]), color=_color(i), ls="--", lw=1.0,
+                    ax.axhline(100 * _mean([r["final"][m] for r in base]), color=_color(i, n), ls="--", lw=1.0,
                                label=names.method(objective, "single") + (f" {arch}" if several_archs else ""))
             ax.set_title(str(dataset))
             ax.set_xlabel("Generation")
-            ax.set_ylabel(_axis_title(metric, multi[0]))
+            ax.set_ylabel(_axis_title(metric, _panel_run(multi, dataset)))
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
             _legend(ax)
@@ -191,7 +221,9 @@ def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None
         m = _metric(e.run, metric)
         cost = e.run.get("cost") or {}
         label = " / ".join(str(v) for v in e.row)
-        for net, key, suffix in (("dense", m, ""), ("slim", f"slim_{m}", " (slim)")):
+        # A pruning pipeline's final metric is its pruned network's: plot it at the pruned cost.
+        evaluated = "pruned" if (cost.get("pruned") or {}).get("flops") else "dense"
+        for net, key, suffix in ((evaluated, m, ""), ("slim", f"slim_{m}", " (slim)")):
             flops = (cost.get(net) or {}).get("flops")
             value = e.metrics.get(key)
             if flops and isinstance(value, (int, float)):
@@ -200,16 +232,18 @@ def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None
     with _style():
         fig, axes = _panels(points, "No results with inference cost (cost.dense.flops) and an accuracy to plot.")
         for dataset, ax in axes.items():
+            n = len(points[dataset])
             for i, label in enumerate(sorted(points[dataset])):
                 p = points[dataset][label]
                 x, y, sd = _mean(p["x"]), 100 * _mean(p["y"]), 100 * _std(p["y"])
                 marker = "s" if label.endswith("(slim)") else "o"
-                ax.scatter([x], [y], color=_color(i), marker=marker, s=28, label=label, zorder=3)
+                ax.scatter([x], [y], color=_color(i, n), marker=marker, s=28, label=label, zorder=3)
                 if sd:
-                    ax.errorbar([x], [y], yerr=[sd], fmt="none", ecolor=_color(i), elinewidth=1, capsize=2)
+                    ax.errorbar([x], [y], yerr=[sd], fmt="none", ecolor=_color(i, n), elinewidth=1, capsize=2)
+            _few_ticks(ax.xaxis)
             ax.set_title(str(dataset))
             ax.set_xlabel("Inference GFLOPs per image")
-            ax.set_ylabel(_axis_title(metric, entries[0].run))
+            ax.set_ylabel(_axis_title(metric, _panel_run([e.run for e in entries], dataset)))
             ax.grid(alpha=0.3)
             _legend(ax)
     return fig
@@ -239,11 +273,12 @@ def hypotheses_figure(runs: list[dict], names: Names | None = None):
         fig, axes = _panels(curves, "No generation passes with hypothesis statistics (fit_abs_mean, reset_abs_mean) "
                                     "to plot: the hypotheses plot reads KE runs.")
         for dataset, ax in axes.items():
+            n = len(curves[dataset])
             for i, label in enumerate(sorted(curves[dataset])):
                 pts = curves[dataset][label]
                 for key, ls, word in (("fit_abs_mean", "-", "fit"), ("reset_abs_mean", "--", "reset")):
                     gens = sorted(g for (k, g) in pts if k == key)
-                    ax.plot(gens, [_mean(pts[(key, g)]) for g in gens], color=_color(i), ls=ls, marker="o", ms=3,
+                    ax.plot(gens, [_mean(pts[(key, g)]) for g in gens], color=_color(i, n), ls=ls, marker="o", ms=3,
                             lw=1.4, label=f"{label}: {word}")
             ax.set_title(str(dataset))
             ax.set_xlabel("Generation")
@@ -288,26 +323,26 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
     with _style():
         fig, axes = _panels(datasets, "No results with training FLOPs (training.flops, passes[].train_flops) to plot.")
         for dataset, ax in axes.items():
-            i = 0
+            i, n = 0, len(curves[dataset]) + len(singles[dataset])
             for label in sorted(curves[dataset]):
                 pts = curves[dataset][label]
                 order = sorted(pts)
                 ax.plot([_mean(pts[k]["x"]) for k in order], [100 * _mean(pts[k]["y"]) for k in order],
-                        color=_color(i), marker="o", ms=3, lw=1.4, label=label)
+                        color=_color(i, n), marker="o", ms=3, lw=1.4, label=label)
                 i += 1
             for label in sorted(singles[dataset]):
                 pts = singles[dataset][label]
                 budgets = sorted(pts, key=lambda e: (e is None, e))
                 xs = [_mean(pts[b]["x"]) for b in budgets]
                 ys = [100 * _mean(pts[b]["y"]) for b in budgets]
-                ax.scatter(xs, ys, color=_color(i), marker="D", s=24, zorder=3, label=f"{label} (single pass)")
+                ax.scatter(xs, ys, color=_color(i, n), marker="D", s=24, zorder=3, label=f"{label} (single pass)")
                 for b, x, y in zip(budgets, xs, ys):
                     ax.annotate(f"{b} ep", (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6)
                 i += 1
-            ax.set_xscale("log")
+            _log_axis(ax)
             ax.set_title(str(dataset))
             ax.set_xlabel("Cumulative training TFLOPs")
-            ax.set_ylabel(_axis_title(metric, runs[0]))
+            ax.set_ylabel(_axis_title(metric, _panel_run(runs, dataset)))
             ax.grid(alpha=0.3, which="both")
             _legend(ax)
     return fig

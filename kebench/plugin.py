@@ -28,6 +28,9 @@ class Hook:
         extinguished at a landmark epoch. The record keeps the reason and the epochs trained."""
         return None
 
+    def pass_end(self, record: dict) -> None:
+        """After a pass (generation / phase) ends, with its record (metrics, cost); monitors log it."""
+
 
 class Plugin:
     kind = ""

@@ -416,6 +416,36 @@ def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_r
     return 1 if problems else 0
 
 
+def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) -> int:
+    """Run the unfinished runs one after another in this process: no worker start-up per run (importing
+    torch costs more than a whole tiny CPU run). Same exit codes as run_local."""
+    from kebench import guard
+
+    todo = unfinished(entries, retry_failed, echo)
+    echo(f"{len(entries)} runs in the sweep, {len(todo)} to run, in this process")
+    failed = 0
+    for i, e in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        echo(f"[{i}/{len(todo)}] start {e.run_id}")
+        try:
+            records = run_config(e.cfg, show_progress=False)
+        except guard.RunInterrupted as exc:
+            echo(f"stopped {e.run_id} with a checkpoint ({exc}); rerun to resume it")
+            return guard.EXIT_INTERRUPTED
+        except guard.RunBusy:
+            echo(f"skip {e.run_id}: another process holds it")
+            continue
+        except UserError as exc:
+            records = [{"status": "failed", "error": str(exc)}]
+        state, detail = state_of(e)
+        if all(r["status"] == "complete" for r in records):
+            echo(f"done  {e.run_id}: {detail} ({time.perf_counter() - t0:.1f} s)")
+        else:
+            failed += 1
+            echo(f"FAIL  {e.run_id}: {detail or records[-1].get('error')}")
+    return 1 if failed else 0
+
+
 def worker_main(argv: list[str] | None = None) -> int:
     """One sweep run in its own process: `python -m kebench.sweep [--nproc N]`, config JSON on stdin.
 
@@ -454,35 +484,70 @@ def run_config(cfg, nproc: int = 1, show_progress: bool = True) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ the command
+EXECUTOR_OPTIONS = [
+    click.option("--executor", type=click.Choice(["local", "inline", "slurm", "submitit-local"]), default="local",
+                 show_default=True, help="local: worker processes here; inline: one run after another in this "
+                                         "process (tiny CPU runs); slurm: a submitit job array; "
+                                         "submitit-local: the slurm code path on this machine."),
+    click.option("--retry-failed", is_flag=True, help="Run failed runs again (a failure is otherwise final)."),
+    click.option("--workers", type=click.IntRange(min=1), help="local/submitit-local: runs at once. Default: one per GPU, else 1."),
+    click.option("--gpus", help="local: GPU ids to use, e.g. 0,1,2,3. Default: all visible."),
+    click.option("--gpus-per-run", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="local: GPUs per run; more than 1 trains each run with DDP."),
+    click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="local: pack N runs on each GPU (small datasets at batch 32 leave a large GPU mostly "
+                      "idle); the default --workers becomes GPUs x N."),
+    click.option("--partition", help="slurm: partition."),
+    click.option("--time", "time_min", type=click.IntRange(min=1), default=240, show_default=True, help="slurm: minutes per job."),
+    click.option("--gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True,
+                 help="slurm: GPUs per job; more than 1 trains the run with DDP across them."),
+    click.option("--array-parallelism", type=click.IntRange(min=1), default=16, show_default=True, help="slurm: jobs running at once."),
+    click.option("--cpus-per-task", type=click.IntRange(min=1), help="slurm: CPU cores per job."),
+    click.option("--mem-gb", type=float, help="slurm: memory per job."),
+    click.option("--slurm-opt", multiple=True, help="slurm: any other sbatch option KEY=VALUE (account=..., qos=...)."),
+    click.option("--setup", multiple=True, help="slurm: shell line run before each job (e.g. 'module load cuda')."),
+    click.option("--wait", is_flag=True, help="slurm: wait for the jobs and report their outcome."),
+]
+
+
+def executor_options(f):
+    """The executor flags `kebench sweep` and `kebench study run` share."""
+    for opt in reversed(EXECUTOR_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def dispatch(entries: list[Entry], console, *, executor="local", retry_failed=False, workers=None, gpus=None,
+             gpus_per_run=1, runs_per_gpu=1, partition=None, time_min=240, gpus_per_job=1, array_parallelism=16,
+             cpus_per_task=None, mem_gb=None, slurm_opt=(), setup=(), wait=False) -> int:
+    """Run the unfinished entries with the chosen executor; returns its exit code (see run_local)."""
+    if runs_per_gpu > 1 and executor != "local":
+        raise UserError(f"--runs-per-gpu packs runs of the local executor; with --executor {executor} each "
+                        f"job gets its own GPUs (--gpus-per-job).")
+    if executor == "inline":
+        return run_inline(entries, retry_failed=retry_failed, echo=console.print)
+    if executor == "local":
+        gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else _visible_gpus()
+        n = local_workers(gpu_list, gpus_per_run, runs_per_gpu, workers)
+        return run_local(entries, workers=n, gpus=gpu_list, gpus_per_run=gpus_per_run, runs_per_gpu=runs_per_gpu,
+                         retry_failed=retry_failed, echo=console.print)
+    from kebench import slurm
+
+    return slurm.run_submitit(
+        entries, cluster="slurm" if executor == "slurm" else "local", retry_failed=retry_failed,
+        partition=partition, time_min=time_min, gpus_per_job=gpus_per_job, array_parallelism=array_parallelism,
+        cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_opts=parse_sets(slurm_opt, "--slurm-opt"), setup=list(setup),
+        workers=workers, wait=wait or executor == "submitit-local", echo=console.print)
+
+
 @click.command("sweep")
 @click.argument("spec_file", type=click.Path())
-@click.option("--executor", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
-              show_default=True, help="local: worker processes here; slurm: a submitit job array; "
-                                      "submitit-local: the slurm code path on this machine.")
 @click.option("--status", "show_status", is_flag=True, help="Show done / running / failed / pending and exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --status: one JSON list on stdout.")
 @click.option("--out", help="Results folder (overrides the file's 'out').")
 @click.option("--set", "sets", multiple=True, help="KEY=VALUE for every run (overrides the file's 'set').")
-@click.option("--retry-failed", is_flag=True, help="Run failed runs again (a failure is otherwise final).")
-@click.option("--workers", type=click.IntRange(min=1), help="local/submitit-local: runs at once. Default: one per GPU, else 1.")
-@click.option("--gpus", help="local: GPU ids to use, e.g. 0,1,2,3. Default: all visible.")
-@click.option("--gpus-per-run", type=click.IntRange(min=1), default=1, show_default=True,
-              help="local: GPUs per run; more than 1 trains each run with DDP.")
-@click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
-              help="local: pack N runs on each GPU (small datasets at batch 32 leave a large GPU mostly "
-                   "idle); the default --workers becomes GPUs x N.")
-@click.option("--partition", help="slurm: partition.")
-@click.option("--time", "time_min", type=click.IntRange(min=1), default=240, show_default=True, help="slurm: minutes per job.")
-@click.option("--gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True,
-              help="slurm: GPUs per job; more than 1 trains the run with DDP across them.")
-@click.option("--array-parallelism", type=click.IntRange(min=1), default=16, show_default=True, help="slurm: jobs running at once.")
-@click.option("--cpus-per-task", type=click.IntRange(min=1), help="slurm: CPU cores per job.")
-@click.option("--mem-gb", type=float, help="slurm: memory per job.")
-@click.option("--slurm-opt", multiple=True, help="slurm: any other sbatch option KEY=VALUE (account=..., qos=...).")
-@click.option("--setup", multiple=True, help="slurm: shell line run before each job (e.g. 'module load cuda').")
-@click.option("--wait", is_flag=True, help="slurm: wait for the jobs and report their outcome.")
-def sweep_cmd(spec_file, executor, show_status, as_json, out, sets, retry_failed, workers, gpus, gpus_per_run,
-              runs_per_gpu, partition, time_min, gpus_per_job, array_parallelism, cpus_per_task, mem_gb, slurm_opt, setup, wait):
+@executor_options
+def sweep_cmd(spec_file, show_status, as_json, out, sets, **executor_opts):
     """Run a grid of runs; completed runs are skipped and interrupted ones resumed.
 
     \b
@@ -509,22 +574,7 @@ def sweep_cmd(spec_file, executor, show_status, as_json, out, sets, retry_failed
         else:
             print_status(rows, Console(highlight=False))
         return
-    if executor == "local":
-        gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else _visible_gpus()
-        n = local_workers(gpu_list, gpus_per_run, runs_per_gpu, workers)
-        code = run_local(entries, workers=n, gpus=gpu_list, gpus_per_run=gpus_per_run, runs_per_gpu=runs_per_gpu,
-                         retry_failed=retry_failed, echo=console.print)
-    else:
-        if runs_per_gpu > 1:
-            raise UserError(f"--runs-per-gpu packs runs of the local executor; with --executor {executor} each "
-                            f"job gets its own GPUs (--gpus-per-job).")
-        from kebench import slurm
-
-        code = slurm.run_submitit(
-            entries, cluster="slurm" if executor == "slurm" else "local", retry_failed=retry_failed,
-            partition=partition, time_min=time_min, gpus_per_job=gpus_per_job, array_parallelism=array_parallelism,
-            cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_opts=parse_sets(slurm_opt, "--slurm-opt"), setup=list(setup),
-            workers=workers, wait=wait or executor == "submitit-local", echo=console.print)
+    code = dispatch(entries, console, **executor_opts)
     rows = status_rows(entries)
     c = counts(rows)
     console.print(f"sweep: {len(rows)} runs: " + ", ".join(f"{c[s]} {s}" for s in STATES))

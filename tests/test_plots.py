@@ -139,3 +139,63 @@ def test_plot_cli_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["plot", str(RUNS / "budget"), "--kind", "budget", "--out", str(tmp_path / "h.jpg")])
     assert exc.value.code == 2 and ".png, .pdf or .svg" in capsys.readouterr().err
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_each_panel_labels_its_own_task(classification, names):
+    """A retrieval panel next to a classification panel says R@1, not the first run's Top-1."""
+    retrieval, _ = tables.load_runs([RUNS / "retrieval"])
+    for kind in ("cost", "budget", "generations"):
+        fig = plots.build_figure(classification + retrieval, kind, names=names)
+        ylabels = {title: ax.get_ylabel() for title, ax in panels(fig).items()}
+        tasks = {r["dataset"]: r["task"] for r in classification + retrieval if r["dataset"] in ylabels}
+        assert {tasks[d] for d in ylabels} == {"classification", "retrieval"}, kind
+        for d, label in ylabels.items():
+            assert label == ("R@1 (%)" if tasks[d] == "retrieval" else "Top-1 (%)"), (kind, d)
+
+
+def test_many_series_keep_distinct_colours():
+    for n in (10, 12, 20, 25):
+        colours = {plots._color(i, n) for i in range(n)}
+        assert len(colours) == n
+
+
+def test_budget_legend_outside_and_log_labels_do_not_overlap(names):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    runs, _ = tables.load_runs([RUNS / "budget"])
+    fig = plots.budget_figure(runs, names=names)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax = panels(fig)["digits"]
+    legend = ax.get_legend()
+    assert not _overlap(legend.get_window_extent(renderer), ax.get_window_extent(renderer))  # hides nothing
+    shown = [t for t in ax.get_xticklabels(which="both") if t.get_visible() and t.get_text()]
+    boxes = [t.get_window_extent(renderer) for t in shown]
+    assert len(shown) >= 2
+    assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert all(t.get_text() for t in ax.get_xticklabels(which="major") if t.get_visible())
+    assert not [t for t in ax.get_xticklabels(which="minor") if t.get_text()]
+
+
+def test_cost_plot_puts_pruned_networks_at_their_pruned_cost(names):
+    runs, _ = tables.load_runs([RUNS / "kd"])
+    pts = points(panels(plots.cost_figure(runs, names=names))["digits"])
+    assert pts and all(x == pytest.approx(0.017) for v in pts.values() for x, _ in v)  # cost.pruned, not unpruned
+
+
+def test_cost_plot_tick_labels_do_not_overlap(names):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    runs, _ = tables.load_runs([RUNS / "kd"])  # every pipeline at one pruned cost: a degenerate x range
+    fig = plots.cost_figure(runs, names=names)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    ax = panels(fig)["digits"]
+    boxes = [t.get_window_extent(canvas.get_renderer()) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+    assert len(boxes) >= 2
+    assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -38,8 +38,8 @@ def test_precedence_registry_file_cli(tmp_path):
     file_cfg = {"alpha": 0.2, "epochs": 3}
     cfg = resolve({"method": "smooth"}, file_cfg)
     assert cfg.params["smooth"]["alpha"] == 0.2 and cfg.epochs == 3
-    cfg = resolve({"method": "smooth", "epochs": 5}, file_cfg, {"alpha": "0.3"})
-    assert cfg.params["smooth"]["alpha"] == 0.3 and cfg.epochs == 5
+    cfg = resolve({"method": "smooth", "epochs": 7}, file_cfg, {"alpha": "0.3"})
+    assert cfg.params["smooth"]["alpha"] == 0.3 and cfg.epochs == 7
     cfg = resolve({"method": "smooth"}, {"params": {"smooth": {"alpha": 0.05}}})
     assert cfg.params["smooth"]["alpha"] == 0.05
 
@@ -165,9 +165,15 @@ def test_training_flops_match_hand_count_for_linear_model(make_cfg):
 def test_digits_dataset_shapes():
     from kebench import data
 
-    bundle = data.load(resolve({}))
+    cfg = resolve({})
+    assert (cfg.arch, cfg.resolution, cfg.epochs) == ("resnet10t", 16, 5)  # the first run: < 1 min on 2 CPU cores
+    assert resolve({"arch": "resnet18"}).arch == "resnet18"  # the user's arch wins over the dataset's
+    bundle = data.load(cfg)
     assert (len(bundle.train), len(bundle.test)) == (1437, 360)
-    assert bundle.train.images.shape[1:] == (1, 32, 32) and bundle.train.images.dtype == torch.uint8
+    assert bundle.train.images.shape[1:] == (1, 16, 16) and bundle.train.images.dtype == torch.uint8
+    assert data.load(resolve({"resolution": 32})).train.images.shape[1:] == (1, 32, 32)
+    paper = resolve({"data": "flowers102"})
+    assert (paper.arch, paper.epochs, paper.resolution) == ("resnet18", 200, None)  # paper datasets: paper settings
     assert torch.bincount(bundle.test.labels).tolist() == [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]
 
 
