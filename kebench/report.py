@@ -28,6 +28,7 @@ FIGURE_TITLES = {
     "budget": "Accuracy vs cumulative training FLOPs: multi-pass regimes pass by pass, single passes as points",
     "cost": "Accuracy vs inference cost (GFLOPs per image); slim networks as their own points",
     "hypotheses": "Mean |w| of the fit and reset hypotheses across generations",
+    "search": "Architecture search: the best individual's accuracy and size against cumulative search FLOPs",
 }
 #: Figures every report tries (the issue's three views); a study's own list adds to them.
 BASE_FIGURES = ("generations", "budget", "cost")
@@ -242,8 +243,23 @@ def summarize_cost(table: T.Table) -> str:
     return "; ".join(parts) + "." if parts else "No slim results yet."
 
 
+def summarize_size(table: T.Table) -> str:
+    """The most accurate row and the smallest one (the accuracy-for-size trade a search buys)."""
+    j_acc = 0  # the size table's first column is the accuracy metric
+    j_mb = next(j for j, c in enumerate(table.cols) if c.metric == "size_mb")
+    rows = [r for r in table.rows if r.cells[j_acc].mean is not None and r.cells[j_mb].mean is not None]
+    if not rows:
+        return "No results yet."
+    best = max(rows, key=lambda r: r.cells[j_acc].mean)
+    small = min(rows, key=lambda r: r.cells[j_mb].mean)
+    line = f"Most accurate: {_row_name(best)} ({_pct(best.cells[j_acc])}, {best.cells[j_mb].mean:.3g} MB)."
+    if small is not best:
+        line += f" Smallest: {_row_name(small)} ({small.cells[j_mb].mean:.3g} MB, {_pct(small.cells[j_acc])})."
+    return line
+
+
 SUMMARIES = {"classification": summarize_grid, "retrieval": summarize_grid, "budget": summarize_budget,
-             "kd": summarize_kd, "cost": summarize_cost}
+             "kd": summarize_kd, "cost": summarize_cost, "size": summarize_size}
 
 
 # ------------------------------------------------------------------------------ HTML pieces
