@@ -5,7 +5,8 @@ Two ways in:
     torchrun --nproc_per_node 4 -m kebench run --method ke --data flowers102 ...
     kebench run --nproc 4 --method ke --data flowers102 ...     # spawns the 4 processes itself
 
-What the engine does with more than one process (see `Run.fit`):
+What the engine does with more than one process (`MultiProcess`; the training loop calls a
+`SingleProcess` policy whose steps are no-ops when there is one):
 * `--batch-size` stays the *global* batch: each rank trains on its shard of every batch the
   single-process run would draw (`Objective.shard`: contiguous parts by default; CS-KD keeps each
   anchor with its partner), and DDP averages the gradients, so the learning rate and the schedule
@@ -212,6 +213,118 @@ class DDP(DistributedDataParallel):
             if name == "module" or "_modules" not in self.__dict__ or "module" not in self._modules:
                 raise
             return getattr(self._modules["module"], name)
+
+
+# ------------------------------------------------------------------------- process policy
+CHECK_EVERY = 20  # steps between non-finite-loss checks (and, with several processes, stop agreement)
+
+
+class SingleProcess:
+    """What the training loop does about processes when there is one: nothing. `MultiProcess`
+    overrides each step; the loop calls these and never branches on the world size itself."""
+
+    world, rank = 1, 0
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def start_pass(self, model: nn.Module, shared, extra_params: list) -> nn.Module:
+        """The module a pass trains (here the model itself)."""
+        return model
+
+    def load(self, train, objective, index_batch, gen, seed: int, index: int, epoch: int, step: int):
+        """This process's (x, y) of a global batch of indices."""
+        return train.load(index_batch, gen)
+
+    def after_backward(self, train_model: nn.Module) -> None:
+        """Make gradients global before the optimizer steps."""
+
+    def check(self, step: int, loss: torch.Tensor, stop_requested: bool):
+        """(bad loss, stop) at this step, decided alike by every process; and the loss to report."""
+        bad = step % CHECK_EVERY == 0 and not torch.isfinite(loss.detach())
+        return bad, stop_requested, loss
+
+    def epoch_end(self, sums, model: nn.Module) -> None:
+        """Make an epoch's running sums (`loop.Sums`) global; all processes keep rank 0's BatchNorm
+        statistics."""
+
+    def totals(self, sums: torch.Tensor) -> torch.Tensor:
+        return sums
+
+    def barrier(self) -> None:
+        """Wait for every process (e.g. until rank 0's checkpoint is on disk)."""
+
+    def agree(self, flags: list[bool]) -> list[bool]:
+        return list(flags)
+
+    def share(self, obj):
+        """Rank 0's value of a picklable object."""
+        return obj
+
+    def describe(self, batch_size: int, objects) -> dict | None:
+        """The result record's "distributed" entry (None: a single process has none)."""
+        return None
+
+
+class MultiProcess(SingleProcess):
+    """Several processes train one run (DistributedDataParallel; see the module docstring)."""
+
+    def __init__(self, device: torch.device):
+        super().__init__(device)
+        self.world, self.rank = world_size(), rank()
+        self.extra_params: list = []
+
+    def start_pass(self, model, shared, extra_params):
+        sync_from_rank0([model, *shared], self.device)  # passes start identical on every rank
+        self.extra_params = extra_params
+        return DDP(model, self.device)
+
+    def load(self, train, objective, index_batch, gen, seed, index, epoch, step):
+        from kebench.data.pipeline import epoch_generator
+
+        # this rank's shard of the global batch, with its own augmentation draws
+        index_batch = objective.shard(index_batch, self.world, self.rank)
+        return train.load(index_batch, epoch_generator(seed, index, epoch, step, self.rank))
+
+    def after_backward(self, train_model):
+        """Average what DDP did not: tensors outside the model, and every gradient when the objective
+        never called the wrapped model's forward (it called e.g. `model.forward_features` directly)."""
+        if train_model.forward_calls == 0:
+            average_grads(train_model.module.parameters())
+        train_model.forward_calls = 0
+        if self.extra_params:
+            average_grads(self.extra_params)
+
+    def check(self, step, loss, stop_requested):
+        if step % CHECK_EVERY:
+            return False, False, loss
+        bad, stop = agree([not torch.isfinite(loss.detach()).item(), stop_requested], self.device)
+        return bad, stop, float("nan")
+
+    def epoch_end(self, sums, model):
+        sums.set(sum_(sums.stacked(), self.device))
+        broadcast_(list(model.buffers()), self.device)
+
+    def totals(self, sums):
+        return sum_(sums, self.device)
+
+    def barrier(self):
+        dist.barrier()
+
+    def agree(self, flags):
+        return agree(flags, self.device)
+
+    def share(self, obj):
+        return broadcast_object(obj)
+
+    def describe(self, batch_size, objects):
+        return {"world_size": self.world, "backend": dist.get_backend(), "batch_per_process": batch_size // self.world,
+                "replicas_identical": replicas_identical(objects)}
+
+
+def policy(device: torch.device) -> SingleProcess:
+    """The process policy of this process's run."""
+    return MultiProcess(device) if world_size() > 1 else SingleProcess(device)
 
 
 # ------------------------------------------------------------------------------- launcher

@@ -34,6 +34,7 @@ from kebench.models import count_params
 from kebench.morph import birth_change, ensure_validation
 from kebench.pattern import size_bytes
 from kebench.plugin import Hook, Regime
+from kebench.context import RECORD
 
 ARCH = "evonet"
 #: Key of the mutation random stream, kept apart from the (seed, pass, epoch) batch streams.
@@ -173,9 +174,9 @@ class EvolutionarySearch(Regime):
 
             def after(m):
                 return {**run.evaluate(m, "val", prefix="val_"), "birth_change": float(births[slot]),
-                        "landmarks": {f"T{i + 1}": {"epoch": t, "val_top1": None if math.isnan(v) else float(v)}
-                                      for i, (t, v) in enumerate(zip(landmarks, values.tolist()))},
-                        "params": count_params(m), "size_bytes": size_bytes(m)}
+                        "params": count_params(m), "size_bytes": size_bytes(m),
+                        RECORD: {"landmarks": {f"T{i + 1}": {"epoch": t, "val_top1": None if math.isnan(v) else float(v)}
+                                               for i, (t, v) in enumerate(zip(landmarks, values.tolist()))}}}
 
             rec = run.fit(epochs, kind="individual", label=ind["id"], model=model, hooks=[hook], after=after)
             m = rec["metrics"]
@@ -239,18 +240,18 @@ class EvolutionarySearch(Regime):
         best = survivors[0]
         run.model = models[best["id"]]
         rec = next(r for r in run.passes if r["kind"] == "individual" and r["index"] == best["id"])
-        run.extra["final"] = {**rec["metrics"], "top1": best["top1"], "best_individual": best["id"],
-                              "params": best["params"], "size_bytes": best["size_bytes"]}
+        run.report_final({**rec["metrics"], "top1": best["top1"], "best_individual": best["id"],
+                              "params": best["params"], "size_bytes": best["size_bytes"]})
         passes = [r for r in run.passes if r["kind"] == "individual"]
-        run.extra["cost"] = {"search": {"individuals": len(passes), "extinct": sum(1 for r in passes if r.get("stopped")),
+        run.report_cost({"search": {"individuals": len(passes), "extinct": sum(1 for r in passes if r.get("stopped")),
                                         "train_flops": sum(r["train_flops"] for r in passes),
                                         "wall_time_s": round(sum(r["wall_time_s"] for r in passes), 3),
-                                        "epochs": sum(r["epochs"] for r in passes)}}
-        run.extra["search"] = {"algorithm": self.name, "landmarks": landmarks, "best_genome": best["genome"],
+                                        "epochs": sum(r["epochs"] for r in passes)}})
+        run.report("search", {"algorithm": self.name, "landmarks": landmarks, "best_genome": best["genome"],
                                "best_describe": best["describe"], "history": history,
                                "survivors": [s["id"] for s in survivors],
                                "individuals": [{k: v for k, v in i.items() if k != "genome"} | {"genome": G.describe(i["genome"])}
-                                               for i in everyone]}
+                                               for i in everyone]})
 
 
 class AGEvolution(EvolutionarySearch):

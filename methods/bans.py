@@ -144,5 +144,5 @@ class BornAgain(Regime):
                 return {"ensemble_top1": metrics.top1(probs[:g].mean(0), labels)}
 
             record = run.fit(run.cfg.epochs, kind="generation", label=g, objective=objective, after=ensemble)
-        run.extra["bans"] = {"loss": p.loss, "alpha": self.alpha, "temperature": float(p.temperature)}
-        run.extra.setdefault("final", {})["ensemble_top1"] = record["metrics"]["ensemble_top1"]
+        run.report("bans", {"loss": p.loss, "alpha": self.alpha, "temperature": float(p.temperature)})
+        run.report_final({"ensemble_top1": record["metrics"]["ensemble_top1"]})

@@ -118,11 +118,11 @@ class PatternBinarization(Regime):
         m = record["metrics"]
         n_pattern = sum(c.weight.numel() for c in convs.values())
         n_all = sum(q.numel() for q in model.parameters())
-        run.extra["final"] = {run.primary: m[run.primary], f"{run.primary}_before": before[run.primary],
+        run.report_final({run.primary: m[run.primary], f"{run.primary}_before": before[run.primary],
                               f"{run.primary}_binarized": m[f"{run.primary}_binarized"],
                               "size_bytes_before": cost_before["size_bytes"], "size_bytes": m["size_bytes"],
-                              "params": m["params"], "flops": m["flops"]}
-        run.extra["cost"] = {"fp32": cost_before}
-        run.extra["binarize"] = {"pattern_layers": len(convs), "pattern_weights": n_pattern,
+                              "params": m["params"], "flops": m["flops"]})
+        run.report_cost({"fp32": cost_before})
+        run.report("binarize", {"pattern_layers": len(convs), "pattern_weights": n_pattern,
                                  "pattern_fraction": n_pattern / n_all, "init_from": p.init_from or None,
-                                 "compression": cost_before["size_bytes"] / m["size_bytes"]}
+                                 "compression": cost_before["size_bytes"] / m["size_bytes"]})

@@ -15,6 +15,7 @@ from __future__ import annotations
 from kebench.errors import UserError, unknown_choice
 from kebench.plugin import Regime
 from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, sparsity
+from kebench.context import RECORD
 
 PHASES = ("dense", "sparse", "redense")
 SCHEDULES = ("continuous", "restart")
@@ -42,9 +43,9 @@ def check_fraction(value, name: str, plugin: str) -> float:
 
 def weight_sparsity(model) -> dict:
     """Pass record entries: fraction of exactly-zero weights over all prunable tensors (a metric)
-    and per layer (`layer_sparsity`, beside the metrics)."""
+    and per layer (`layer_sparsity`, a record entry beside the metrics)."""
     named = prunable_weights(model)
-    return {"sparsity": sparsity(p for _, p in named), "layer_sparsity": {n: sparsity([p]) for n, p in named}}
+    return {"sparsity": sparsity(p for _, p in named), RECORD: {"layer_sparsity": {n: sparsity([p]) for n, p in named}}}
 
 
 class DSD(Regime):
@@ -74,10 +75,10 @@ class DSD(Regime):
         run.state["dsd_masks"] = masks  # registered before any fit: resume restores it mid-sparse-phase
         restart = self.params.schedule == "restart"
         redense_lr = run.cfg.lr * float(self.params.redense_lr_factor) if restart else run.cfg.lr
-        run.extra["dsd"] = {"phases": dict(zip(PHASES, lengths)), "prune_ratio": self.fraction,
+        run.report("dsd", {"phases": dict(zip(PHASES, lengths)), "prune_ratio": self.fraction,
                             "schedule": self.params.schedule,
                             "lr_schedule_epochs": lengths if restart else total,
-                            "peak_lr": {"dense": run.cfg.lr, "sparse": run.cfg.lr, "redense": redense_lr}}
+                            "peak_lr": {"dense": run.cfg.lr, "sparse": run.cfg.lr, "redense": redense_lr}})
         offset = 0
         for i, (phase, epochs) in enumerate(zip(PHASES, lengths)):
             hooks = []

@@ -297,9 +297,9 @@ class FeatureKD(Distill):
             size = math.prod(feature_shape(self.teacher, self.run_ctx))
             family = family_value(self.run_ctx.cfg.arch, self.params.beta_by_family, "beta")
             self.beta = scaled_beta(family, size, self.reference_size)
-            self.run_ctx.extra["fd"] = {"beta": self.beta, "beta_family": family, "feature_size": size,
-                                        "reference_size": self.reference_size,
-                                        "rule": "beta_family * sqrt(feature_size / reference_size)"}
+            self.run_ctx.report("fd", {"beta": self.beta, "beta_family": family, "feature_size": size,
+                                       "reference_size": self.reference_size,
+                                       "rule": "beta_family * sqrt(feature_size / reference_size)"})
         return list(self.regressor.parameters())
 
     def loss(self, model, x, y):

@@ -189,9 +189,9 @@ class PrunePipeline(Regime):
         final["unpruned_top1"] = record["metrics"]["top1"]
         unpruned_cost = self._cost(run.model, run)
         if p.prune == "none":
-            run.extra["cost"] = {"unpruned": unpruned_cost}
-            run.extra["final"] = final
-            run.extra["kd_pruning"] = info
+            run.report_cost({"unpruned": unpruned_cost})
+            run.report_final(final)
+            run.report("kd_pruning", info)
             return
 
         # 2. prune (the structure depends on trained weights: on replay it comes from the checkpoint)
@@ -208,8 +208,8 @@ class PrunePipeline(Regime):
             run.state["kdp.self_teacher"] = own
             distill.set_teacher(own)
         info["teacher_after"] = ("self" if self.self_teacher else "teacher") if self.distill_after else None
-        run.extra["final"] = final  # set before the last pass: checkpointed with it, so replay keeps it
-        run.extra["kd_pruning"] = info
+        run.report_final(final)  # set before the last pass: checkpointed with it, so replay keeps it
+        run.report("kd_pruning", info)
 
         # 3. fine-tune the pruned student
         after = distill if self.distill_after else ce
@@ -218,11 +218,9 @@ class PrunePipeline(Regime):
                 lr=float(p.finetune_lr), schedule=p.finetune_schedule, warmup=0 if constant else None)
 
         pruned_cost = self._cost(pruned, run, sparse=p.prune == "weight")
-        run.extra["cost"] = {"unpruned": unpruned_cost, "pruned": pruned_cost}
-        final = dict(run.extra["final"])
-        final["params_kept"] = pruned_cost.get("nonzero_params", pruned_cost["params"]) / unpruned_cost["params"]
-        final["flops_kept"] = pruned_cost["flops"] / unpruned_cost["flops"]
-        run.extra["final"] = final
+        run.report_cost({"unpruned": unpruned_cost, "pruned": pruned_cost})
+        run.report_final({"params_kept": pruned_cost.get("nonzero_params", pruned_cost["params"]) / unpruned_cost["params"],
+                          "flops_kept": pruned_cost["flops"] / unpruned_cost["flops"]})
         P.save_pruned(run.dir / "pruned.pt", pruned, plan, arch=run.cfg.arch)
 
     # ------------------------------------------------------------------ pruning

@@ -20,6 +20,7 @@ import torch
 from kebench.errors import UserError, unknown_choice
 from kebench.plugin import Regime
 from kebench.split import SPLITS, Split, channel_graph, kels_keep
+from kebench.context import RECORD
 
 REPORTED_GENERATIONS = (1, 3, 10)  # the KE paper's tables: N1 (baseline), N3, N10
 SLIM_FILE = "slim.pt"
@@ -76,8 +77,8 @@ class KnowledgeEvolution(Regime):
         out = {"fit_abs_mean": stats["fit_abs_mean"], "reset_abs_mean": stats["reset_abs_mean"]}
         if self.kind == "kels":
             out.update(run.evaluate(self.slim(run, model), prefix="slim_"))
-        out["hypotheses"] = {"split": self.kind, "split_rate": self.rate, "fit_fraction": split.fit_fraction(),
-                             "layers": stats["layers"]}
+        out[RECORD] = {"hypotheses": {"split": self.kind, "split_rate": self.rate,
+                                      "fit_fraction": split.fit_fraction(), "layers": stats["layers"]}}
         return out
 
     def finish(self, run, split: Split) -> None:
@@ -100,10 +101,10 @@ class KnowledgeEvolution(Regime):
         for key, m in models.items():
             cost[key] = inference_cost(m, d, run.device)
             cost[key].update(latency_ms=latency[key], latency_batch=1, latency_precision=precision)
-        run.extra.setdefault("cost", {}).update(cost)
-        run.extra["ke"] = info
+        run.report_cost(cost)
+        run.report("ke", info)
         gens = {p["index"]: p["metrics"] for p in run.passes if p["kind"] == "generation"}
-        final = run.extra.setdefault("final", {})
+        final = run.report_final({})
         for g in REPORTED_GENERATIONS:
             if g in gens:
                 for key in (run.primary, "slim_" + run.primary):

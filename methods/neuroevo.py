@@ -303,19 +303,19 @@ class NeuroEvolution(Regime):
         shape = (1, run.data.in_chans, run.data.resolution, run.data.resolution)
         flops = {m: forward_flops(models[m], shape, run.device) for m in survivors}
         run.model = models[best]
-        run.extra["final"] = {**records[best]["metrics"], "ensemble_top1": ensemble_top1,
-                              "ensemble_size": len(survivors), "best_member": best}
+        run.report_final({**records[best]["metrics"], "ensemble_top1": ensemble_top1,
+                              "ensemble_size": len(survivors), "best_member": best})
         seed_flops = sum(r["train_flops"] for r in run.passes if r["kind"] == "seed")
         member_flops = sum(r["train_flops"] for r in run.passes if r["kind"] == "member")
-        run.extra["cost"] = {
+        run.report_cost({
             "ensemble": {"params": sum(count_params(models[m]) for m in survivors),
                          "flops": sum(flops.values()), "members": len(survivors)},
             "training": {"flops": seed_flops + member_flops, "seed_flops": seed_flops,
                          "member_flops": member_flops, "passes": len(run.passes)},
-        }
+        })
         for m, entry in family.items():
             metrics_ = records[m]["metrics"]
             entry.update(val_top1=metrics_.get("val_top1"), top1=metrics_.get("top1"),
                          birth_change=metrics_.get("birth_change"), train_flops=records[m]["train_flops"],
                          survivor=m in survivors)
-        run.extra["population"] = [family[m] for m in sorted(family)]
+        run.report("population", [family[m] for m in sorted(family)])

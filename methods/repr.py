@@ -28,6 +28,7 @@ from torch import nn
 from kebench.errors import UserError
 from kebench.plugin import Regime
 from kebench.prune import MaskHook, MaskSet, following_batchnorms, orthogonality_scores
+from kebench.context import RECORD
 from methods.dsd import check_fraction, optional_epochs
 
 RANKINGS = ("global", "per-layer")
@@ -134,9 +135,9 @@ class RePr(Regime):
         old = torch.zeros(sum(m.weight.numel() for m in convs.values()), device=run.device)
         run.state["repr_masks"] = masks  # which filters are off (restored on resume inside S2)
         run.state["repr_old_filters"] = old  # conv weights at the drop, for the re-initialisation
-        run.extra["repr"] = {"s1": s1, "s2": s2, "final": final, "cycles": [], "ranking": self.params.ranking,
+        run.report("repr", {"s1": s1, "s2": s2, "final": final, "cycles": [], "ranking": self.params.ranking,
                              "prune_ratio": self.rate, "lr_schedule_epochs": total,
-                             "filters": {n: m.out_channels for n, m in convs.items()}}
+                             "filters": {n: m.out_channels for n, m in convs.items()}})
 
         def kept(_model):
             return self._dropped_record(masks, convs)
@@ -151,7 +152,7 @@ class RePr(Regime):
             hook = MaskHook(model, masks)
             hook.apply()
             n_dropped = sum(len(v) for v in drop.values())
-            info = run.extra["repr"]
+            info = run.reported("repr")
             info["cycles"] = info["cycles"][: c - 1] + [{
                 "cycle": c, "dropped": {n: len(v) for n, v in drop.items() if len(v)}, "total": n_dropped,
                 "of": sum(m.out_channels for m in convs.values())}]
@@ -160,7 +161,7 @@ class RePr(Regime):
             # Read the dropped filters back from the (possibly resumed) masks, then bring them back.
             drop = self._dropped(masks, convs)
             narrow = self._reinitialise(model, convs, drop, old, init_norm, followers, init_bn)
-            run.extra["repr"]["cycles"][c - 1]["narrow_layers"] = narrow
+            run.reported("repr")["cycles"][c - 1]["narrow_layers"] = narrow
             masks.assign({})
         run.fit(final, kind="final", label=self.cycles + 1, lr_window=(offset, total), after=kept)
 
@@ -175,8 +176,8 @@ class RePr(Regime):
         filters on at the end of the pass (`kept_filters`: all of them outside S2)."""
         dropped = {n: len(v) for n, v in cls._dropped(masks, convs).items()}
         return {"filters_dropped": sum(dropped.values()),
-                "dropped_filters": {n: k for n, k in dropped.items() if k},
-                "kept_filters": {n: m.out_channels - dropped[n] for n, m in convs.items()}}
+                RECORD: {"dropped_filters": {n: k for n, k in dropped.items() if k},
+                         "kept_filters": {n: m.out_channels - dropped[n] for n, m in convs.items()}}}
 
     @staticmethod
     def _filter_masks(masks: MaskSet, drop, convs, followers) -> dict[str, torch.Tensor]:

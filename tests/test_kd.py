@@ -128,12 +128,12 @@ def test_fd_auto_beta_is_scaled_to_the_teachers_feature_map_and_recorded(make_cf
     run.objective.extra_parameters(run.model)
     size = math.prod(run.objective.teacher.forward_features(torch.zeros(1, 3, 16, 16)).shape[1:])
     assert run.objective.beta == pytest.approx(500 * math.sqrt(size / 4096))
-    assert run.extra["fd"] == {"beta": run.objective.beta, "beta_family": 500.0, "feature_size": size,
+    assert run.reported("fd") == {"beta": run.objective.beta, "beta_family": 500.0, "feature_size": size,
                                "reference_size": 4096.0,
                                "rule": "beta_family * sqrt(feature_size / reference_size)"}
     fixed = Run(make_cfg("fd", plugin={"teacher": teacher_file, "beta": "750"}), show_progress=False)
     fixed.objective.extra_parameters(fixed.model)
-    assert fixed.objective.beta == 750 and "fd" not in fixed.extra  # a number is used as given
+    assert fixed.objective.beta == 750 and fixed.reported("fd") is None  # a number is used as given
 
 
 # --------------------------------------------------------------------------- the teacher contract

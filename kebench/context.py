@@ -1,0 +1,99 @@
+"""What a plugin may touch on `run`: the `RunContext` surface, the declared pass kinds, and the key
+under which `fit(after=...)` returns per-pass record entries. `kebench.engine.Run` implements it;
+plugins use nothing else of it (tests/test_plugin_surface.py checks `methods/`).
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Callable, Iterable, Protocol, runtime_checkable
+
+
+class PassKind(str, Enum):
+    """What a pass trains, as written to each pass record's "kind" and metrics.jsonl. A str enum: a
+    record's kind compares equal to its plain-string value, and JSON holds the plain string."""
+
+    PASS = "pass"                # the one pass of a single-pass regime
+    GENERATION = "generation"    # KE / BANs / KE+DSD generation
+    TEACHER = "teacher"          # trains a network other than the one the run reports
+    TRAIN = "train"              # first training of a train-then-change regime
+    FINETUNE = "finetune"
+    PHASE = "phase"              # DSD dense / sparse / re-dense phase
+    S1, S2, FINAL = "s1", "s2", "final"  # RePr's cycle stages and final pass
+    SEED, MEMBER = "seed", "member"      # NeuroEvo's seed network and mutated members
+    INDIVIDUAL = "individual"            # an AgEvo individual
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Pass kinds whose pass trains a network other than the one the run reports (tables and plots skip them).
+NOT_THE_MODEL = (PassKind.TEACHER.value,)
+
+#: `fit(after=fn)`: fn(model) returns pass-level metrics (numbers), and may return per-pass record
+#: entries (per-layer statistics, landmarks) as a dict under this key; they go beside "metrics".
+RECORD = "record"
+
+
+@runtime_checkable
+class RunContext(Protocol):
+    """Everything a plugin may use of the run it belongs to.
+
+    Read-only facts: `cfg` (the resolved RunConfig), `data` (the loaded dataset: train/val/test,
+    num_classes, in_chans, resolution, info), `device`, `task`, `primary` (the task's headline metric),
+    `method` (the registry entry), `objective` (the run's objective, to wrap it), `passes` (records of
+    the passes so far), `dir` (the run folder: write extra files there on rank 0 only), `rank`,
+    `amp_dtype`, `channels_last`.
+    Mutable: `model` (the network the run reports; a regime may replace it) and `state` (modules or
+    tensors that outlive a pass; checkpointed with the model, restored on resume).
+    """
+
+    cfg: object
+    data: object
+    device: object
+    task: str
+    primary: str
+    method: object
+    objective: object
+    passes: list
+    model: object
+    state: dict
+    dir: object
+    rank: int
+    amp_dtype: object
+    channels_last: bool
+
+    def fit(self, epochs: int | None = None, *, kind: str = "pass", label: int | None = None, model=None,
+            hooks: Iterable = (), objective=None, lr: float | None = None, schedule: str | None = None,
+            warmup: int | None = None, lr_window: tuple[int, int] | None = None,
+            after: Callable | None = None) -> dict:
+        """Train one pass; returns (and appends to `passes`) its record."""
+
+    def evaluate(self, model=None, split: str = "test", prefix: str = "") -> dict:
+        """Task metrics of a model on a split."""
+
+    def predict(self, model=None, split: str = "test"):
+        """(outputs, labels) of a model on a whole split, float32 on the CPU."""
+
+    def build_model(self, arch: str | None = None, **kwargs):
+        """A fresh model for this run's data and objective, on its device."""
+
+    def stream(self, split: str = "train"):
+        """The batch stream of a split."""
+
+    def autocast(self):
+        """The run's autocast context (AMP policy)."""
+
+    def resumed_state(self, name: str):
+        """On --resume, the checkpointed value of `state[name]` (None otherwise)."""
+
+    def report(self, name: str, value):
+        """Record a run-level fact as result.json[name] (not a schema field); returns `value`."""
+
+    def reported(self, name: str, default=None):
+        """A fact reported earlier in this run (or restored from its checkpoint)."""
+
+    def report_final(self, values: dict) -> dict:
+        """Add headline numbers to result.json["final"]; returns the run's whole contribution."""
+
+    def report_cost(self, values: dict) -> dict:
+        """Add entries to result.json["cost"]; returns the run's whole contribution."""
