@@ -22,6 +22,7 @@ from pathlib import Path
 
 import click
 
+from kebench.context import NOT_THE_MODEL, PassKind
 from kebench.errors import UserError
 from kebench.tables import (PRIMARY, Names, _prepare, _split_list, expand, load_runs, metric_title,
                             signature)
@@ -37,7 +38,6 @@ METADATA = {"png": {"Software": None},
             "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None},
             "svg": {"Date": None, "Creator": None}}
 HYPOTHESIS_KEYS = ("fit_abs_mean", "reset_abs_mean")
-NOT_THE_MODEL = ("teacher",)  # pass kinds that train a network other than the one the run reports
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -61,7 +61,7 @@ def _axis_title(metric: str | None, run: dict) -> str:
 
 
 def _generation_passes(run: dict) -> list[dict]:
-    return [p for p in run.get("passes") or [] if p.get("kind") == "generation"]
+    return [p for p in run.get("passes") or [] if p.get("kind") == PassKind.GENERATION]
 
 
 def curve_labels(runs: list[dict], names: Names) -> dict[str, str]:

@@ -86,3 +86,34 @@ class Regime(Plugin):
 
     def run(self, run) -> None:
         raise TypeError(f"{type(self).__name__} must define run()")
+
+
+#: The methods of the objective contract (everything public an `Objective` defines).
+OBJECTIVE_CONTRACT = tuple(name for name, value in vars(Objective).items()
+                           if callable(value) and not name.startswith("_"))
+
+
+def _forwarded(name: str):
+    def method(self, *args, **kwargs):
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"The wrapped objective's {name}()."
+    return method
+
+
+class WrappingObjective(Objective):
+    """An objective that changes another one (adds a loss term, a teacher): every method of the
+    objective contract is forwarded to `inner` unless the wrapper overrides it, so a contract
+    method added later reaches the wrapped objective without editing any wrapper. An override that
+    adds to the inner behaviour calls `super().<method>(...)`, which is the forwarding."""
+
+    def __init__(self, inner: Objective, params: dict | None = None):
+        super().__init__(params or {}, inner.run_ctx)
+        self.inner = inner
+        self.tasks = inner.tasks
+
+
+for _name in OBJECTIVE_CONTRACT:
+    setattr(WrappingObjective, _name, _forwarded(_name))
+del _name

@@ -26,6 +26,7 @@ from pathlib import Path
 import click
 
 from kebench.config import NOT_IN_RUN_ID
+from kebench.context import PassKind
 from kebench.errors import UserError, unknown_choice
 
 KINDS = ("classification", "retrieval", "cost", "kd", "budget", "size")
@@ -248,7 +249,7 @@ def expand(run: dict, generations=None, names: Names | None = None) -> list[Entr
     passes = run.get("passes") or []
     training = run.get("training") or {}
     final = run.get("final") or {}
-    gens = {p.get("index"): i for i, p in enumerate(passes) if p.get("kind") == "generation"}
+    gens = {p.get("index"): i for i, p in enumerate(passes) if p.get("kind") == PassKind.GENERATION}
     if not gens or run.get("regime") == "single":
         e = Entry(run, None, True, dict(final), training.get("epochs"), training.get("flops"))
         e.base = names.method(run.get("objective", ""), run.get("regime", ""))
@@ -767,7 +768,7 @@ def cost_table(runs: list[dict], metric=None, generations=None, names: Names | N
     chosen = []
     for r in runs:
         m = metric or PRIMARY.get(r.get("task", "classification"), "top1")
-        gens = [p for p in r.get("passes") or [] if p.get("kind") == "generation"]
+        gens = [p for p in r.get("passes") or [] if p.get("kind") == PassKind.GENERATION]
         if any(f"slim_{m}" in (p.get("metrics") or {}) for p in gens) and (r.get("cost") or {}).get("slim"):
             chosen.append(r)
     if not chosen:
@@ -785,7 +786,7 @@ def cost_table(runs: list[dict], metric=None, generations=None, names: Names | N
 
     def first_gen(e, key):
         for p in e.run.get("passes") or []:
-            if p.get("kind") == "generation" and p.get("index") == 1:
+            if p.get("kind") == PassKind.GENERATION and p.get("index") == 1:
                 return (p.get("metrics") or {}).get(key)
         return None
 

@@ -25,7 +25,8 @@ from torch import nn
 from kebench import metrics
 from kebench.engine import copy_model
 from kebench.errors import UserError, unknown_choice
-from kebench.plugin import Objective, Regime
+from kebench.plugin import Objective, Regime, WrappingObjective
+from kebench.context import PassKind
 
 
 LOSSES = ("reference", "hinton")
@@ -41,7 +42,7 @@ def kd_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float, fo
     return kl / student.shape[1] if form == "reference" else t * t * kl
 
 
-class Distill(Objective):
+class Distill(WrappingObjective):
     """Any objective plus distillation from a frozen teacher.
 
     The distillation term is computed on every student forward pass the wrapped objective makes
@@ -50,24 +51,11 @@ class Distill(Objective):
 
     def __init__(self, inner: Objective, teacher: nn.Module, alpha: float, temperature: float, run,
                  form: str = "hinton"):
-        super().__init__({"alpha": alpha, "temperature": temperature, "loss": form}, run)
-        self.inner, self.teacher = inner, teacher
-        self.tasks = inner.tasks
-
-    def adapt_model(self, model, num_classes):
-        return self.inner.adapt_model(model, num_classes)
-
-    def batch_sampler(self, labels, batch_size, generator):
-        return self.inner.batch_sampler(labels, batch_size, generator)
-
-    def hooks(self):
-        return self.inner.hooks()
-
-    def extra_parameters(self, model):
-        return self.inner.extra_parameters(model)
+        super().__init__(inner, {"alpha": alpha, "temperature": temperature, "loss": form})
+        self.teacher = teacher
 
     def train_mode(self, model):
-        self.inner.train_mode(model)
+        super().train_mode(model)
         self.teacher.eval()
 
     def loss(self, model, x, y):
@@ -143,6 +131,6 @@ class BornAgain(Regime):
                 probs[g - 1] = out.float().softmax(dim=1)
                 return {"ensemble_top1": metrics.top1(probs[:g].mean(0), labels)}
 
-            record = run.fit(run.cfg.epochs, kind="generation", label=g, objective=objective, after=ensemble)
+            record = run.fit(run.cfg.epochs, kind=PassKind.GENERATION, label=g, objective=objective, after=ensemble)
         run.report("bans", {"loss": p.loss, "alpha": self.alpha, "temperature": float(p.temperature)})
         run.report_final({"ensemble_top1": record["metrics"]["ensemble_top1"]})

@@ -21,6 +21,7 @@ from kebench.cost import inference_cost
 from kebench.errors import UserError
 from kebench.pattern import is_spatial, sign_pattern
 from kebench.plugin import Hook, Regime
+from kebench.context import PassKind
 
 
 def pattern_convs(model: nn.Module) -> dict[str, nn.Conv2d]:
@@ -102,7 +103,7 @@ class PatternBinarization(Regime):
             self.load(run, p.init_from)
             before = run.evaluate(model)
         else:
-            before = run.fit(p.train_epochs or cfg.epochs, kind="train", label=1)["metrics"]
+            before = run.fit(p.train_epochs or cfg.epochs, kind=PassKind.TRAIN, label=1)["metrics"]
         cost_before = inference_cost(model, run.data, run.device)
         patterns = run.state["patterns"] = binarize(model)
         binarized = run.state["binarized_metrics"] = torch.tensor(run.evaluate(model)[run.primary], dtype=torch.float64)
@@ -113,7 +114,7 @@ class PatternBinarization(Regime):
             return {f"{run.primary}_binarized": float(binarized), "size_bytes": cost["size_bytes"],
                     "params": cost["params"], "flops": cost["flops"]}
 
-        record = run.fit(p.finetune_epochs or cfg.epochs, kind="finetune", label=2,
+        record = run.fit(p.finetune_epochs or cfg.epochs, kind=PassKind.FINETUNE, label=2,
                          hooks=[FreezePatterns(convs, patterns)], after=after)
         m = record["metrics"]
         n_pattern = sum(c.weight.numel() for c in convs.values())

@@ -15,7 +15,7 @@ from __future__ import annotations
 from kebench.errors import UserError, unknown_choice
 from kebench.plugin import Regime
 from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, sparsity
-from kebench.context import RECORD
+from kebench.context import RECORD, PassKind
 
 PHASES = ("dense", "sparse", "redense")
 SCHEDULES = ("continuous", "restart")
@@ -88,10 +88,10 @@ class DSD(Regime):
                 hook.apply()  # pruned weights start at exactly zero
                 hooks.append(hook)
             if restart:  # its own schedule from its own peak
-                record = run.fit(epochs, kind="phase", label=i + 1, hooks=hooks, after=weight_sparsity,
+                record = run.fit(epochs, kind=PassKind.PHASE, label=i + 1, hooks=hooks, after=weight_sparsity,
                                  lr=redense_lr if phase == "redense" else None)
             else:
-                record = run.fit(epochs, kind="phase", label=i + 1, hooks=hooks, lr_window=(offset, total),
+                record = run.fit(epochs, kind=PassKind.PHASE, label=i + 1, hooks=hooks, lr_window=(offset, total),
                                  after=weight_sparsity)
             record["phase"] = phase
             offset += epochs

@@ -38,7 +38,8 @@ from kebench import registry
 from kebench.cost import forward_flops
 from kebench.errors import UserError, unknown_choice
 from kebench.models import count_params
-from kebench.plugin import Objective, Regime
+from kebench.plugin import Objective, Regime, WrappingObjective
+from kebench.context import PassKind
 from methods.dsd import optional_epochs
 from methods.kd import AugmentedCE, BatchAugment, auto_value, freeze, parse_augment
 
@@ -72,30 +73,18 @@ class _Refused(Mapping):
         return sum(1 for _ in self)
 
 
-class SlimmingPenalty(Objective):
+class SlimmingPenalty(WrappingObjective):
     """Wraps a pass's objective with network slimming's sparsity term s·Σ|γ| over BatchNorm scales
     (its gradient is the paper's grad += s·sign(γ); as a loss term it is also correct under AMP
     loss scaling)."""
 
     def __init__(self, base: Objective, strength: float):
-        super().__init__({}, base.run_ctx)
-        self.base, self.strength = base, strength
+        super().__init__(base)
+        self.strength = strength
 
     def loss(self, model, x, y):
-        loss, logits = self.base.loss(model, x, y)
+        loss, logits = super().loss(model, x, y)
         return loss + self.strength * P.bn_l1_penalty(model), logits
-
-    def train_mode(self, model):
-        self.base.train_mode(model)
-
-    def hooks(self):
-        return self.base.hooks()
-
-    def extra_parameters(self, model):
-        return self.base.extra_parameters(model)
-
-    def batch_sampler(self, labels, batch_size, generator):
-        return self.base.batch_sampler(labels, batch_size, generator)
 
 
 class PrunePipeline(Regime):
@@ -160,7 +149,7 @@ class PrunePipeline(Regime):
             return {"teacher": distill.teacher_path, "teacher_top1": run.evaluate(distill.teacher)["top1"]}
         teacher = run.build_model()
         run.state["kdp.teacher"] = teacher
-        record = run.fit(self._epochs("teacher_epochs"), kind="teacher", label=1, model=teacher,
+        record = run.fit(self._epochs("teacher_epochs"), kind=PassKind.TEACHER, label=1, model=teacher,
                          objective=AugmentedCE({}, run, self.teacher_aug))
         distill.set_teacher(teacher)
         return {"teacher": "trained", "teacher_top1": record["metrics"]["top1"]}
@@ -185,7 +174,7 @@ class PrunePipeline(Regime):
         if p.prune == "slimming":
             before = SlimmingPenalty(before, self.sparsity)
             info["sparsity"] = self.sparsity
-        record = run.fit(self._epochs("train_epochs"), kind="train", label=1, model=run.model, objective=before)
+        record = run.fit(self._epochs("train_epochs"), kind=PassKind.TRAIN, label=1, model=run.model, objective=before)
         final["unpruned_top1"] = record["metrics"]["top1"]
         unpruned_cost = self._cost(run.model, run)
         if p.prune == "none":
@@ -214,7 +203,7 @@ class PrunePipeline(Regime):
         # 3. fine-tune the pruned student
         after = distill if self.distill_after else ce
         constant = p.finetune_schedule == "constant"
-        run.fit(self.finetune_epochs(), kind="finetune", label=1, model=pruned, objective=after, hooks=hooks,
+        run.fit(self.finetune_epochs(), kind=PassKind.FINETUNE, label=1, model=pruned, objective=after, hooks=hooks,
                 lr=float(p.finetune_lr), schedule=p.finetune_schedule, warmup=0 if constant else None)
 
         pruned_cost = self._cost(pruned, run, sparse=p.prune == "weight")

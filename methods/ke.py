@@ -20,7 +20,7 @@ import torch
 from kebench.errors import UserError, unknown_choice
 from kebench.plugin import Regime
 from kebench.split import SPLITS, Split, channel_graph, kels_keep
-from kebench.context import RECORD
+from kebench.context import RECORD, PassKind
 
 REPORTED_GENERATIONS = (1, 3, 10)  # the KE paper's tables: N1 (baseline), N3, N10
 SLIM_FILE = "slim.pt"
@@ -63,7 +63,7 @@ class KnowledgeEvolution(Regime):
                 if self.kind == "wels-rand":
                     split.redraw(mask_generator(run.cfg.seed, g))
                 split.reinitialize(model)
-            run.fit(run.cfg.epochs, kind="generation", label=g, after=partial(self.after, run, split))
+            run.fit(run.cfg.epochs, kind=PassKind.GENERATION, label=g, after=partial(self.after, run, split))
         self.finish(run, split)
 
     def slim(self, run, model):
@@ -103,7 +103,7 @@ class KnowledgeEvolution(Regime):
             cost[key].update(latency_ms=latency[key], latency_batch=1, latency_precision=precision)
         run.report_cost(cost)
         run.report("ke", info)
-        gens = {p["index"]: p["metrics"] for p in run.passes if p["kind"] == "generation"}
+        gens = {p["index"]: p["metrics"] for p in run.passes if p["kind"] == PassKind.GENERATION}
         final = run.report_final({})
         for g in REPORTED_GENERATIONS:
             if g in gens:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from kebench.errors import UserError
 from kebench.plugin import Regime
 from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights
+from kebench.context import PassKind
 from methods.dsd import check_fraction, weight_sparsity
 
 
@@ -32,5 +33,5 @@ class KEDSD(Regime):
                 hook = MaskHook(run.model, masks)
                 hook.apply()  # pruned weights start from zero
                 hooks.append(hook)
-            record = run.fit(run.cfg.epochs, kind="generation", label=g, hooks=hooks, after=weight_sparsity)
+            record = run.fit(run.cfg.epochs, kind=PassKind.GENERATION, label=g, hooks=hooks, after=weight_sparsity)
             record["phase"] = "sparse" if sparse else "dense"

@@ -30,6 +30,7 @@ from kebench.models import count_params
 from kebench.morph import (BIRTH_TOLERANCE, VAL_SPLIT_SEED, birth_change, carve_validation,  # noqa: F401
                            ensure_validation, remap_units, widen_index)
 from kebench.plugin import Regime
+from kebench.context import PassKind
 
 #: Hidden layers a mutation may widen: (conv whose outputs grow, its BN, conv that reads them).
 BLOCK_PAIRS = {
@@ -224,7 +225,7 @@ class NeuroEvolution(Regime):
             del models[member]
             run.state.pop(f"member{member}", None)
 
-        train(0, p.seed_epochs or cfg.epochs, "seed", 0.0)
+        train(0, p.seed_epochs or cfg.epochs, PassKind.SEED, 0.0)
         survivors, next_id = [0], 1
         for round_ in range(1, p.rounds + 1):
             gen = epoch_generator(cfg.seed, MUTATION_STREAM, round_)
@@ -246,7 +247,7 @@ class NeuroEvolution(Regime):
             for parent in survivors:  # comma selection: parents retire, children compete
                 retire(parent)
             for child in children:
-                train(child, p.child_epochs or cfg.epochs, "member", changes[child])
+                train(child, p.child_epochs or cfg.epochs, PassKind.MEMBER, changes[child])
             ranked = sorted(children, key=lambda m: (-records[m]["metrics"]["val_top1"],
                                                      count_params(models[m]), m))
             survivors = ranked[: p.survivors]
@@ -305,8 +306,8 @@ class NeuroEvolution(Regime):
         run.model = models[best]
         run.report_final({**records[best]["metrics"], "ensemble_top1": ensemble_top1,
                               "ensemble_size": len(survivors), "best_member": best})
-        seed_flops = sum(r["train_flops"] for r in run.passes if r["kind"] == "seed")
-        member_flops = sum(r["train_flops"] for r in run.passes if r["kind"] == "member")
+        seed_flops = sum(r["train_flops"] for r in run.passes if r["kind"] == PassKind.SEED)
+        member_flops = sum(r["train_flops"] for r in run.passes if r["kind"] == PassKind.MEMBER)
         run.report_cost({
             "ensemble": {"params": sum(count_params(models[m]) for m in survivors),
                          "flops": sum(flops.values()), "members": len(survivors)},
