@@ -2,6 +2,7 @@
 
 Objectives decide *what* one pass optimises (loss, head, batch sampler, extra hooks).
 Regimes decide *how* passes are scheduled; they never own a loop: they call `run.fit(...)`.
+What a plugin may use of `run` is `kebench.context.RunContext` (facts go through `run.report`).
 """
 from __future__ import annotations
 
