@@ -296,8 +296,8 @@ def list_cmd(what, pattern):
 
 # --- commands from other modules ---
 from kebench.data_check import data_cmd; cli.add_command(data_cmd)  # noqa: E402,E702
-from kebench.tables import table_cmd; cli.add_command(table_cmd)  # noqa: E402,E702
-from kebench.plots import plot_cmd; cli.add_command(plot_cmd)  # noqa: E402,E702
+from kebench.cli.analysis import table_cmd; cli.add_command(table_cmd)  # noqa: E402,E702
+from kebench.cli.analysis import plot_cmd; cli.add_command(plot_cmd)  # noqa: E402,E702
 from kebench.profile import profile_cmd; cli.add_command(profile_cmd)  # noqa: E402,E702
 from kebench.sweep import sweep_cmd; cli.add_command(sweep_cmd)  # noqa: E402,E702
 from kebench.study import study_cmd; cli.add_command(study_cmd)  # noqa: E402,E702
