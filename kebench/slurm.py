@@ -33,7 +33,8 @@ class SweepTask(submitit.helpers.Checkpointable):
         self.nproc = nproc
 
     def __call__(self, cfg_dict: dict) -> dict:
-        from kebench.sweep import config_from_dict, run_config
+        from kebench.launch import run_config
+        from kebench.sweep import config_from_dict
 
         cfg = config_from_dict(cfg_dict)
         usr = JobEnvironment._usr_sig()
