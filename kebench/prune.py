@@ -14,7 +14,7 @@ Structural helpers: `prunable_weights` (which tensors count as "layer weights"),
 `following_batchnorms` (the BatchNorm channels that normalise a conv's output, from the model graph).
 
 KD x pruning (Park et al.; methods/kd_prune.py): `global_conv_masks` (weight level), and per channel
-group of `kebench.split.channel_graph` `l1_filter_keep` (Li et al.) and `slimming_keep` (Liu et al.,
+group of `kebench.channels.channel_graph` `l1_filter_keep` (Li et al.) and `slimming_keep` (Liu et al.,
 with `bn_l1_penalty` while training), whose kept indices `extract_pruned` turns into a physically
 smaller network (`kebench.slim`).
 """
@@ -259,7 +259,7 @@ def _following_by_order(model: nn.Module) -> dict[str, list[tuple[str, int]]]:
 
 # ---------------------------------------------------------------- KD x pruning (Park, Yoo, Kwak)
 # Unstructured: one global magnitude threshold over conv weights (masks held by MaskHook).
-# Structured: keep-indices per *channel group* (kebench.split.channel_graph: channels tied by a
+# Structured: keep-indices per *channel group* (kebench.channels.channel_graph: channels tied by a
 # residual add form one group), then kebench.slim extracts the physically smaller network.
 def conv_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """The weights of every convolution (the tensors weight-level pruning ranks)."""
@@ -333,7 +333,7 @@ def l1_filter_keep(model: nn.Module, ratio: float, example: torch.Tensor, tied: 
                    ) -> dict[str, torch.Tensor]:
     """L1-norm filter pruning (Li et al. 2017): in every prunable group keep the ceil((1-ratio)·C)
     channels whose filters have the largest Σ|W| (a tied group: summed over its member convs)."""
-    from kebench.split import channel_graph
+    from kebench.channels import channel_graph
 
     graph = channel_graph(model, example)
     keep = {}
@@ -348,7 +348,7 @@ def slimming_keep(model: nn.Module, ratio: float, example: torch.Tensor, tied: b
                   ) -> dict[str, torch.Tensor]:
     """Network slimming (Liu et al. 2017): one global |γ| threshold removes `ratio` of all prunable
     channels; a group never loses all of its channels (its largest-|γ| channel stays)."""
-    from kebench.split import channel_graph
+    from kebench.channels import channel_graph
 
     graph = channel_graph(model, example)
     scores = {}

@@ -19,7 +19,8 @@ import torch
 
 from kebench.errors import UserError, unknown_choice
 from kebench.plugin import Regime
-from kebench.split import SPLITS, Split, channel_graph, kels_keep
+from kebench.channels import channel_graph
+from kebench.split import SPLITS, Split, kels_keep
 
 REPORTED_GENERATIONS = (1, 3, 10)  # the KE paper's tables: N1 (baseline), N3, N10
 SLIM_FILE = "slim.pt"

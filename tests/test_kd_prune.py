@@ -14,7 +14,7 @@ from torch import nn
 from kebench import prune
 from kebench.engine import Run
 from kebench.errors import UserError
-from kebench.split import channel_graph
+from kebench.channels import channel_graph
 
 EXAMPLE = torch.zeros(2, 3, 16, 16)
 
