@@ -257,6 +257,13 @@ def _following_by_order(model: nn.Module) -> dict[str, list[tuple[str, int]]]:
     return result
 
 
+def weight_sparsity(model) -> dict:
+    """Pass record entries: fraction of exactly-zero weights over all prunable tensors (a metric)
+    and per layer (`layer_sparsity`, beside the metrics)."""
+    named = prunable_weights(model)
+    return {"sparsity": sparsity(p for _, p in named), "layer_sparsity": {n: sparsity([p]) for n, p in named}}
+
+
 # ---------------------------------------------------------------- KD x pruning (Park, Yoo, Kwak)
 # Unstructured: one global magnitude threshold over conv weights (masks held by MaskHook).
 # Structured: keep-indices per *channel group* (kebench.channels.channel_graph: channels tied by a

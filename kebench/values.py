@@ -63,3 +63,24 @@ def coerce(key: str, value, like, where: str):
             f"{where}: '{key}' expects {expected} (like {like!r}), got {value!r}."
         ) from None
     return value
+
+
+def optional_epochs(value, name: str, plugin: str) -> int | None:
+    """A phase length from registry/CLI: None (derive it) or a positive whole number of epochs."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        return None
+    try:
+        number = float(value)
+        if number != int(number) or number < 1:
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError):
+        raise UserError(f"{plugin}: {name} must be a positive whole number of epochs (or null to derive it "
+                        f"from --epochs), got {value!r}.") from None
+
+
+def check_fraction(value, name: str, plugin: str) -> float:
+    """A plugin's fraction parameter (a pruning ratio, a drop rate): a number in [0, 1)."""
+    if not 0 <= float(value) < 1:
+        raise UserError(f"{plugin}: {name} must be a fraction in [0, 1), got {value}.")
+    return float(value)

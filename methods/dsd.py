@@ -14,37 +14,11 @@ from __future__ import annotations
 
 from kebench.errors import UserError, unknown_choice
 from kebench.plugin import Regime
-from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, sparsity
+from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, weight_sparsity
+from kebench.values import check_fraction, optional_epochs
 
 PHASES = ("dense", "sparse", "redense")
 SCHEDULES = ("continuous", "restart")
-
-
-def optional_epochs(value, name: str, plugin: str) -> int | None:
-    """A phase length from registry/CLI: None (derive it) or a positive whole number of epochs."""
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-        return None
-    try:
-        number = float(value)
-        if number != int(number) or number < 1:
-            raise ValueError
-        return int(number)
-    except (TypeError, ValueError):
-        raise UserError(f"{plugin}: {name} must be a positive whole number of epochs (or null to derive it "
-                        f"from --epochs), got {value!r}.") from None
-
-
-def check_fraction(value, name: str, plugin: str) -> float:
-    if not 0 <= float(value) < 1:
-        raise UserError(f"{plugin}: {name} must be a fraction in [0, 1), got {value}.")
-    return float(value)
-
-
-def weight_sparsity(model) -> dict:
-    """Pass record entries: fraction of exactly-zero weights over all prunable tensors (a metric)
-    and per layer (`layer_sparsity`, beside the metrics)."""
-    named = prunable_weights(model)
-    return {"sparsity": sparsity(p for _, p in named), "layer_sparsity": {n: sparsity([p]) for n, p in named}}
 
 
 class DSD(Regime):

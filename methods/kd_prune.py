@@ -36,11 +36,11 @@ from torch import nn
 from kebench import prune as P
 from kebench import registry
 from kebench.cost import forward_flops
+from kebench.distill import AugmentedCE, BatchAugment, auto_value, freeze, parse_augment
 from kebench.errors import UserError, unknown_choice
 from kebench.models import count_params
 from kebench.plugin import Objective, Regime
-from methods.dsd import optional_epochs
-from methods.kd import AugmentedCE, BatchAugment, auto_value, freeze, parse_augment
+from kebench.values import optional_epochs
 
 PRUNE_METHODS = ("l1-filter", "slimming", "weight", "none")
 STRUCTURED = ("l1-filter", "slimming")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from kebench.errors import UserError
 from kebench.plugin import Regime
-from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights
-from methods.dsd import check_fraction, weight_sparsity
+from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, weight_sparsity
+from kebench.values import check_fraction
 
 
 class KEDSD(Regime):

@@ -28,7 +28,7 @@ from torch import nn
 from kebench.errors import UserError
 from kebench.plugin import Regime
 from kebench.prune import MaskHook, MaskSet, following_batchnorms, orthogonality_scores
-from methods.dsd import check_fraction, optional_epochs
+from kebench.values import check_fraction, optional_epochs
 
 RANKINGS = ("global", "per-layer")
 
