@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-import sys
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 
 import yaml
@@ -54,14 +53,16 @@ def import_plugin_module(name: str):
 
 
 def registry_path() -> Path:
-    """registry.yaml at the project root (source checkout / editable install), else the installed copy."""
+    """registry.yaml at the project root (source checkout / editable install), else the copy installed
+    inside the kebench package (setup.py's build step puts it there), found with importlib.resources."""
     here = Path(__file__).resolve().parent.parent / "registry.yaml"
     if here.exists():
         return here
-    installed = Path(sys.prefix) / "share" / "kebench" / "registry.yaml"
-    if installed.exists():
-        return installed
-    raise UserError(f"kebench's registry.yaml was not found at {here} or {installed}; reinstall kebench.")
+    installed = resources.files("kebench") / "registry.yaml"
+    if installed.is_file():
+        return Path(str(installed))
+    raise UserError(f"kebench's registry.yaml was not found at {here} or inside the installed kebench "
+                    f"package ({installed}); reinstall kebench.")
 
 
 def _spec_from_dict(name: str, raw: dict, source: str) -> PluginSpec:

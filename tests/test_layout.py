@@ -101,3 +101,27 @@ def test_click_lives_in_the_cli_layer():
 @pytest.mark.parametrize("mod", sorted(m for m in _modules() if not m.endswith("__main__")))
 def test_every_module_imports(mod):
     importlib.import_module(mod)
+
+
+def test_installed_layout_finds_every_plugin(tmp_path, monkeypatch):
+    """Installed, the plugins are `kebench.methods` (setup.py's package_dir) and no top-level `methods`
+    exists: every registry entry and contributed table kind still loads, so no plugin imports another
+    through `methods.`."""
+    import sys
+
+    import kebench
+    from kebench import registry
+    from kebench.tables import kinds
+
+    (tmp_path / "methods").symlink_to(ROOT / "methods")
+    monkeypatch.setattr(kebench, "__path__", [*kebench.__path__, str(tmp_path)])
+    for name in [m for m in sys.modules if m == "methods" or m.startswith(("methods.", "kebench.methods"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "methods", None)  # `import methods` now fails as when installed
+    try:
+        loaded = {name: spec.load() for name, spec in registry.plugins().items()}
+        assert loaded and all(cls.__module__.startswith("kebench.methods.") for cls in loaded.values())
+        assert kinds.builder("kd").__module__ == "kebench.methods.kd_table"
+    finally:
+        for name in [m for m in sys.modules if m.startswith("kebench.methods")]:
+            del sys.modules[name]
