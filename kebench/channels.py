@@ -44,6 +44,9 @@ class Layer:
     in_group: list[str]
     in_index: torch.Tensor
     out_group: str | None = None
+    #: norms only: for each input channel the conv that wrote it directly (through concatenations
+    #: only), else None
+    sources: list = field(default_factory=list)
 
 
 class ChannelGraph:
@@ -117,6 +120,19 @@ class ChannelGraph:
                 return flat_keep[start:start + group.size]
             start += group.size
         raise KeyError(info.out_group)
+
+    def following_norms(self) -> dict[str, list[tuple[str, int]]]:
+        """For every conv: the BatchNorms that normalise its output directly (or through channel
+        concatenations, as in DenseNet), as (norm name, offset of the conv's first channel in it)."""
+        found: dict[str, list[tuple[str, int]]] = {}
+        for name, info in self.layers.items():
+            first: dict[str, int] = {}
+            for pos, conv in enumerate(info.sources):
+                if conv is not None:
+                    first.setdefault(conv, pos)
+            for conv, pos in first.items():
+                found.setdefault(conv, []).append((name, pos))
+        return found
 
     def masks(self, keep: dict[str, torch.Tensor], model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         """Per conv/linear module: (weight mask, bias mask) of the channels `keep` keeps (bool, CPU)."""
@@ -202,7 +218,8 @@ def _finish(tr: _Tracer) -> ChannelGraph:
     for name, info in tr.layers.items():
         in_group = [ids[find(g)] for g in info["gid"].tolist()]
         out_group = ids[find(info["out"])] if info["out"] is not None else None
-        layers[name] = Layer(name, info["kind"], in_group, info["idx"].clone(), out_group)
+        layers[name] = Layer(name, info["kind"], in_group, info["idx"].clone(), out_group,
+                             list(tr.norm_sources.get(name, [])))
         for gid in dict.fromkeys(in_group):
             (groups[gid].norms if info["kind"] == "norm" else groups[gid].consumers).append(name)
     return ChannelGraph(groups, layers)

@@ -11,7 +11,7 @@ A pruning method here is three separate pieces:
   is not enough: momentum and weight decay would move a zeroed weight again at the next step.
 
 Structural helpers: `prunable_weights` (which tensors count as "layer weights"),
-`following_batchnorms` (the BatchNorm channels that normalise a conv's output, from the model graph).
+`following_batchnorms` (the BatchNorm channels that normalise a conv's output, from the channel graph of kebench/channels.py).
 
 KD x pruning (Park et al.; methods/kd_prune.py): `global_conv_masks` (weight level), and per channel
 group of `kebench.channels.channel_graph` `l1_filter_keep` (Li et al.) and `slimming_keep` (Liu et al.,
@@ -180,81 +180,18 @@ def _is_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
-def following_batchnorms(model: nn.Module, example: torch.Tensor | None = None
-                         ) -> dict[str, list[tuple[str, int]]]:
+def following_batchnorms(model: nn.Module, example: torch.Tensor) -> dict[str, list[tuple[str, int]]]:
     """For every conv: the BatchNorms that normalise its output channels, as (bn name, channel offset).
 
-    Read from the torch.fx graph (a conv feeding a BN directly, or through channel concatenations,
-    as in DenseNet, where the offset says where the conv's channels sit in the BN). Models that
-    cannot be traced fall back to module order: the next module, if it is a BN with as many
-    features as the conv has filters (VGG, plain conv-bn stacks).
-    `example`: an input batch for shape propagation through concatenations (needed for offsets).
+    Read from the model's channel graph (`kebench.channels.channel_graph`, one traced forward pass on
+    `example`): a conv feeding a BN directly, or through channel concatenations, as in DenseNet, where
+    the offset says where the conv's channels sit in the BN. A model the graph cannot follow is
+    refused with the op that stopped it.
     """
-    import torch.fx as fx
+    from kebench.channels import channel_graph
 
-    modules = dict(model.named_modules())
-    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - any tracing failure means: use module order
-        return _following_by_order(model)
-    if example is not None:
-        from torch.fx.passes.shape_prop import ShapeProp
-
-        was_training = model.training
-        gm.eval()
-        try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(example)
-        finally:
-            model.train(was_training)
-
-    def channels(node) -> int | None:
-        if node.op == "call_module" and isinstance(modules.get(node.target), nn.Conv2d):
-            return modules[node.target].out_channels
-        meta = node.meta.get("tensor_meta")
-        return int(meta.shape[1]) if meta is not None and len(meta.shape) > 1 else None
-
-    result: dict[str, list[tuple[str, int]]] = {n: [] for n in convs}
-    for node in gm.graph.nodes:
-        if not (node.op == "call_module" and node.target in result):
-            continue
-        frontier = [(node, 0)]
-        while frontier:
-            src, offset = frontier.pop()
-            for user in src.users:
-                if user.op == "call_module" and _is_bn(modules.get(user.target)):
-                    result[node.target].append((user.target, offset))
-                elif user.op == "call_function" and user.target is torch.cat and _cat_dim(user) == 1:
-                    before = 0
-                    for arg in user.args[0]:
-                        if arg is src:
-                            break
-                        c = channels(arg)
-                        if c is None:
-                            before = None
-                            break
-                        before += c
-                    if before is not None:
-                        frontier.append((user, offset + before))
-    return result
-
-
-def _cat_dim(node) -> int:
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    return dim
-
-
-def _following_by_order(model: nn.Module) -> dict[str, list[tuple[str, int]]]:
-    named = list(model.named_modules())
-    result = {}
-    for i, (name, m) in enumerate(named):
-        if isinstance(m, nn.Conv2d):
-            result[name] = []
-            nxt = next(((n, mm) for n, mm in named[i + 1:] if not list(mm.children())), None)
-            if nxt is not None and _is_bn(nxt[1]) and nxt[1].num_features == m.out_channels:
-                result[name].append((nxt[0], 0))
-    return result
+    found = channel_graph(model, example).following_norms()
+    return {n: found.get(n, []) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
 def weight_sparsity(model) -> dict:

@@ -89,6 +89,10 @@ class _Tracer(TorchFunctionMode):
         self.pinned: dict[int, str] = {}
         self.producers: dict[int, list[str]] = {}
         self.layout: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # id -> (t, gid, idx)
+        # The conv that wrote each channel of a tensor *directly* (kept through channel concatenations
+        # only): a BatchNorm reading it normalises that conv's output (RePr's lookup).
+        self.written: dict[int, tuple[torch.Tensor, list]] = {}  # id -> (t, [conv name | None per channel])
+        self.norm_sources: dict[str, list] = {}
         self.layers: dict[str, dict] = {}
         self.module_group: dict[str, int] = {}
         self.stack: list[str] = []
@@ -121,6 +125,10 @@ class _Tracer(TorchFunctionMode):
 
     def set(self, t: torch.Tensor, gid: torch.Tensor, idx: torch.Tensor) -> None:
         self.layout[id(t)] = (t, gid, idx)
+
+    def writers(self, t) -> list:
+        entry = self.written.get(id(t)) if isinstance(t, torch.Tensor) else None
+        return entry[1] if entry is not None and entry[0] is t else [None] * t.shape[1]
 
     def label_input(self, x: torch.Tensor) -> None:
         g = self.new_group(x.shape[1], INPUT_GROUP, pinned="network input")
@@ -270,6 +278,9 @@ class _Tracer(TorchFunctionMode):
         if any(lab is None for lab in labs):
             raise self.unsupported(name, "an activation is concatenated with a tensor that is not one")
         self.set(out, torch.cat([lab[0] for lab in labs]), torch.cat([lab[1] for lab in labs]))
+        writers = [w for x in tensors for w in self.writers(x)]
+        if any(writers):
+            self.written[id(out)] = (out, writers)
 
     def _op_flatten(self, out, args, kwargs):
         x = args[0]
@@ -333,6 +344,7 @@ class _Tracer(TorchFunctionMode):
             raise self.unsupported("batch_norm", "its parameters do not belong to a BatchNorm module")
         gid, idx = self.get(x)
         self._layer(owner[0], "norm", gid, idx)
+        self.norm_sources.setdefault(owner[0], self.writers(x))
         self.set(out, gid, idx)
 
     def _op_linear(self, out, args, kwargs):
@@ -354,6 +366,7 @@ class _Tracer(TorchFunctionMode):
             raise self.unsupported(name, "its weight is not the parameter of an nn.Conv module")
         module = owner[1]
         gid, idx = self.get(x)
+        self.written[id(out)] = (out, [owner[0]] * out.shape[1])
         if module.groups == 1:
             g = self._module_group(owner[0], module.out_channels)
             self._layer(owner[0], "conv", gid, idx, g)
