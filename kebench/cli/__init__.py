@@ -13,7 +13,7 @@ from kebench import registry
 from kebench.errors import UserError
 from kebench.cli.analysis import plot_cmd, table_cmd
 from kebench.cli.console import err, out
-from kebench.cli.grid import study_cmd, sweep_cmd
+from kebench.cli.grid import study_cmd, sweep_cmd, with_options
 from kebench.cli.tools import data_cmd, profile_cmd
 from kebench.guard import RunInterrupted
 from kebench.sweep import parse_seeds
@@ -122,10 +122,7 @@ RUN_OPTIONS = [
 ]
 
 
-def run_options(f):
-    for opt in reversed(RUN_OPTIONS):
-        f = opt(f)
-    return f
+run_options = with_options(RUN_OPTIONS)
 
 
 def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:

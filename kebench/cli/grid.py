@@ -34,11 +34,17 @@ EXECUTOR_OPTIONS = [
 ]
 
 
-def executor_options(f):
-    """The executor flags `kebench sweep` and `kebench study run` share."""
-    for opt in reversed(EXECUTOR_OPTIONS):
-        f = opt(f)
-    return f
+def with_options(options: list):
+    """A decorator adding click options in the order listed (flags shared by several commands)."""
+    def apply(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return apply
+
+
+#: The executor flags `kebench sweep` and `kebench study run` share.
+executor_options = with_options(EXECUTOR_OPTIONS)
 
 
 @click.command("sweep")
