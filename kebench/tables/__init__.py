@@ -8,12 +8,16 @@ One pipeline for every kind of table:
 
 Kinds: `classification` (KE paper Tables 2/3), `retrieval` (NMI / R@K groups per arch), `cost`
 (dense N vs slim H: accuracy at generation 1 and g, FLOPs, params), `kd` (KD x pruning grid with the
-surplus of Park et al.), `budget` (each multi-pass row beside the single pass trained for the same
-total epochs) and `size` (accuracy, params, storage in bytes, inference FLOPs and search/training
-cost of the reported network: binarization before/after, architecture searches). Every comparison table carries the training cost (epochs, TFLOPs) of its rows.
+surplus of Park et al., contributed by methods/kd_table.py through registry.yaml), `budget` (each
+multi-pass row beside the single pass trained for the same total epochs) and `size` (accuracy,
+params, storage in bytes, inference FLOPs and search/training cost of the reported network:
+binarization before/after, architecture searches). Every comparison table carries the training cost
+(epochs, TFLOPs) of its rows.
 The field names each kind reads are listed in docs/tables.md.
 
-pandas and scipy are imported inside functions: `kebench --help` must stay fast.
+Modules: runs.py (loading), stats.py (tests and marks), layout.py (the Table model and shared
+layout), builtin.py and kinds.py (the kinds and their registry), render.py (formats). pandas and
+scipy are imported inside functions: `kebench --help` must stay fast.
 """
 from __future__ import annotations
 
@@ -51,5 +55,6 @@ def make_table(paths, *, fmt: str = "markdown", kind: str | None = None, rows=No
 
 
 __all__ = ["ALPHA", "FORMATS", "PRIMARY", "Cell", "Col", "Names", "Row", "Table", "build_table", "compare", "expand",
-           "fmt_number", "kind_names", "load_runs", "make_cell", "make_table", "metric_title", "report_left_out", "one_sample",
-           "parse_generations", "render", "signature", "significance", "tex", "to_csv", "to_latex", "to_markdown"]
+           "fmt_number", "kind_names", "load_runs", "make_cell", "make_table", "metric_title", "one_sample",
+           "parse_generations", "render", "report_left_out", "signature", "significance", "tex", "to_csv", "to_latex",
+           "to_markdown"]

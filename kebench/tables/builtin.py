@@ -13,8 +13,9 @@ from kebench.tables.layout import (COST_COLS, COST_NOTE, Col, Row, Table, _basel
                                    cost_cells, fmt_count)
 from kebench.tables.runs import (BUDGET_FREE, MISSING, PRIMARY, RETRIEVAL_METRICS, Names, _sort_value, _split_list,
                                  expand, metric_title, signature)
-from kebench.tables.stats import (ALPHA, MARK_BOOTSTRAP, MARK_FROM_MEANS, MARK_PAIRED, TESTS, Cell, _marks, _significance_note, _value_note,
-                                  cells_by_key, compare, make_cell, one_sample, rank_column)
+from kebench.tables.stats import (ALPHA, MARK_BOOTSTRAP, MARK_FROM_MEANS, MARK_PAIRED, TESTS, Cell, _marks,
+                                  _significance_note, _value_note, cells_by_key, compare, make_cell, one_sample,
+                                  rank_column)
 
 def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metric=None, generations=None,
                names: Names | None = None, alpha: float = ALPHA, decimals: int = 2) -> Table:
