@@ -288,12 +288,12 @@ def test_runs_per_gpu_packs_workers_round_robin(monkeypatch):
 def test_sweep_cli_runs_per_gpu(tmp_path, monkeypatch, cli_run):
     path = _spec(tmp_path, {"seed": [0, 1, 2]}, {"epochs": 1})
     calls = []
-    monkeypatch.setattr(sweep, "run_local", lambda entries, **kw: calls.append((len(entries), kw)) or 0)
-    monkeypatch.setattr(sweep, "_visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(executors, "run_local", lambda entries, **kw: calls.append((len(entries), kw)) or 0)
+    monkeypatch.setattr(executors, "_visible_gpus", lambda: ["0", "1"])
     code, _, _ = cli_run(["sweep", str(path), "--runs-per-gpu", "3"])
     assert code == 0 and calls[0][0] == 3
     assert {k: calls[0][1][k] for k in ("workers", "gpus", "runs_per_gpu")} == {
         "workers": 6, "gpus": ["0", "1"], "runs_per_gpu": 3}
-    monkeypatch.setattr(sweep, "_visible_gpus", lambda: [])
+    monkeypatch.setattr(executors, "_visible_gpus", lambda: [])
     code, _, err = cli_run(["sweep", str(path), "--runs-per-gpu", "2"])
     assert code == 2 and "no GPU is visible here" in err and len(calls) == 1
