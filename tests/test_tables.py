@@ -461,3 +461,30 @@ def test_methods_as_columns_rank_along_rows_and_keep_significance(names):
     best = flowers.sort_values("mean", ascending=False)
     assert list(best["rank"].fillna("")[:3]) == ["best", "second", ""]
     assert cell(df, "flowers102", "CE + KE-N10", "Dataset")["test"] == "paired-t"
+
+
+def test_a_plugin_contributes_a_table_kind(tmp_path, monkeypatch, names):
+    """registry.yaml's `tables:` names a function; it is offered as a kind, built with the keywords it
+    takes, and --rows is refused for it because it takes none."""
+    from kebench import registry
+
+    (tmp_path / "toy_tables.py").write_text(
+        "from kebench.tables import Col, Row, Table, make_cell\n"
+        "def toy(runs, metric=None, decimals=2):\n"
+        "    cell = make_cell({r['seed']: r['final'][metric or 'top1'] for r in runs})\n"
+        "    return Table('toy', 'Toy', ('All',), [Col(('Top-1',), 'top1')], [Row(('all',), [cell])], [], decimals)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extended = tmp_path / "registry.yaml"
+    extended.write_text(registry.registry_path().read_text().replace("tables:\n", "tables:\n  toy: toy_tables:toy\n", 1))
+    monkeypatch.setattr(registry, "registry_path", lambda: extended)
+    registry.reload()
+    try:
+        assert tables.kind_names()[-2:] == ["kd", "toy"]
+        runs, _ = tables.load_runs([RUNS / "classification"])
+        table = tables.build_table(runs, "toy", decimals=1, names=names)
+        assert table.kind == "toy" and table.rows[0].cells[0].n == len({r["seed"] for r in runs}) == 4
+        assert tables.to_csv(table).splitlines()[0].startswith("All,Top-1")
+        with pytest.raises(UserError, match="toy table has a fixed shape"):
+            tables.build_table(runs, "toy", rows="method")
+    finally:
+        registry.reload()

@@ -8,7 +8,6 @@ without `rows` (or `cols`) has a fixed shape along that axis and the option is r
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from importlib import metadata
 
@@ -25,7 +24,6 @@ BUILTIN = {"classification": builtin.grid_table, "retrieval": builtin.grid_table
            "budget": builtin.budget_table, "size": builtin.size_table}
 
 
-@functools.lru_cache(maxsize=None)
 def contributed() -> dict[str, str]:
     """kind -> "module:function" from registry.yaml's `tables:` and the entry points (the registry wins)."""
     found = {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
