@@ -483,7 +483,8 @@ def test_a_plugin_contributes_a_table_kind(tmp_path, monkeypatch, names):
         runs, _ = tables.load_runs([RUNS / "classification"])
         table = tables.build_table(runs, "toy", decimals=1, names=names)
         assert table.kind == "toy" and table.rows[0].cells[0].n == len({r["seed"] for r in runs}) == 4
-        assert tables.to_csv(table).splitlines()[0].startswith("All,Top-1")
+        header, row = tables.to_csv(table).splitlines()
+        assert header.startswith("All,column,metric,mean") and row.startswith("all,Top-1,top1,")
         with pytest.raises(UserError, match="toy table has a fixed shape"):
             tables.build_table(runs, "toy", rows="method")
     finally:
