@@ -13,6 +13,7 @@ from kebench import config as configmod
 from kebench import registry
 from kebench.errors import UserError
 from kebench.guard import RunInterrupted
+from kebench.params import declared, range_text, type_text
 
 # Wide enough for the summary table when output goes to a file or a pipe (rich defaults to 80).
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -213,8 +214,16 @@ class RunCommand(click.Command):
                 continue
             rows = []
             for plugin in (spec.objective, spec.regime):
+                fields = declared(configmod.plugin_class(plugin)) or {}
                 for key, value in plugin.defaults.items():
                     flag = f"--{key.replace('_', '-')}"
+                    if key in fields:  # the declaration: type, choices or range, what it means
+                        tp, f = fields[key]
+                        allowed = "one of " + ", ".join(map(str, f.metadata["choices"])) if f.metadata["choices"] else ""
+                        limits = "; ".join(x for x in (allowed, range_text(f.metadata)) if x)
+                        rows.append((f"{flag} {type_text(tp)}", f"{f.metadata['help']}. Default {value!r}"
+                                     + (f"; {limits}" if limits else "") + f" ({plugin.name}.{key})"))
+                        continue
                     where = "engine setting" if key in engine_keys else f"{plugin.name}.{key}"
                     rows.append((f"{flag} {_type_name(value)}", f"default {value!r} ({where}; {plugin.label})"))
             with formatter.section(f"Settings of method {spec.name} (registry.yaml paper defaults)"):
