@@ -12,7 +12,6 @@ parameters, storage in bytes and FLOPs before binarization, right after it, and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import torch

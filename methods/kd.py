@@ -20,9 +20,8 @@ student's passes independently (Park et al.'s four augmentation combinations).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch

@@ -15,9 +15,8 @@ depths and hidden widths, so every member is a member of that family.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import copy
+from dataclasses import dataclass
 
 import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet

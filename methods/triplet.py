@@ -15,8 +15,8 @@ batch exactly as in one process (and the gradient is the one-process gradient).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
