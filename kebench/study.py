@@ -30,7 +30,7 @@ SCALES = ("mini", "paper")
 STUDY_KEYS = {"title", "paper", "about", "scales", "tables", "figures"}
 TABLE_KEYS = {"kind", "title", "rows", "cols", "metric", "generation", "methods", "archs", "datasets", "where",
               "match_set"}
-FIGURE_KINDS = ("generations", "budget", "cost", "hypotheses")
+FIGURE_KINDS = ("generations", "budget", "cost", "hypotheses", "search")  # plots.PLOT_KINDS (kept light: no matplotlib)
 DEFAULT_ROOT = Path("results") / "studies"
 
 

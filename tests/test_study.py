@@ -198,3 +198,9 @@ def test_significance_reports_the_adjusted_p_the_mark_rests_on():
     assert report.significance(marked) == "significant (paired-t, BH-adjusted p = 0.012)"
     assert report.significance(unmarked) == "not significant (paired-t, BH-adjusted p = 0.09)"
     assert report.significance(_cell({0: .1})) == "not tested (fewer than 2 seeds)"
+
+
+def test_study_figure_kinds_are_the_plot_kinds():
+    from kebench import plots, report, study
+
+    assert set(study.FIGURE_KINDS) == set(plots.PLOT_KINDS) == set(report.FIGURE_TITLES)
