@@ -137,7 +137,10 @@ def _convert(key: str, value, tp, where: str):
             pass
     if isinstance(value, (int, float)) and not isinstance(value, bool) and plain[-1] is str and len(plain) == 1:
         value = str(value)  # a path or name given as a number in YAML
-    return coerce(key, value, _like(plain[-1]), where)
+    value = coerce(key, value, _like(plain[-1]), where)
+    if typing.get_origin(plain[-1]) is dict:  # dict[str, float]: each value typed too
+        value = {k: coerce(f"{key}.{k}", v, _like(typing.get_args(plain[-1])[1]), where) for k, v in value.items()}
+    return value
 
 
 def _check_value(key: str, value, meta: dict, numeric: bool = False) -> str | None:

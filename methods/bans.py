@@ -122,7 +122,7 @@ class BornAgain(Regime):
         super().__init__(params, run)
         p = self.params
         self.generations = p.generations
-        self.alpha = float(p.alpha_by_loss[p.loss]) if p.alpha == "auto" else p.alpha
+        self.alpha = p.alpha_by_loss[p.loss] if p.alpha == "auto" else p.alpha
 
     def run(self, run):
         p = self.params

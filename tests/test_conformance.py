@@ -99,6 +99,7 @@ def test_every_registered_plugin_declares_its_parameters():
             assert f.metadata["help"], f"{name}.{key} has no help text"
 
 
+@pytest.mark.filterwarnings("ignore:triplet. dataset 'digits-retrieval' has only:UserWarning")
 @pytest.mark.parametrize("objective,regime", compositions(), ids=lambda v: v)
 def test_plugin_trains_resumes_and_writes_a_valid_result(objective, regime, tmp_path, teacher, kill_run, run_cfg):
     cfg = _config(objective, regime, str(tmp_path / "results"), teacher)
