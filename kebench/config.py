@@ -234,6 +234,12 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
     for key, value in plugin_overrides.items():
         set_plugin(key.replace("-", "_"), value, where)
 
+    for p in plugins:  # text from the command line takes its declared type, so `--x 40` and `x: 40` are one run
+        cls = plugin_class(p)
+        if declared(cls) is not None and any(isinstance(v, str) for v in params[p.name].values()):
+            typed = parse_params(cls, params[p.name], p.name, f"method '{method.name}'")
+            params[p.name] = {k: (getattr(typed, k) if isinstance(v, str) and not isinstance(getattr(typed, k), str)
+                                  else v) for k, v in params[p.name].items()}
     cfg = RunConfig(**values, params=params)
     validate(cfg)
     return cfg

@@ -314,3 +314,9 @@ def test_run_help_lists_the_method_settings(cli_run):
     assert "--alpha FLOAT" in text and "Default 0.1; in [0, 1) (smooth.alpha)" in text
     code, out, err = cli_run(["run", "--help"])
     assert code == 0 and "Add --method NAME to --help" in out
+
+
+def test_a_setting_from_the_command_line_or_a_file_is_the_same_run():
+    cli = config.resolve({"method": "scratch", "data": "digits"}, {}, {"finetune_epochs": "40"})
+    yaml_file = config.resolve({"method": "scratch", "data": "digits"}, {"finetune_epochs": 40}, {})
+    assert cli.params["scratch"]["finetune_epochs"] == 40 and cli.run_id() == yaml_file.run_id()
