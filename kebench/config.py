@@ -16,8 +16,8 @@ import yaml
 
 from kebench import registry
 from kebench.errors import UserError, unknown_choice
-from kebench.values import SCALARS
-from kebench.values import coerce as _coerce
+from kebench.params import SCALARS, check_defaults, declared, parse_params
+from kebench.params import coerce as _coerce
 
 
 @dataclass
@@ -188,6 +188,8 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
     def set_plugin(key: str, value, where: str):
         if "." in key:
             pname, _, pkey = key.partition(".")
+            # flags reach here with '-' turned into '_': 'eigen_d.population' names plugin eigen-d
+            pname = next((n for n in params if n.replace("-", "_") == pname.replace("-", "_")), pname)
             if pname not in params:
                 raise UserError(
                     f"{where}: '{key}' names plugin '{pname}', which is not part of method "
@@ -209,7 +211,8 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
                 f"{where}: '{key}' is a setting of several plugins ({', '.join(owners)}); "
                 f"qualify it, e.g. '{owners[0]}.{pkey}'."
             )
-        params[owners[0]][pkey] = _plugin_value(key, value, params[owners[0]][pkey], where)
+        shown = f"{owners[0]}.{pkey}" if "." in key else key
+        params[owners[0]][pkey] = _plugin_value(shown, value, params[owners[0]][pkey], where)
 
     where = source
     for key, value in file_cfg.items():
@@ -231,6 +234,12 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
     for key, value in plugin_overrides.items():
         set_plugin(key.replace("-", "_"), value, where)
 
+    for p in plugins:  # text from the command line takes its declared type, so `--x 40` and `x: 40` are one run
+        cls = plugin_class(p)
+        if declared(cls) is not None and any(isinstance(v, str) for v in params[p.name].values()):
+            typed = parse_params(cls, params[p.name], p.name, f"method '{method.name}'")
+            params[p.name] = {k: (getattr(typed, k) if isinstance(v, str) and not isinstance(getattr(typed, k), str)
+                                  else v) for k, v in params[p.name].items()}
     cfg = RunConfig(**values, params=params)
     validate(cfg)
     return cfg
@@ -299,7 +308,11 @@ def validate(cfg: RunConfig) -> None:
     method = cfg.method_spec
     task = get_spec(cfg.data).task
     for plugin in (method.objective, method.regime):
-        tasks = getattr(plugin.load(), "tasks", None)
+        cls = plugin_class(plugin)
+        if declared(cls) is not None:  # typed, in range, cross-field rules: before any folder exists
+            # (checked only: the stored values, and so run ids, stay as given; the plugin parses them again)
+            parse_params(cls, cfg.plugin_params(plugin.name), plugin.name, f"method '{cfg.method}'")
+        tasks = getattr(cls, "tasks", None)
         if tasks is not None and task not in tasks:
             raise UserError(
                 f"Method '{cfg.method}': '{plugin.name}' works for {', '.join(tasks)} tasks, but dataset "
@@ -308,6 +321,13 @@ def validate(cfg: RunConfig) -> None:
     reason = getattr(method.regime.load(), "incompatible", {}).get(method.objective.name)
     if reason:
         raise UserError(f"Method '{cfg.method}' is refused: {reason}")
+
+
+def plugin_class(spec: registry.PluginSpec) -> type:
+    """The plugin's class, with its registry entry checked against the parameters it declares."""
+    cls = spec.load()
+    check_defaults(cls, spec.name, spec.defaults, _ENGINE_KEYS, spec.source)
+    return cls
 
 
 def save_yaml(cfg: RunConfig) -> str:

@@ -59,7 +59,7 @@ class SweepTask(submitit.helpers.Checkpointable):
 
     def _on_preempt(self, signum, frame) -> None:
         guard.STOP.request(signum)
-        if self.nproc > 1:  # distributed.launch passes SIGTERM on to every rank
+        if self.nproc > 1:  # launch.launch passes SIGTERM on to every rank
             os.kill(os.getpid(), signal.SIGTERM)
 
     def checkpoint(self, cfg_dict: dict) -> submitit.helpers.DelayedSubmission:

@@ -21,6 +21,7 @@ student's passes independently (Park et al.'s four augmentation combinations).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 
 from kebench.distill import BatchAugment, auto_value, family_value, freeze, mixed_ce
 from kebench.errors import UserError
-from kebench.plugin import Objective
+from kebench.plugin import Objective, param
 
 
 # ---------------------------------------------------------------------------------------- losses
@@ -129,14 +130,18 @@ class Distill(Objective):
         return x, None, 1.0
 
 
+TEACHER_HELP = ("model.pt of an earlier kebench run (same arch and data); empty = a pipeline regime "
+                "trains the teacher first")
+
+
 class LabelKD(Distill):
     """kd: (1-α)·CE + α·T²·KL(teacher ‖ student) on temperature-softened logits."""
 
-    def __init__(self, params, run):
-        super().__init__(params, run)
-        if not 0 <= self.params.alpha <= 1 or self.params.temperature <= 0:
-            raise UserError(f"kd: alpha must be in [0, 1] and temperature > 0, got alpha={self.params.alpha}, "
-                            f"temperature={self.params.temperature}.")
+    @dataclass
+    class Params:
+        alpha: float = param("weight of the distillation term", ge=0, le=1)
+        temperature: float = param("T softening teacher and student", gt=0)
+        teacher: str = param(TEACHER_HELP)
 
     def loss(self, model, x, y):
         x, y_b, lam = self._batch(x, y)
@@ -151,11 +156,18 @@ class LabelKD(Distill):
 class FeatureKD(Distill):
     """fd: CE + β·(normalised L1 distance) between the teacher's last feature map and R(student's)."""
 
+    @dataclass
+    class Params:
+        beta: float | str = param("weight of the feature term; auto = beta_by_family scaled by the teacher's "
+                                  "feature-map size over beta_reference_size", choices=("auto",), ge=0)
+        beta_by_family: dict[str, float] = param("beta of 'auto' per arch family (Park et al.'s CIFAR values)", ge=0)
+        beta_reference_size: dict[str, float] = param("C*H*W of the CIFAR network each family's beta was tuned "
+                                                      "on", gt=0)
+        teacher: str = param(TEACHER_HELP)
+
     def __init__(self, params, run):
         super().__init__(params, run)
         self.beta = auto_value(self.params.beta, run.cfg.arch, self.params.beta_by_family, "beta")
-        if self.beta < 0:
-            raise UserError(f"fd: beta must be >= 0, got {self.beta}.")
         self.auto_beta = str(self.params.beta).strip().lower() == "auto"
         if self.auto_beta:  # the family's reference size; the scaled beta is set once the teacher is known
             self.reference_size = family_value(run.cfg.arch, self.params.beta_reference_size, "beta_reference_size")

@@ -10,14 +10,14 @@ from rich.table import Table
 
 from kebench import config as configmod
 from kebench import registry
-from kebench.errors import UserError
 from kebench.cli.analysis import plot_cmd, table_cmd
 from kebench.cli.console import err, out
 from kebench.cli.grid import study_cmd, sweep_cmd, with_options
 from kebench.cli.tools import data_cmd, profile_cmd
+from kebench.errors import UserError
 from kebench.guard import RunInterrupted
+from kebench.params import declared, range_text, type_text
 from kebench.sweep import parse_seeds
-
 
 
 def parse_extra(args: list[str]) -> dict:
@@ -194,8 +194,16 @@ class RunCommand(click.Command):
                 continue
             rows = []
             for plugin in (spec.objective, spec.regime):
+                fields = declared(configmod.plugin_class(plugin)) or {}
                 for key, value in plugin.defaults.items():
                     flag = f"--{key.replace('_', '-')}"
+                    if key in fields:  # the declaration: type, choices or range, what it means
+                        tp, f = fields[key]
+                        allowed = "one of " + ", ".join(map(str, f.metadata["choices"])) if f.metadata["choices"] else ""
+                        limits = "; ".join(x for x in (allowed, range_text(f.metadata)) if x)
+                        rows.append((f"{flag} {type_text(tp)}", f"{f.metadata['help']}. Default {value!r}"
+                                     + (f"; {limits}" if limits else "") + f" ({plugin.name}.{key})"))
+                        continue
                     where = "engine setting" if key in engine_keys else f"{plugin.name}.{key}"
                     rows.append((f"{flag} {_type_name(value)}", f"default {value!r} ({where}; {plugin.label})"))
             with formatter.section(f"Settings of method {spec.name} (registry.yaml paper defaults)"):

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from kebench.errors import UserError
-from kebench.values import coerce
+from kebench.params import coerce
 
 
 @dataclass
