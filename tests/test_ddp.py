@@ -260,6 +260,7 @@ def _gradient_rank(rank: int, port: int, out: str) -> None:
                                                              distributed.gather_rows(ys), 0.2))
         loss.backward()
         torch.save({"loss": loss.item(), "grad": model.weight.grad}, Path(out) / f"grad{rank}.pt")
+        dist.barrier()  # neither rank tears the group down while the other's backward collectives run
     finally:
         dist.destroy_process_group()
 
