@@ -2,10 +2,26 @@
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
 version = {}
 exec((ROOT / "kebench" / "version.py").read_text(), version)
+
+
+
+class BuildWithRegistry(build_py):
+    """Ship the top-level registry.yaml inside the built kebench package (kebench/registry.yaml), where
+    `kebench.registry.registry_path` finds it with importlib.resources in any install; a source checkout
+    and an editable install keep reading the top-level file."""
+
+    def run(self):
+        super().run()
+        if not self.dry_run:
+            target = Path(self.build_lib) / "kebench" / "registry.yaml"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.copy_file(str(ROOT / "registry.yaml"), str(target))
+
 
 setup(
     name="kebench",
@@ -14,10 +30,11 @@ setup(
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["kebench", "kebench.*", "methods", "methods.*"]),
-    # registry.yaml lives at the top level (it is the project's plugin index); installed copies
-    # find it under <prefix>/share/kebench.
-    data_files=[("share/kebench", ["registry.yaml"])],
+    # The plugins in methods/ install as kebench.methods (no top-level `methods` package to collide
+    # with); registry.yaml's `methods.X:Class` entries fall back to `kebench.methods.X` there.
+    packages=find_packages(include=["kebench", "kebench.*"]) + ["kebench.methods"],
+    package_dir={"kebench.methods": "methods"},
+    cmdclass={"build_py": BuildWithRegistry},
     package_data={"kebench": ["studies/*.yaml"]},
     # Lower bounds are the features the code uses: torch.amp.GradScaler(device) and
     # torch.load(weights_only=True) (torch 2.3), timm's model registry API (0.9), explicit k-means

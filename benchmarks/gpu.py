@@ -12,7 +12,7 @@ kebench's DevicePolicy), on 2048 synthetic 224-px images resident on the GPU as 
 2. data path share: time of the pipeline alone (gather, crop+flip with one grid_sample, normalise)
    per batch over the engine's step time at batch 32. Target < 5 %.
 3. packing: aggregate images/s of 1, 2, 4, 8 runs sharing one GPU, started as `kebench sweep
-   --runs-per-gpu N` starts its workers (kebench.sweep.slot_envs), ResNet-18, batch 32, released
+   --runs-per-gpu N` starts its workers (kebench.executors.slot_envs), ResNet-18, batch 32, released
    together after warm-up. Target >= 2x a single run.
 4. projection: GPU-hours of the KE paper's ResNet-18 Table 2 study (5 datasets x its rows x 3
    seeds, epochs from registry.yaml's defaults) at the best aggregate rate measured in 3.
@@ -175,10 +175,10 @@ def engine_vs_bare(archs, batches, out: str, report: dict) -> None:
 
 def packing(n_runs: int, arch: str, batch: int, epochs: int, out: str) -> dict:
     """n_runs sweep-style workers on one GPU, released together; aggregate images/s of the window."""
-    from kebench import sweep
+    from kebench import executors
 
-    gpus = sweep._visible_gpus()[:1] or ["0"]
-    envs = sweep.slot_envs(n_runs, gpus, 1, runs_per_gpu=n_runs)
+    gpus = executors._visible_gpus()[:1] or ["0"]
+    envs = executors.slot_envs(n_runs, gpus, 1, runs_per_gpu=n_runs)
     folder = Path(tempfile.mkdtemp(prefix=f"pack{n_runs}-", dir=out))
     go = folder / "go"
     procs = []

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ import yaml
 
 from kebench import registry
 from kebench.errors import UserError, unknown_choice
+from kebench.params import SCALARS, check_defaults, declared, parse_params
+from kebench.params import coerce as _coerce
 
 
 @dataclass
@@ -84,65 +85,6 @@ def safe_name(text, limit: int = 40) -> str:
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _ENGINE_KEYS = set(FIELDS) - {"params", "method"}
-
-
-SCALARS = (str, int, float, bool)
-
-
-def _coerce(key: str, value, like, where: str):
-    """Convert a CLI/YAML value to the type of its default (`like`): the one schema every setting,
-    plugin parameter and data option is checked against. Wrong shapes (a list where a name is
-    expected, a mapping where a number is) and non-finite numbers are refused with one message."""
-    if like is None:
-        return value
-    expected = {bool: "true/false", int: "an integer", float: "a finite number", str: "a name (text)",
-                dict: "a mapping of KEY: VALUE", list: "a list (or comma-separated text)",
-                tuple: "a list (or comma-separated text)"}.get(type(like), type(like).__name__)
-    try:
-        if value is None:
-            raise ValueError(value)
-        if isinstance(like, bool):
-            if isinstance(value, str):
-                low = value.lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
-                return bool(value)
-            raise ValueError(value)
-        if isinstance(like, int):
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ValueError(value)
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if isinstance(like, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ValueError(value)
-            number = float(value)
-            if not math.isfinite(number):
-                raise ValueError(value)
-            return number
-        if isinstance(like, str):
-            if not isinstance(value, str):
-                raise ValueError(value)
-            return value
-        if isinstance(like, dict):
-            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, SCALARS)
-                                                      for k, v in value.items()):
-                raise ValueError(value)
-            return dict(value)
-        if isinstance(like, (list, tuple)):
-            items = value.split(",") if isinstance(value, str) else value
-            if not isinstance(items, (list, tuple)) or not all(isinstance(v, SCALARS) for v in items):
-                raise ValueError(value)
-            return [_coerce(key, v, like[0], where) for v in items] if like else list(items)
-    except (TypeError, ValueError, OverflowError):
-        raise UserError(
-            f"{where}: '{key}' expects {expected} (like {like!r}), got {value!r}."
-        ) from None
-    return value
 
 
 def _plugin_value(key: str, value, like, where: str):
@@ -246,6 +188,8 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
     def set_plugin(key: str, value, where: str):
         if "." in key:
             pname, _, pkey = key.partition(".")
+            # flags reach here with '-' turned into '_': 'eigen_d.population' names plugin eigen-d
+            pname = next((n for n in params if n.replace("-", "_") == pname.replace("-", "_")), pname)
             if pname not in params:
                 raise UserError(
                     f"{where}: '{key}' names plugin '{pname}', which is not part of method "
@@ -267,7 +211,8 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
                 f"{where}: '{key}' is a setting of several plugins ({', '.join(owners)}); "
                 f"qualify it, e.g. '{owners[0]}.{pkey}'."
             )
-        params[owners[0]][pkey] = _plugin_value(key, value, params[owners[0]][pkey], where)
+        shown = f"{owners[0]}.{pkey}" if "." in key else key
+        params[owners[0]][pkey] = _plugin_value(shown, value, params[owners[0]][pkey], where)
 
     where = source
     for key, value in file_cfg.items():
@@ -289,6 +234,12 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
     for key, value in plugin_overrides.items():
         set_plugin(key.replace("-", "_"), value, where)
 
+    for p in plugins:  # text from the command line takes its declared type, so `--x 40` and `x: 40` are one run
+        cls = plugin_class(p)
+        if declared(cls) is not None and any(isinstance(v, str) for v in params[p.name].values()):
+            typed = parse_params(cls, params[p.name], p.name, f"method '{method.name}'")
+            params[p.name] = {k: (getattr(typed, k) if isinstance(v, str) and not isinstance(getattr(typed, k), str)
+                                  else v) for k, v in params[p.name].items()}
     cfg = RunConfig(**values, params=params)
     validate(cfg)
     return cfg
@@ -357,7 +308,11 @@ def validate(cfg: RunConfig) -> None:
     method = cfg.method_spec
     task = get_spec(cfg.data).task
     for plugin in (method.objective, method.regime):
-        tasks = getattr(plugin.load(), "tasks", None)
+        cls = plugin_class(plugin)
+        if declared(cls) is not None:  # typed, in range, cross-field rules: before any folder exists
+            # (checked only: the stored values, and so run ids, stay as given; the plugin parses them again)
+            parse_params(cls, cfg.plugin_params(plugin.name), plugin.name, f"method '{cfg.method}'")
+        tasks = getattr(cls, "tasks", None)
         if tasks is not None and task not in tasks:
             raise UserError(
                 f"Method '{cfg.method}': '{plugin.name}' works for {', '.join(tasks)} tasks, but dataset "
@@ -366,6 +321,13 @@ def validate(cfg: RunConfig) -> None:
     reason = getattr(method.regime.load(), "incompatible", {}).get(method.objective.name)
     if reason:
         raise UserError(f"Method '{cfg.method}' is refused: {reason}")
+
+
+def plugin_class(spec: registry.PluginSpec) -> type:
+    """The plugin's class, with its registry entry checked against the parameters it declares."""
+    cls = spec.load()
+    check_defaults(cls, spec.name, spec.defaults, _ENGINE_KEYS, spec.source)
+    return cls
 
 
 def save_yaml(cfg: RunConfig) -> str:

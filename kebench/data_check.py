@@ -1,4 +1,4 @@
-"""`kebench data check NAME --data-root PATH`: verify a local copy of a paper dataset.
+"""Verify a local copy of a paper dataset (`kebench data check NAME --data-root PATH`).
 
 It reads the annotation files with the same listers the loader uses, then checks that every
 listed image exists and decodes (at a reduced JPEG scale: the whole compressed stream is still
@@ -7,10 +7,6 @@ Exit code 0: usable; 1: missing or unreadable images, or classes without images 
 --strict, split sizes that differ from the official copy); 2: the layout itself is wrong.
 """
 from __future__ import annotations
-
-import sys
-
-import click
 
 CHECK_SIZE = 64  # decode probe: shorter side in pixels (draft scale), enough to read every byte
 
@@ -29,34 +25,16 @@ def _probe(path) -> str | None:
         return f"unreadable ({type(exc).__name__}: {exc})"
 
 
-@click.group("data")
-def data_cmd():
-    """Inspect local copies of the paper datasets."""
-
-
-@data_cmd.command("check")
-@click.argument("name")
-@click.option("--data-root", help="Folder holding the dataset (or set KEBENCH_DATA).")
-@click.option("--per-class", is_flag=True, help="Print the image count of every class in every split.")
-@click.option("--strict", is_flag=True, help="Also fail when split sizes differ from the official copy.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, help="Decoding threads (0: one per core, at most 16).")
-def check_cmd(name, data_root, per_class, strict, workers):
-    """Verify a local copy: images per split and class, missing and unreadable files.
-
-    \b
-    Examples:
-      kebench data check aircraft --data-root ~/data
-      KEBENCH_DATA=~/data kebench data check cars196 --per-class
-    """
+def check(name: str, data_root, per_class: bool, strict: bool, workers: int, out) -> int:
+    """Verify a local copy: images per split and class, missing and unreadable files, printed on
+    `out` (a rich Console). Returns the exit code: 0 usable, 1 problems found."""
     from collections import Counter
     from concurrent.futures import ThreadPoolExecutor
 
-    from rich.console import Console
     from rich.table import Table
 
     from kebench.data import cache, paper
 
-    out = Console(soft_wrap=True)  # long paths stay on one line
     ds = paper.get(name)
     root = paper.data_root(data_root, ds)
     listing = paper.list_dataset(name, root)
@@ -112,9 +90,10 @@ def check_cmd(name, data_root, per_class, strict, workers):
     if problems:
         out.print(f"'{name}' at {listing.base}: {len(problems)} problem(s). Training skips up to "
                   f"--data-opt max_bad={paper.COMMON_OPTIONS['max_bad']} unusable images (with a warning).")
-        sys.exit(1)
+        return 1
     usable = len(paths) - len(bad_set)
     out.print(f"[green]ok[/green]: {usable} images in {len(listing.splits)} splits, all readable.")
+    return 0
 
 
 def _offset(listing, ds, split: str) -> int:

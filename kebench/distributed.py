@@ -3,7 +3,7 @@
 Two ways in:
 
     torchrun --nproc_per_node 4 -m kebench run --method ke --data flowers102 ...
-    kebench run --nproc 4 --method ke --data flowers102 ...     # spawns the 4 processes itself
+    kebench run --nproc 4 --method ke --data flowers102 ...     # kebench/launch.py spawns the 4
 
 What the engine does with more than one process (`MultiProcess`; the training loop calls a
 `SingleProcess` policy whose steps are no-ops when there is one):
@@ -22,10 +22,7 @@ What the engine does with more than one process (`MultiProcess`; the training lo
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
-import signal
-import socket
 
 import torch
 import torch.distributed as dist
@@ -325,77 +322,3 @@ class MultiProcess(SingleProcess):
 def policy(device: torch.device) -> SingleProcess:
     """The process policy of this process's run."""
     return MultiProcess(device) if world_size() > 1 else SingleProcess(device)
-
-
-# ------------------------------------------------------------------------------- launcher
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(local_rank: int, nproc: int, port: int, cfg, resume: bool, show_progress: bool, queue) -> None:
-    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
-                      LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from kebench import guard
-    from kebench.engine import execute_all
-
-    try:
-        outcome = ("ok", execute_all(cfg, resume=resume, show_progress=show_progress and local_rank == 0))
-    except guard.RunInterrupted as exc:
-        outcome = ("interrupted", str(exc))
-    except UserError as exc:
-        outcome = ("user_error", str(exc), exc.exit_code)
-    finally:
-        shutdown()
-    if local_rank == 0:
-        queue.put(outcome)
-
-
-def launch(cfg, nproc: int, *, resume: bool = False, show_progress: bool = True) -> list[dict]:
-    """Train one config with `nproc` local processes; return rank 0's records (as `execute_all`).
-
-    SIGTERM/SIGINT sent to this process are passed on to the ranks as SIGTERM (each stops at the
-    same step and rank 0 writes the checkpoint); then `RunInterrupted` is raised here as well.
-    """
-    import torch.multiprocessing as mp
-
-    from kebench import guard
-
-    from kebench.engine import pick_device
-
-    if nproc < 1:
-        raise UserError(f"--nproc must be >= 1, got {nproc}.")
-    if cfg.batch_size % nproc:
-        raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by --nproc {nproc}.")
-    if pick_device(cfg.device).type == "cuda" and nproc > torch.cuda.device_count():
-        raise UserError(f"--nproc {nproc} needs {nproc} GPUs (one per process), but {torch.cuda.device_count()} "
-                        f"are visible. Use fewer processes, or --device cpu (gloo).")
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    procs = mp.start_processes(_worker, args=(nproc, free_port(), cfg, resume, show_progress, queue),
-                               nprocs=nproc, join=False, start_method="spawn")
-
-    def forward(signum, frame):
-        guard.STOP.request(signum)
-        for pid in procs.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    with guard.graceful_stop(handler=forward):
-        try:
-            while not procs.join():
-                pass
-        except mp.ProcessExitedException as exc:
-            raise RuntimeError(f"rank {exc.error_index} of the {nproc}-process run died "
-                               f"(exit code {exc.exit_code}); rerun with --resume to continue.") from None
-    if queue.empty():
-        raise RuntimeError("the distributed run ended without a result from rank 0")
-    outcome = queue.get()
-    if outcome[0] == "interrupted":
-        raise guard.RunInterrupted(outcome[1], guard.STOP.consume())
-    if outcome[0] == "user_error":
-        exc = UserError(outcome[1])
-        exc.exit_code = outcome[2]
-        raise exc
-    return outcome[1]

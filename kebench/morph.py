@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kebench.data import Split
+from kebench.data.spec import Split
 
 #: Largest relative change of the logits at birth that counts as "the same function": float32 (and
 #: TF32 convolutions on GPUs) round-off is orders of magnitude below; a broken mutation far above.

@@ -16,16 +16,13 @@ timestamps or version strings, so the same results always give the same bytes.
 from __future__ import annotations
 
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-import click
-
 from kebench.context import NOT_THE_MODEL, PassKind
 from kebench.errors import UserError
-from kebench.tables import (PRIMARY, Names, _prepare, _split_list, expand, load_runs, metric_title,
-                            signature)
+from kebench.tables.layout import _prepare
+from kebench.tables.runs import PRIMARY, Names, expand, metric_title, signature
 
 PLOT_KINDS = ("generations", "cost", "hypotheses", "budget", "search")
 FORMATS = ("png", "pdf", "svg")
@@ -417,40 +414,6 @@ def save_figure(fig, path) -> Path:
     with _style():
         fig.savefig(path, format=fmt, dpi=DPI, metadata=METADATA[fmt])
     return path
-
-
-@click.command("plot")
-@click.argument("result_dirs", nargs=-1, type=click.Path())
-@click.option("--kind", type=click.Choice(PLOT_KINDS), default="generations", show_default=True)
-@click.option("--out", "out_file", type=click.Path(), help="Figure file (.png, .pdf or .svg). Default: KIND.png.")
-@click.option("--metric", help="Metric to plot (default: top1, or r@1 for retrieval).")
-@click.option("--arch", multiple=True, help="Only these archs (repeatable or comma list).")
-@click.option("--dataset", multiple=True, help="Only these datasets.")
-@click.option("--method", multiple=True,
-              help="Only these methods (`ce`, `smooth+ke`; a bare regime `ke` keeps all its objectives).")
-def plot_cmd(result_dirs, kind, out_file, metric, arch, dataset, method):
-    """Figures from result folders: generations, cost, hypotheses, budget or search (one panel per dataset).
-
-    \b
-    Examples:
-      kebench plot results/ --kind generations --out generations.pdf
-      kebench plot results/ --kind cost --out cost.png
-      kebench plot results/ --kind hypotheses --out zero-mapping.pdf
-      kebench plot results/ --kind budget --out budget.png
-      kebench plot results/ --kind search --out search.png
-    """
-    if out_file:
-        figure_format(out_file)
-    runs, left_out = load_runs(result_dirs or ("results",), archs=_split_list(arch), datasets=_split_list(dataset),
-                               methods=_split_list(method))
-    if left_out:
-        sys.stderr.write(f"left out {len(left_out)} run(s) that did not complete:\n")
-        for path, why in left_out:
-            sys.stderr.write(f"  {path}: {why}\n")
-    metric = (_split_list(metric) or [None])[0]
-    fig = build_figure(runs, kind, metric)
-    path = save_figure(fig, out_file or f"{kind}.png")
-    click.echo(f"wrote {path}", err=True)
 
 
 __all__ = ["PLOT_KINDS", "build_figure", "save_figure", "generations_figure", "cost_figure", "hypotheses_figure",

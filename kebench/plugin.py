@@ -3,6 +3,9 @@
 Objectives decide *what* one pass optimises (loss, head, batch sampler, extra hooks).
 Regimes decide *how* passes are scheduled; they never own a loop: they call `run.fit(...)`.
 What a plugin may use of `run` is `kebench.context.RunContext` (facts go through `run.report`).
+A plugin declares its parameters once, as a nested `Params` dataclass of `param(...)` fields
+(type, choices, range, help); registry.yaml holds the paper's values and is checked against it
+(docs/plugins.md).
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
+
+from kebench.params import declared, param, parse_params  # noqa: F401  (param: the declaration helper plugins use)
 
 
 class Hook:
@@ -37,9 +42,14 @@ class Plugin:
     kind = ""
     #: Tasks this plugin supports; None means any.
     tasks: tuple[str, ...] | None = None
+    #: The declared parameters: a nested @dataclass of param(...) fields (None: untyped, legacy).
+    Params: type | None = None
 
     def __init__(self, params: dict, run):
-        self.params = SimpleNamespace(**params)
+        if declared(type(self)) is None:
+            self.params = SimpleNamespace(**params)
+        else:  # already checked when the config was resolved; parsing again is cheap and idempotent
+            self.params = parse_params(type(self), params, getattr(self, "name", "") or type(self).__name__)
         self.run_ctx = run
 
 

@@ -11,10 +11,10 @@ A pruning method here is three separate pieces:
   is not enough: momentum and weight decay would move a zeroed weight again at the next step.
 
 Structural helpers: `prunable_weights` (which tensors count as "layer weights"),
-`following_batchnorms` (the BatchNorm channels that normalise a conv's output, from the model graph).
+`following_batchnorms` (the BatchNorm channels that normalise a conv's output, from the channel graph of kebench/channels.py).
 
 KD x pruning (Park et al.; methods/kd_prune.py): `global_conv_masks` (weight level), and per channel
-group of `kebench.split.channel_graph` `l1_filter_keep` (Li et al.) and `slimming_keep` (Liu et al.,
+group of `kebench.channels.channel_graph` `l1_filter_keep` (Li et al.) and `slimming_keep` (Liu et al.,
 with `bn_l1_penalty` while training), whose kept indices `extract_pruned` turns into a physically
 smaller network (`kebench.slim`).
 """
@@ -180,86 +180,32 @@ def _is_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
-def following_batchnorms(model: nn.Module, example: torch.Tensor | None = None
-                         ) -> dict[str, list[tuple[str, int]]]:
+def following_batchnorms(model: nn.Module, example: torch.Tensor) -> dict[str, list[tuple[str, int]]]:
     """For every conv: the BatchNorms that normalise its output channels, as (bn name, channel offset).
 
-    Read from the torch.fx graph (a conv feeding a BN directly, or through channel concatenations,
-    as in DenseNet, where the offset says where the conv's channels sit in the BN). Models that
-    cannot be traced fall back to module order: the next module, if it is a BN with as many
-    features as the conv has filters (VGG, plain conv-bn stacks).
-    `example`: an input batch for shape propagation through concatenations (needed for offsets).
+    Read from the model's channel graph (`kebench.channels.channel_graph`, one traced forward pass on
+    `example`): a conv feeding a BN directly, or through channel concatenations, as in DenseNet, where
+    the offset says where the conv's channels sit in the BN. A model the graph cannot follow is
+    refused with the op that stopped it.
     """
-    import torch.fx as fx
+    from kebench.channels import channel_graph
 
-    modules = dict(model.named_modules())
-    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - any tracing failure means: use module order
-        return _following_by_order(model)
-    if example is not None:
-        from torch.fx.passes.shape_prop import ShapeProp
-
-        was_training = model.training
-        gm.eval()
-        try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(example)
-        finally:
-            model.train(was_training)
-
-    def channels(node) -> int | None:
-        if node.op == "call_module" and isinstance(modules.get(node.target), nn.Conv2d):
-            return modules[node.target].out_channels
-        meta = node.meta.get("tensor_meta")
-        return int(meta.shape[1]) if meta is not None and len(meta.shape) > 1 else None
-
-    result: dict[str, list[tuple[str, int]]] = {n: [] for n in convs}
-    for node in gm.graph.nodes:
-        if not (node.op == "call_module" and node.target in result):
-            continue
-        frontier = [(node, 0)]
-        while frontier:
-            src, offset = frontier.pop()
-            for user in src.users:
-                if user.op == "call_module" and _is_bn(modules.get(user.target)):
-                    result[node.target].append((user.target, offset))
-                elif user.op == "call_function" and user.target is torch.cat and _cat_dim(user) == 1:
-                    before = 0
-                    for arg in user.args[0]:
-                        if arg is src:
-                            break
-                        c = channels(arg)
-                        if c is None:
-                            before = None
-                            break
-                        before += c
-                    if before is not None:
-                        frontier.append((user, offset + before))
-    return result
+    found = channel_graph(model, example).following_norms()
+    return {n: found.get(n, []) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
-def _cat_dim(node) -> int:
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    return dim
+def weight_sparsity(model) -> dict:
+    """Pass record entries: fraction of exactly-zero weights over all prunable tensors (a metric)
+    and per layer (`layer_sparsity`, a record entry beside the metrics)."""
+    from kebench.context import RECORD
 
-
-def _following_by_order(model: nn.Module) -> dict[str, list[tuple[str, int]]]:
-    named = list(model.named_modules())
-    result = {}
-    for i, (name, m) in enumerate(named):
-        if isinstance(m, nn.Conv2d):
-            result[name] = []
-            nxt = next(((n, mm) for n, mm in named[i + 1:] if not list(mm.children())), None)
-            if nxt is not None and _is_bn(nxt[1]) and nxt[1].num_features == m.out_channels:
-                result[name].append((nxt[0], 0))
-    return result
+    named = prunable_weights(model)
+    return {"sparsity": sparsity(p for _, p in named), RECORD: {"layer_sparsity": {n: sparsity([p]) for n, p in named}}}
 
 
 # ---------------------------------------------------------------- KD x pruning (Park, Yoo, Kwak)
 # Unstructured: one global magnitude threshold over conv weights (masks held by MaskHook).
-# Structured: keep-indices per *channel group* (kebench.split.channel_graph: channels tied by a
+# Structured: keep-indices per *channel group* (kebench.channels.channel_graph: channels tied by a
 # residual add form one group), then kebench.slim extracts the physically smaller network.
 def conv_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """The weights of every convolution (the tensors weight-level pruning ranks)."""
@@ -333,7 +279,7 @@ def l1_filter_keep(model: nn.Module, ratio: float, example: torch.Tensor, tied: 
                    ) -> dict[str, torch.Tensor]:
     """L1-norm filter pruning (Li et al. 2017): in every prunable group keep the ceil((1-ratio)·C)
     channels whose filters have the largest Σ|W| (a tied group: summed over its member convs)."""
-    from kebench.split import channel_graph
+    from kebench.channels import channel_graph
 
     graph = channel_graph(model, example)
     keep = {}
@@ -348,7 +294,7 @@ def slimming_keep(model: nn.Module, ratio: float, example: torch.Tensor, tied: b
                   ) -> dict[str, torch.Tensor]:
     """Network slimming (Liu et al. 2017): one global |γ| threshold removes `ratio` of all prunable
     channels; a group never loses all of its channels (its largest-|γ| channel stays)."""
-    from kebench.split import channel_graph
+    from kebench.channels import channel_graph
 
     graph = channel_graph(model, example)
     scores = {}

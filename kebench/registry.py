@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-import sys
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 
 import yaml
@@ -34,8 +33,7 @@ class PluginSpec:
         """Import the plugin class. Only entries from registry.yaml / entry points ever get here."""
         module_name, _, attr = self.entry.partition(":")
         try:
-            module = importlib.import_module(module_name)
-            return getattr(module, attr)
+            return getattr(import_plugin_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise UserError(
                 f"Plugin '{self.name}' ({self.source}) points at '{self.entry}', which cannot be "
@@ -43,15 +41,28 @@ class PluginSpec:
             ) from exc
 
 
+def import_plugin_module(name: str):
+    """Import a plugin module: `methods.X` in a source checkout, the installed `kebench.methods.X` otherwise
+    (setup.py installs `methods/` under the kebench namespace, so no top-level `methods` collides)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if not name.startswith("methods.") or exc.name not in ("methods", name):
+            raise
+        return importlib.import_module(f"kebench.{name}")
+
+
 def registry_path() -> Path:
-    """registry.yaml at the project root (source checkout / editable install), else the installed copy."""
+    """registry.yaml at the project root (source checkout / editable install), else the copy installed
+    inside the kebench package (setup.py's build step puts it there), found with importlib.resources."""
     here = Path(__file__).resolve().parent.parent / "registry.yaml"
     if here.exists():
         return here
-    installed = Path(sys.prefix) / "share" / "kebench" / "registry.yaml"
-    if installed.exists():
-        return installed
-    raise UserError(f"kebench's registry.yaml was not found at {here} or {installed}; reinstall kebench.")
+    installed = resources.files("kebench") / "registry.yaml"
+    if installed.is_file():
+        return Path(str(installed))
+    raise UserError(f"kebench's registry.yaml was not found at {here} or inside the installed kebench "
+                    f"package ({installed}); reinstall kebench.")
 
 
 def _spec_from_dict(name: str, raw: dict, source: str) -> PluginSpec:
@@ -104,10 +115,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 @functools.lru_cache(maxsize=None)
-def _load(path: str) -> dict[str, PluginSpec]:
+def _document(path: str) -> dict:
     with open(path) as f:
-        data = yaml.load(f, Loader=_UniqueKeyLoader) or {}
-    plugins = data.get("plugins", {})
+        return yaml.load(f, Loader=_UniqueKeyLoader) or {}
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: str) -> dict[str, PluginSpec]:
+    plugins = _document(path).get("plugins", {})
     specs = {name: _spec_from_dict(name, raw, path) for name, raw in plugins.items()}
     for name, spec in _from_entry_points().items():
         specs.setdefault(name, spec)  # registry.yaml wins over a same-named entry point
@@ -118,8 +133,14 @@ def plugins() -> dict[str, PluginSpec]:
     return _load(str(registry_path()))
 
 
+def table_entries() -> dict[str, str]:
+    """Table kinds plugins contribute: registry.yaml's `tables:` (kind -> "module:function")."""
+    return dict(_document(str(registry_path())).get("tables") or {})
+
+
 def reload() -> None:
     """Forget cached plugins (tests that add entry points or edit the registry call this)."""
+    _document.cache_clear()
     _load.cache_clear()
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from kebench import tables as T
 from kebench.errors import UserError
+from kebench.tables.render import _blank_repeats, _core, _header_levels
+from kebench.tables.runs import MISSING, _filtered
 
 PRIMARY = T.PRIMARY
 FIGURE_TITLES = {
@@ -82,7 +84,7 @@ def select(runs: list[dict], spec: dict, scale_set: dict) -> list[dict]:
     where.update({k: scale_set[k] for k in spec.get("match_set") or [] if k in scale_set})
     chosen = []
     for r in runs:
-        if T._filtered(r, r.get("objective", ""), r.get("regime", ""), archs, datasets, methods):
+        if _filtered(r, r.get("objective", ""), r.get("regime", ""), archs, datasets, methods):
             continue
         if any(str(_param(r, k)) != str(v) for k, v in where.items()):
             continue
@@ -131,7 +133,7 @@ def _baseline_row(table: T.Table, row: T.Row) -> T.Row | None:
     # Other row dimensions must agree, except where the N1 row has no value (a KE setting such as
     # split_rate is "–" for a single pass).
     cands = [r for r in table.rows if str(r.head[mi]).startswith(f"{obj} (N1")
-             and all(a == b or str(a) in (T.MISSING, "") for i, (a, b) in enumerate(zip(r.head, row.head)) if i != mi)]
+             and all(a == b or str(a) in (MISSING, "") for i, (a, b) in enumerate(zip(r.head, row.head)) if i != mi)]
     return next((r for r in cands if str(r.head[mi]) == f"{obj} (N1)"), cands[0] if cands else None)
 
 
@@ -264,7 +266,7 @@ SUMMARIES = {"classification": summarize_grid, "retrieval": summarize_grid, "bud
 
 # ------------------------------------------------------------------------------ HTML pieces
 def _cell_html(cell: T.Cell, col: T.Col, decimals: int) -> str:
-    core = T._core(cell, col, decimals)
+    core = _core(cell, col, decimals)
     if core is None:
         return '<td class="missing" title="no result yet">–</td>'
     if cell.text is not None:
@@ -278,7 +280,7 @@ def _cell_html(cell: T.Cell, col: T.Col, decimals: int) -> str:
 
 def table_html(table: T.Table) -> str:
     """The table as HTML: grouped headers (colspan), ranks in bold/underline, marks, missing cells red."""
-    levels = T._header_levels(table)
+    levels = _header_levels(table)
     out = ['<div class="scroll"><table class="kb">', "<thead>"]
     for li, spans in enumerate(levels):
         last = li == len(levels) - 1
@@ -286,7 +288,7 @@ def table_html(table: T.Table) -> str:
         cells = "".join(f'<th colspan="{span}">{html.escape(title)}</th>' for title, span in spans)
         out.append(f"<tr>{heads}{cells}</tr>")
     out.append("</thead><tbody>")
-    for head, row in zip(T._blank_repeats(table.rows), table.rows):
+    for head, row in zip(_blank_repeats(table.rows), table.rows):
         cls = ' class="rule"' if row.rule_before else ""
         heads = "".join(f'<td class="head">{html.escape(str(h))}</td>' for h in head)
         cells = "".join(_cell_html(c, col, table.decimals) for c, col in zip(row.cells, table.cols))

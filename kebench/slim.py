@@ -40,7 +40,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from kebench.errors import UserError
-from kebench.split import ChannelGraph, channel_graph, channel_groups, kels_keep  # noqa: F401  (re-exported)
+from kebench.channels import ChannelGraph, channel_graph, channel_groups  # noqa: F401  (re-exported)
+from kebench.split import kels_keep  # noqa: F401  (re-exported)
 
 LATENCY_WARMUP = 5  # untimed passes (allocator, cudnn autotune)
 LATENCY_ITERS = 30  # timed passes; the median is reported

@@ -33,7 +33,8 @@ class SweepTask(submitit.helpers.Checkpointable):
         self.nproc = nproc
 
     def __call__(self, cfg_dict: dict) -> dict:
-        from kebench.sweep import config_from_dict, run_config
+        from kebench.launch import run_config
+        from kebench.sweep import config_from_dict
 
         cfg = config_from_dict(cfg_dict)
         usr = JobEnvironment._usr_sig()
@@ -58,7 +59,7 @@ class SweepTask(submitit.helpers.Checkpointable):
 
     def _on_preempt(self, signum, frame) -> None:
         guard.STOP.request(signum)
-        if self.nproc > 1:  # distributed.launch passes SIGTERM on to every rank
+        if self.nproc > 1:  # launch.launch passes SIGTERM on to every rank
             os.kill(os.getpid(), signal.SIGTERM)
 
     def checkpoint(self, cfg_dict: dict) -> submitit.helpers.DelayedSubmission:

@@ -16,15 +16,12 @@ what is done, resume what was interrupted, local workers or SLURM), then writes 
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import click
-
+from kebench import sweep
 from kebench.errors import UserError, unknown_choice
-from kebench.sweep import executor_options
 
 SCALES = ("mini", "paper")
 STUDY_KEYS = {"title", "paper", "about", "scales", "tables", "figures"}
@@ -104,90 +101,9 @@ def results_dir(name: str, scale: str, out=None) -> Path:
 
 def entries(study: Study, scale: str, out=None, sets=None) -> list:
     """Every run of one scale of the study (sweep entries, one per run id)."""
-    from kebench import sweep
-
     return sweep.expand(study.spec(scale), out=str(results_dir(study.name, scale, out)), sets=sets)
 
 
 def expected_runs(study: Study, scale: str, out=None, sets=None) -> list[dict]:
     """The sweep status of every run the study owes (matched baselines counted with their run)."""
-    from kebench import sweep
-
     return sweep.status_rows(entries(study, scale, out, sets))
-
-
-# ---------------------------------------------------------------------------------------- commands
-@click.group("study")
-def study_cmd():
-    """Paper studies: run a shipped grid and write its report (HTML + LaTeX + Markdown)."""
-
-
-@study_cmd.command("list")
-def list_cmd():
-    """The studies shipped with kebench."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("name", "reproduces", "scales")
-    for n in names():
-        s = load(n)
-        table.add_row(n, f"{s.title}\n[dim]{s.paper}[/dim]", ", ".join(sorted(s.scales)))
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
-
-
-def _common(f):
-    f = click.option("--set", "sets", multiple=True, help="KEY=VALUE for every run (e.g. data_root=~/data).")(f)
-    f = click.option("--out", help="Results folder. Default: results/studies/NAME/SCALE.")(f)
-    f = click.option("--scale", type=click.Choice(SCALES), default="mini", show_default=True,
-                     help="mini: embedded data on a CPU in minutes; paper: the paper's settings.")(f)
-    return click.argument("name")(f)
-
-
-@study_cmd.command("run")
-@_common
-@click.option("--report-dir", help="Report folder. Default: OUT/report.")
-@click.option("--status", "show_status", is_flag=True, help="Show the study's run states and exit.")
-@executor_options
-@click.pass_context
-def run_cmd(ctx, name, scale, out, sets, report_dir, show_status, **executor_opts):
-    """Run a study's grid (finished runs are skipped, interrupted ones resumed), then write its report.
-
-    \b
-    Examples:
-      kebench study run ke-table2                       # mini scale, one run after another here
-      kebench study run ke-table2 --scale paper --set data_root=~/data --executor slurm --partition gpu
-      kebench study run park-kd-pruning --workers 2
-    """
-    from rich.console import Console
-
-    from kebench import sweep
-
-    console = Console(stderr=True, highlight=False)
-    study = load(name)
-    todo = entries(study, scale, out, sweep.parse_sets(sets))
-    if show_status:
-        sweep.print_status(sweep.status_rows(todo), Console(highlight=False))
-        return
-    if scale == "mini" and ctx.get_parameter_source("executor") == click.core.ParameterSource.DEFAULT:
-        executor_opts["executor"] = "inline"  # tiny CPU runs: one process, torch imported once
-    console.print(f"study {name} ({scale}): {study.note(scale)}")
-    code = sweep.dispatch(todo, console, **executor_opts)
-    rows = sweep.status_rows(todo)
-    c = sweep.counts(rows)
-    console.print(f"study: {len(rows)} runs: " + ", ".join(f"{c[s]} {s}" for s in sweep.STATES))
-    from kebench import report
-
-    path = report.write_report(study, scale, out=out, report_dir=report_dir, sets=sweep.parse_sets(sets))
-    console.print(f"wrote {path}")
-    sys.exit(code)
-
-
-@study_cmd.command("report")
-@_common
-@click.option("--report-dir", help="Report folder. Default: OUT/report.")
-def report_cmd(name, scale, out, sets, report_dir):
-    """Re-render a study's report from whatever results exist (missing runs and cells are marked)."""
-    from kebench import report, sweep
-
-    path = report.write_report(load(name), scale, out=out, report_dir=report_dir, sets=sweep.parse_sets(sets))
-    click.echo(f"wrote {path}", err=True)

@@ -16,6 +16,7 @@ and B_avg = 1 keeps it there), and whenever B_avg < 1 it would make s negative (
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.fx
@@ -74,6 +75,10 @@ def cosine_head(model: nn.Module) -> CosineHead:
 
 
 class AdaCos(Objective):
+    @dataclass
+    class Params:
+        """None: AdaCos sets its scale from the batch (hyperparameter-free)."""
+
     def adapt_model(self, model, num_classes):
         """Swap the model's linear classifier (timm's `get_classifier()`) for a CosineHead in place."""
         classifier = model.get_classifier() if hasattr(model, "get_classifier") else None

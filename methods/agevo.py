@@ -23,18 +23,19 @@ validation split (the dataset's, else a stratified share of train), never the te
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from kebench.context import RECORD, PassKind
 from kebench import genome as G
 from kebench.data.pipeline import epoch_generator
 from kebench.errors import UserError, unknown_choice
 from kebench.models import count_params
 from kebench.morph import birth_change, ensure_validation
 from kebench.pattern import size_bytes
-from kebench.plugin import Hook, Regime
-from kebench.context import RECORD, PassKind
+from kebench.plugin import Hook, Regime, param
 
 ARCH = "evonet"
 #: Key of the mutation random stream, kept apart from the (seed, pass, epoch) batch streams.
@@ -89,6 +90,45 @@ class EvolutionarySearch(Regime):
     tasks = ("classification",)
     name = "search"
 
+    @dataclass
+    class Params:
+        population: int = param("children per generation (and the initial community)", ge=1, tiny=2)
+        keep: int = param("top k kept each generation", ge=1, tiny=1)
+        generations: int = param("generations of mutation and selection", ge=0, tiny=1)
+        individual_epochs: int = param("epochs each individual trains; 0 = --epochs", ge=0)
+        mutations: int = param("mutations per child", ge=1, tiny=1)
+        landmarks: str = param("comma list of increasing fractions in (0, 1) of an individual's epochs where "
+                               "the weak are killed")
+        mutation_set: str = param("'all' or a comma list of mutations")
+        val_fraction: float = param("stratified share of train held out for selection when the data has no "
+                                    "val split", gt=0, lt=1)
+
+        def fractions(self) -> list[float]:
+            try:
+                values = [float(t) for t in self.landmarks.split(",") if t.strip()]
+            except ValueError:
+                values = [math.nan]
+            if any(not 0 < f < 1 for f in values) or values != sorted(set(values)):
+                raise UserError(f"--landmarks takes increasing fractions of an individual's epochs in (0, 1), "
+                                f"e.g. 0.25,0.5 (T1, T2); got '{self.landmarks}'.")
+            return values
+
+        def ops(self) -> list[str]:
+            text = self.mutation_set.strip()
+            ops = list(G.MUTATIONS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+            for op in ops:
+                if op not in G.MUTATIONS + (G.DUPLICATE,):
+                    raise unknown_choice("mutation", op, list(G.MUTATIONS + (G.DUPLICATE,)))
+            if not ops:
+                raise UserError("--mutation-set names no mutation.")
+            return ops
+
+        def check(self):
+            if self.keep > self.population:
+                raise UserError(f"--keep must be in [1, --population={self.population}], got {self.keep}.")
+            self.fractions()
+            self.ops()
+
     def __init__(self, params, run):
         super().__init__(params, run)
         p = self.params
@@ -96,26 +136,7 @@ class EvolutionarySearch(Regime):
             raise UserError(f"{self.name} searches the genome-built '{ARCH}' family (kebench/genome.py), so --arch "
                             f"must be {ARCH} (its default), got '{run.cfg.arch}'. The hand-designed member is "
                             f"`--method ce --arch {ARCH}`.")
-        checks = [(p.population >= 1, f"--population must be >= 1, got {p.population}."),
-                  (1 <= p.keep <= p.population, f"--keep must be in [1, --population={p.population}], got {p.keep}."),
-                  (p.generations >= 0, f"--generations must be >= 0, got {p.generations}."),
-                  (p.individual_epochs >= 0, "--individual-epochs must be >= 0 (0 = --epochs)."),
-                  (p.mutations >= 1, f"--mutations must be >= 1 per child, got {p.mutations}."),
-                  (0 < p.val_fraction < 1, f"--val-fraction must be in (0, 1), got {p.val_fraction}.")]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"{self.name}: {msg}")
-        self.fractions = [float(t) for t in str(p.landmarks).split(",") if t.strip()]
-        if any(not 0 < f < 1 for f in self.fractions) or self.fractions != sorted(set(self.fractions)):
-            raise UserError(f"{self.name}: --landmarks takes increasing fractions of an individual's epochs in "
-                            f"(0, 1), e.g. 0.25,0.5 (T1, T2); got '{p.landmarks}'.")
-        text = str(p.mutation_set).strip()
-        self.ops = list(G.MUTATIONS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
-        for op in self.ops:
-            if op not in G.MUTATIONS + (G.DUPLICATE,):
-                raise unknown_choice(f"{self.name} mutation", op, list(G.MUTATIONS + (G.DUPLICATE,)))
-        if not self.ops:
-            raise UserError(f"{self.name}: --mutation-set names no mutation.")
+        self.fractions, self.ops = p.fractions(), p.ops()
 
     # ------------------------------------------------------------------ phases (EIGEN overrides)
     def mutations_in(self, generation: int) -> int:
@@ -266,11 +287,10 @@ class EIGEN(EvolutionarySearch):
 
     name = "eigen"
 
-    def __init__(self, params, run):
-        super().__init__(params, run)
-        p = self.params
-        if p.primary_generations < 0:
-            raise UserError(f"eigen: --primary-generations must be >= 0, got {p.primary_generations}.")
+    @dataclass
+    class Params(EvolutionarySearch.Params):
+        primary_generations: int = param("generations with --mutations per child; later ones make 1", ge=0, tiny=1)
+        duplication: bool = param("EIGEN-D: gene duplication of discovered structures in the secondary phase")
 
     def mutations_in(self, generation: int) -> int:
         return self.params.mutations if generation <= self.params.primary_generations else 1

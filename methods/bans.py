@@ -18,15 +18,17 @@ probabilities live in `run.state` too.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kebench.context import PassKind
 from kebench import metrics
 from kebench.engine import copy_model
-from kebench.errors import UserError, unknown_choice
-from kebench.plugin import Objective, Regime, WrappingObjective
-from kebench.context import PassKind
+from kebench.errors import UserError
+from kebench.plugin import Objective, Regime, WrappingObjective, param
 
 
 LOSSES = ("reference", "hinton")
@@ -90,25 +92,25 @@ class BornAgain(Regime):
               "own teacher, so each student would be distilled twice. Use 'bans' (ce) or 'kd' under 'single'.",
     }
 
+    @dataclass
+    class Params:
+        generations: int = param("born-again generations (each a student of the previous)", ge=1, tiny=2)
+        loss: str = param("reference: nocotan's 0.8 CE + 0.2 KL (the KE paper's BANs row) | hinton: "
+                          "(1-alpha) CE + alpha T^2 KL", choices=LOSSES)
+        alpha: float | str = param("weight of the distillation term; auto = alpha_by_loss", choices=("auto",),
+                                   ge=0, le=1)
+        alpha_by_loss: dict[str, float] = param("alpha used by 'auto', per loss", ge=0, le=1)
+        temperature: float = param("T softening teacher and student", gt=0)
+
+        def check(self):
+            if self.alpha == "auto" and self.loss not in self.alpha_by_loss:
+                raise UserError(f"--alpha auto needs alpha_by_loss.{self.loss}; give --alpha NUMBER.")
+
     def __init__(self, params, run):
         super().__init__(params, run)
         p = self.params
-        self.generations = int(p.generations)
-        if self.generations < 1:
-            raise UserError(f"bans: generations must be >= 1, got {p.generations}.")
-        if p.loss not in LOSSES:
-            raise unknown_choice("BANs loss", p.loss, list(LOSSES))
-        if isinstance(p.alpha, str) and p.alpha.strip().lower() == "auto":
-            self.alpha = float(p.alpha_by_loss[p.loss])
-        else:
-            try:
-                self.alpha = float(p.alpha)
-            except ValueError:
-                raise UserError(f"bans: alpha expects a number or 'auto', got {p.alpha!r}.") from None
-        if not 0 <= self.alpha <= 1:
-            raise UserError(f"bans: alpha (weight of the distillation term) must be in [0, 1], got {p.alpha}.")
-        if float(p.temperature) <= 0:
-            raise UserError(f"bans: temperature must be > 0, got {p.temperature}.")
+        self.generations = p.generations
+        self.alpha = p.alpha_by_loss[p.loss] if p.alpha == "auto" else p.alpha
 
     def run(self, run):
         p = self.params
@@ -124,7 +126,7 @@ class BornAgain(Regime):
                     run.state["bans_teacher"] = teacher
                 teacher.load_state_dict(run.model.state_dict())
                 run.model.load_state_dict(run.build_model().state_dict())  # fresh random init (global RNG)
-                objective = Distill(run.objective, teacher, self.alpha, float(p.temperature), run, p.loss)
+                objective = Distill(run.objective, teacher, self.alpha, p.temperature, run, p.loss)
 
             def ensemble(model, g=g):
                 out, labels = run.predict(model)
@@ -132,5 +134,5 @@ class BornAgain(Regime):
                 return {"ensemble_top1": metrics.top1(probs[:g].mean(0), labels)}
 
             record = run.fit(run.cfg.epochs, kind=PassKind.GENERATION, label=g, objective=objective, after=ensemble)
-        run.report("bans", {"loss": p.loss, "alpha": self.alpha, "temperature": float(p.temperature)})
+        run.report("bans", {"loss": p.loss, "alpha": self.alpha, "temperature": p.temperature})
         run.report_final({"ensemble_top1": record["metrics"]["ensemble_top1"]})

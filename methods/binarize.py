@@ -11,17 +11,18 @@ parameters, storage in bytes and FLOPs before binarization, right after it, and 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from kebench.context import PassKind
 from kebench import results
 from kebench.cost import inference_cost
 from kebench.errors import UserError
 from kebench.pattern import is_spatial, sign_pattern
-from kebench.plugin import Hook, Regime
-from kebench.context import PassKind
+from kebench.plugin import Hook, Regime, param
 
 
 def pattern_convs(model: nn.Module) -> dict[str, nn.Conv2d]:
@@ -71,11 +72,12 @@ class FreezePatterns(Hook):
 class PatternBinarization(Regime):
     tasks = ("classification",)
 
-    def __init__(self, params, run):
-        super().__init__(params, run)
-        p = self.params
-        if p.train_epochs < 0 or p.finetune_epochs < 0:
-            raise UserError("binarize: --train-epochs and --finetune-epochs must be >= 0 (0 = --epochs).")
+    @dataclass
+    class Params:
+        init_from: str = param("a kebench run folder or its model.pt to binarize (same arch and data); empty = "
+                               "train first")
+        train_epochs: int = param("epochs of the full-precision pass when init_from is empty; 0 = --epochs", ge=0)
+        finetune_epochs: int = param("epochs of fine-tuning with the patterns frozen; 0 = --epochs", ge=0)
 
     def load(self, run, source: str) -> None:
         path = Path(source)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kebench.errors import UserError
-from kebench.plugin import Objective
+from dataclasses import dataclass
+
+from kebench.plugin import Objective, param
 
 
 def class_partners(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -34,12 +35,10 @@ def class_partners(labels: torch.Tensor, generator: torch.Generator) -> torch.Te
 
 
 class ClassWiseSelfKD(Objective):
-    def __init__(self, params, run):
-        super().__init__(params, run)
-        if float(self.params.temperature) <= 0:
-            raise UserError(f"cskd: temperature must be > 0, got {self.params.temperature}.")
-        if float(self.params.lambda_cls) < 0:
-            raise UserError(f"cskd: lambda_cls must be >= 0, got {self.params.lambda_cls}.")
+    @dataclass
+    class Params:
+        temperature: float = param("T softening both predictions", gt=0)
+        lambda_cls: float = param("weight of the class-wise KL term", ge=0)
 
     def batch_sampler(self, labels, batch_size, generator):
         order = torch.randperm(len(labels), generator=generator)
@@ -60,7 +59,7 @@ class ClassWiseSelfKD(Objective):
         logits = model(x[:b])
         with torch.no_grad():
             partner = model(x[b:])
-        t = float(self.params.temperature)
+        t = self.params.temperature
         kl = F.kl_div(F.log_softmax(logits.float() / t, dim=1), F.log_softmax(partner.float() / t, dim=1),
                       reduction="batchmean", log_target=True)
-        return F.cross_entropy(logits, y[:b]) + float(self.params.lambda_cls) * t * t * kl, logits
+        return F.cross_entropy(logits, y[:b]) + self.params.lambda_cls * t * t * kl, logits

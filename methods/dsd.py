@@ -12,55 +12,42 @@ dense again. `schedule`:
 """
 from __future__ import annotations
 
-from kebench.errors import UserError, unknown_choice
-from kebench.plugin import Regime
-from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, sparsity
-from kebench.context import RECORD, PassKind
+from dataclasses import dataclass
+
+from kebench.context import PassKind
+from kebench.errors import UserError
+from kebench.plugin import Regime, param
+from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, weight_sparsity
 
 PHASES = ("dense", "sparse", "redense")
 SCHEDULES = ("continuous", "restart")
 
 
-def optional_epochs(value, name: str, plugin: str) -> int | None:
-    """A phase length from registry/CLI: None (derive it) or a positive whole number of epochs."""
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-        return None
-    try:
-        number = float(value)
-        if number != int(number) or number < 1:
-            raise ValueError
-        return int(number)
-    except (TypeError, ValueError):
-        raise UserError(f"{plugin}: {name} must be a positive whole number of epochs (or null to derive it "
-                        f"from --epochs), got {value!r}.") from None
-
-
-def check_fraction(value, name: str, plugin: str) -> float:
-    if not 0 <= float(value) < 1:
-        raise UserError(f"{plugin}: {name} must be a fraction in [0, 1), got {value}.")
-    return float(value)
-
-
-def weight_sparsity(model) -> dict:
-    """Pass record entries: fraction of exactly-zero weights over all prunable tensors (a metric)
-    and per layer (`layer_sparsity`, a record entry beside the metrics)."""
-    named = prunable_weights(model)
-    return {"sparsity": sparsity(p for _, p in named), RECORD: {"layer_sparsity": {n: sparsity([p]) for n, p in named}}}
-
-
 class DSD(Regime):
+    @dataclass
+    class Params:
+        dense_epochs: int | None = param("dense phase epochs; null = --epochs", ge=1)
+        sparse_epochs: int | None = param("sparse phase epochs; null = --epochs x phase_ratio[1] / phase_ratio[0]",
+                                          ge=1)
+        redense_epochs: int | None = param("re-dense phase epochs; null = --epochs x phase_ratio[2] / phase_ratio[0]",
+                                           ge=1)
+        phase_ratio: list[float] = param("relative lengths of the dense, sparse and re-dense phases", gt=0)
+        prune_ratio: float = param("share of each layer's weights pruned by magnitude in the sparse phase",
+                                   ge=0, lt=1)
+        schedule: str = param("continuous: one LR schedule over the three phases (the KE paper's DSD) | "
+                              "restart: each phase its own (Han et al.)", choices=SCHEDULES)
+        redense_lr_factor: float = param("re-dense peak LR as a share of --lr under schedule restart", gt=0, le=1)
+
+        def check(self):
+            if len(self.phase_ratio) != 3:
+                raise UserError(f"--phase-ratio must be three positive numbers (dense, sparse, redense), "
+                                f"got {self.phase_ratio}.")
+
     def __init__(self, params, run):
         super().__init__(params, run)
-        self.fraction = check_fraction(self.params.prune_ratio, "prune_ratio", "dsd")
-        ratio = list(self.params.phase_ratio)
-        if len(ratio) != 3 or min(float(r) for r in ratio) <= 0:
-            raise UserError(f"dsd: phase_ratio must be three positive numbers (dense, sparse, redense), got {ratio}.")
-        self.ratio = [float(r) for r in ratio]
-        self.given = [optional_epochs(getattr(self.params, f"{p}_epochs"), f"{p}_epochs", "dsd") for p in PHASES]
-        if self.params.schedule not in SCHEDULES:
-            raise unknown_choice("DSD schedule", self.params.schedule, list(SCHEDULES))
-        if not 0 < float(self.params.redense_lr_factor) <= 1:
-            raise UserError(f"dsd: redense_lr_factor must be in (0, 1], got {self.params.redense_lr_factor}.")
+        self.fraction = self.params.prune_ratio
+        self.ratio = list(self.params.phase_ratio)
+        self.given = [getattr(self.params, f"{p}_epochs") for p in PHASES]
 
     def phase_epochs(self, epochs: int) -> list[int]:
         """Epochs of (dense, sparse, redense). A phase not given explicitly gets --epochs scaled by
@@ -74,7 +61,7 @@ class DSD(Regime):
         masks = MaskSet.ones_like(prunable_weights(run.model))
         run.state["dsd_masks"] = masks  # registered before any fit: resume restores it mid-sparse-phase
         restart = self.params.schedule == "restart"
-        redense_lr = run.cfg.lr * float(self.params.redense_lr_factor) if restart else run.cfg.lr
+        redense_lr = run.cfg.lr * self.params.redense_lr_factor if restart else run.cfg.lr
         run.report("dsd", {"phases": dict(zip(PHASES, lengths)), "prune_ratio": self.fraction,
                             "schedule": self.params.schedule,
                             "lr_schedule_epochs": lengths if restart else total,

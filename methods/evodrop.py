@@ -14,13 +14,15 @@ modes inject the same noise when all units carry equal energy (see `draws`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from kebench.errors import UserError, unknown_choice
-from kebench.plugin import Objective
+from kebench.plugin import Objective, param
 
 MODES = ("evo", "plain")
 STEM_MAX_REDUCTION = 2  # feature_info entries at stride <= 2 are the stem, not a stage
@@ -196,15 +198,16 @@ def attach(model: nn.Module, at: str, keep_rate: float, mode: str) -> list[tuple
 class EvolutionalDropoutObjective(Objective):
     """Cross-entropy (label smoothing `alpha`) with evolutional or plain dropout at the layers `at`."""
 
+    @dataclass
+    class Params:
+        mode: str = param("evo: evolutional dropout (Li et al.) | plain: Bernoulli dropout", choices=MODES)
+        keep_rate: float = param("probability a unit is kept (1 = no dropout)", gt=0, le=1)
+        at: str = param("comma list of where to drop: 'stages' (after each stage), 'head' (before the "
+                        "classifier), module names")
+        alpha: float = param("label smoothing of the CE loss (0 = plain CE)", ge=0, lt=1)
+
     def __init__(self, params, run):
         super().__init__(params, run)
-        p = self.params
-        if p.mode not in MODES:
-            raise unknown_choice("evodrop mode", p.mode, list(MODES))
-        if not 0 < p.keep_rate <= 1:
-            raise UserError(f"evodrop: --keep-rate must be in (0, 1] (1 = no dropout), got {p.keep_rate}.")
-        if not 0 <= p.alpha < 1:
-            raise UserError(f"evodrop: --alpha (label smoothing) must be in [0, 1), got {p.alpha}.")
         self.targets: list[tuple[str, str]] = []
 
     def adapt_model(self, model: nn.Module, num_classes: int) -> nn.Module:

@@ -28,24 +28,26 @@ is read back with `run.resumed_state` on replay (it depends on trained weights).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from collections.abc import Mapping
 
 import torch
 from torch import nn
+from torchvision.transforms.v2 import AutoAugmentPolicy
 
+from kebench.context import PassKind
 from kebench import prune as P
 from kebench import registry
 from kebench.cost import forward_flops
-from kebench.errors import UserError, unknown_choice
+from kebench.distill import AugmentedCE, BatchAugment, auto_value, freeze, parse_augment
+from kebench.errors import UserError
 from kebench.models import count_params
-from kebench.plugin import Objective, Regime, WrappingObjective
-from kebench.context import PassKind
-from methods.dsd import optional_epochs
-from methods.kd import AugmentedCE, BatchAugment, auto_value, freeze, parse_augment
+from kebench.plugin import Objective, Regime, WrappingObjective, param
 
 PRUNE_METHODS = ("l1-filter", "slimming", "weight", "none")
 STRUCTURED = ("l1-filter", "slimming")
 FINETUNE_SCHEDULES = ("constant", "cosine")
+AUTOAUGMENT_POLICIES = tuple(p.name.lower() for p in AutoAugmentPolicy)
 
 
 def _needs_teacher(objective: str) -> bool:
@@ -104,27 +106,36 @@ class PrunePipeline(Regime):
                 _needs_teacher, f"'{cls.name}' distils, so its objective must be a distillation objective: "
                                 f"write kd+{cls.name} (label) or fd+{cls.name} (feature), not '{{name}}+{cls.name}'.")
 
+    @dataclass
+    class Params:
+        prune: str = param("l1-filter (Li et al. 2017) | slimming (Liu et al. 2017) | weight (global magnitude, "
+                           "Han et al. 2015) | none (KD x augmentation alone)", choices=PRUNE_METHODS)
+        prune_ratio: float = param("share of channels (structured) or conv weights (weight) removed", ge=0, lt=1)
+        prune_tied: bool = param("also prune channel groups tied by residual adds (false: leave them whole, as "
+                                 "Li et al. do for ResNets)")
+        train_epochs: int = param("epochs of the unpruned student; 0 = --epochs", ge=0)
+        finetune_epochs: int | None = param("epochs of fine-tuning the pruned student; null = finetune_fraction "
+                                            "of the train pass", ge=1)
+        finetune_fraction: float = param("fine-tune length as a share of the train pass (Park et al.: 40/160)",
+                                         gt=0, le=1)
+        finetune_lr: float = param("fine-tuning learning rate", gt=0)
+        finetune_schedule: str = param("constant (no warm-up, Park et al.) | cosine (restarted from finetune_lr, "
+                                       "warmed up)", choices=FINETUNE_SCHEDULES)
+        sparsity: float | str = param("slimming's L1 weight on BN gamma; auto = sparsity_by_family",
+                                      choices=("auto",), ge=0)
+        sparsity_by_family: dict[str, float] = param("sparsity of 'auto' per arch family (Liu et al.)", ge=0)
+        student_aug: str = param("none | autoaugment | cutmix | autoaugment+cutmix for the student's passes")
+        autoaugment_policy: str = param("AutoAugment policy", choices=AUTOAUGMENT_POLICIES)
+        cutmix_alpha: float = param("CutMix Beta(alpha, alpha) (Yun et al. 2019)", gt=0)
+        cutmix_prob: float = param("share of batches CutMix is applied to", ge=0, le=1)
+
+        def check(self):
+            parse_augment(self.student_aug, "student")
+
     def __init__(self, params, run):
         super().__init__(params, run)
         p = self.params
-        if p.prune not in PRUNE_METHODS:
-            raise unknown_choice("pruning method", p.prune, list(PRUNE_METHODS))
-        if not 0 <= p.prune_ratio < 1:
-            raise UserError(f"--prune-ratio must be in [0, 1) (the share removed), got {p.prune_ratio}.")
-        for key in ("teacher_epochs", "train_epochs"):
-            if getattr(p, key, 0) < 0:
-                raise UserError(f"--{key.replace('_', '-')} must be >= 0 (0 = --epochs), got {getattr(p, key)}.")
-        self.finetune_given = optional_epochs(p.finetune_epochs, "finetune_epochs", self.name)
-        if not 0 < float(p.finetune_fraction) <= 1:
-            raise UserError(f"{self.name}: finetune_fraction must be in (0, 1], got {p.finetune_fraction}.")
-        if not float(p.finetune_lr) > 0:
-            raise UserError(f"{self.name}: finetune_lr must be > 0, got {p.finetune_lr}.")
-        if p.finetune_schedule not in FINETUNE_SCHEDULES:
-            raise unknown_choice("fine-tune schedule", p.finetune_schedule, list(FINETUNE_SCHEDULES))
-        if p.prune == "none" and self.distill_after:
-            raise UserError(f"--prune none leaves nothing to fine-tune: pipeline '{self.name}' needs a pruning "
-                            f"method ({', '.join(PRUNE_METHODS[:-1])}). KD without pruning is kd+pre-distill "
-                            f"--prune none (or kd --teacher PATH).")
+        self.finetune_given = p.finetune_epochs
         aug = dict(mean=run.data.mean, std=run.data.std, policy=p.autoaugment_policy,
                    cutmix_alpha=p.cutmix_alpha, cutmix_prob=p.cutmix_prob)
         self.student_aug = BatchAugment(parse_augment(p.student_aug, "student"), **aug)
@@ -138,7 +149,7 @@ class PrunePipeline(Regime):
 
     def finetune_epochs(self) -> int:
         """--finetune-epochs, or finetune_fraction of the unpruned student's epochs (Park: 40 of 160)."""
-        return self.finetune_given or max(1, round(self._epochs("train_epochs") * float(self.params.finetune_fraction)))
+        return self.finetune_given or max(1, round(self._epochs("train_epochs") * self.params.finetune_fraction))
 
     def _teacher(self, run, distill) -> dict:
         """Train the teacher in its own pass (or use the loaded one); returns facts for the record."""
@@ -161,7 +172,7 @@ class PrunePipeline(Regime):
         final, info = {}, {"pipeline": self.name, "prune": p.prune, "prune_ratio": p.prune_ratio,
                            "distill": run.method.objective.name if distill else None,
                            "student_aug": "+".join(self.student_aug.names) or "none",
-                           "finetune": {"epochs": self.finetune_epochs(), "lr": float(p.finetune_lr),
+                           "finetune": {"epochs": self.finetune_epochs(), "lr": p.finetune_lr,
                                         "schedule": p.finetune_schedule}}
         if distill is not None:
             facts = self._teacher(run, distill)
@@ -204,7 +215,7 @@ class PrunePipeline(Regime):
         after = distill if self.distill_after else ce
         constant = p.finetune_schedule == "constant"
         run.fit(self.finetune_epochs(), kind=PassKind.FINETUNE, label=1, model=pruned, objective=after, hooks=hooks,
-                lr=float(p.finetune_lr), schedule=p.finetune_schedule, warmup=0 if constant else None)
+                lr=p.finetune_lr, schedule=p.finetune_schedule, warmup=0 if constant else None)
 
         pruned_cost = self._cost(pruned, run, sparse=p.prune == "weight")
         run.report_cost({"unpruned": unpruned_cost, "pruned": pruned_cost})
@@ -263,22 +274,50 @@ class Scratch(PrunePipeline):
                                                  "'scratch' (objective ce), not '{name}+scratch'.")
 
 
+@dataclass
+class TeacherParams(PrunePipeline.Params):
+    """The pipelines that distil also train (or load) a teacher."""
+
+    teacher_epochs: int = param("epochs of the teacher's pass; 0 = --epochs", ge=0)
+    teacher_aug: str = param("none | autoaugment | cutmix | autoaugment+cutmix for the teacher's pass")
+
+    def check(self):
+        super().check()
+        parse_augment(self.teacher_aug, "teacher")
+
+
+@dataclass
+class FinetuneKDParams(TeacherParams):
+    """Pipelines that distil while fine-tuning need something pruned to fine-tune."""
+
+    def check(self):
+        super().check()
+        if self.prune == "none":
+            raise UserError(f"--prune none leaves nothing to fine-tune, but this pipeline distils while "
+                            f"fine-tuning the pruned network: pick a pruning method ({', '.join(PRUNE_METHODS[:-1])}). "
+                            f"KD without pruning is kd+pre-distill --prune none (or kd --teacher PATH).")
+
+
 class PreDistill(PrunePipeline):
     name = "pre-distill"
     distill_before = True
+    Params = TeacherParams
 
 
 class PostDistill(PrunePipeline):
     name = "post-distill"
     distill_after = True
+    Params = FinetuneKDParams
 
 
 class PrePost(PrunePipeline):
     name = "pre-post"
     distill_before = distill_after = True
+    Params = FinetuneKDParams
 
 
 class SelfDistill(PrunePipeline):
     name = "self-distill"
     distill_before = distill_after = True
     self_teacher = True
+    Params = FinetuneKDParams

@@ -13,14 +13,15 @@ as `slim.pt` beside `model.pt` and the cost of both (params, FLOPs, latency) goe
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 
-from kebench.errors import UserError, unknown_choice
-from kebench.plugin import Regime
-from kebench.split import SPLITS, Split, channel_graph, kels_keep
 from kebench.context import RECORD, PassKind
+from kebench.channels import channel_graph
+from kebench.plugin import Regime, param
+from kebench.split import SPLITS, Split, kels_keep
 
 REPORTED_GENERATIONS = (1, 3, 10)  # the KE paper's tables: N1 (baseline), N3, N10
 SLIM_FILE = "slim.pt"
@@ -33,16 +34,17 @@ def mask_generator(seed: int, generation: int) -> torch.Generator:
 
 
 class KnowledgeEvolution(Regime):
+    @dataclass
+    class Params:
+        generations: int = param("training passes; tables report N1, N3, N10", ge=1, tiny=2)
+        split: str = param("kels: kernel-level (gives the slim network) | wels: weight-level, drawn once | "
+                           "wels-rand: redrawn each generation", choices=SPLITS)
+        split_rate: float = param("s_r, the fit-hypothesis share", gt=0, le=1)
+
     def __init__(self, params, run):
         super().__init__(params, run)
         p = self.params
-        if p.split not in SPLITS:
-            raise unknown_choice("KE split", str(p.split), list(SPLITS))
-        if not 0 < float(p.split_rate) <= 1:
-            raise UserError(f"ke: --split-rate (s_r, the fit-hypothesis share) must be in (0, 1], got {p.split_rate}.")
-        if int(p.generations) < 1:
-            raise UserError(f"ke: --generations must be >= 1, got {p.generations}.")
-        self.generations, self.kind, self.rate = int(p.generations), p.split, float(p.split_rate)
+        self.generations, self.kind, self.rate = p.generations, p.split, p.split_rate
         self.graph = None
 
     def example_input(self, run) -> torch.Tensor:

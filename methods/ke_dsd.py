@@ -7,20 +7,24 @@ separate `fit`: fresh optimizer and a restarted LR schedule (unlike DSD's single
 """
 from __future__ import annotations
 
-from kebench.errors import UserError
-from kebench.plugin import Regime
-from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights
+from dataclasses import dataclass
+
 from kebench.context import PassKind
-from methods.dsd import check_fraction, weight_sparsity
+from kebench.plugin import Regime, param
+from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, weight_sparsity
 
 
 class KEDSD(Regime):
+    @dataclass
+    class Params:
+        generations: int = param("generations; even ones train sparse", ge=1, tiny=2)
+        prune_ratio: float = param("share of each layer's weights masked by magnitude in a sparse generation",
+                                   ge=0, lt=1)
+
     def __init__(self, params, run):
         super().__init__(params, run)
-        self.fraction = check_fraction(self.params.prune_ratio, "prune_ratio", "ke_dsd")
-        self.generations = int(self.params.generations)
-        if self.generations < 1:
-            raise UserError(f"ke_dsd: generations must be >= 1, got {self.generations}.")
+        self.fraction = self.params.prune_ratio
+        self.generations = self.params.generations
 
     def run(self, run):
         masks = MaskSet.ones_like(prunable_weights(run.model))

@@ -16,11 +16,13 @@ depths and hidden widths, so every member is a member of that family.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
+from kebench.context import PassKind
 from kebench import metrics
 from kebench.cost import forward_flops
 from kebench.data.pipeline import epoch_generator
@@ -29,8 +31,7 @@ from kebench.errors import UserError, unknown_choice
 from kebench.models import count_params
 from kebench.morph import (BIRTH_TOLERANCE, VAL_SPLIT_SEED, birth_change, carve_validation,  # noqa: F401
                            ensure_validation, remap_units, widen_index)
-from kebench.plugin import Regime
-from kebench.context import PassKind
+from kebench.plugin import Regime, param
 
 #: Hidden layers a mutation may widen: (conv whose outputs grow, its BN, conv that reads them).
 BLOCK_PAIRS = {
@@ -139,33 +140,41 @@ class NeuroEvolution(Regime):
 
     tasks = ("classification",)
 
+    @dataclass
+    class Params:
+        population: int = param("M1: children per round", ge=1, tiny=2)
+        survivors: int = param("M2: children kept on validation (<= population)", ge=1, tiny=1)
+        rounds: int = param("K: rounds of mutation and selection", ge=0, tiny=1)
+        seed_epochs: int = param("N1: epochs of the seed network; 0 = --epochs", ge=0)
+        child_epochs: int = param("N2: epochs of each child; 0 = --epochs", ge=0)
+        start_depth: int = param("blocks per stage of the seed", ge=1)
+        start_width: float = param("seed width as a share of the arch's hidden widths", gt=0, le=1)
+        widen_by: float = param("fraction of units a widen adds", gt=0)
+        widen_split: str = param("random | equal (Net2Net's equal split leaves copies identical under SGD)",
+                                 choices=SPLITS)
+        mutations: str = param("comma list of morphisms children draw from: widen, deepen")
+        mutations_per_child: int = param("morphisms applied to each child", ge=1)
+        val_fraction: float = param("stratified share of train held out for selection when the data has no "
+                                    "val split", gt=0, lt=1)
+
+        def mutation_list(self) -> list[str]:
+            found = [m.strip() for m in self.mutations.split(",") if m.strip()]
+            for m in found:
+                if m not in MUTATIONS:
+                    raise unknown_choice("mutation", m, list(MUTATIONS))
+            if not found:
+                raise UserError("--mutations names none; use widen, deepen or widen,deepen.")
+            return found
+
+        def check(self):
+            if self.survivors > self.population:
+                raise UserError(f"--survivors ({self.survivors}) cannot exceed --population ({self.population}): "
+                                f"the best M2 are kept out of M1 children.")
+            self.mutation_list()
+
     def __init__(self, params, run):
         super().__init__(params, run)
-        p = self.params
-        for key in ("population", "survivors"):
-            if getattr(p, key) < 1:
-                raise UserError(f"neuroevo: --{key} must be >= 1, got {getattr(p, key)}.")
-        if p.survivors > p.population:
-            raise UserError(f"neuroevo: --survivors ({p.survivors}) cannot exceed --population ({p.population}): "
-                            f"the best M2 are kept out of M1 children.")
-        checks = [(p.rounds >= 0, f"--rounds must be >= 0, got {p.rounds}."),
-                  (p.seed_epochs >= 0 and p.child_epochs >= 0, "--seed-epochs and --child-epochs must be >= 0 (0 = --epochs)."),
-                  (p.start_depth >= 1, f"--start-depth must be >= 1 block per stage, got {p.start_depth}."),
-                  (0 < p.start_width <= 1, f"--start-width must be in (0, 1], got {p.start_width}."),
-                  (p.widen_by > 0, f"--widen-by must be > 0 (fraction of units added), got {p.widen_by}."),
-                  (p.mutations_per_child >= 1, f"--mutations-per-child must be >= 1, got {p.mutations_per_child}."),
-                  (0 < p.val_fraction < 1, f"--val-fraction must be in (0, 1), got {p.val_fraction}.")]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError("neuroevo: " + msg)
-        if p.widen_split not in SPLITS:
-            raise unknown_choice("neuroevo widen-split", p.widen_split, list(SPLITS))
-        self.mutations = [m.strip() for m in p.mutations.split(",") if m.strip()]
-        for m in self.mutations:
-            if m not in MUTATIONS:
-                raise unknown_choice("neuroevo mutation", m, list(MUTATIONS))
-        if not self.mutations:
-            raise UserError("neuroevo: --mutations names none; use widen, deepen or widen,deepen.")
+        self.mutations = self.params.mutation_list()
 
     # ------------------------------------------------------------------ building members
     def _build(self, run, depth: int) -> nn.Module:

@@ -22,14 +22,15 @@ listed under `repr.cycles[i].narrow_layers` in result.json.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from kebench.errors import UserError
-from kebench.plugin import Regime
-from kebench.prune import MaskHook, MaskSet, following_batchnorms, orthogonality_scores
 from kebench.context import RECORD, PassKind
-from methods.dsd import check_fraction, optional_epochs
+from kebench.errors import UserError
+from kebench.plugin import Regime, param
+from kebench.prune import MaskHook, MaskSet, following_batchnorms, orthogonality_scores
 
 RANKINGS = ("global", "per-layer")
 
@@ -88,26 +89,29 @@ def orthogonal_filters(kept: torch.Tensor, old: torch.Tensor, count: int, genera
 
 
 class RePr(Regime):
+    @dataclass
+    class Params:
+        s1: int | None = param("epochs of full training per cycle; null = s1_fraction x --epochs", ge=1)
+        s2: int | None = param("epochs of sub-network training per cycle; null = s2_fraction x --epochs", ge=1)
+        final: int | None = param("epochs after the last cycle; null = what the cycles leave of --epochs", ge=1)
+        s1_fraction: float = param("S1 as a share of --epochs (KE paper: 50 of 200)", gt=0, le=1)
+        s2_fraction: float = param("S2 as a share of --epochs (KE paper: 10 of 200)", gt=0, le=1)
+        cycles: int = param("drop / re-initialise cycles", ge=1, tiny=1)
+        prune_ratio: float = param("share of filters dropped each cycle", ge=0, lt=1)
+        ranking: str = param("global: one ranking across layers (RePr) | per-layer", choices=RANKINGS)
+
     def __init__(self, params, run):
         super().__init__(params, run)
         p = self.params
-        self.rate = check_fraction(p.prune_ratio, "prune_ratio", "repr")
-        if p.ranking not in RANKINGS:
-            raise UserError(f"repr: ranking must be one of {', '.join(RANKINGS)}, got '{p.ranking}'.")
-        self.cycles = int(p.cycles)
-        if self.cycles < 1:
-            raise UserError(f"repr: cycles must be >= 1, got {p.cycles}.")
-        for key in ("s1_fraction", "s2_fraction"):
-            if not 0 < float(getattr(p, key)) <= 1:
-                raise UserError(f"repr: {key} must be in (0, 1], got {getattr(p, key)}.")
-        self.given = {k: optional_epochs(getattr(p, k), k, "repr") for k in ("s1", "s2", "final")}
+        self.rate, self.cycles = p.prune_ratio, p.cycles
+        self.given = {k: getattr(p, k) for k in ("s1", "s2", "final")}
 
     def schedule(self, epochs: int) -> tuple[int, int, int]:
         """(S1, S2, final) epochs. Not given: S1 = s1_fraction * --epochs, S2 = s2_fraction * --epochs
         (at least 1 each; paper 50 and 10 of 200) and the final phase takes what the cycles leave of
         --epochs (at least 1 epoch, so the re-initialised filters are trained before evaluation)."""
-        s1 = self.given["s1"] or max(1, round(epochs * float(self.params.s1_fraction)))
-        s2 = self.given["s2"] or max(1, round(epochs * float(self.params.s2_fraction)))
+        s1 = self.given["s1"] or max(1, round(epochs * self.params.s1_fraction))
+        s2 = self.given["s2"] or max(1, round(epochs * self.params.s2_fraction))
         final = self.given["final"] or max(1, epochs - self.cycles * (s1 + s2))
         return s1, s2, final
 

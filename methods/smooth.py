@@ -1,15 +1,15 @@
 """Label smoothing (Szegedy et al. 2016): (1-a)*NLL(y) + a*mean_k(-log p_k)."""
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
-from kebench.errors import UserError
-from kebench.plugin import Objective
+from kebench.plugin import Objective, param
 
 
 class LabelSmoothing(Objective):
-    def __init__(self, params, run):
-        super().__init__(params, run)
-        if not 0 <= self.params.alpha < 1:
-            raise UserError(f"smooth: alpha must be in [0, 1), got {self.params.alpha}.")
+    @dataclass
+    class Params:
+        alpha: float = param("share of the target spread uniformly over all classes", ge=0, lt=1)
 
     def loss(self, model, x, y):
         logits = model(x)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from torch import nn
 
 from kebench import distributed
 from kebench.errors import UserError
-from kebench.plugin import Objective
+from kebench.plugin import Objective, param
 
 
 class EmbeddingNet(nn.Module):
@@ -125,17 +126,16 @@ def pk_batches(labels: torch.Tensor, classes_per_batch: int, images_per_class: i
 class Triplet(Objective):
     tasks = ("retrieval",)
 
+    @dataclass
+    class Params:
+        margin: float = param("triplet margin on L2-normalised embeddings", gt=0)
+        embedding_dim: int = param("size of the L2-normalised embedding head", ge=1)
+        classes_per_batch: int = param("classes per batch (negatives come from the others)", ge=2)
+        images_per_class: int = param("images per class in a batch (the positives)", ge=2)
+
     def __init__(self, params, run):
         super().__init__(params, run)
         p = self.params
-        if p.embedding_dim < 1:
-            raise UserError(f"triplet: embedding_dim must be >= 1, got {p.embedding_dim}.")
-        if p.margin <= 0:
-            raise UserError(f"triplet: margin must be > 0, got {p.margin}.")
-        if p.classes_per_batch < 2 or p.images_per_class < 2:
-            raise UserError(
-                f"triplet: a batch needs >= 2 classes (negatives) and >= 2 images per class (positives); "
-                f"got classes_per_batch={p.classes_per_batch}, images_per_class={p.images_per_class}.")
         cfg = run.cfg
         if cfg.batch_size != p.classes_per_batch * p.images_per_class:
             raise UserError(

@@ -106,7 +106,8 @@ def test_cosine_head_under_kels_slim_equals_masked_dense():
 
     from kebench.models import create_model
     from kebench.slim import extract_subnetwork
-    from kebench.split import Split, channel_graph, kels_keep
+    from kebench.channels import channel_graph
+    from kebench.split import Split, kels_keep
     from methods.adacos import AdaCos, CosineHead
 
     torch.manual_seed(0)

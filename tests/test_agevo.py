@@ -233,7 +233,7 @@ def test_agevo_runs_and_refuses_other_archs_and_bad_settings(make_cfg, run_cfg):
         run_cfg(make_cfg("agevo", arch="test_resnet"))
     with pytest.raises(UserError, match="--keep must be in"):
         run_cfg(_search_cfg(make_cfg, "agevo", keep=5))
-    with pytest.raises(UserError, match="Unknown agevo mutation 'grow'"):
+    with pytest.raises(UserError, match="agevo: Unknown mutation 'grow'"):
         run_cfg(_search_cfg(make_cfg, "agevo", mutation_set="add_conv,grow"))
     with pytest.raises(UserError, match="--landmarks takes increasing fractions"):
         run_cfg(_search_cfg(make_cfg, "eigen", landmarks="0.5,0.25"))

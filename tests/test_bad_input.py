@@ -125,6 +125,22 @@ def test_sweep_file_with_integer_key(tmp_path, cli_run):
 
 
 # ---------------------------------------------------------------------------- CLI values
+def test_bad_plugin_parameter_creates_no_folder_and_submits_nothing(tmp_path, cli_run):
+    """A declared range is checked when the config is resolved: before any run folder or lock exists,
+    for `kebench run` and for every entry of a sweep (so --status never counts it as pending)."""
+    out = tmp_path / "r"
+    code, _, err = cli_run(["run", *QUICK, "--method", "ke", "--split-rate", "1.5", "--out", str(out)])
+    assert "ke: --split-rate must be in (0, 1], got 1.5" in _one_paragraph(code, "", err)
+    assert not out.exists()
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps({"grid": {"method": ["ce", "ke"], "split_rate": [0.5, 1.5]},
+                                "set": {"data": "synthetic", "arch": "test_resnet"}, "out": str(out)}))
+    for extra in (["--status"], []):
+        code, _, err = cli_run(["sweep", str(path), *extra])
+        assert "--split-rate must be in (0, 1], got 1.5" in _one_paragraph(code, "", err)
+        assert not out.exists()
+
+
 def test_batch_size_that_cannot_train_is_refused_before_starting(tmp_path, cli_run):
     code, out, err = cli_run(["run", *QUICK, "--batch-size", "1", "--out", str(tmp_path / "r")])
     assert "BatchNorm layers, which need at least 2 images per step" in _one_paragraph(code, out, err)
@@ -292,7 +308,15 @@ def test_run_help_lists_the_method_settings(cli_run):
     code, out, err = cli_run(["run", "--method", "smooth+ke", "--help"])
     assert code == 0
     assert "Settings of method smooth+ke" in out
-    assert "--split-rate FLOAT" in out and "default 0.8 (ke.split_rate; KE)" in out
-    assert "--alpha FLOAT" in out and "(smooth.alpha; Smth)" in out
+    text = " ".join(out.split())  # click wraps the descriptions
+    assert "--split-rate FLOAT s_r, the fit-hypothesis share. Default 0.8; in (0, 1] (ke.split_rate)" in text
+    assert "--split TEXT" in text and "Default 'kels'; one of kels, wels," in text
+    assert "--alpha FLOAT" in text and "Default 0.1; in [0, 1) (smooth.alpha)" in text
     code, out, err = cli_run(["run", "--help"])
     assert code == 0 and "Add --method NAME to --help" in out
+
+
+def test_a_setting_from_the_command_line_or_a_file_is_the_same_run():
+    cli = config.resolve({"method": "scratch", "data": "digits"}, {}, {"finetune_epochs": "40"})
+    yaml_file = config.resolve({"method": "scratch", "data": "digits"}, {"finetune_epochs": 40}, {})
+    assert cli.params["scratch"]["finetune_epochs"] == 40 and cli.run_id() == yaml_file.run_id()

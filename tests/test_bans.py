@@ -65,7 +65,7 @@ def test_default_loss_is_the_reference_code_form(make_cfg):
     assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
     hinton = Run(make_cfg("bans", plugin={"loss": "hinton"}), show_progress=False).regime
     assert hinton.alpha == 0.9
-    with pytest.raises(UserError, match="Unknown BANs loss 'kl'"):
+    with pytest.raises(UserError, match="bans: --loss must be one of reference, hinton, got 'kl'"):
         Run(make_cfg("bans", plugin={"loss": "kl"}), show_progress=False)
 
 

@@ -23,7 +23,8 @@ from kebench.device import DevicePolicy  # noqa: E402
 from kebench.prune import prunable_weights  # noqa: E402
 from kebench.results import load_torch  # noqa: E402
 from kebench.slim import load_slim  # noqa: E402
-from kebench.split import Split, channel_graph  # noqa: E402
+from kebench.channels import channel_graph  # noqa: E402
+from kebench.split import Split  # noqa: E402
 
 DEVICE = os.environ.get("KEBENCH_CUDA_TEST_DEVICE", "cuda")
 ON_GPU = DEVICE.startswith("cuda")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kebench import distributed, guard, registry
+from kebench import distributed, guard, launch, registry
 from kebench.errors import UserError
 
 TOY_REGIME = textwrap.dedent('''
@@ -149,7 +149,7 @@ def test_two_process_run_is_valid_and_masks_match_across_ranks(toy_regime, make_
         stopper = threading.Thread(target=stop_after_first_checkpoint)
         stopper.start()
         with pytest.raises(guard.RunInterrupted, match="stopped by SIGTERM"):
-            distributed.launch(cfg, 2, show_progress=False)
+            launch.launch(cfg, 2, show_progress=False)
         stopper.join()
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -157,7 +157,7 @@ def test_two_process_run_is_valid_and_masks_match_across_ranks(toy_regime, make_
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "result.json").exists()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) < 6
 
-    (record,) = distributed.launch(cfg, 2, resume=True, show_progress=False)
+    (record,) = launch.launch(cfg, 2, resume=True, show_progress=False)
     assert record["status"] == "complete" and record["method"] == "ce+randmask"
     assert record["distributed"] == {"world_size": 2, "backend": "gloo", "batch_per_process": 8,
                                      "replicas_identical": True}
@@ -184,7 +184,7 @@ def test_two_process_knowledge_evolution_keeps_replicas_identical(make_cfg, monk
         pytest.skip("methods/ke.py is not registered")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cfg = make_cfg("ke", plugin={"generations": "2", "split": "wels-rand"}, epochs=1)
-    (record,) = distributed.launch(cfg, 2, show_progress=False)
+    (record,) = launch.launch(cfg, 2, show_progress=False)
     assert record["status"] == "complete" and len(record["passes"]) == 2
     assert record["distributed"]["replicas_identical"] is True  # model, KE masks and split, bit for bit
     assert 0.0 <= record["final"]["top1"] <= 1.0
@@ -194,7 +194,7 @@ def test_two_process_cskd_keeps_every_anchor_with_its_partner(probes, make_cfg):
     """Each rank gets half the anchors *and their partners* (a contiguous split paired unrelated
     samples: about 1 in 4 of one class at 4 balanced classes)."""
     cfg = make_cfg("pairprobe", epochs=1)
-    (record,) = distributed.launch(cfg, 2, show_progress=False)
+    (record,) = launch.launch(cfg, 2, show_progress=False)
     assert record["status"] == "complete" and record["distributed"]["replicas_identical"] is True
     run_dir = Path(cfg.out) / cfg.run_id()
     for rank in (0, 1):
@@ -208,7 +208,7 @@ def test_two_process_triplet_mines_the_whole_pk_batch(probes, make_cfg):
     """Semi-hard negatives are mined over all P x K images (gathered from both ranks), as one
     process does; each rank trains on half of them."""
     cfg = make_cfg("miningprobe", data="digits-retrieval", batch_size=16, epochs=1)
-    (record,) = distributed.launch(cfg, 2, show_progress=False)
+    (record,) = launch.launch(cfg, 2, show_progress=False)
     assert record["status"] == "complete" and record["distributed"]["batch_per_process"] == 8
     run_dir = Path(cfg.out) / cfg.run_id()
     batches = [(run_dir / f"rank{r}_mined.txt").read_text().splitlines() for r in (0, 1)]
@@ -223,7 +223,7 @@ def test_gathered_triplet_loss_has_the_one_process_gradient(tmp_path):
     one process with the whole batch."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(_gradient_rank, args=(distributed.free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_gradient_rank, args=(launch.free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     from methods.triplet import semihard_triplet_loss
 
     x, y, model = _gradient_case()
@@ -260,15 +260,16 @@ def _gradient_rank(rank: int, port: int, out: str) -> None:
                                                              distributed.gather_rows(ys), 0.2))
         loss.backward()
         torch.save({"loss": loss.item(), "grad": model.weight.grad}, Path(out) / f"grad{rank}.pt")
+        dist.barrier()  # neither rank tears the group down while the other's backward collectives run
     finally:
         dist.destroy_process_group()
 
 
 def test_launch_refuses_what_cannot_work_before_spawning(make_cfg):
     with pytest.raises(UserError, match="--batch-size 15 is the global batch and must be divisible by --nproc 2"):
-        distributed.launch(make_cfg(batch_size=15), 2)
+        launch.launch(make_cfg(batch_size=15), 2)
     with pytest.raises(UserError, match="--nproc must be >= 1"):
-        distributed.launch(make_cfg(), 0)
+        launch.launch(make_cfg(), 0)
 
 
 def test_ddp_wrapper_answers_model_attributes_and_counts_forwards():
@@ -278,7 +279,7 @@ def test_ddp_wrapper_answers_model_attributes_and_counts_forwards():
 
     from kebench.models import create_model
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{distributed.free_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{launch.free_port()}", rank=0, world_size=1)
     try:
         model = create_model("test_resnet", num_classes=3, in_chans=3)
         ddp = distributed.DDP(model, torch.device("cpu"))

@@ -138,8 +138,8 @@ def test_dsd_restart_schedule_anneals_each_phase_and_redenses_at_a_tenth(make_cf
     assert result["passes"][1]["metrics"]["sparsity"] == pytest.approx(0.3, abs=1e-4)
     continuous = make_cfg("dsd", epochs=4)
     assert continuous.params["dsd"]["schedule"] == "continuous"
-    with pytest.raises(UserError, match="Unknown DSD schedule 'cyclic'"):
-        Run(make_cfg("dsd", plugin={"schedule": "cyclic"}), show_progress=False)
+    with pytest.raises(UserError, match="dsd: --schedule must be one of continuous, restart, got 'cyclic'"):
+        make_cfg("dsd", plugin={"schedule": "cyclic"})  # refused when the config is resolved
 
 
 def test_dsd_phase_lengths_and_errors(make_cfg):
@@ -148,11 +148,13 @@ def test_dsd_phase_lengths_and_errors(make_cfg):
     cfg = make_cfg("dsd", epochs=200)
     assert DSD(cfg.plugin_params("dsd"), None).phase_epochs(200) == [200, 100, 100]  # the KE paper's
     assert DSD(cfg.plugin_params("dsd"), None).phase_epochs(3) == [3, 2, 2]
-    bad = make_cfg("dsd", plugin={"dense_epochs": "1.5"})
-    with pytest.raises(UserError, match="dense_epochs must be a positive whole number"):
-        DSD(bad.plugin_params("dsd"), None)
-    with pytest.raises(UserError, match="prune_ratio must be a fraction"):
-        DSD(make_cfg("dsd", plugin={"prune_ratio": 1.5}).plugin_params("dsd"), None)
+    with pytest.raises(UserError, match="'dense_epochs' expects an integer"):
+        make_cfg("dsd", plugin={"dense_epochs": "1.5"})
+    with pytest.raises(UserError, match=r"dsd: --dense-epochs must be >= 1, got 0"):
+        make_cfg("dsd", plugin={"dense_epochs": "0"})
+    assert DSD({**cfg.plugin_params("dsd"), "dense_epochs": "none"}, None).given[0] is None
+    with pytest.raises(UserError, match=r"dsd: --prune-ratio must be in \[0, 1\), got 1.5"):
+        make_cfg("dsd", plugin={"prune_ratio": 1.5})
 
 
 def test_dsd_resumes_inside_the_sparse_phase(make_cfg, run_cfg, kill_run):

@@ -135,7 +135,7 @@ def test_bad_settings_are_user_errors(make_cfg):
         from kebench.engine import Run
 
         Run(make_cfg("evodrop", plugin={"keep_rate": "1.5"}), show_progress=False)
-    with pytest.raises(UserError, match="Unknown evodrop mode 'gauss'"):
+    with pytest.raises(UserError, match="evodrop: --mode must be one of evo, plain, got 'gauss'"):
         from kebench.engine import Run
 
         Run(make_cfg("evodrop", plugin={"mode": "gauss"}), show_progress=False)

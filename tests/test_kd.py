@@ -12,8 +12,8 @@ from torch import nn
 
 from kebench.engine import Run
 from kebench.errors import UserError
-from methods.kd import (BatchAugment, auto_value, feature_term, kd_term, make_regressor, mixed_ce,
-                        parse_augment)
+from kebench.distill import BatchAugment, auto_value, mixed_ce, parse_augment
+from methods.kd import feature_term, kd_term, make_regressor
 
 
 def _softmax(v):

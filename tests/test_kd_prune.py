@@ -14,7 +14,7 @@ from torch import nn
 from kebench import prune
 from kebench.engine import Run
 from kebench.errors import UserError
-from kebench.split import channel_graph
+from kebench.channels import channel_graph
 
 EXAMPLE = torch.zeros(2, 3, 16, 16)
 
@@ -272,7 +272,7 @@ def test_objective_and_pipeline_must_fit(make_cfg):
         make_cfg("self-distill")  # bare regime = ce+self-distill
     with pytest.raises(UserError, match="works for classification tasks"):
         make_cfg("scratch", data="digits-retrieval")
-    with pytest.raises(UserError, match="Unknown pruning method 'l2'"):
+    with pytest.raises(UserError, match="scratch: --prune must be one of l1-filter, slimming, weight, none, got 'l2'"):
         Run(_cfg(make_cfg, "scratch", prune="l2"), show_progress=False)
 
 
@@ -304,9 +304,9 @@ def test_finetune_settings_from_the_command_line(make_cfg, run_cfg):
     # a restarted cosine warms up (1 epoch, reaching the peak) and then decays
     cosine = [0.02 * 0.5 * (1 + math.cos(math.pi * e / 3)) for e in range(3)]
     assert _lrs(cfg, "finetune") == pytest.approx([0.02] + cosine)
-    for bad, message in [({"finetune_schedule": "step"}, "Unknown fine-tune schedule 'step'"),
-                         ({"finetune_lr": 0}, "finetune_lr must be > 0"),
-                         ({"finetune_epochs": "1.5"}, "finetune_epochs must be a positive whole number")]:
+    for bad, message in [({"finetune_schedule": "step"}, "--finetune-schedule must be one of constant, cosine, got 'step'"),
+                         ({"finetune_lr": 0}, "--finetune-lr must be > 0"),
+                         ({"finetune_epochs": "1.5"}, "'finetune_epochs' expects an integer")]:
         with pytest.raises(UserError, match=message):
             Run(make_cfg("scratch", plugin=bad), show_progress=False)
 

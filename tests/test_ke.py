@@ -105,7 +105,7 @@ def test_retrieval_objective_gets_slim_recall(tmp_path):
 
 
 @pytest.mark.parametrize("plugin, message", [
-    ({"split": "kelz"}, "Unknown KE split 'kelz'"),
+    ({"split": "kelz"}, "ke: --split must be one of kels, wels, wels-rand, got 'kelz' (did you mean kels?)"),
     ({"split_rate": 1.5}, "must be in (0, 1]"),
     ({"generations": 0}, "generations must be >= 1"),
 ])

@@ -172,7 +172,7 @@ def test_refuses_other_families_and_bad_population(make_cfg):
         Run(make_cfg("neuroevo", arch="test_convnext"), show_progress=False).execute()
     with pytest.raises(UserError, match="--survivors \\(3\\) cannot exceed --population \\(2\\)"):
         Run(make_cfg("neuroevo", plugin={"population": 2, "survivors": 3}), show_progress=False)
-    with pytest.raises(UserError, match="Unknown neuroevo mutation 'shrink'"):
+    with pytest.raises(UserError, match="neuroevo: Unknown mutation 'shrink'"):
         Run(make_cfg("neuroevo", plugin={"mutations": "widen,shrink"}), show_progress=False)
 
 

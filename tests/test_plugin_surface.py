@@ -23,7 +23,10 @@ def _surface() -> set[str]:
 def test_plugins_touch_only_the_documented_run_surface():
     used = {}
     for path in METHODS.glob("*.py"):
-        for name in re.findall(r"\b(?:run|run_ctx)\.(\w+)", path.read_text()):
+        text = path.read_text()
+        if "from kebench.plugin import" not in text:
+            continue  # a table kind (methods/kd_table.py): its `run` is a result record, not the run
+        for name in re.findall(r"\b(?:run|run_ctx)\.(\w+)", text):
             used.setdefault(name, set()).add(path.name)
     outside = {n: sorted(f) for n, f in used.items() if n not in _surface()}
     assert not outside, f"plugins use run attributes outside RunContext: {outside}"

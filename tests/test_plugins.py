@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from kebench import registry
+from kebench.errors import UserError
 
 PLUGIN_SOURCE = textwrap.dedent('''
     import torch.nn.functional as F
@@ -123,4 +124,71 @@ def test_plugin_defined_twice_is_refused(tmp_path, monkeypatch):
         with pytest.raises(Exception, match="'ce' is defined twice"):
             registry.plugins()
     finally:
+        registry.reload()
+
+
+DECLARED_SOURCE = textwrap.dedent('''
+    from dataclasses import dataclass
+
+    import torch.nn.functional as F
+    from kebench.plugin import Objective, param
+
+    class Margin(Objective):
+        @dataclass
+        class Params:
+            margin: float = param("hinge margin", gt=0)
+            power: int = param("exponent of the hinge", ge=1)
+
+        def loss(self, model, x, y):
+            logits = model(x)
+            target = F.one_hot(y, logits.shape[1]).float() * 2 - 1
+            return F.relu(self.params.margin - target * logits).pow(self.params.power).mean(), logits
+''')
+
+
+@pytest.mark.parametrize("defaults, fragment", [
+    ("{margin: 1.0, power: 2, colour: red}", "defaults name colour, which declared_plugins.Margin.Params does not declare"),
+    ("{margin: 1.0}", "no paper default for power"),
+    ("{margin: 1.0, power: two}", "'power' expects an integer"),
+    ("{margin: -1.0, power: 2}", "margin: --margin must be > 0, got -1.0"),
+])
+def test_registry_entry_is_checked_against_the_declaration(defaults, fragment, tmp_path, monkeypatch, make_cfg):
+    (tmp_path / "declared_plugins.py").write_text(DECLARED_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extended = tmp_path / "registry.yaml"
+    extended.write_text(registry.registry_path().read_text().rstrip("\n") + "\n  margin:\n"
+                        "    entry: declared_plugins:Margin\n    kind: objective\n"
+                        f"    defaults: {defaults}\n")
+    monkeypatch.setattr(registry, "registry_path", lambda: extended)
+    registry.reload()
+    try:
+        with pytest.raises(UserError) as exc:
+            make_cfg("margin")
+        assert "margin" in str(exc.value) and fragment in str(exc.value)
+    finally:
+        sys.modules.pop("declared_plugins", None)
+        registry.reload()
+
+
+def test_declared_parameters_reach_the_plugin_typed(tmp_path, monkeypatch, make_cfg, run_cfg):
+    (tmp_path / "declared_plugins.py").write_text(DECLARED_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extended = tmp_path / "registry.yaml"
+    extended.write_text(registry.registry_path().read_text().rstrip("\n") + "\n  margin:\n"
+                        "    entry: declared_plugins:Margin\n    kind: objective\n"
+                        "    defaults: {margin: 1.0, power: 2}\n")
+    monkeypatch.setattr(registry, "registry_path", lambda: extended)
+    registry.reload()
+    try:
+        with pytest.raises(UserError, match=r"margin: --power must be >= 1, got 0 \(exponent of the hinge\)"):
+            make_cfg("margin", plugin={"power": "0"})
+        cfg = make_cfg("margin", plugin={"margin": "2"})
+        from declared_plugins import Margin
+
+        plugin = Margin(cfg.plugin_params("margin"), None)
+        assert plugin.params.margin == 2.0 and isinstance(plugin.params.margin, float)
+        assert plugin.params.power == 2 and isinstance(plugin.params.power, int)
+        assert run_cfg(cfg)["status"] == "complete"
+    finally:
+        sys.modules.pop("declared_plugins", None)
         registry.reload()

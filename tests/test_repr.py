@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kebench.engine import Run
+from kebench.errors import UserError
 from kebench.prune import following_batchnorms, orthogonality_scores
 from methods.repr import RePr, orthogonal_filters, rankable_convs, select_filters
 
@@ -212,3 +213,10 @@ def test_repr_resumes_inside_s2(make_cfg, run_cfg, kill_run):
     assert [p["metrics"] for p in resumed["passes"]] == [p["metrics"] for p in reference["passes"]]
     assert resumed["repr"]["cycles"] == reference["repr"]["cycles"]
     assert resumed["passes"][1]["dropped_filters"] == reference["passes"][1]["dropped_filters"]
+
+
+def test_following_batchnorms_refuses_what_the_channel_graph_cannot_follow():
+    """One graph walker and no silent fallback: a grouped convolution is named, not guessed around."""
+    grouped = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.BatchNorm2d(8))
+    with pytest.raises(UserError, match="grouped convolution"):
+        following_batchnorms(grouped, torch.zeros(2, 4, 8, 8))

@@ -18,7 +18,8 @@ from kebench.cost import forward_flops
 from kebench.errors import UserError
 from kebench.models import count_params, create_model
 from kebench.slim import channel_groups, extract_subnetwork, load_slim, save_slim, slim_network
-from kebench.split import Split, channel_graph, kels_keep
+from kebench.channels import channel_graph
+from kebench.split import Split, kels_keep
 
 
 def _trained_like(model: nn.Module) -> nn.Module:

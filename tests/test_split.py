@@ -9,7 +9,8 @@ from torch import nn
 
 from kebench.errors import UserError
 from kebench.models import count_params, create_model
-from kebench.split import Split, ceil_rate, channel_graph
+from kebench.channels import channel_graph
+from kebench.split import Split, ceil_rate
 from methods.ke import mask_generator
 
 X32 = torch.zeros(2, 3, 32, 32)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kebench import config, guard, results, sweep
+from kebench import config, executors, guard, results, sweep
 from kebench.cli import main as cli_main
 from kebench.errors import UserError
 
@@ -147,7 +147,7 @@ def test_local_sweep_survives_a_killed_worker(tmp_path, monkeypatch, run_cfg):
     watcher = threading.Thread(target=kill_victim_after_first_checkpoint)
     watcher.start()
     log = []
-    code = sweep.run_local(_entries(path), workers=1, gpus=[], echo=log.append)
+    code = executors.run_local(_entries(path), workers=1, gpus=[], echo=log.append)
     watcher.join()
     assert killed and killed["epochs"] < epochs, log
     assert code == 1 and any("FAIL" in line and "SIGKILL" in line for line in log), log
@@ -163,8 +163,8 @@ def test_local_sweep_survives_a_killed_worker(tmp_path, monkeypatch, run_cfg):
     # the finished run was not run again; the killed one completed exactly once
     assert (other.dir / "result.json").read_bytes() == other_result
     assert (other.dir / "result.json").stat().st_mtime_ns == other_mtime
-    assert (other.dir / sweep.WORKER_LOG).read_text().count("--- ") == 1
-    assert (victim.dir / sweep.WORKER_LOG).read_text().count("--- ") == 2
+    assert (other.dir / executors.WORKER_LOG).read_text().count("--- ") == 1
+    assert (victim.dir / executors.WORKER_LOG).read_text().count("--- ") == 2
     assert [r["epoch"] for r in _rows(victim.dir)] == list(range(1, epochs + 1))
 
     reference_cfg = dataclasses.replace(victim.cfg, out=str(tmp_path / "reference"))
@@ -178,10 +178,10 @@ def test_worker_refuses_a_payload_naming_code(tmp_path, monkeypatch, capsys):
     import io
 
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"method": "os:system", "data": "synthetic"})))
-    assert sweep.worker_main([]) == guard.EXIT_USAGE
+    assert executors.worker_main([]) == guard.EXIT_USAGE
     assert "Unknown method 'os:system'" in capsys.readouterr().err
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"method": "ce", "entry": "os:system"})))
-    assert sweep.worker_main([]) == guard.EXIT_USAGE
+    assert executors.worker_main([]) == guard.EXIT_USAGE
     assert "unknown key(s) ['entry']" in capsys.readouterr().err
 
 
@@ -270,30 +270,30 @@ def test_sweep_task_checkpoint_resubmits_the_same_config():
 def test_runs_per_gpu_packs_workers_round_robin(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    assert sweep.local_workers(["0", "1"], runs_per_gpu=4) == 8
-    assert sweep.local_workers(["0", "1", "2", "3"], gpus_per_run=2) == 2
-    assert sweep.local_workers([], runs_per_gpu=1) == 1 and sweep.local_workers(["0"], runs_per_gpu=3, workers=2) == 2
-    envs = sweep.slot_envs(8, ["0", "1"], 1, runs_per_gpu=4)
+    assert executors.local_workers(["0", "1"], runs_per_gpu=4) == 8
+    assert executors.local_workers(["0", "1", "2", "3"], gpus_per_run=2) == 2
+    assert executors.local_workers([], runs_per_gpu=1) == 1 and executors.local_workers(["0"], runs_per_gpu=3, workers=2) == 2
+    envs = executors.slot_envs(8, ["0", "1"], 1, runs_per_gpu=4)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1"] * 4  # every GPU gets exactly 4 runs
     assert {e["OMP_NUM_THREADS"] for e in envs} == {"2"}  # 16 cores shared by 8 workers
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in sweep.slot_envs(2, ["0", "1", "2", "3"], 2)] == ["0,1", "2,3"]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in executors.slot_envs(2, ["0", "1", "2", "3"], 2)] == ["0,1", "2,3"]
     with pytest.raises(UserError, match="more than --runs-per-gpu 2 runs on a GPU; use at most 4"):
-        sweep.slot_envs(5, ["0", "1"], 1, runs_per_gpu=2)
+        executors.slot_envs(5, ["0", "1"], 1, runs_per_gpu=2)
     with pytest.raises(UserError, match="no GPU is visible"):
-        sweep.local_workers([], runs_per_gpu=2)
+        executors.local_workers([], runs_per_gpu=2)
     with pytest.raises(UserError, match="cannot be combined with --gpus-per-run 2"):
-        sweep.local_workers(["0", "1"], gpus_per_run=2, runs_per_gpu=2)
+        executors.local_workers(["0", "1"], gpus_per_run=2, runs_per_gpu=2)
 
 
 def test_sweep_cli_runs_per_gpu(tmp_path, monkeypatch, cli_run):
     path = _spec(tmp_path, {"seed": [0, 1, 2]}, {"epochs": 1})
     calls = []
-    monkeypatch.setattr(sweep, "run_local", lambda entries, **kw: calls.append((len(entries), kw)) or 0)
-    monkeypatch.setattr(sweep, "_visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(executors, "run_local", lambda entries, **kw: calls.append((len(entries), kw)) or 0)
+    monkeypatch.setattr(executors, "_visible_gpus", lambda: ["0", "1"])
     code, _, _ = cli_run(["sweep", str(path), "--runs-per-gpu", "3"])
     assert code == 0 and calls[0][0] == 3
     assert {k: calls[0][1][k] for k in ("workers", "gpus", "runs_per_gpu")} == {
         "workers": 6, "gpus": ["0", "1"], "runs_per_gpu": 3}
-    monkeypatch.setattr(sweep, "_visible_gpus", lambda: [])
+    monkeypatch.setattr(executors, "_visible_gpus", lambda: [])
     code, _, err = cli_run(["sweep", str(path), "--runs-per-gpu", "2"])
     assert code == 2 and "no GPU is visible here" in err and len(calls) == 1

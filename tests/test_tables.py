@@ -19,6 +19,8 @@ import pytest
 from scipy import stats
 
 from kebench import tables
+from kebench.errors import UserError
+from kebench.tables.stats import _count
 
 GOLDEN = Path(__file__).parent / "golden"
 RUNS = GOLDEN / "runs"
@@ -154,7 +156,7 @@ def test_two_seeds_with_a_constant_difference_are_not_significant():
     tables.compare(a, b, 0.05)
     assert a.test == "paired-t" and a.p is None and a.n_test == 2
     assert tables.significance([a], 0.05) == [] and a.mark == ""
-    assert tables._count(a) == "2; p=–"
+    assert _count(a) == "2; p=–"
     d = _cell(0.01, 0.01, 0.01)  # also with 3 seeds: a constant difference has no t-test
     tables.one_sample(d, 0.05)
     assert d.p is None and tables.significance([d], 0.05) == [] and d.mark == ""
@@ -171,7 +173,7 @@ def test_marks_need_three_seeds_and_are_benjamini_hochberg_adjusted():
     assert all(c.test == "paired-t" and c.n_test == 4 for c in cells) and two.n_test == 2
     family = tables.significance(cells + [two], 0.05)
     assert family == cells  # the 2-seed cell is not tested for a mark ...
-    assert two.mark == "" and tables._count(two) == f"2; p={two.p:.2g}" and two.p < 0.05  # ... its p is shown
+    assert two.mark == "" and _count(two) == f"2; p={two.p:.2g}" and two.p < 0.05  # ... its p is shown
     q = stats.false_discovery_control(raw, method="bh")
     assert [c.q for c in cells] == pytest.approx(list(q))
     assert [c.mark for c in cells] == ["*" if v < 0.05 else "" for v in q]
@@ -184,7 +186,7 @@ def test_bootstrap_marks_with_three_runs_a_side():
     tables.compare(a, b, 0.05)
     assert a.test == "bootstrap" and a.n_test == 3 and a.p < 0.05
     tables.significance([a], 0.05)
-    assert a.mark == "†" and tables._count(a) == "3"
+    assert a.mark == "†" and _count(a) == "3"
 
 
 def test_generation_option_reads_passes_and_cumulative_cost(names):
@@ -196,7 +198,7 @@ def test_generation_option_reads_passes_and_cumulative_cost(names):
     assert cell(df, "CE + KE-N10", "Epochs")["text"] == "2000"
     assert cell(df, "CE + KE-N3", "aircraft")["n"] == 1  # the N3 run itself
     assert tables.parse_generations("all") == "all" and tables.parse_generations("final") is None
-    with pytest.raises(tables.UserError, match="--generation expects"):
+    with pytest.raises(UserError, match="--generation expects"):
         tables.parse_generations("three")
 
 
@@ -293,7 +295,7 @@ def test_budget_table_matches_single_pass_by_total_epochs(names):
     assert "Without a single pass of the same total epochs (run them with --budget matched): Smth + KE-N3." in md
     alls = csv_frame("budget", names, kind="budget", generation="all")
     assert list(alls[alls["column"] == "digits"]["Method"])[3:5] == ["CE + KE-N2", "CE (N1, 10 ep)"]
-    with pytest.raises(tables.UserError, match="--budget matched"):
+    with pytest.raises(UserError, match="--budget matched"):
         make("budget", names, kind="budget", methods="smooth+ke")
 
 
@@ -459,3 +461,31 @@ def test_methods_as_columns_rank_along_rows_and_keep_significance(names):
     best = flowers.sort_values("mean", ascending=False)
     assert list(best["rank"].fillna("")[:3]) == ["best", "second", ""]
     assert cell(df, "flowers102", "CE + KE-N10", "Dataset")["test"] == "paired-t"
+
+
+def test_a_plugin_contributes_a_table_kind(tmp_path, monkeypatch, names):
+    """registry.yaml's `tables:` names a function; it is offered as a kind, built with the keywords it
+    takes, and --rows is refused for it because it takes none."""
+    from kebench import registry
+
+    (tmp_path / "toy_tables.py").write_text(
+        "from kebench.tables import Col, Row, Table, make_cell\n"
+        "def toy(runs, metric=None, decimals=2):\n"
+        "    cell = make_cell({r['seed']: r['final'][metric or 'top1'] for r in runs})\n"
+        "    return Table('toy', 'Toy', ('All',), [Col(('Top-1',), 'top1')], [Row(('all',), [cell])], [], decimals)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extended = tmp_path / "registry.yaml"
+    extended.write_text(registry.registry_path().read_text().replace("tables:\n", "tables:\n  toy: toy_tables:toy\n", 1))
+    monkeypatch.setattr(registry, "registry_path", lambda: extended)
+    registry.reload()
+    try:
+        assert tables.kind_names()[-2:] == ["kd", "toy"]
+        runs, _ = tables.load_runs([RUNS / "classification"])
+        table = tables.build_table(runs, "toy", decimals=1, names=names)
+        assert table.kind == "toy" and table.rows[0].cells[0].n == len({r["seed"] for r in runs}) == 4
+        header, row = tables.to_csv(table).splitlines()
+        assert header.startswith("All,column,metric,mean") and row.startswith("all,Top-1,top1,")
+        with pytest.raises(UserError, match="toy table has a fixed shape"):
+            tables.build_table(runs, "toy", rows="method")
+    finally:
+        registry.reload()

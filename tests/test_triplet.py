@@ -138,7 +138,7 @@ def test_batch_size_must_match_p_times_k():
         Triplet(params, run)
     run.cfg.batch_size = 125
     assert Triplet(params, run).classes_per_batch == 25
-    with pytest.raises(UserError, match=">= 2 images per class"):
+    with pytest.raises(UserError, match="--images-per-class must be >= 2, got 1"):
         Triplet({**params, "images_per_class": 1}, run)
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kebench.data import Split
+from kebench.data.spec import Split
 
 FORMAT_VERSION = 3  # 2: pixel-interleaved (N, S, S, 3); 3: + aspect-keeping train slots (N, S, 2S, 3)
 #: Longest side of a training image in the cache, in units of its shorter side.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kebench.data import DataBundle, DatasetSpec, Split, register
+from kebench.data.spec import DataBundle, DatasetSpec, Split, register
 from kebench.errors import UserError
 
 

@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kebench.data import DataBundle, DatasetSpec, register
 from kebench.data import cache as cachemod
+from kebench.data.spec import DATASETS, DataBundle, DatasetSpec, register
 from kebench.errors import UserError, unknown_choice
 
 # KE paper (Taha et al., CVPR 2021) transforms: train RandomResizedCrop(224) + flip,
@@ -325,9 +325,7 @@ def data_root(cfg_root: str | None, ds: PaperDataset) -> Path:
 
 
 def parse_options(ds: PaperDataset, given: dict) -> dict:
-    from kebench.data import get_spec
-
-    opts = get_spec(ds.name).parse_options(given)
+    opts = DATASETS[ds.name].parse_options(given)
     if opts["cache_budget_gb"] < 0 or opts["workers"] < 0 or opts["max_bad"] < 0:
         raise UserError(f"--data-opt cache_budget_gb, workers and max_bad must be >= 0; got {opts}.")
     return opts

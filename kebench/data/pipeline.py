@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
-from kebench.data import DataBundle, Split
+from kebench.data.spec import DataBundle, Split
 from kebench.device import DevicePolicy, is_memmapped, resident_budget
 
 

@@ -1,16 +1,32 @@
-"""`kebench profile`: dense vs KELS slim network of an architecture, without training.
-
-Per-layer weight shapes, parameters, FLOPs (torch.utils.flop_counter: one multiply-add = 2 FLOPs)
-and measured latency on the device at hand. Kept free of torch imports at module level so that
-`kebench --help` stays fast; the work is in kebench.slim.profile.
-"""
+"""`kebench data check` and `kebench profile`: look at a dataset copy or an architecture without training."""
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
+from kebench.cli.console import out
 from kebench.errors import UserError
+
+
+@click.group("data")
+def data_cmd():
+    """Inspect local copies of the paper datasets."""
+
+
+@data_cmd.command("check")
+@click.argument("name")
+@click.option("--data-root", help="Folder holding the dataset (or set KEBENCH_DATA).")
+@click.option("--per-class", is_flag=True, help="Print the image count of every class in every split.")
+@click.option("--strict", is_flag=True, help="Also fail when split sizes differ from the official copy.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="Decoding threads (0: one per core, at most 16).")
+def check_cmd(name, data_root, per_class, strict, workers):
+    from rich.console import Console
+
+    from kebench import data_check
+
+    sys.exit(data_check.check(name, data_root, per_class, strict, workers, Console(soft_wrap=True)))  # long paths stay on one line
 
 
 @click.command("profile")
@@ -52,8 +68,6 @@ def profile_cmd(arch, num_classes, split, split_rate, resolution, in_chans, devi
 
 def _print_profile(arch, rate, resolution, device, result) -> None:
     from rich.table import Table
-
-    from kebench.cli import out  # the CLI's console: wide enough when piped
 
     dense, slim = result["dense"], result["slim"]
     table = Table(title=f"{arch} at {resolution}px: dense vs KELS slim (s_r={rate})")

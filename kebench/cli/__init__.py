@@ -5,19 +5,19 @@ import re
 import sys
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from kebench import config as configmod
 from kebench import registry
+from kebench.cli.analysis import plot_cmd, table_cmd
+from kebench.cli.console import err, out
+from kebench.cli.grid import study_cmd, sweep_cmd, with_options
+from kebench.cli.tools import data_cmd, profile_cmd
 from kebench.errors import UserError
 from kebench.guard import RunInterrupted
-
-# Wide enough for the summary table when output goes to a file or a pipe (rich defaults to 80).
-out = Console(width=None if sys.stdout.isatty() else 160)
-# Messages are paragraphs: let the terminal wrap them, so they stay greppable when captured.
-err = Console(stderr=True, soft_wrap=True)
+from kebench.params import declared, range_text, type_text
+from kebench.sweep import parse_seeds
 
 
 def parse_extra(args: list[str]) -> dict:
@@ -39,22 +39,6 @@ def parse_extra(args: list[str]) -> dict:
         found[key.replace("-", "_")] = value
         i += 1
     return found
-
-
-def parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = []
-        for part in text.split(","):
-            if "-" in part.strip()[1:]:
-                lo, hi = part.split("-")
-                seeds.extend(range(int(lo), int(hi) + 1))
-            elif part.strip():
-                seeds.append(int(part))
-        if not seeds or min(seeds) < 0:
-            raise ValueError
-        return seeds
-    except ValueError:
-        raise UserError(f"--seeds expects non-negative integers like '0,1,2' or '0-4', got '{text}'.") from None
 
 
 def _fmt(v) -> str:
@@ -138,10 +122,7 @@ RUN_OPTIONS = [
 ]
 
 
-def run_options(f):
-    for opt in reversed(RUN_OPTIONS):
-        f = opt(f)
-    return f
+run_options = with_options(RUN_OPTIONS)
 
 
 def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
@@ -213,8 +194,16 @@ class RunCommand(click.Command):
                 continue
             rows = []
             for plugin in (spec.objective, spec.regime):
+                fields = declared(configmod.plugin_class(plugin)) or {}
                 for key, value in plugin.defaults.items():
                     flag = f"--{key.replace('_', '-')}"
+                    if key in fields:  # the declaration: type, choices or range, what it means
+                        tp, f = fields[key]
+                        allowed = "one of " + ", ".join(map(str, f.metadata["choices"])) if f.metadata["choices"] else ""
+                        limits = "; ".join(x for x in (allowed, range_text(f.metadata)) if x)
+                        rows.append((f"{flag} {type_text(tp)}", f"{f.metadata['help']}. Default {value!r}"
+                                     + (f"; {limits}" if limits else "") + f" ({plugin.name}.{key})"))
+                        continue
                     where = "engine setting" if key in engine_keys else f"{plugin.name}.{key}"
                     rows.append((f"{flag} {_type_name(value)}", f"default {value!r} ({where}; {plugin.label})"))
             with formatter.section(f"Settings of method {spec.name} (registry.yaml paper defaults)"):
@@ -241,14 +230,14 @@ def run(ctx, resume, quiet, nproc, tensorboard, **kw):
     """
     import os
 
-    from kebench import distributed
+    from kebench import distributed, launch
     from kebench.engine import execute_all
 
     if tensorboard:
         os.environ["KEBENCH_TENSORBOARD"] = "1"  # also reaches DDP worker processes
     configs = build_configs(kw, ctx.args)
     if nproc and nproc > 1:
-        records = [r for cfg in configs for r in distributed.launch(cfg, nproc, resume=resume, show_progress=not quiet)]
+        records = [r for cfg in configs for r in launch.launch(cfg, nproc, resume=resume, show_progress=not quiet)]
     else:
         records = [r for cfg in configs for r in execute_all(cfg, resume=resume, show_progress=not quiet)]
     if distributed.rank() != 0:  # under torchrun, rank 0 reports
@@ -294,13 +283,10 @@ def list_cmd(what, pattern):
         out.print(table)
 
 
-# --- commands from other modules ---
-from kebench.data_check import data_cmd; cli.add_command(data_cmd)  # noqa: E402,E702
-from kebench.tables import table_cmd; cli.add_command(table_cmd)  # noqa: E402,E702
-from kebench.plots import plot_cmd; cli.add_command(plot_cmd)  # noqa: E402,E702
-from kebench.profile import profile_cmd; cli.add_command(profile_cmd)  # noqa: E402,E702
-from kebench.sweep import sweep_cmd; cli.add_command(sweep_cmd)  # noqa: E402,E702
-from kebench.study import study_cmd; cli.add_command(study_cmd)  # noqa: E402,E702
+# --- the commands of kebench/cli/analysis.py, grid.py and tools.py ---
+
+for command in (data_cmd, table_cmd, plot_cmd, profile_cmd, sweep_cmd, study_cmd):
+    cli.add_command(command)
 
 
 def main(argv=None):
