@@ -78,7 +78,9 @@ def save(run, model, optimizer, scaler, ps: PassState, complete: bool) -> None:
             "version": 1, "run_id": run.cfg.run_id(), "pass": ps.index, "complete": complete,
             "pass_state": {k: getattr(ps, k) for k in PassState.__dataclass_fields__},
             "model": model.state_dict(), "run_model": None if model is run.model else run.model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            # A finished pass's optimizer is never restored (the next pass builds a fresh one): its
+            # momentum would double the file for nothing.
+            "optimizer": {} if complete else optimizer.state_dict(), "scaler": scaler.state_dict(),
             "state": state_dicts(run.state), "passes": run.passes, "best": run.best, "extra": run._facts,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
