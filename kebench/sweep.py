@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kebench.errors import UserError
+from kebench.params import coerce
 
 SPEC_KEYS = ("grid", "set", "out", "name")
 STATES = ("done", "running", "failed", "pending")
@@ -116,7 +117,7 @@ def _resolve(settings: dict):
         raise UserError(f"{where}: setting names must be text, got {bad!r}.")
     for key in ("method", "data", "arch"):  # the run's identity picks which plugin settings apply
         if settings.get(key) is not None:
-            settings = {**settings, key: config._coerce(key, settings[key], "", where)}
+            settings = {**settings, key: coerce(key, settings[key], "", where)}
     flat, plugin_names = _plugin_keys(settings)
     file_cfg, applied = {}, set()
     for key, value in settings.items():

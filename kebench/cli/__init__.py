@@ -16,7 +16,7 @@ from kebench.cli.grid import study_cmd, sweep_cmd, with_options
 from kebench.cli.tools import data_cmd, profile_cmd
 from kebench.errors import UserError
 from kebench.guard import RunInterrupted
-from kebench.params import declared, range_text, type_text
+from kebench.params import coerce, declared, range_text, type_text
 from kebench.sweep import parse_seeds
 
 
@@ -129,7 +129,7 @@ def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
     file_cfg = configmod.load_yaml(kw.pop("config_file")) if kw.get("config_file") else {}
     for key, like in (("method", ""), ("data", ""), ("seed", 0), ("data_options", {})):  # read before resolve()
         if file_cfg.get(key) is not None:
-            file_cfg[key] = configmod._coerce(key, file_cfg[key], like, "config file")
+            file_cfg[key] = coerce(key, file_cfg[key], like, "config file")
     data_opts = {}
     for item in kw.pop("data_opt", ()) or ():
         if "=" not in item:
