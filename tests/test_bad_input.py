@@ -240,7 +240,9 @@ def test_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(make_cfg, 
     assert not list(run_dir.glob(".*.tmp"))
     monkeypatch.setattr(results.os, "fsync", real)  # space is back
     resumed = run_cfg(cfg, resume=True)
-    assert [p["metrics"] for p in resumed["passes"]] == [p["metrics"] for p in reference["passes"]]
+    assert len(resumed["passes"]) == len(reference["passes"])
+    for got, want in zip(resumed["passes"], reference["passes"]):  # a tolerance: not bitwise across runs
+        assert got["metrics"] == pytest.approx(want["metrics"], abs=1e-6)
 
 
 def test_abort_inside_torch_save_never_replaces_the_last_good_checkpoint(tmp_path, monkeypatch):
