@@ -48,6 +48,9 @@ def storage_error(exc: OSError, path=None) -> StorageError | None:
     return StorageError(f"Cannot write {where}: {what} (errno {exc.errno}, {os.strerror(exc.errno)}). {fix}")
 
 
+TMP_SUFFIX = ".tmp"  # every temp file kebench writes: `.<name>.<random>.tmp`, so a glob finds the litter
+
+
 def _atomic(path: Path, write) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see half a file,
     and a failed or interrupted write leaves the previous version of `path` untouched.
@@ -75,9 +78,6 @@ def _atomic(path: Path, write) -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-
-
-TMP_SUFFIX = ".tmp"
 
 
 def remove_stale_temps(folder) -> list[Path]:
