@@ -35,7 +35,7 @@ setup(
     packages=find_packages(include=["kebench", "kebench.*"]) + ["kebench.methods"],
     package_dir={"kebench.methods": "methods"},
     cmdclass={"build_py": BuildWithRegistry},
-    package_data={"kebench": ["studies/*.yaml"]},
+    package_data={"kebench.analysis": ["studies/*.yaml"]},
     # Lower bounds are the features the code uses: torch.amp.GradScaler(device) and
     # torch.load(weights_only=True) (torch 2.3), timm's model registry API (0.9), explicit k-means
     # n_init (scikit-learn 1.2), scipy.stats.false_discovery_control (1.11), click 8.1's

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from kebench.config import resolve
 from kebench.data.pipeline import epoch_generator
-from kebench.engine import Run, lr_factor
+from kebench.run.engine import Run, lr_factor
 
 
 def bare_loop(run: Run, epochs: int) -> float:

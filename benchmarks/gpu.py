@@ -12,7 +12,7 @@ kebench's DevicePolicy), on 2048 synthetic 224-px images resident on the GPU as 
 2. data path share: time of the pipeline alone (gather, crop+flip with one grid_sample, normalise)
    per batch over the engine's step time at batch 32. Target < 5 %.
 3. packing: aggregate images/s of 1, 2, 4, 8 runs sharing one GPU, started as `kebench sweep
-   --runs-per-gpu N` starts its workers (kebench.executors.slot_envs), ResNet-18, batch 32, released
+   --runs-per-gpu N` starts its workers (kebench.grid.executors.slot_envs), ResNet-18, batch 32, released
    together after warm-up. Target >= 2x a single run.
 4. projection: GPU-hours of the KE paper's ResNet-18 Table 2 study (5 datasets x its rows x 3
    seeds, epochs from registry.yaml's defaults) at the best aggregate rate measured in 3.
@@ -149,7 +149,7 @@ def data_ms(run, batches: int = 50) -> float:
 
 
 def engine_vs_bare(archs, batches, out: str, report: dict) -> None:
-    from kebench.engine import Run
+    from kebench.run.engine import Run
 
     for arch in archs:
         for batch in batches:
@@ -175,7 +175,7 @@ def engine_vs_bare(archs, batches, out: str, report: dict) -> None:
 
 def packing(n_runs: int, arch: str, batch: int, epochs: int, out: str) -> dict:
     """n_runs sweep-style workers on one GPU, released together; aggregate images/s of the window."""
-    from kebench import executors
+    from kebench.grid import executors
 
     gpus = executors._visible_gpus()[:1] or ["0"]
     envs = executors.slot_envs(n_runs, gpus, 1, runs_per_gpu=n_runs)
@@ -206,7 +206,7 @@ def packing(n_runs: int, arch: str, batch: int, epochs: int, out: str) -> dict:
 
 def pack_worker(args) -> None:
     """One packed run: build, warm up one epoch, wait for the release, train `epochs` epochs."""
-    from kebench.engine import Run
+    from kebench.run.engine import Run
 
     folder = Path(args.pack_dir)
     run = Run(_cfg(args.arch, args.batch, str(folder / "runs"), seed=args.pack_worker), show_progress=False)
@@ -260,7 +260,7 @@ def main() -> None:
     if args.pack_worker is not None:
         pack_worker(args)
         return
-    from kebench.device import DevicePolicy
+    from kebench.run.device import DevicePolicy
 
     name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (dry run: these figures mean nothing)"
     report = {"gpu": name, "torch": torch.__version__, "images": IMAGES, "resolution": RES,

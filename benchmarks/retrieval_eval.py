@@ -48,7 +48,7 @@ def _full_matrix_recall(emb, labels, ks=(1, 2, 4, 8)):
 def _measure(what: str, n: int, dim: int, classes: int, device: str, queue) -> None:
     import torch
 
-    from kebench import metrics
+    from kebench.run import metrics
 
     emb, labels = _data(n, dim, classes, device)
     fn = {"recall": lambda: metrics.recall_at_k(emb, labels),

@@ -273,7 +273,7 @@ def split_plugin_flags(methods: list, flags: dict, data: str | None = None) -> d
 
 def validate(cfg: RunConfig) -> None:
     from kebench.data import get_spec
-    from kebench.models import check_arch
+    from kebench.nets.models import check_arch
 
     get_spec(cfg.data).parse_options(cfg.data_options)
     check_arch(cfg.arch)

@@ -1,5 +1,5 @@
 """What a plugin may touch on `run`: the `RunContext` surface, the declared pass kinds, and the key
-under which `fit(after=...)` returns per-pass record entries. `kebench.engine.Run` implements it;
+under which `fit(after=...)` returns per-pass record entries. `kebench.run.engine.Run` implements it;
 plugins use nothing else of it (tests/test_plugin_surface.py checks `methods/`).
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Evolutionary architecture search over kebench.genome: AG-Evolution and EIGEN (and EIGEN-D).
+"""Evolutionary architecture search over kebench.nets.genome: AG-Evolution and EIGEN (and EIGEN-D).
 
 AG-Evolution (Li, Xiong, Ren, Zhang, Wang, Yang, "An Aggressive Genetic Programming Approach for
 Searching Neural Network Structure Under Computational Constraints", 2018): a population of genomes
-evolves by mutation from the full mutation set (kebench.genome.MUTATIONS); *aggressive selection*
+evolves by mutation from the full mutation set (kebench.nets.genome.MUTATIONS); *aggressive selection*
 keeps only the top k and kills the weak early in their training, and the larger mutation set makes
 up for the diversity this loses.
 
@@ -17,7 +17,7 @@ duplicated, weights included.
 
 Every individual is one `run.fit` pass (kind "individual") on its own network, so every pass record
 carries its training FLOPs and time and the search cost is the run's training cost. Children inherit
-their parent's trained weights wherever shapes allow (kebench.genome.give_birth). Selection reads a
+their parent's trained weights wherever shapes allow (kebench.nets.genome.give_birth). Selection reads a
 validation split (the dataset's, else a stratified share of train), never the test split.
 """
 from __future__ import annotations
@@ -29,12 +29,12 @@ import torch
 from torch import nn
 
 from kebench.context import RECORD, PassKind
-from kebench import genome as G
+from kebench.nets import genome as G
 from kebench.data.pipeline import epoch_generator
 from kebench.errors import UserError, unknown_choice
-from kebench.models import count_params
-from kebench.morph import birth_change, ensure_validation
-from kebench.pattern import size_bytes
+from kebench.nets.models import count_params
+from kebench.nets.morph import birth_change, ensure_validation
+from kebench.nets.pattern import size_bytes
 from kebench.plugin import Hook, Regime, param
 
 ARCH = "evonet"
@@ -133,7 +133,7 @@ class EvolutionarySearch(Regime):
         super().__init__(params, run)
         p = self.params
         if run.cfg.arch != ARCH:
-            raise UserError(f"{self.name} searches the genome-built '{ARCH}' family (kebench/genome.py), so --arch "
+            raise UserError(f"{self.name} searches the genome-built '{ARCH}' family (kebench/nets/genome.py), so --arch "
                             f"must be {ARCH} (its default), got '{run.cfg.arch}'. The hand-designed member is "
                             f"`--method ce --arch {ARCH}`.")
         self.fractions, self.ops = p.fractions(), p.ops()

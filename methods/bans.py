@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kebench.context import PassKind
-from kebench import metrics
-from kebench.engine import copy_model
+from kebench.run import metrics
+from kebench.run.engine import copy_model
 from kebench.errors import UserError
 from kebench.plugin import Objective, Regime, WrappingObjective, param
 

@@ -4,7 +4,7 @@ fine-tune everything else (1 x 1 convs, BN, the classifier) with the patterns fr
 
 k x k filters extract spatial patterns and survive binarization; 1 x 1 filters transform data and
 do not (SEP-Nets Sec. 3). A filter w becomes scale * sign(w) with scale = mean |w| of the filter
-(kebench.pattern), stored as 1 bit per weight plus the fp32 scale.
+(kebench.nets.pattern), stored as 1 bit per weight plus the fp32 scale.
 
 Passes: "train" (skipped with --init-from) and "finetune". Records and result.json carry accuracy,
 parameters, storage in bytes and FLOPs before binarization, right after it, and after fine-tuning.
@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from kebench.context import PassKind
-from kebench import results
-from kebench.cost import inference_cost
+from kebench.run import results
+from kebench.nets.cost import inference_cost
 from kebench.errors import UserError
-from kebench.pattern import is_spatial, sign_pattern
+from kebench.nets.pattern import is_spatial, sign_pattern
 from kebench.plugin import Hook, Regime, param
 
 

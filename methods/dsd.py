@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from kebench.context import PassKind
 from kebench.errors import UserError
 from kebench.plugin import Regime, param
-from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, weight_sparsity
+from kebench.nets.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, weight_sparsity
 
 PHASES = ("dense", "sparse", "redense")
 SCHEDULES = ("continuous", "restart")

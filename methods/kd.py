@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kebench.distill import BatchAugment, auto_value, family_value, freeze, mixed_ce
+from kebench.run.distill import BatchAugment, auto_value, family_value, freeze, mixed_ce
 from kebench.errors import UserError
 from kebench.plugin import Objective, param
 
@@ -55,7 +55,7 @@ def feature_term(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torc
 # ---------------------------------------------------------------------------------------- teacher
 def load_teacher(path: str, run) -> nn.Module:
     """A frozen teacher from a kebench `model.pt` ({"arch", "state_dict"}), on the run's device."""
-    from kebench.results import CorruptCheckpoint, load_torch
+    from kebench.run.results import CorruptCheckpoint, load_torch
 
     file = Path(path).expanduser()
     if not file.is_file():
@@ -72,7 +72,7 @@ def load_teacher(path: str, run) -> nn.Module:
         raise UserError(f"--teacher '{path}' holds a '{saved['arch']}' but this run trains '{run.cfg.arch}'; "
                         f"teacher and student are the same architecture. Pass --arch {saved['arch']} or "
                         f"a teacher of arch '{run.cfg.arch}'.")
-    from kebench.models import create_model
+    from kebench.nets.models import create_model
 
     with torch.random.fork_rng(devices=[]):  # loading a teacher must not shift the student's init
         teacher = create_model(run.cfg.arch, run.data.num_classes, run.data.in_chans)

@@ -36,12 +36,12 @@ from torch import nn
 from torchvision.transforms.v2 import AutoAugmentPolicy
 
 from kebench.context import PassKind
-from kebench import prune as P
+from kebench.nets import prune as P
 from kebench import registry
-from kebench.cost import forward_flops
-from kebench.distill import AugmentedCE, BatchAugment, auto_value, freeze, parse_augment
+from kebench.nets.cost import forward_flops
+from kebench.run.distill import AugmentedCE, BatchAugment, auto_value, freeze, parse_augment
 from kebench.errors import UserError
-from kebench.models import count_params
+from kebench.nets.models import count_params
 from kebench.plugin import Objective, Regime, WrappingObjective, param
 
 PRUNE_METHODS = ("l1-filter", "slimming", "weight", "none")

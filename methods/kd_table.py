@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 from kebench.errors import UserError
-from kebench.tables.layout import (COST_COLS, COST_NOTE, Col, Row, Table, _fmt_setting, _group_title,
+from kebench.analysis.tables.layout import (COST_COLS, COST_NOTE, Col, Row, Table, _fmt_setting, _group_title,
                                    cost_cells)
-from kebench.tables.runs import MISSING, Entry, Names, _hashable, _sort_value, _split_list, metric_title, signature
-from kebench.tables.stats import (ALPHA, MARK_FROM_MEANS, MARK_PAIRED, Cell, _marks, _significance_note,
+from kebench.analysis.tables.runs import MISSING, Entry, Names, _hashable, _sort_value, _split_list, metric_title, signature
+from kebench.analysis.tables.stats import (ALPHA, MARK_FROM_MEANS, MARK_PAIRED, Cell, _marks, _significance_note,
                                   _value_note, compare, make_cell, one_sample, rank_column)
 
 #: KD x pruning pipelines (issue 7) in table order, with their column titles.

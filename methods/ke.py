@@ -1,7 +1,7 @@
 """Knowledge Evolution (Taha et al., CVPR 2021): train g generations, re-initialising the reset-hypothesis.
 
 Generation 1 trains from random init. Before each later generation the reset-hypothesis (mask M=0,
-see kebench/split.py) is drawn again from each layer's default init; fit weights, BatchNorm
+see kebench/nets/split.py) is drawn again from each layer's default init; fit weights, BatchNorm
 parameters and statistics and the output-layer bias carry over. Each generation is one `run.fit`:
 fresh optimizer, restarted LR schedule, starting from the previous generation's last-epoch weights.
 
@@ -19,9 +19,9 @@ from functools import partial
 import torch
 
 from kebench.context import RECORD, PassKind
-from kebench.channels import channel_graph
+from kebench.nets.channels import channel_graph
 from kebench.plugin import Regime, param
-from kebench.split import SPLITS, Split, kels_keep
+from kebench.nets.split import SPLITS, Split, kels_keep
 
 REPORTED_GENERATIONS = (1, 3, 10)  # the KE paper's tables: N1 (baseline), N3, N10
 SLIM_FILE = "slim.pt"
@@ -69,7 +69,7 @@ class KnowledgeEvolution(Regime):
         self.finish(run, split)
 
     def slim(self, run, model):
-        from kebench.slim import extract_subnetwork
+        from kebench.nets.slim import extract_subnetwork
 
         small = extract_subnetwork(model, kels_keep(self.graph, self.rate), graph=self.graph)
         return small.to(memory_format=torch.channels_last) if run.channels_last else small
@@ -84,8 +84,8 @@ class KnowledgeEvolution(Regime):
         return out
 
     def finish(self, run, split: Split) -> None:
-        from kebench.cost import inference_cost
-        from kebench.slim import measure_latency, save_slim
+        from kebench.nets.cost import inference_cost
+        from kebench.nets.slim import measure_latency, save_slim
 
         d = run.data
         shape = (1, d.in_chans, d.resolution, d.resolution)

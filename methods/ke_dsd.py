@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from kebench.context import PassKind
 from kebench.plugin import Regime, param
-from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, weight_sparsity
+from kebench.nets.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, weight_sparsity
 
 
 class KEDSD(Regime):

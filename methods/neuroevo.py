@@ -23,13 +23,13 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from kebench.context import PassKind
-from kebench import metrics
-from kebench.cost import forward_flops
+from kebench.run import metrics
+from kebench.nets.cost import forward_flops
 from kebench.data.pipeline import epoch_generator
-from kebench.engine import RunFailure
+from kebench.run.engine import RunFailure
 from kebench.errors import UserError, unknown_choice
-from kebench.models import count_params
-from kebench.morph import (BIRTH_TOLERANCE, VAL_SPLIT_SEED, birth_change, carve_validation,  # noqa: F401
+from kebench.nets.models import count_params
+from kebench.nets.morph import (BIRTH_TOLERANCE, VAL_SPLIT_SEED, birth_change, carve_validation,  # noqa: F401
                            ensure_validation, remap_units, widen_index)
 from kebench.plugin import Regime, param
 
@@ -89,7 +89,7 @@ def check_family(model: nn.Module, arch: str) -> None:
 def remap_hidden(block: nn.Module, pair: tuple[str, str, str], index: torch.Tensor,
                  in_scale: torch.Tensor | None = None) -> None:
     """Rebuild hidden layer `pair` = (conv_a, bn_a, conv_b) of `block` so its unit j is the old unit
-    index[j] (kebench.morph.remap_units)."""
+    index[j] (kebench.nets.morph.remap_units)."""
     remap_units(*(getattr(block, n) for n in pair), index, in_scale)
 
 

@@ -1,7 +1,7 @@
 """RePr: improved training of convolutional filters (Prakash et al., CVPR 2019).
 
 Cycles of: train S1 epochs -> drop the `prune_ratio` most redundant conv filters (inter-filter
-orthogonality, `kebench.prune.orthogonality_scores`) -> train S2 epochs with them off ->
+orthogonality, `kebench.nets.prune.orthogonality_scores`) -> train S2 epochs with them off ->
 re-initialise them -> next cycle; a final phase trains the full network. All phases share one LR
 schedule. Every pass record lists the filters each conv has on (`kept_filters`).
 
@@ -30,7 +30,7 @@ from torch import nn
 from kebench.context import RECORD, PassKind
 from kebench.errors import UserError
 from kebench.plugin import Regime, param
-from kebench.prune import MaskHook, MaskSet, following_batchnorms, orthogonality_scores
+from kebench.nets.prune import MaskHook, MaskSet, following_batchnorms, orthogonality_scores
 
 RANKINGS = ("global", "per-layer")
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kebench import distributed
+from kebench.run import distributed
 from kebench.errors import UserError
 from kebench.plugin import Objective, param
 

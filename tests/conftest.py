@@ -32,7 +32,7 @@ def make_cfg(tmp_path):
 @pytest.fixture
 def run_cfg():
     """run_cfg(cfg) -> result dict, running quietly."""
-    from kebench.engine import execute
+    from kebench.run.engine import execute
 
     def _run(cfg, resume=False):
         return execute(cfg, resume=resume, show_progress=False)
@@ -45,7 +45,7 @@ def kill_run(monkeypatch):
     """kill_run(cfg, after=N) or kill_run(cfg, when=fn(pass_state)): run cfg and kill it (a
     KeyboardInterrupt, as Ctrl-C or a dead machine would) right after its N-th checkpoint, or after
     the first checkpoint for which when() holds. Resume tests then rerun it with resume=True."""
-    from kebench import engine
+    from kebench.run import engine
 
     def _kill(cfg, after: int | None = None, when=None):
         original, saves = engine.Run._save_checkpoint, []

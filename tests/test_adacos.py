@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from kebench.engine import Run
+from kebench.run.engine import Run
 from methods.adacos import MIN_SCALE, AdaCos, CosineHead, cosine_head, initial_scale
 
 
@@ -104,10 +104,10 @@ def test_cosine_head_under_kels_slim_equals_masked_dense():
     keeps every channel (normalisation mixes them), and the slim network is exact."""
     import copy
 
-    from kebench.models import create_model
-    from kebench.slim import extract_subnetwork
-    from kebench.channels import channel_graph
-    from kebench.split import Split, kels_keep
+    from kebench.nets.models import create_model
+    from kebench.nets.slim import extract_subnetwork
+    from kebench.nets.channels import channel_graph
+    from kebench.nets.split import Split, kels_keep
     from methods.adacos import AdaCos, CosineHead
 
     torch.manual_seed(0)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from kebench import genome as G
+from kebench.nets import genome as G
 from kebench.errors import UserError
-from kebench.morph import birth_change
+from kebench.nets.morph import birth_change
 from methods.agevo import Extinction, select, thresholds
 
 #: A genome on which every mutation applies (skip, concat, dropout, pool and fc present).
@@ -197,8 +197,8 @@ def test_eigen_searches_records_every_individual_and_resumes_to_the_same_populat
     vals = [h["val_top1"] for h in search["history"]]
     assert vals == sorted(vals)  # plus-selection: the best never gets worse
 
-    from kebench.plots import build_figure
-    from kebench.tables import build_table, fmt_number, load_runs
+    from kebench.analysis.plots import build_figure
+    from kebench.analysis.tables import build_table, fmt_number, load_runs
 
     runs, _ = load_runs([cfg.out])
     table = build_table(runs, "size")

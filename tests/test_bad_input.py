@@ -13,7 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fixtures_datasets as fx  # noqa: E402
-from kebench import config, engine, results
+from kebench import config
+from kebench.run import engine
+from kebench.run import results
 
 QUICK = ["--data", "synthetic", "--arch", "test_resnet", "--epochs", "1", "--device", "cpu", "--quiet"]
 
@@ -297,7 +299,7 @@ def test_stale_temp_files_are_removed_on_resume_and_by_status(make_cfg, run_cfg,
     sweep.write_text(json.dumps({"grid": {"seed": [0]}, "set": {"data": "synthetic", "arch": "test_resnet",
                                                                  "epochs": 1, "batch_size": 16},
                                  "out": str(tmp_path / "sw")}))
-    from kebench import sweep as sweepmod
+    from kebench.grid import sweep as sweepmod
 
     (entry,) = sweepmod.expand(sweepmod.load_spec(sweep))
     entry.dir.mkdir(parents=True)

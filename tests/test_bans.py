@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from kebench.config import resolve, split_plugin_flags
-from kebench.engine import Run
+from kebench.run.engine import Run
 from kebench.errors import UserError
 from methods.bans import Distill, kd_term
 

@@ -10,9 +10,9 @@ import timm
 import torch
 from torch import nn
 
-from kebench import results
+from kebench.run import results
 from kebench.errors import UserError
-from kebench.pattern import BinaryConv2d, is_binarized, size_bytes
+from kebench.nets.pattern import BinaryConv2d, is_binarized, size_bytes
 from methods.binarize import binarize, pattern_convs
 
 
@@ -28,7 +28,7 @@ def _expected_bytes(model: nn.Module) -> int:
 
 @pytest.mark.parametrize("arch", ["test_resnet", "googlenet"])
 def test_every_kxk_weight_becomes_plus_minus_its_filter_scale_and_1x1_are_untouched(arch):
-    from kebench.models import create_model
+    from kebench.nets.models import create_model
 
     torch.manual_seed(0)
     model = create_model(arch, 5, 3)
@@ -67,7 +67,7 @@ def test_regime_reports_before_after_and_keeps_patterns_frozen(make_cfg, run_cfg
     assert final["size_bytes"] == _expected_bytes(model) == size_bytes(model)
     assert all(is_binarized(c) for c in pattern_convs(model).values())  # fine-tuning never moved a pattern
     assert out["binarize"]["pattern_layers"] == len(pattern_convs(model))
-    from kebench.tables import build_table, load_runs
+    from kebench.analysis.tables import build_table, load_runs
 
     table = build_table(load_runs([cfg.out])[0], "size")
     assert [r.head[0] for r in table.rows] == ["CE + Binarize (fp32)", "CE + Binarize"]

@@ -8,7 +8,7 @@ import pytest
 
 from kebench import registry
 from kebench.config import matched_config
-from kebench.engine import execute_all
+from kebench.run.engine import execute_all
 
 THRICE = textwrap.dedent('''
     from kebench.plugin import Regime

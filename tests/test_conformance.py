@@ -53,7 +53,7 @@ def compositions() -> list[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def teacher(tmp_path_factory):
     """A tiny trained model.pt for objectives that distil from a given teacher."""
-    from kebench.engine import execute
+    from kebench.run.engine import execute
 
     out = tmp_path_factory.mktemp("teacher")
     cfg = config.resolve({"data": "synthetic", "arch": "test_resnet", "epochs": 1, "batch_size": 16,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kebench import registry
-from kebench.engine import Run
+from kebench.run.engine import Run
 from methods.cskd import ClassWiseSelfKD, class_partners
 
 

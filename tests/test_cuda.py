@@ -16,15 +16,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import fixtures_datasets as fx  # noqa: E402
 
 from kebench import data as datasets  # noqa: E402
-from kebench import engine, metrics  # noqa: E402
+from kebench.run import engine, metrics  # noqa: E402
 from kebench.config import RunConfig, resolve  # noqa: E402
 from kebench.data.pipeline import BatchStream, epoch_generator  # noqa: E402
-from kebench.device import DevicePolicy  # noqa: E402
-from kebench.prune import prunable_weights  # noqa: E402
-from kebench.results import load_torch  # noqa: E402
-from kebench.slim import load_slim  # noqa: E402
-from kebench.channels import channel_graph  # noqa: E402
-from kebench.split import Split  # noqa: E402
+from kebench.run.device import DevicePolicy  # noqa: E402
+from kebench.nets.prune import prunable_weights  # noqa: E402
+from kebench.run.results import load_torch  # noqa: E402
+from kebench.nets.slim import load_slim  # noqa: E402
+from kebench.nets.channels import channel_graph  # noqa: E402
+from kebench.nets.split import Split  # noqa: E402
 
 DEVICE = os.environ.get("KEBENCH_CUDA_TEST_DEVICE", "cuda")
 ON_GPU = DEVICE.startswith("cuda")
@@ -44,10 +44,10 @@ def _rows(cfg) -> list[dict]:
 
 @pytest.fixture(autouse=True)
 def quick_latency(monkeypatch):
-    import kebench.slim
+    import kebench.nets.slim
 
-    monkeypatch.setattr(kebench.slim, "LATENCY_WARMUP", 1)
-    monkeypatch.setattr(kebench.slim, "LATENCY_ITERS", 2)
+    monkeypatch.setattr(kebench.nets.slim, "LATENCY_WARMUP", 1)
+    monkeypatch.setattr(kebench.nets.slim, "LATENCY_ITERS", 2)
 
 
 def test_ke_with_amp_and_channels_last_slim_equals_masked_dense(tmp_path):

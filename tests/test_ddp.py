@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kebench import distributed, guard, launch, registry
+from kebench import registry
+from kebench.run import distributed
+from kebench.run import guard
+from kebench.run import launch
 from kebench.errors import UserError
 
 TOY_REGIME = textwrap.dedent('''
@@ -277,7 +280,7 @@ def test_ddp_wrapper_answers_model_attributes_and_counts_forwards():
     the wrapper's forward is detected (forward_calls == 0), so the engine averages its gradients."""
     import torch.distributed as dist
 
-    from kebench.models import create_model
+    from kebench.nets.models import create_model
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{launch.free_port()}", rank=0, world_size=1)
     try:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kebench import device as devmod
+from kebench.run import device as devmod
 from kebench.data import DataBundle, Split
 from kebench.data.pipeline import BatchStream, augment, augment_cpu, epoch_generator
-from kebench.device import DevicePolicy
-from kebench.engine import Run
+from kebench.run.device import DevicePolicy
+from kebench.run.engine import Run
 
 CPU = torch.device("cpu")
 

@@ -10,9 +10,9 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from kebench.engine import Run, lr_factor
+from kebench.run.engine import Run, lr_factor
 from kebench.errors import UserError
-from kebench.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, smallest_magnitude_mask
+from kebench.nets.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, smallest_magnitude_mask
 
 
 def _model():

@@ -122,7 +122,7 @@ def test_attach_places_dropout_after_stages_and_before_head_without_touching_wei
 
 
 def test_stage_discovery_for_other_families():
-    from kebench.models import GoogLeNet
+    from kebench.nets.models import GoogLeNet
 
     assert stage_names(timm.create_model("test_convnext", num_classes=3)) == ["stages.0", "stages.1", "stages.2", "stages.3"]
     assert stage_names(GoogLeNet(num_classes=3)) == ["inception3b", "inception4e", "inception5b"]
@@ -132,11 +132,11 @@ def test_bad_settings_are_user_errors(make_cfg):
     with pytest.raises(UserError, match="Unknown evodrop layer 'layer9'"):
         attach(_resnet(), "layer9", 0.5, "evo")
     with pytest.raises(UserError, match="keep-rate must be in \\(0, 1\\]"):
-        from kebench.engine import Run
+        from kebench.run.engine import Run
 
         Run(make_cfg("evodrop", plugin={"keep_rate": "1.5"}), show_progress=False)
     with pytest.raises(UserError, match="evodrop: --mode must be one of evo, plain, got 'gauss'"):
-        from kebench.engine import Run
+        from kebench.run.engine import Run
 
         Run(make_cfg("evodrop", plugin={"mode": "gauss"}), show_progress=False)
 

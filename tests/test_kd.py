@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from kebench.engine import Run
+from kebench.run.engine import Run
 from kebench.errors import UserError
-from kebench.distill import BatchAugment, auto_value, mixed_ce, parse_augment
+from kebench.run.distill import BatchAugment, auto_value, mixed_ce, parse_augment
 from methods.kd import feature_term, kd_term, make_regressor
 
 
@@ -107,7 +107,7 @@ def test_beta_and_sparsity_defaults_follow_the_architecture_family(make_cfg):
 def test_scaled_beta_follows_the_feature_map_size():
     """Park et al.'s β are CIFAR values; the mean L1 of unit maps shrinks as 1/sqrt(C·H·W), so β
     grows as sqrt(size): ResNet18 at 224 px (512x7x7) against ResNet-56 on CIFAR (64x8x8)."""
-    from kebench.models import create_model
+    from kebench.nets.models import create_model
     from methods.kd import feature_shape, scaled_beta
 
     run = SimpleNamespace(data=SimpleNamespace(in_chans=3, resolution=224), cfg=SimpleNamespace(arch="resnet18"))

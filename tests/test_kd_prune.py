@@ -11,10 +11,10 @@ import timm
 import torch
 from torch import nn
 
-from kebench import prune
-from kebench.engine import Run
+from kebench.nets import prune
+from kebench.run.engine import Run
 from kebench.errors import UserError
-from kebench.channels import channel_graph
+from kebench.nets.channels import channel_graph
 
 EXAMPLE = torch.zeros(2, 3, 16, 16)
 
@@ -174,7 +174,7 @@ def test_pipeline_records(make_cfg, run_cfg, method, kinds):
     assert final["params_kept"] == pytest.approx(pruned["params"] / unpruned["params"])
     assert {k: r["cost"]["dense"][k] for k in unpruned} == unpruned  # model.pt is the unpruned student
     run_dir = Path(cfg.out) / cfg.run_id()
-    from kebench.slim import load_slim
+    from kebench.nets.slim import load_slim
 
     small = load_slim(run_dir / "pruned.pt")
     assert sum(p.numel() for p in small.parameters()) == pruned["params"]

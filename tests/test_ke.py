@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from kebench import engine
+from kebench.run import engine
 from kebench.config import resolve
 from kebench.errors import UserError
-from kebench.models import create_model
-from kebench.results import load_torch
-from kebench.slim import load_slim
-from kebench.split import Split
+from kebench.nets.models import create_model
+from kebench.run.results import load_torch
+from kebench.nets.slim import load_slim
+from kebench.nets.split import Split
 
 BASE = {"data": "synthetic", "arch": "test_resnet", "epochs": 1, "batch_size": 16, "device": "cpu",
         "checkpoint_every_s": 0.0}
@@ -21,10 +21,10 @@ BASE = {"data": "synthetic", "arch": "test_resnet", "epochs": 1, "batch_size": 1
 
 @pytest.fixture(autouse=True)
 def quick_latency(monkeypatch):
-    import kebench.slim
+    import kebench.nets.slim
 
-    monkeypatch.setattr(kebench.slim, "LATENCY_WARMUP", 1)
-    monkeypatch.setattr(kebench.slim, "LATENCY_ITERS", 2)
+    monkeypatch.setattr(kebench.nets.slim, "LATENCY_WARMUP", 1)
+    monkeypatch.setattr(kebench.nets.slim, "LATENCY_ITERS", 2)
 
 
 def _cfg(out, method="ke", plugin=None, **overrides):
@@ -117,14 +117,14 @@ def test_bad_settings_are_user_errors(tmp_path, plugin, message):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    import kebench.slim
+    import kebench.nets.slim
 
-    kebench.slim.LATENCY_ITERS, old = 2, kebench.slim.LATENCY_ITERS
+    kebench.nets.slim.LATENCY_ITERS, old = 2, kebench.nets.slim.LATENCY_ITERS
     try:
         cfg = _cfg(tmp_path_factory.mktemp("reference"), plugin={"generations": 3, "split_rate": 0.5}, epochs=2)
         return cfg, _run(cfg)
     finally:
-        kebench.slim.LATENCY_ITERS = old
+        kebench.nets.slim.LATENCY_ITERS = old
 
 
 def _comparable(result):

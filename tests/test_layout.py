@@ -27,7 +27,7 @@ def import_graph() -> dict[str, set[str]]:
     hides a cycle from Python but not from this graph)."""
     mods = _modules()
 
-    def owner(name: str) -> str | None:  # `kebench.tables.runs.Names` -> kebench.tables.runs
+    def owner(name: str) -> str | None:  # `kebench.analysis.tables.runs.Names` -> kebench.analysis.tables.runs
         while name and name not in mods:
             name = name.rpartition(".")[0]
         return name or None
@@ -82,9 +82,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_function_level_imports():
     graph = import_graph()
-    assert "kebench.engine" in graph["kebench.launch"]  # module level
-    assert "kebench.report" in graph["kebench.cli.grid"]  # inside a command body
-    assert "kebench.tables.runs" in graph["kebench.tables.stats"]  # `from kebench.tables.runs import X`
+    assert "kebench.run.engine" in graph["kebench.run.launch"]  # module level
+    assert "kebench.analysis.report" in graph["kebench.cli.grid"]  # inside a command body
+    assert "kebench.analysis.tables.runs" in graph["kebench.analysis.tables.stats"]  # `from kebench.analysis.tables.runs import X`
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -111,7 +111,7 @@ def test_installed_layout_finds_every_plugin(tmp_path, monkeypatch):
 
     import kebench
     from kebench import registry
-    from kebench.tables import kinds
+    from kebench.analysis.tables import kinds
 
     (tmp_path / "methods").symlink_to(ROOT / "methods")
     monkeypatch.setattr(kebench, "__path__", [*kebench.__path__, str(tmp_path)])

@@ -9,7 +9,7 @@ import torch
 
 from sklearn.metrics import normalized_mutual_info_score
 
-from kebench import metrics
+from kebench.run import metrics
 
 
 def brute_recall(emb: torch.Tensor, labels: torch.Tensor, ks=(1, 2, 4, 8)) -> dict[int, float]:

@@ -166,7 +166,7 @@ def test_regime_grows_selects_ensembles_and_resumes_identically(make_cfg, run_cf
 
 
 def test_refuses_other_families_and_bad_population(make_cfg):
-    from kebench.engine import Run
+    from kebench.run.engine import Run
 
     with pytest.raises(UserError, match="timm ResNet family.*test_convnext"):
         Run(make_cfg("neuroevo", arch="test_convnext"), show_progress=False).execute()

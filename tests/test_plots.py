@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from matplotlib.collections import PathCollection
 
-from kebench import plots, tables
+from kebench.analysis import plots
+from kebench.analysis import tables
 
 RUNS = Path(__file__).parent / "golden" / "runs"
 LABELS = {"ce": "CE", "smooth": "Smth", "triplet": "Triplet", "single": "N1", "ke": "KE", "bans": "BANs", "dsd": "DSD"}

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kebench import engine, guard, results
+from kebench.run import engine
+from kebench.run import guard
+from kebench.run import results
 from kebench.cli import main as cli_main
 from kebench.errors import UserError
 
@@ -310,7 +312,8 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
 
 
 def _run_in_child(cfg_dict, queue):
-    from kebench import config, engine
+    from kebench import config
+    from kebench.run import engine
 
     try:
         record = engine.execute(config.from_dict(cfg_dict), show_progress=False)
@@ -360,7 +363,7 @@ def test_config_naming_a_module_is_refused(tmp_path, monkeypatch, capsys):
         assert exit_info.value.code == 2, name
     err = capsys.readouterr().err
     assert "Unknown method 'evil_mod:Thing'" in err and "plugins" in err and "evil_mod" in err
-    from kebench.sweep import config_from_dict
+    from kebench.grid.sweep import config_from_dict
 
     with pytest.raises(UserError, match="Unknown method"):
         config_from_dict({"method": "evil_mod:Thing", "data": "synthetic"})

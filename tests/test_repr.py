@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kebench.engine import Run
+from kebench.run.engine import Run
 from kebench.errors import UserError
-from kebench.prune import following_batchnorms, orthogonality_scores
+from kebench.nets.prune import following_batchnorms, orthogonality_scores
 from methods.repr import RePr, orthogonal_filters, rankable_convs, select_filters
 
 

@@ -14,12 +14,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from kebench.cli import cli
-from kebench.cost import forward_flops
+from kebench.nets.cost import forward_flops
 from kebench.errors import UserError
-from kebench.models import count_params, create_model
-from kebench.slim import channel_groups, extract_subnetwork, load_slim, save_slim, slim_network
-from kebench.channels import channel_graph
-from kebench.split import Split, kels_keep
+from kebench.nets.models import count_params, create_model
+from kebench.nets.slim import channel_groups, extract_subnetwork, load_slim, save_slim, slim_network
+from kebench.nets.channels import channel_graph
+from kebench.nets.split import Split, kels_keep
 
 
 def _trained_like(model: nn.Module) -> nn.Module:
@@ -179,9 +179,9 @@ def test_profile_json_is_exactly_the_documented_object():
 
 
 def test_profile_table_shows_latency_and_refuses_wels(monkeypatch):
-    import kebench.slim
+    import kebench.nets.slim
 
-    monkeypatch.setattr(kebench.slim, "LATENCY_ITERS", 2)
+    monkeypatch.setattr(kebench.nets.slim, "LATENCY_ITERS", 2)
     result = CliRunner().invoke(cli, ["profile", "--arch", "test_resnet", "--num-classes", "3",
                                       "--resolution", "16", "--device", "cpu"], terminal_width=200)
     assert result.exit_code == 0, result.output

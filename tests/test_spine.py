@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from kebench.config import resolve
-from kebench.engine import Run, effective_warmup, lr_factor
+from kebench.run.engine import Run, effective_warmup, lr_factor
 from kebench.errors import UserError
 from kebench.plugin import Hook
 
@@ -147,7 +147,7 @@ def test_killed_run_resumes_to_identical_numbers(make_cfg, run_cfg, kill_run):
 
 
 def test_training_flops_match_hand_count_for_linear_model(make_cfg):
-    from kebench.engine import Run
+    from kebench.run.engine import Run
 
     cfg = make_cfg(epochs=1)
     run = Run(cfg, show_progress=False)

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from kebench.errors import UserError
-from kebench.models import count_params, create_model
-from kebench.channels import channel_graph
-from kebench.split import Split, ceil_rate
+from kebench.nets.models import count_params, create_model
+from kebench.nets.channels import channel_graph
+from kebench.nets.split import Split, ceil_rate
 from methods.ke import mask_generator
 
 X32 = torch.zeros(2, 3, 32, 32)

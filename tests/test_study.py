@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kebench import study
+from kebench.analysis import study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SHIPPED = ("ke-table2", "ke-densenet169", "ke-retrieval", "ke-ablations", "park-kd-pruning",
@@ -161,7 +161,7 @@ def test_study_report_marks_missing_runs_and_cells(tiny_report, tmp_path, cli_ru
 
 
 def _cell(values, **kw):
-    from kebench import tables as T
+    from kebench.analysis import tables as T
 
     c = T.make_cell(values)
     for k, v in kw.items():
@@ -170,7 +170,8 @@ def _cell(values, **kw):
 
 
 def test_summaries_name_the_winner_the_margin_and_the_test():
-    from kebench import report, tables as T
+    from kebench.analysis import report
+    from kebench.analysis import tables as T
 
     cols = [T.Col(("digits",), "top1")]
     n1 = T.Row(("CE (N1)", "–"), [_cell({0: .70, 1: .72})])
@@ -191,7 +192,7 @@ def test_summaries_name_the_winner_the_margin_and_the_test():
 
 
 def test_significance_reports_the_adjusted_p_the_mark_rests_on():
-    from kebench import report
+    from kebench.analysis import report
 
     marked = _cell({0: .1, 1: .2, 2: .3}, mark="*", test="paired-t", p=0.004, q=0.012)
     unmarked = _cell({0: .1, 1: .2, 2: .3}, test="paired-t", p=0.03, q=0.09)
@@ -201,6 +202,8 @@ def test_significance_reports_the_adjusted_p_the_mark_rests_on():
 
 
 def test_study_figure_kinds_are_the_plot_kinds():
-    from kebench import plots, report, study
+    from kebench.analysis import plots
+    from kebench.analysis import report
+    from kebench.analysis import study
 
     assert set(study.FIGURE_KINDS) == set(plots.PLOT_KINDS) == set(report.FIGURE_TITLES)

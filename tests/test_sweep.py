@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kebench import config, executors, guard, results, sweep
+from kebench import config
+from kebench.grid import executors
+from kebench.run import guard
+from kebench.run import results
+from kebench.grid import sweep
 from kebench.cli import main as cli_main
 from kebench.errors import UserError
 
@@ -258,7 +262,7 @@ def test_slurm_submission_is_one_job_array_with_the_options(tmp_path, monkeypatc
 
 
 def test_sweep_task_checkpoint_resubmits_the_same_config():
-    from kebench import slurm
+    from kebench.grid import slurm
 
     task = slurm.SweepTask(nproc=2)
     delayed = task.checkpoint({"method": "ce"})

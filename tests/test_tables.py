@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from kebench import tables
+from kebench.analysis import tables
 from kebench.errors import UserError
-from kebench.tables.stats import _count
+from kebench.analysis.tables.stats import _count
 
 GOLDEN = Path(__file__).parent / "golden"
 RUNS = GOLDEN / "runs"
@@ -377,7 +377,7 @@ def test_registry_labels_make_paper_style_rows():
 
 
 def test_primary_metric_matches_engine():
-    from kebench.engine import PRIMARY
+    from kebench.run.engine import PRIMARY
 
     assert tables.PRIMARY == PRIMARY
 
@@ -446,7 +446,7 @@ def test_real_ke_run_gives_generation_rows_and_slim_cost(make_cfg, run_cfg, tmp_
     red = cost[(cost["Network"] == "Slim H") & (cost["column"] == "Params red. (%)")].iloc[0]
     assert float(red["text"]) == pytest.approx(
         100 * (1 - record["cost"]["slim"]["params"] / record["cost"]["dense"]["params"]), abs=0.1)
-    from kebench import plots
+    from kebench.analysis import plots
 
     runs, _ = tables.load_runs([out])
     fig = plots.hypotheses_figure(runs)
@@ -469,7 +469,7 @@ def test_a_plugin_contributes_a_table_kind(tmp_path, monkeypatch, names):
     from kebench import registry
 
     (tmp_path / "toy_tables.py").write_text(
-        "from kebench.tables import Col, Row, Table, make_cell\n"
+        "from kebench.analysis.tables import Col, Row, Table, make_cell\n"
         "def toy(runs, metric=None, decimals=2):\n"
         "    cell = make_cell({r['seed']: r['final'][metric or 'top1'] for r in runs})\n"
         "    return Table('toy', 'Toy', ('All',), [Col(('Top-1',), 'top1')], [Row(('all',), [cell])], [], decimals)\n")

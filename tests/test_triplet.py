@@ -104,7 +104,7 @@ def test_pk_batches_hold_exactly_p_classes_times_k_images():
 
 
 def test_embedding_head_is_a_final_linear_and_unit_norm():
-    from kebench.models import create_model
+    from kebench.nets.models import create_model
 
     model = EmbeddingNet(create_model("test_resnet", 5, 1), 32)
     last = list(model.modules())[-1]
@@ -171,7 +171,7 @@ def test_fewer_classes_than_p_warns_and_uses_them_all(run_cfg, tmp_path):
 def test_ke_on_retrieval_reports_dense_and_slim_per_generation(run_cfg, tmp_path):
     from pathlib import Path
 
-    from kebench.slim import load_slim
+    from kebench.nets.slim import load_slim
 
     cfg = resolve({"data": "digits-retrieval", "method": "ke", "arch": "test_resnet", "epochs": 1, "resolution": 12,
                    "train_fraction": 0.1, "batch_size": 20, "device": "cpu", "out": str(tmp_path)},

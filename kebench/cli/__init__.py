@@ -15,9 +15,9 @@ from kebench.cli.console import err, out
 from kebench.cli.grid import study_cmd, sweep_cmd, with_options
 from kebench.cli.tools import data_cmd, profile_cmd
 from kebench.errors import UserError
-from kebench.guard import RunInterrupted
+from kebench.run.guard import RunInterrupted
 from kebench.params import coerce, declared, range_text, type_text
-from kebench.sweep import parse_seeds
+from kebench.grid.sweep import parse_seeds
 
 
 def parse_extra(args: list[str]) -> dict:
@@ -230,8 +230,9 @@ def run(ctx, resume, quiet, nproc, tensorboard, **kw):
     """
     import os
 
-    from kebench import distributed, launch
-    from kebench.engine import execute_all
+    from kebench.run import distributed
+    from kebench.run import launch
+    from kebench.run.engine import execute_all
 
     if tensorboard:
         os.environ["KEBENCH_TENSORBOARD"] = "1"  # also reaches DDP worker processes
@@ -267,7 +268,7 @@ def list_cmd(what, pattern):
         out.print("Compose as OBJECTIVE+REGIME, e.g. smooth+ke; a bare objective runs under 'single', "
                   "a bare regime uses 'ce'.")
     elif what == "archs":
-        from kebench.models import list_archs
+        from kebench.nets.models import list_archs
 
         for name in list_archs(pattern):
             click.echo(name)
@@ -308,7 +309,7 @@ def main(argv=None):
         err.print("Interrupted; rerun the same command with --resume to continue.")
         sys.exit(130)
     except OSError as exc:  # a disk fault outside the run folder's own writes (tables, plots, sweep logs)
-        from kebench.results import storage_error
+        from kebench.run.results import storage_error
 
         error = storage_error(exc)
         if error is None:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from kebench import plots, tables
+from kebench.analysis import plots
+from kebench.analysis import tables
 from kebench.errors import UserError
-from kebench.tables import ALPHA, FORMATS, kind_names, make_table
+from kebench.analysis.tables import ALPHA, FORMATS, kind_names, make_table
 
 
 @click.command("table")

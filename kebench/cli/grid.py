@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from kebench import study, sweep
+from kebench.analysis import study
+from kebench.grid import sweep
 
 EXECUTOR_OPTIONS = [
     click.option("--executor", type=click.Choice(["local", "inline", "slurm", "submitit-local"]), default="local",
@@ -81,7 +82,7 @@ def sweep_cmd(spec_file, show_status, as_json, out, sets, **executor_opts):
         else:
             sweep.print_status(rows, Console(highlight=False))
         return
-    from kebench import executors  # torch and submitit: only when runs start
+    from kebench.grid import executors  # torch and submitit: only when runs start
 
     code = executors.dispatch(entries, console, **executor_opts)
     rows = sweep.status_rows(entries)
@@ -133,7 +134,8 @@ def run_cmd(ctx, name, scale, out, sets, report_dir, show_status, **executor_opt
     """
     from rich.console import Console
 
-    from kebench import executors, report
+    from kebench.grid import executors
+    from kebench.analysis import report
 
     console = Console(stderr=True, highlight=False)
     chosen = study.load(name)
@@ -158,7 +160,7 @@ def run_cmd(ctx, name, scale, out, sets, report_dir, show_status, **executor_opt
 @click.option("--report-dir", help="Report folder. Default: OUT/report.")
 def report_cmd(name, scale, out, sets, report_dir):
     """Re-render a study's report from whatever results exist (missing runs and cells are marked)."""
-    from kebench import report
+    from kebench.analysis import report
 
     path = report.write_report(study.load(name), scale, out=out, report_dir=report_dir, sets=sweep.parse_sets(sets))
     click.echo(f"wrote {path}", err=True)

@@ -24,7 +24,7 @@ def data_cmd():
 def check_cmd(name, data_root, per_class, strict, workers):
     from rich.console import Console
 
-    from kebench import data_check
+    from kebench.data import check as data_check
 
     sys.exit(data_check.check(name, data_root, per_class, strict, workers, Console(soft_wrap=True)))  # long paths stay on one line
 
@@ -45,9 +45,9 @@ def profile_cmd(arch, num_classes, split, split_rate, resolution, in_chans, devi
     FLOPs from torch.utils.flop_counter: one multiply-add = 2 FLOPs.
     Example:  kebench profile --arch resnet18 --num-classes 102 --split-rate 0.5 --json
     """
-    from kebench.engine import pick_device
-    from kebench.models import create_model
-    from kebench.slim import profile
+    from kebench.run.engine import pick_device
+    from kebench.nets.models import create_model
+    from kebench.nets.slim import profile
 
     if split != "kels":
         raise UserError(f"--split {split}: only KELS has a slim network (whole channels); WELS and WELS-Rand "

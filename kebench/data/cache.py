@@ -228,7 +228,7 @@ def _lock(path: Path):
 
 def _build(dataset, split, base, rels, size, banner_px, keep_aspect, workers, fp, data_path, meta_path,
            verbose) -> dict:
-    from kebench.results import write_json
+    from kebench.run.results import write_json
 
     slot = slot_shape(size, keep_aspect)
     row = 3 * math.prod(slot)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kebench.data.spec import DataBundle, Split
-from kebench.device import DevicePolicy, is_memmapped, resident_budget
+from kebench.run.device import DevicePolicy, is_memmapped, resident_budget
 
 
 def epoch_generator(*key: int) -> torch.Generator:
@@ -167,7 +167,7 @@ def center_view(images: torch.Tensor, out_size: int, resize_ratio: float = 1.0) 
 class BatchStream:
     """Iterates one split in batches on `device`. Train: shuffled (or the objective's sampler) and
     augmented; eval: in order, center view. Where the images live (resident on the device or
-    streamed) and how batches are augmented is the run's `DevicePolicy` (kebench/device.py)."""
+    streamed) and how batches are augmented is the run's `DevicePolicy` (kebench/run/device.py)."""
 
     def __init__(self, bundle: DataBundle, split: Split, *, batch_size: int, device: torch.device,
                  train: bool, channels_last: bool = False, test_resize_ratio: float | None = None,

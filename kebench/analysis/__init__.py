@@ -1,0 +1,3 @@
+"""From result folders to what people read: tables (a package of table kinds), plots (figure kinds),
+report (a study's HTML/LaTeX/Markdown report) and study (a paper's table as one command; the study
+files live in studies/)."""

@@ -1,0 +1,420 @@
+"""`kebench plot`: figures from result folders, one panel per dataset, byte-for-byte reproducible.
+
+Kinds:
+  generations  test accuracy across generations, dense (solid) and slim (dotted), N1 baseline dashed
+  cost         inference FLOPs vs accuracy, one point per method (slim networks as their own points)
+  hypotheses   mean |w| of the fit (solid) and reset (dashed) hypotheses across generations
+  budget       accuracy vs cumulative training FLOPs: a curve per multi-pass regime (pass by pass),
+               single-pass runs at their budgets as points
+  search       architecture searches (agevo, eigen): the best individual's test accuracy (top) and
+               size in parameters (bottom, log) after each generation, against cumulative training FLOPs
+
+Every figure function takes loaded runs (`kebench.analysis.tables.load_runs`) and returns a matplotlib
+`Figure` (built without pyplot, so no global state); `save_figure` writes PNG/PDF/SVG without
+timestamps or version strings, so the same results always give the same bytes.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from kebench.context import NOT_THE_MODEL, PassKind
+from kebench.errors import UserError
+from kebench.analysis.tables.layout import _prepare
+from kebench.analysis.tables.runs import PRIMARY, Names, expand, metric_title, signature
+
+PLOT_KINDS = ("generations", "cost", "hypotheses", "budget", "search")
+FORMATS = ("png", "pdf", "svg")
+PANEL_COLUMNS = 3
+PANEL_SIZE = (4.6, 3.6)  # inches per panel
+DPI = 150
+STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 7,
+         "svg.hashsalt": "kebench", "svg.fonttype": "path", "pdf.fonttype": 42}
+METADATA = {"png": {"Software": None},
+            "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None},
+            "svg": {"Date": None, "Creator": None}}
+HYPOTHESIS_KEYS = ("fit_abs_mean", "reset_abs_mean")
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    m = _mean(values)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _metric(run: dict, metric: str | None) -> str:
+    return metric or PRIMARY.get(run.get("task", "classification"), "top1")
+
+
+def _axis_title(metric: str | None, run: dict) -> str:
+    return f"{metric_title(_metric(run, metric))} (%)"
+
+
+def _generation_passes(run: dict) -> list[dict]:
+    return [p for p in run.get("passes") or [] if p.get("kind") == PassKind.GENERATION]
+
+
+def curve_labels(runs: list[dict], names: Names) -> dict[str, str]:
+    """run path -> legend label of its regime without a generation count (`CE + KE`), with the arch
+    where a panel mixes archs and the settings that tell same-named groups apart (`split_rate=0.5`)."""
+    base = {r["_path"]: names.method(r.get("objective", ""), r.get("regime", "")) for r in runs}
+    archs = defaultdict(set)
+    for r in runs:
+        archs[r.get("dataset")].add(r.get("arch"))
+    groups = defaultdict(list)
+    for r in runs:
+        groups[(base[r["_path"]], r.get("dataset"), r.get("arch"))].append(r)
+    labels = {}
+    for (b, dataset, arch), rs in groups.items():
+        sigs = {r["_path"]: signature(r) for r in rs}
+        keys = sorted(k for k in set().union(*sigs.values()) if len({s.get(k) for s in sigs.values()}) > 1)
+        for r in rs:
+            parts = ([arch] if len(archs[dataset]) > 1 else [])
+            parts += [f"{k.rpartition('.')[2]}={sigs[r['_path']].get(k)}" for k in keys]
+            labels[r["_path"]] = b + (f" ({', '.join(str(p) for p in parts)})" if parts else "")
+    return labels
+
+
+def _panels(fig_data: dict, title: str):
+    """A figure with one axes per dataset (sorted); returns (fig, {dataset: ax})."""
+    from matplotlib.figure import Figure
+
+    datasets = sorted(fig_data, key=str)
+    if not datasets:
+        raise UserError(title)
+    ncols = min(len(datasets), PANEL_COLUMNS)
+    nrows = math.ceil(len(datasets) / ncols)
+    fig = Figure(figsize=(PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(datasets):]:
+        ax.set_visible(False)
+    return fig, dict(zip(datasets, axes))
+
+
+def _color(i: int, n: int = 10):
+    """Colour i of n series in a panel, all distinct: tab10 up to 10, tab20 up to 20 (dark shades
+    first), then evenly spaced along the turbo colour map."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return colormaps["tab10"](i % 10)
+    if n <= 20:
+        return colormaps["tab20"]((2 * i) % 20 + (i >= 10))
+    return colormaps["turbo"](0.05 + 0.9 * i / (n - 1))
+
+
+def _legend(ax) -> None:
+    """Beside the panel, never over it: a legend inside the axes can hide a point or a curve."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+
+
+def _panel_run(runs: list[dict], dataset) -> dict:
+    """A run of this panel's dataset: its task names the panel's metric (r@1 for retrieval)."""
+    return next((r for r in runs if r.get("dataset") == dataset), runs[0])
+
+
+def _few_ticks(axis) -> None:
+    """At most 5 short labels: points that share one cost (a grid of methods on one arch) made the
+    default locator label a tiny range with long numbers that overlapped."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(nbins=4))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
+
+
+def _log_axis(ax) -> None:
+    """Log x axis with plain-number labels on the major ticks only (minor labels overlapped)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 1.0
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 2 else (1.0, 2.0, 5.0), numticks=8))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _style():
+    import matplotlib
+
+    return matplotlib.rc_context(STYLE)
+
+
+# ---------------------------------------------------------------------------------------- figures
+def generations_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
+    """Accuracy across generations: dense solid, slim dotted, the objective's N1 baseline dashed."""
+    names = names or Names()
+    multi = [r for r in runs if r.get("regime") != "single" and _generation_passes(r)]
+    labels = curve_labels(multi, names)
+    curves = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))  # dataset -> label -> (net, g) -> values
+    info = {}
+    for r in multi:
+        m = _metric(r, metric)
+        label = labels[r["_path"]]
+        info[(r.get("dataset"), label)] = (r.get("objective"), r.get("arch"), (r.get("config") or {}).get("epochs"), m)
+        for p in _generation_passes(r):
+            for net, key in (("dense", m), ("slim", f"slim_{m}")):
+                v = (p.get("metrics") or {}).get(key)
+                if isinstance(v, (int, float)):
+                    curves[r.get("dataset")][label][(net, p["index"])].append(v)
+    with _style():
+        fig, axes = _panels(curves, "No multi-generation results (passes of kind 'generation') to plot: run e.g. "
+                                    "`kebench run --method ke --generations 3` first.")
+        for dataset, ax in axes.items():
+            baselines_done = {}
+            several_archs = len({info[(dataset, label)][1] for label in curves[dataset]}) > 1
+            n = len(curves[dataset])
+            for i, label in enumerate(sorted(curves[dataset])):
+                pts = curves[dataset][label]
+                objective, arch, epochs, m = info[(dataset, label)]
+                for net, style in (("dense", dict(ls="-", marker="o")), ("slim", dict(ls=":", marker="s"))):
+                    gens = sorted(g for (n, g) in pts if n == net)
+                    if not gens:
+                        continue
+                    y = [100 * _mean(pts[(net, g)]) for g in gens]
+                    sd = [100 * _std(pts[(net, g)]) for g in gens]
+                    ax.plot(gens, y, color=_color(i, n), ms=3, lw=1.4, label=f"{label} ({net})", **style)
+                    if any(sd):
+                        ax.fill_between(gens, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
+                                        color=_color(i, n), alpha=0.15, lw=0)
+                key = (objective, arch, epochs)
+                if key in baselines_done:
+                    continue
+                base = [r for r in runs if r.get("regime") == "single" and r.get("objective") == objective
+                        and r.get("arch") == arch and r.get("dataset") == dataset
+                        and (r.get("config") or {}).get("epochs") == epochs
+                        and isinstance((r.get("final") or {}).get(m), (int, float))]
+                if base:
+                    baselines_done[key] = True
+                    ax.axhline(100 * _mean([r["final"][m] for r in base]), color=_color(i, n), ls="--", lw=1.0,
+                               label=names.method(objective, "single") + (f" {arch}" if several_archs else ""))
+            ax.set_title(str(dataset))
+            ax.set_xlabel("Generation")
+            ax.set_ylabel(_axis_title(metric, _panel_run(multi, dataset)))
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.grid(alpha=0.3)
+            _legend(ax)
+    return fig
+
+
+def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
+    """Inference GFLOPs per image vs accuracy: one point per method (mean over seeds, ± std bars)."""
+    names = names or Names()
+    warnings: list[str] = []
+    entries = [e for r in runs for e in expand(r, None, names)]
+    if not entries:
+        raise UserError("No complete results to plot.")
+    archs = len({e.run.get("arch") for e in entries}) > 1
+    _, _, entries = _prepare(entries, ["method"] + (["arch"] if archs else []), ["dataset"], names, warnings)
+    points = defaultdict(lambda: defaultdict(lambda: {"x": [], "y": []}))
+    for e in entries:
+        m = _metric(e.run, metric)
+        cost = e.run.get("cost") or {}
+        label = " / ".join(str(v) for v in e.row)
+        # A pruning pipeline's final metric is its pruned network's: plot it at the pruned cost.
+        evaluated = "pruned" if (cost.get("pruned") or {}).get("flops") else "dense"
+        for net, key, suffix in ((evaluated, m, ""), ("slim", f"slim_{m}", " (slim)")):
+            flops = (cost.get(net) or {}).get("flops")
+            value = e.metrics.get(key)
+            if flops and isinstance(value, (int, float)):
+                points[e.col[0]][label + suffix]["x"].append(flops / 1e9)
+                points[e.col[0]][label + suffix]["y"].append(value)
+    with _style():
+        fig, axes = _panels(points, "No results with inference cost (cost.dense.flops) and an accuracy to plot.")
+        for dataset, ax in axes.items():
+            n = len(points[dataset])
+            for i, label in enumerate(sorted(points[dataset])):
+                p = points[dataset][label]
+                x, y, sd = _mean(p["x"]), 100 * _mean(p["y"]), 100 * _std(p["y"])
+                marker = "s" if label.endswith("(slim)") else "o"
+                ax.scatter([x], [y], color=_color(i, n), marker=marker, s=28, label=label, zorder=3)
+                if sd:
+                    ax.errorbar([x], [y], yerr=[sd], fmt="none", ecolor=_color(i, n), elinewidth=1, capsize=2)
+            _few_ticks(ax.xaxis)
+            ax.set_title(str(dataset))
+            ax.set_xlabel("Inference GFLOPs per image")
+            ax.set_ylabel(_axis_title(metric, _panel_run([e.run for e in entries], dataset)))
+            ax.grid(alpha=0.3)
+            _legend(ax)
+    return fig
+
+
+def hypothesis_stats(p: dict) -> dict | None:
+    """Mean |w| of fit and reset hypotheses of a pass: `pass.hypotheses` (or inside its metrics)."""
+    for holder in (p.get("hypotheses"), (p.get("metrics") or {}).get("hypotheses"), p.get("metrics")):
+        if isinstance(holder, dict) and all(isinstance(holder.get(k), (int, float)) for k in HYPOTHESIS_KEYS):
+            return {k: holder[k] for k in HYPOTHESIS_KEYS}
+    return None
+
+
+def hypotheses_figure(runs: list[dict], names: Names | None = None):
+    """Mean |w| of the fit (solid) and reset (dashed) hypotheses across generations."""
+    names = names or Names()
+    multi = [r for r in runs if any(hypothesis_stats(p) for p in _generation_passes(r))]
+    labels = curve_labels(multi, names)
+    curves = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in multi:
+        for p in _generation_passes(r):
+            h = hypothesis_stats(p)
+            if h:
+                for k in HYPOTHESIS_KEYS:
+                    curves[r.get("dataset")][labels[r["_path"]]][(k, p["index"])].append(h[k])
+    with _style():
+        fig, axes = _panels(curves, "No generation passes with hypothesis statistics (fit_abs_mean, reset_abs_mean) "
+                                    "to plot: the hypotheses plot reads KE runs.")
+        for dataset, ax in axes.items():
+            n = len(curves[dataset])
+            for i, label in enumerate(sorted(curves[dataset])):
+                pts = curves[dataset][label]
+                for key, ls, word in (("fit_abs_mean", "-", "fit"), ("reset_abs_mean", "--", "reset")):
+                    gens = sorted(g for (k, g) in pts if k == key)
+                    ax.plot(gens, [_mean(pts[(key, g)]) for g in gens], color=_color(i, n), ls=ls, marker="o", ms=3,
+                            lw=1.4, label=f"{label}: {word}")
+            ax.set_title(str(dataset))
+            ax.set_xlabel("Generation")
+            ax.set_ylabel("mean |w|")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.grid(alpha=0.3)
+            _legend(ax)
+    return fig
+
+
+def budget_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
+    """Accuracy vs cumulative training TFLOPs: multi-pass curves, single-pass budgets as points."""
+    names = names or Names()
+    multi = [r for r in runs if r.get("regime") != "single" and len(r.get("passes") or []) > 1]
+    labels = curve_labels(multi, names)
+    curves = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: {"x": [], "y": []})))
+    for r in multi:
+        m, total = _metric(r, metric), 0.0
+        for i, p in enumerate(r.get("passes") or []):
+            total += p.get("train_flops") or 0
+            v = (p.get("metrics") or {}).get(m)
+            # A teacher pass (KD pipelines) costs compute but measures another network: no point.
+            if isinstance(v, (int, float)) and total and p.get("kind") not in NOT_THE_MODEL:
+                pt = curves[r.get("dataset")][labels[r["_path"]]][i]
+                pt["x"].append(total / 1e12)
+                pt["y"].append(v)
+    singles = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: {"x": [], "y": []})))
+    archs = defaultdict(set)
+    for r in runs:
+        archs[r.get("dataset")].add(r.get("arch"))
+    for r in runs:
+        flops = (r.get("training") or {}).get("flops")
+        v = (r.get("final") or {}).get(_metric(r, metric))
+        if r.get("regime") == "single" and flops and isinstance(v, (int, float)):
+            label = names.method(r.get("objective", ""), "single")
+            if len(archs[r.get("dataset")]) > 1:
+                label += f" {r.get('arch')}"
+            pt = singles[r.get("dataset")][label][(r.get("training") or {}).get("epochs")]
+            pt["x"].append(flops / 1e12)
+            pt["y"].append(v)
+    datasets = {d: True for d in list(curves) + list(singles)}
+    with _style():
+        fig, axes = _panels(datasets, "No results with training FLOPs (training.flops, passes[].train_flops) to plot.")
+        for dataset, ax in axes.items():
+            i, n = 0, len(curves[dataset]) + len(singles[dataset])
+            for label in sorted(curves[dataset]):
+                pts = curves[dataset][label]
+                order = sorted(pts)
+                ax.plot([_mean(pts[k]["x"]) for k in order], [100 * _mean(pts[k]["y"]) for k in order],
+                        color=_color(i, n), marker="o", ms=3, lw=1.4, label=label)
+                i += 1
+            for label in sorted(singles[dataset]):
+                pts = singles[dataset][label]
+                budgets = sorted(pts, key=lambda e: (e is None, e))
+                xs = [_mean(pts[b]["x"]) for b in budgets]
+                ys = [100 * _mean(pts[b]["y"]) for b in budgets]
+                ax.scatter(xs, ys, color=_color(i, n), marker="D", s=24, zorder=3, label=f"{label} (single pass)")
+                for b, x, y in zip(budgets, xs, ys):
+                    ax.annotate(f"{b} ep", (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6)
+                i += 1
+            _log_axis(ax)
+            ax.set_title(str(dataset))
+            ax.set_xlabel("Cumulative training TFLOPs")
+            ax.set_ylabel(_axis_title(metric, _panel_run(runs, dataset)))
+            ax.grid(alpha=0.3, which="both")
+            _legend(ax)
+    return fig
+
+
+def search_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
+    """Per dataset: the best individual's accuracy (top) and parameters (bottom) over the search,
+    one curve per search run (`search.history` of agevo/eigen results), x = cumulative training TFLOPs."""
+    from matplotlib.figure import Figure
+
+    names = names or Names()
+    searches = [r for r in runs if (r.get("search") or {}).get("history")]
+    if not searches:
+        raise UserError("No architecture-search results (result.json with `search.history`, from agevo/eigen) "
+                        "to plot.")
+    if metric not in (None, "top1", "val_top1"):
+        raise UserError(f"--metric for the search plot is top1 or val_top1, got '{metric}'.")
+    labels = curve_labels(searches, names)
+    datasets = sorted({r.get("dataset") for r in searches}, key=str)
+    with _style():
+        fig = Figure(figsize=(PANEL_SIZE[0] * len(datasets), PANEL_SIZE[1] * 1.6), layout="constrained")
+        axes = fig.subplots(2, len(datasets), squeeze=False, sharex="col")
+        for j, dataset in enumerate(datasets):
+            top, bottom = axes[0, j], axes[1, j]
+            for i, r in enumerate(sorted((r for r in searches if r.get("dataset") == dataset),
+                                         key=lambda r: (labels[r["_path"]], str(r.get("seed"))))):
+                history = r["search"]["history"]
+                xs = [h["train_flops"] / 1e12 for h in history]
+                label = labels[r["_path"]] + (f" seed {r.get('seed')}" if len(searches) > 1 else "")
+                top.plot(xs, [100 * h[metric or "top1"] for h in history], color=_color(i), marker="o", ms=3,
+                         lw=1.4, label=label)
+                bottom.plot(xs, [h["params"] for h in history], color=_color(i), marker="s", ms=3, lw=1.4,
+                            label=label)
+            top.set_title(str(dataset))
+            top.set_ylabel(f"Best individual: {metric_title(metric or 'top1')} (%)")
+            bottom.set_ylabel("Best individual: parameters")
+            bottom.set_yscale("log")
+            bottom.set_xlabel("Cumulative training TFLOPs (search cost)")
+            for ax in (top, bottom):
+                ax.grid(alpha=0.3, which="both")
+            _legend(top)
+    return fig
+
+
+FIGURES = {"generations": generations_figure, "cost": cost_figure, "hypotheses": hypotheses_figure,
+           "budget": budget_figure, "search": search_figure}
+
+
+def build_figure(runs: list[dict], kind: str, metric: str | None = None, names: Names | None = None):
+    if not runs:
+        raise UserError("No complete results to plot. Point kebench plot at the folder given to `kebench run --out` "
+                        "(default results/) and check the filters.")
+    if kind == "hypotheses":
+        return hypotheses_figure(runs, names)
+    return FIGURES[kind](runs, metric, names)
+
+
+def figure_format(path) -> str:
+    """The file format named by a figure path's extension (checked before any work is done)."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UserError(f"--out must end in .png, .pdf or .svg (the formats matplotlib writes "
+                        f"byte-reproducibly here), got '{Path(path).name}'.")
+    return fmt
+
+
+def save_figure(fig, path) -> Path:
+    """Write PNG/PDF/SVG with no dates or software versions in the file: same figure, same bytes."""
+    path = Path(path)
+    fmt = figure_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _style():
+        fig.savefig(path, format=fmt, dpi=DPI, metadata=METADATA[fmt])
+    return path
+
+
+__all__ = ["PLOT_KINDS", "build_figure", "save_figure", "generations_figure", "cost_figure", "hypotheses_figure",
+           "budget_figure", "search_figure"]

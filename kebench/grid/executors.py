@@ -1,0 +1,216 @@
+"""Sweep executors: `local` worker processes (one run each, GPUs shared out), `inline` (one run after
+another in this process) and the dispatch to them and to SLURM/submitit (kebench/grid/slurm.py).
+
+A worker is `python -m kebench.grid.executors [--nproc N]` with the run's config JSON on stdin.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from kebench.run import guard
+from kebench.grid import slurm
+from kebench.errors import UserError
+from kebench.run.launch import run_config
+from kebench.grid.sweep import WORKER_LOG, Entry, config_from_dict, parse_sets, state_of, unfinished
+
+def _visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def local_workers(gpus: list[str], gpus_per_run: int = 1, runs_per_gpu: int = 1, workers: int | None = None) -> int:
+    """How many runs the local executor keeps going: `workers` if given, else one per GPU (or per
+    group of `gpus_per_run` GPUs) times `runs_per_gpu`, else 1 on a CPU."""
+    if runs_per_gpu > 1 and not gpus:
+        raise UserError(f"--runs-per-gpu {runs_per_gpu} packs runs onto GPUs, but no GPU is visible here. "
+                        f"On a CPU, set the number of runs at once with --workers.")
+    if runs_per_gpu > 1 and gpus_per_run > 1:
+        raise UserError(f"--runs-per-gpu {runs_per_gpu} cannot be combined with --gpus-per-run {gpus_per_run}: "
+                        f"a DDP run already spans several GPUs. Pack single-GPU runs (--gpus-per-run 1) instead.")
+    if workers:
+        return workers
+    return max(1, len(gpus) // gpus_per_run * runs_per_gpu) if gpus else 1
+
+
+def slot_envs(workers: int, gpus: list[str], gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict]:
+    """Environment of each worker slot: its GPUs (CUDA_VISIBLE_DEVICES) and its share of the CPU threads.
+    Single-GPU slots take the GPUs round-robin, so `len(gpus) * runs_per_gpu` workers put exactly
+    `runs_per_gpu` runs on every GPU (several processes on one GPU run their kernels concurrently)."""
+    threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))}
+    if gpus:
+        if workers * gpus_per_run > len(gpus) and gpus_per_run > 1:
+            raise UserError(f"{workers} workers x {gpus_per_run} GPUs per run need {workers * gpus_per_run} "
+                            f"GPUs, but {len(gpus)} are available ({','.join(gpus)}).")
+        if runs_per_gpu > 1 and workers > len(gpus) * runs_per_gpu:
+            raise UserError(f"{workers} workers on {len(gpus)} GPU(s) would put more than --runs-per-gpu "
+                            f"{runs_per_gpu} runs on a GPU; use at most {len(gpus) * runs_per_gpu} workers.")
+        if gpus_per_run > 1:
+            return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * gpus_per_run:(i + 1) * gpus_per_run]), **threads}
+                    for i in range(workers)]
+        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], **threads} for i in range(workers)]
+    return [dict(threads) for _ in range(workers)]
+
+
+def worker_command(nproc: int = 1) -> list[str]:
+    return [sys.executable, "-m", "kebench.grid.executors", "--nproc", str(nproc)]
+
+
+def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_run: int = 1,
+              runs_per_gpu: int = 1, retry_failed: bool = False, echo=print) -> int:
+    """Run the sweep's unfinished runs with `workers` processes at a time. Returns an exit code:
+    0 all done, 1 some run failed or died, 3 stopped by a signal (rerun the sweep to continue)."""
+    todo = unfinished(entries, retry_failed, echo)
+    envs = slot_envs(workers, gpus, gpus_per_run, runs_per_gpu)
+    free = list(range(workers))
+    running: dict[int, tuple] = {}  # slot -> (Popen, entry, log file, start time)
+    problems, stop = [], {"signals": 0}
+    total = len(todo)
+    echo(f"{len(entries)} runs in the sweep, {total} to run, {workers} worker(s)")
+
+    def on_signal(signum, frame):
+        stop["signals"] += 1
+        hard = stop["signals"] > 1
+        echo(f"{guard.signal_name(signum)}: " + ("killing the runs" if hard else
+             "no new runs start; running ones checkpoint and stop (again to kill them)"))
+        for proc, *_ in running.values():
+            try:
+                proc.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    started = 0
+    try:
+        while (todo and not stop["signals"]) or running:
+            while free and todo and not stop["signals"]:
+                e = todo.pop(0)
+                if guard.lock_holder(e.dir) is not None:
+                    echo(f"skip {e.run_id}: running elsewhere")
+                    continue
+                slot = free.pop(0)
+                e.dir.mkdir(parents=True, exist_ok=True)
+                log = open(e.dir / WORKER_LOG, "a")
+                log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} kebench sweep worker, slot {slot}, "
+                          f"{json.dumps(envs[slot])}\n")
+                log.flush()
+                proc = subprocess.Popen(worker_command(gpus_per_run if gpus else 1), stdin=subprocess.PIPE,
+                                        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **envs[slot]})
+                proc.stdin.write(json.dumps(e.cfg.to_dict()).encode())
+                proc.stdin.close()
+                started += 1
+                running[slot] = (proc, e, log, time.perf_counter())
+                echo(f"[{started}/{total}] start {e.run_id} (worker {slot})")
+            for slot, (proc, e, log, t0) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                log.close()
+                del running[slot]
+                free.append(slot)
+                took = f"{time.perf_counter() - t0:.1f} s"
+                state, detail = state_of(e)
+                if rc == 0:
+                    echo(f"done  {e.run_id}: {detail} ({took})")
+                elif rc == guard.EXIT_INTERRUPTED:
+                    echo(f"stopped {e.run_id} with a checkpoint ({detail}); rerun the sweep to resume it")
+                elif rc == guard.EXIT_BUSY:
+                    echo(f"skip {e.run_id}: another process holds it")
+                else:
+                    why = detail if state == "failed" else (
+                        f"killed by {guard.signal_name(-rc)}" if rc < 0 else f"exit code {rc}")
+                    problems.append(e)
+                    echo(f"FAIL  {e.run_id}: {why}; log: {e.dir / WORKER_LOG}")
+            if running:
+                time.sleep(0.1)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if stop["signals"]:
+        return guard.EXIT_INTERRUPTED
+    return 1 if problems else 0
+
+
+def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) -> int:
+    """Run the unfinished runs one after another in this process: no worker start-up per run (importing
+    torch costs more than a whole tiny CPU run). Same exit codes as run_local."""
+    todo = unfinished(entries, retry_failed, echo)
+    echo(f"{len(entries)} runs in the sweep, {len(todo)} to run, in this process")
+    failed = 0
+    for i, e in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        echo(f"[{i}/{len(todo)}] start {e.run_id}")
+        try:
+            records = run_config(e.cfg, show_progress=False)
+        except guard.RunInterrupted as exc:
+            echo(f"stopped {e.run_id} with a checkpoint ({exc}); rerun to resume it")
+            return guard.EXIT_INTERRUPTED
+        except guard.RunBusy:
+            echo(f"skip {e.run_id}: another process holds it")
+            continue
+        except UserError as exc:
+            records = [{"status": "failed", "error": str(exc)}]
+        state, detail = state_of(e)
+        if all(r["status"] == "complete" for r in records):
+            echo(f"done  {e.run_id}: {detail} ({time.perf_counter() - t0:.1f} s)")
+        else:
+            failed += 1
+            echo(f"FAIL  {e.run_id}: {detail or records[-1].get('error')}")
+    return 1 if failed else 0
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """One sweep run in its own process: `python -m kebench.grid.executors [--nproc N]`, config JSON on stdin.
+
+    Exit codes: 0 complete, 1 failed, 2 user error, 3 interrupted (checkpointed), 4 busy."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m kebench.grid.executors")
+    parser.add_argument("--nproc", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_dict(json.loads(sys.stdin.read()))
+        records = run_config(cfg, nproc=args.nproc)
+    except guard.RunInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr, flush=True)
+        return guard.EXIT_INTERRUPTED
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except json.JSONDecodeError as exc:
+        print(f"error: the run config on stdin is not JSON: {exc}", file=sys.stderr, flush=True)
+        return guard.EXIT_USAGE
+    return 0 if all(r["status"] == "complete" for r in records) else guard.EXIT_FAILED
+
+
+def dispatch(entries: list[Entry], console, *, executor="local", retry_failed=False, workers=None, gpus=None,
+             gpus_per_run=1, runs_per_gpu=1, partition=None, time_min=240, gpus_per_job=1, array_parallelism=16,
+             cpus_per_task=None, mem_gb=None, slurm_opt=(), setup=(), wait=False) -> int:
+    """Run the unfinished entries with the chosen executor; returns its exit code (see run_local)."""
+    if runs_per_gpu > 1 and executor != "local":
+        raise UserError(f"--runs-per-gpu packs runs of the local executor; with --executor {executor} each "
+                        f"job gets its own GPUs (--gpus-per-job).")
+    if executor == "inline":
+        return run_inline(entries, retry_failed=retry_failed, echo=console.print)
+    if executor == "local":
+        gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else _visible_gpus()
+        n = local_workers(gpu_list, gpus_per_run, runs_per_gpu, workers)
+        return run_local(entries, workers=n, gpus=gpu_list, gpus_per_run=gpus_per_run, runs_per_gpu=runs_per_gpu,
+                         retry_failed=retry_failed, echo=console.print)
+    return slurm.run_submitit(
+        entries, cluster="slurm" if executor == "slurm" else "local", retry_failed=retry_failed,
+        partition=partition, time_min=time_min, gpus_per_job=gpus_per_job, array_parallelism=array_parallelism,
+        cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_opts=parse_sets(slurm_opt, "--slurm-opt"), setup=list(setup),
+        workers=workers, wait=wait or executor == "submitit-local", echo=console.print)
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

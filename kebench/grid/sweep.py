@@ -1,0 +1,303 @@
+"""A sweep: a grid of runs that survives anything (its grid and the state of its runs).
+
+A sweep file names a grid; every combination becomes one resolved `RunConfig`, and its run id
+(a hash of everything that changes the numbers) names its folder. So a sweep can be re-run at any
+time: completed runs are skipped, interrupted ones resume from their checkpoint, and two sweeps
+over the same folder never run the same id at once (each run holds a lock on its folder).
+
+    grid: {method: [ce, ke], arch: [resnet18], data: [digits], seed: [0, 1, 2]}
+    set: {epochs: 5, generations: 3}      # every run; plugin settings only where the method has them
+    out: results/
+
+Executors: `local` (N worker processes, one run each, one GPU per worker, or `--runs-per-gpu` runs
+packed on each GPU), `slurm` (a submitit
+job array; preempted or timed-out jobs checkpoint and requeue themselves, see kebench/grid/slurm.py)
+and `submitit-local` (the slurm code path on this machine, for trying a sweep before submitting).
+The executors live in kebench/grid/executors.py, the command in kebench/cli/grid.py. This module
+imports nothing heavy at import time: `kebench --help` stays fast.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from kebench.errors import UserError
+from kebench.params import coerce
+
+SPEC_KEYS = ("grid", "set", "out", "name")
+STATES = ("done", "running", "failed", "pending")
+WORKER_LOG = "sweep.log"
+
+
+@dataclass
+class Entry:
+    """One run of a sweep: its resolved config and the grid values that chose it."""
+
+    cfg: object  # RunConfig
+    combo: dict
+
+    @property
+    def run_id(self) -> str:
+        return self.cfg.run_id()
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.cfg.out) / self.run_id
+
+
+# ------------------------------------------------------------------------------ the grid
+def parse_seeds(text: str) -> list[int]:
+    """`0,1,2` or `0-4` (what `--seeds` and a sweep's `seed:` string accept) -> seeds."""
+    try:
+        seeds = []
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-")
+                seeds.extend(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                seeds.append(int(part))
+        if not seeds or min(seeds) < 0:
+            raise ValueError
+        return seeds
+    except ValueError:
+        raise UserError(f"--seeds expects non-negative integers like '0,1,2' or '0-4', got '{text}'.") from None
+
+
+def load_spec(path) -> dict:
+    from kebench.config import load_yaml
+
+    spec = load_yaml(path)
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise UserError(f"Sweep file {path}: unknown top-level key(s) {unknown}. A sweep file has "
+                        f"'grid' (settings -> lists of values), 'set' (settings for every run), 'out' "
+                        f"(results folder) and optionally 'name'.")
+    grid = spec.get("grid")
+    grids = grid if isinstance(grid, list) else [grid]
+    if grid is None or not all(isinstance(g, dict) and g for g in grids):
+        raise UserError(f"Sweep file {path}: 'grid' must be a mapping of settings to lists of values "
+                        f"(e.g. grid: {{method: [ce, ke], seed: [0, 1, 2]}}), or a list of such mappings.")
+    if not isinstance(spec.get("set") or {}, dict):
+        raise UserError(f"Sweep file {path}: 'set' must be a mapping of settings (e.g. set: {{epochs: 5}}).")
+    return spec
+
+
+def _values(key: str, value) -> list:
+    if key in ("seed", "seeds") and isinstance(value, str):
+        return parse_seeds(value)
+    if isinstance(value, list):
+        if not value:
+            raise UserError(f"Sweep grid: '{key}' has an empty list of values.")
+        return value
+    return [value]
+
+
+def _plugin_keys(settings: dict) -> tuple[set, set]:
+    """(flat plugin keys, plugin names) of the method these settings select."""
+    from kebench import registry
+    from kebench.data import get_spec
+
+    data = settings.get("data") or "digits"
+    default_obj = "triplet" if get_spec(data).task == "retrieval" else "ce"
+    method = registry.parse_method(settings.get("method") or default_obj, default_objective=default_obj)
+    plugins = (method.objective, method.regime)
+    return {k for p in plugins for k in p.defaults}, {p.name for p in plugins}
+
+
+def _resolve(settings: dict):
+    """Resolve one combination; settings that belong to another method's plugins are left out.
+    Returns (RunConfig, names of the settings that applied)."""
+    from kebench import config
+
+    where = "sweep file"
+    bad = [k for k in settings if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"{where}: setting names must be text, got {bad!r}.")
+    for key in ("method", "data", "arch"):  # the run's identity picks which plugin settings apply
+        if settings.get(key) is not None:
+            settings = {**settings, key: coerce(key, settings[key], "", where)}
+    flat, plugin_names = _plugin_keys(settings)
+    file_cfg, applied = {}, set()
+    for key, value in settings.items():
+        k = key.replace("-", "_")
+        pname, dot, pkey = k.partition(".")
+        if k == "params":
+            if not isinstance(value, dict):
+                raise UserError("Sweep: 'params' must map plugin names to settings.")
+            kept = {p: kv for p, kv in value.items() if p in plugin_names}
+            if kept:
+                file_cfg["params"] = kept
+                applied.add(key)
+        elif k in config.FIELDS or (dot and pname in plugin_names) or (not dot and k in flat):
+            file_cfg[k] = value
+            applied.add(key)
+    return config.resolve({}, file_cfg, {}, source=where), applied
+
+
+def expand(spec: dict, *, out: str | None = None, sets: dict | None = None) -> list[Entry]:
+    """Every run of the sweep, in grid order, one per distinct run id."""
+    from kebench import config
+
+    grids = spec["grid"] if isinstance(spec["grid"], list) else [spec["grid"]]
+    fixed = {**(spec.get("set") or {}), **(sets or {})}
+    out = str(Path(out or spec.get("out") or "results").expanduser().absolute())  # jobs may start elsewhere
+    entries: dict[str, Entry] = {}
+    named, applied = set(fixed), set()
+    for grid in grids:
+        grid = {("seed" if k == "seeds" else k): v for k, v in grid.items()}
+        named |= set(grid)
+        keys = list(grid)
+        for combo in itertools.product(*(_values(k, grid[k]) for k in keys)):
+            chosen = dict(zip(keys, combo))
+            settings = {**fixed, **chosen, "out": out}
+            try:
+                cfg, used = _resolve(settings)
+            except UserError as exc:
+                raise UserError(f"Sweep run {chosen}: {exc}") from None
+            applied |= used
+            entries.setdefault(cfg.run_id(), Entry(cfg, chosen))
+    unused = sorted(named - applied - {"out"})
+    if unused:
+        valid = sorted(k.replace("_", "-") for k in config.FIELDS if k not in ("params",))
+        raise UserError(f"Sweep setting(s) {unused} apply to none of the sweep's runs: they are neither "
+                        f"run settings ({', '.join(valid)}) nor a setting of any method in the grid "
+                        f"(see 'kebench list methods').")
+    return list(entries.values())
+
+
+def parse_sets(items, flag: str = "--set") -> dict:
+    found = {}
+    for item in items or ():
+        if "=" not in item:
+            raise UserError(f"{flag} expects KEY=VALUE, got '{item}'.")
+        k, v = item.split("=", 1)
+        found[k.strip()] = v.strip()
+    return found
+
+
+def config_from_dict(d) -> object:
+    """A RunConfig from a resolved config mapping (a sweep job's payload), validated the same way as
+    any run: the method is looked up in the registry, so a payload can never name code to import."""
+    from kebench import config
+
+    if not isinstance(d, dict):
+        raise UserError(f"A run config must be a mapping, got {type(d).__name__}.")
+    unknown = sorted(set(d) - set(config.FIELDS))
+    if unknown:
+        raise UserError(f"Run config has unknown key(s) {unknown}; valid: {', '.join(config.FIELDS)}.")
+    cfg = config.from_dict(d)
+    config.validate(cfg)
+    return cfg
+
+
+# ------------------------------------------------------------------------------ state
+def _last_row(run_dir: Path) -> dict | None:
+    path = run_dir / "metrics.jsonl"
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
+
+
+def _progress(run_dir: Path) -> str:
+    row = _last_row(run_dir)
+    return f"pass {row['pass'] + 1} epoch {row['epoch']}" if row else ""
+
+
+def _matched_entry(entry: Entry, result: dict) -> Entry | None:
+    """The equal-total-epochs baseline a `budget: matched` run also owes (issue 11)."""
+    cfg = entry.cfg
+    if getattr(cfg, "budget", "paper") != "matched" or cfg.method_spec.regime.name == "single":
+        return None
+    from kebench.config import matched_config
+
+    return Entry(matched_config(cfg, result["training"]["epochs"]), entry.combo)
+
+
+def state_of(entry: Entry) -> tuple[str, str]:
+    """(done | running | failed | pending, detail) of one run, read from its folder only."""
+    from kebench.run import guard
+    from kebench.run import results
+
+    holder = guard.lock_holder(entry.dir)
+    if holder is not None:
+        return "running", f"pid {holder.get('pid')} on {holder.get('host')}; {_progress(entry.dir)}".rstrip("; ")
+    if any(entry.dir.glob(f".*{results.TMP_SUFFIX}")):  # litter of a killed writer: removed under the lock
+        try:
+            with guard.RunLock(entry.dir, wait_s=0):
+                results.remove_stale_temps(entry.dir)
+        except (guard.RunBusy, OSError):
+            pass  # a run just started (it cleans up itself), or the folder is read-only
+    result = results.read_result(entry.dir)
+    if result is not None and result.get("status") == "complete":
+        matched = _matched_entry(entry, result)
+        if matched is not None:
+            state, detail = state_of(matched)
+            if state != "done":
+                return state, f"matched baseline {matched.run_id}: {state} {detail}".strip()
+        primary = next((k for k in ("top1", "r@1") if k in result.get("final", {})), None)
+        return "done", f"{primary} {result['final'][primary]:.4f}" if primary else ""
+    if result is not None and result.get("status") == "failed":
+        return "failed", str(result.get("error", ""))
+    if any((entry.dir / n).is_file() for n in ("checkpoint.pt", "checkpoint.prev.pt")):
+        return "pending", f"resumable from {_progress(entry.dir) or 'its checkpoint'}"
+    return "pending", ""
+
+
+def unfinished(entries: list[Entry], retry_failed: bool, echo=print) -> list[Entry]:
+    """The runs an executor should start: pending ones (and failed ones when retrying); runs another
+    process is writing right now are skipped and named."""
+    todo = []
+    for e in entries:
+        state, detail = state_of(e)
+        if state == "pending" or (state == "failed" and retry_failed):
+            todo.append(e)
+        elif state == "running":
+            echo(f"skip {e.run_id}: running elsewhere ({detail})")
+    return todo
+
+
+def submitted_jobs(out) -> dict:
+    """run id -> the submitit/SLURM job id it was last submitted as (from <out>/.submitit/jobs.jsonl)."""
+    jobs = {}
+    try:
+        for line in (Path(out) / ".submitit" / "jobs.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            jobs[rec["run_id"]] = rec["job_id"]
+    except (OSError, ValueError, KeyError):
+        pass
+    return jobs
+
+
+def status_rows(entries: list[Entry]) -> list[dict]:
+    rows = []
+    jobs = submitted_jobs(entries[0].cfg.out) if entries else {}
+    for e in entries:
+        state, detail = state_of(e)
+        if state == "pending" and e.run_id in jobs:
+            detail = "; ".join(filter(None, [f"submitted as job {jobs[e.run_id]}", detail]))
+        rows.append({"run_id": e.run_id, "method": e.cfg.method, "arch": e.cfg.arch, "data": e.cfg.data,
+                     "seed": e.cfg.seed, "state": state, "detail": detail, "dir": str(e.dir)})
+    return rows
+
+
+def counts(rows: list[dict]) -> dict:
+    return {s: sum(r["state"] == s for r in rows) for s in STATES}
+
+
+def print_status(rows: list[dict], console) -> None:
+    from rich.table import Table
+
+    colour = {"done": "green", "running": "cyan", "failed": "red", "pending": "yellow"}
+    table = Table(title="kebench sweep status")
+    for col in ("run id", "method", "arch", "data", "seed", "state", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["run_id"], r["method"], r["arch"], r["data"], str(r["seed"]),
+                      f"[{colour[r['state']]}]{r['state']}[/]", r["detail"])
+    console.print(table)
+    c = counts(rows)
+    console.print(f"{len(rows)} runs: " + ", ".join(f"{c[s]} {s}" for s in STATES))

@@ -1,0 +1,118 @@
+"""kebench's own architectures, registered in timm's model registry so that `--arch NAME` works
+everywhere a timm name does (`kebench list archs` shows them):
+
+- sepnet_r / sepnet_b: SEP-Nets (Li, Wang, Lv, Yang, "SEP-Nets: Small and Effective Pattern
+  Networks", 2017), small networks built from pattern (3 x 3) and transform (1 x 1) convolutions;
+  -B computes every 3 x 3 filter as its binary sign pattern (kebench.nets.pattern.BinaryConv2d).
+- evonet: the genome-built network family of the architecture searches (kebench.nets.genome).
+"""
+from __future__ import annotations
+
+import torch
+from timm.models import register_model
+from torch import nn
+
+from kebench.nets.pattern import BinaryConv2d
+
+#: SEP-Net stages: (output channels, SEP modules, stride of the first), after a 3x3 stride-2 stem of 32.
+#: kebench's sizing: 1.37 M parameters / 5.5 MB with a 1000-class head (the paper's SEP-Net-R: 1.3 M,
+#: 5.2 MB); SEP-Net-B 3.1 MB. The paper's exact layer table is not reproduced.
+SEPNET_STAGES = ((64, 1, 1), (128, 2, 2), (256, 2, 2), (320, 1, 2))
+SEPNET_STEM = 32
+#: The SEP module's inner width: a 1x1 "squeeze" to out/REDUCE channels before the pattern residual block.
+SEPNET_REDUCE = 2
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int, binary: bool = False) -> nn.Sequential:
+    conv = (BinaryConv2d if binary and k > 1 else nn.Conv2d)(cin, cout, k, stride, k // 2, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout))
+
+
+class PatternResidualBlock(nn.Module):
+    """relu(BN(3x3 pattern conv(x)) + BN(1x1 transform conv(x))): the 1x1 path adds transformed
+    feature maps to the pattern feature maps (SEP-Nets Sec. 4)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, binary: bool = False):
+        super().__init__()
+        self.pattern = _conv_bn(cin, cout, 3, stride, binary)
+        self.transform = _conv_bn(cin, cout, 1, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.pattern(x) + self.transform(x))
+
+
+class SEPModule(nn.Module):
+    """1x1 squeeze -> pattern residual block -> 1x1 expand, added to the module's input (a 1x1
+    projection when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, binary: bool = False):
+        super().__init__()
+        mid = max(8, cout // SEPNET_REDUCE)
+        self.squeeze = nn.Sequential(*_conv_bn(cin, mid, 1, 1), nn.ReLU(inplace=True))
+        self.prb = PatternResidualBlock(mid, mid, stride, binary)
+        self.expand = _conv_bn(mid, cout, 1, 1)
+        self.shortcut = nn.Identity() if cin == cout and stride == 1 else _conv_bn(cin, cout, 1, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.expand(self.prb(self.squeeze(x))) + self.shortcut(x))
+
+
+class TimmHead:
+    """timm's classifier interface for kebench's own nets (`fc` on `num_features`), so objectives
+    that replace the head (cosine, embedding) treat them like any timm model."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, *_) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+
+class SEPNet(TimmHead, nn.Module):
+    """A 3x3 stem, SEP modules in four stages, global average pooling and a linear classifier."""
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, binary: bool = False, drop_rate: float = 0.0,
+                 stages=SEPNET_STAGES, stem: int = SEPNET_STEM, **_):
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(in_chans, stem, 3, 2, binary), nn.ReLU(inplace=True))
+        blocks, cin = [], stem
+        for cout, count, stride in stages:
+            for i in range(count):
+                blocks.append(SEPModule(cin, cout, stride if i == 0 else 1, binary))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = cin
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(cin, num_classes) if num_classes else nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.mean((2, 3)))
+        return x if pre_logits else self.fc(x)
+
+
+def timm_kwargs(kwargs: dict) -> dict:
+    """Drop timm's pretrained-config arguments (kebench never loads pretrained weights)."""
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    return kwargs
+
+
+@register_model
+def sepnet_r(pretrained: bool = False, **kwargs) -> SEPNet:
+    """SEP-Net-R: raw (full-precision) pattern and transform convolutions."""
+    return SEPNet(binary=False, **timm_kwargs(kwargs))
+
+
+@register_model
+def sepnet_b(pretrained: bool = False, **kwargs) -> SEPNet:
+    """SEP-Net-B: every 3x3 pattern filter computed and stored as its scaled sign pattern."""
+    return SEPNet(binary=True, **timm_kwargs(kwargs))

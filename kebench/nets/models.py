@@ -1,0 +1,101 @@
+"""Model construction: timm for everything it has, torchvision's GoogLeNet (no aux heads) besides."""
+from __future__ import annotations
+
+import fnmatch
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from kebench.nets import archs, genome  # noqa: F401  (register sepnet_r, sepnet_b, evonet with timm)
+from kebench.errors import UserError, unknown_choice
+
+
+class GoogLeNet(torchvision.models.GoogLeNet):
+    """torchvision's GoogLeNet with timm's head interface, so every arch looks alike to kebench."""
+
+    def __init__(self, num_classes: int, in_chans: int = 3):
+        super().__init__(num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True)
+        if in_chans != 3:
+            self.conv1.conv = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.num_features = self.fc.in_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for name in ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b",
+                     "maxpool3", "inception4a", "inception4b", "inception4c", "inception4d",
+                     "inception4e", "maxpool4", "inception5a", "inception5b"):
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        x = self.dropout(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+
+TORCHVISION_ARCHS = {"googlenet": GoogLeNet}
+
+
+def list_archs(pattern: str | None = None) -> list[str]:
+    names = sorted(set(timm.list_models()) | set(TORCHVISION_ARCHS))
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def check_arch(name: str) -> None:
+    if name in TORCHVISION_ARCHS or timm.is_model(name):
+        return
+    raise unknown_choice(
+        "arch", name, [n for n in list_archs() if n.split("_")[0] in name or name in n] or list_archs()[:40],
+        hint="Run 'kebench list archs PATTERN' to search all timm models (wildcards allowed).",
+    )
+
+
+def create_model(arch: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module:
+    """A randomly initialised model (never pretrained: the papers train from scratch)."""
+    check_arch(arch)
+    if arch in TORCHVISION_ARCHS:
+        return TORCHVISION_ARCHS[arch](num_classes=num_classes, in_chans=in_chans)
+    vgg = arch.startswith("vgg")
+    if vgg:
+        kwargs.setdefault("drop_rate", VGG_DROPOUT)
+    try:
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"timm could not build '{arch}' with {num_classes} classes and {in_chans} input channels: {exc}") from None
+    if vgg:
+        torchvision_vgg_head(model)
+    return model
+
+
+#: torchvision's VGG classifier: Linear-ReLU-Dropout(0.5)-Linear-ReLU-Dropout(0.5)-Linear.
+VGG_DROPOUT = 0.5
+
+
+def torchvision_vgg_head(model: nn.Module) -> nn.Module:
+    """Make a timm VGG's head torchvision's (the VGG of the KE paper's ablation). timm builds it as
+    fc1 (7x7 conv) - ReLU - drop - fc2 (1x1 conv) - ReLU, then pool - drop - fc: with drop_rate 0.5
+    the dropouts sit where torchvision's two Dropout(0.5) do, and at 224 px (a 7x7 feature map; timm
+    pools smaller maps up to 7x7 as torchvision's AdaptiveAvgPool2d(7) does) fc1/fc2 compute
+    torchvision's Linear(25088, 4096) / Linear(4096, 4096). timm initialises those two convs as
+    convs (Kaiming); torchvision draws its Linear layers from N(0, 0.01) with zero bias: do so."""
+    for fc in (model.pre_logits.fc1, model.pre_logits.fc2):
+        nn.init.normal_(fc.weight, 0, 0.01)
+        nn.init.zeros_(fc.bias)
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters only: masks and running statistics are buffers and are not counted."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,7 @@
+"""The run core: one config trained end to end.
+
+engine (the `Run` façade plugins see, `execute`), loop (THE training loop), checkpoint, record
+(result.json), results (run folders, atomic writes), metrics (evaluation), monitor, progress,
+distributed (DDP), launch (processes), device (the device policy), guard (locks, signals),
+distill (the distillation losses and teachers plugins share).
+"""

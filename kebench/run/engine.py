@@ -1,0 +1,402 @@
+"""The run: `Run` is the façade plugins see (`kebench.context.RunContext`), and `execute` runs one
+config end to end. The pieces with one job each live beside it:
+
+* `kebench.run.loop` — THE training loop (`PassLoop`: one pass, its epochs and steps, LR schedules);
+* `kebench.run.checkpoint` — checkpoint contents, writing, reading/validating, restoring, replay;
+* `kebench.run.record` — the result record (result.json);
+* `kebench.run.distributed` — the process policy (`SingleProcess` no-ops, `MultiProcess` for DDP).
+
+Resume works by deterministic replay: a regime's `run()` is executed again from the top; every
+`fit()` call the checkpoint says is finished returns its recorded pass without training, and the
+checkpointed state (model, optimizer, registered regime state, RNG) is loaded at the exact point
+where the interrupted run stopped. Regimes therefore must keep any state that outlives a pass in
+`run.state` (modules or tensors), which is checkpointed with the model.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kebench.run import checkpoint
+from kebench.run import distributed
+from kebench.run import guard
+from kebench.run import metrics
+from kebench.run import monitor
+from kebench.run import record
+from kebench.run import results
+from kebench import data as datasets
+from kebench.run.checkpoint import CHECKPOINT, PREV_CHECKPOINT, PassState, RunFailure, checkpoint_problem  # noqa: F401
+from kebench.config import RunConfig, save_yaml
+from kebench.context import RECORD
+from kebench.data.pipeline import BatchStream
+from kebench.run.device import DevicePolicy
+from kebench.errors import UserError
+from kebench.run.loop import SCHEDULES, LRPlan, PassLoop, effective_warmup, lr_factor, lr_scheduler  # noqa: F401
+from kebench.nets.models import create_model
+from kebench.plugin import Hook, Objective
+from kebench.run.progress import Progress  # noqa: F401  (tests patch Progress.step through here)
+
+PRIMARY = {"classification": "top1", "retrieval": "r@1"}
+CHECK_EVERY = distributed.CHECK_EVERY
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for but CUDA is not available here. Use --device cpu or auto.")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+class Run:
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, show_progress: bool = True,
+                 policy: DevicePolicy | None = None):
+        self.cfg = cfg
+        self.device = distributed.local_device(pick_device(cfg.device))
+        self.processes = distributed.policy(self.device)  # rank 0 writes every file
+        self.dir = Path(cfg.out) / cfg.run_id()  # created by execute(): a config that fails here leaves nothing
+        self.show_progress = show_progress and self.rank == 0
+        seed_everything(cfg.seed)
+        self.data = datasets.load(cfg)
+        self.task = self.data.task
+        self.primary = PRIMARY[self.task]
+        self.method = cfg.method_spec
+        self.policy = policy or DevicePolicy.for_run(cfg, self.device)  # AMP, layout, compile, data placement
+        self.policy.apply_backend()
+        self.amp_dtype, self.channels_last = self.policy.amp_dtype, self.policy.channels_last
+        self.objective = self.method.objective.load()(cfg.plugin_params(self.method.objective.name), self)
+        self.regime = self.method.regime.load()(cfg.plugin_params(self.method.regime.name), self)
+        self.model = self.build_model()
+        self._check_batch_size()
+        self.state: dict[str, nn.Module | torch.Tensor] = {}
+        self.passes: list[dict] = []
+        self.best: dict = {}
+        self._facts: dict = {}  # what regimes reported (run.report*): checkpointed, spread into result.json
+        self._pass_counter = 0
+        self._resuming = resume
+        self._resume: dict | None = None  # the checkpoint, read by execute() under the folder's lock
+        self._elapsed_before = 0.0
+        self._streams: dict[str, BatchStream] = {}
+        self._last_save = time.perf_counter()
+        self.monitors = monitor.hooks_for(self)  # TensorBoard when KEBENCH_TENSORBOARD=1
+
+    @property
+    def world(self) -> int:
+        return self.processes.world
+
+    @property
+    def rank(self) -> int:
+        return self.processes.rank
+
+    def _check_batch_size(self) -> None:
+        """Refuse, before anything runs, a batch that cannot train this model on this data. (An objective
+        with its own batch sampler — CS-KD pairs, P×K — sizes its batches itself and checks them.)"""
+        if type(self.objective).batch_sampler is not Objective.batch_sampler:
+            return
+        per_process, n_train = self.cfg.batch_size // self.world, len(self.data.train)
+        if per_process < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            raise UserError(f"--batch-size {self.cfg.batch_size} gives {per_process} image(s) per step"
+                            f"{f' on each of {self.world} processes' if self.world > 1 else ''}, but "
+                            f"'{self.cfg.arch}' has BatchNorm layers, which need at least 2 images per step "
+                            f"to train. Use --batch-size 2 or more (the papers use 32 to 128).")
+        if self.cfg.batch_size > n_train:
+            raise UserError(f"--batch-size {self.cfg.batch_size} is larger than the {n_train} training images of "
+                            f"'{self.cfg.data}' (incomplete batches are dropped, so no step would run). Use a "
+                            f"batch size of at most {n_train}.")
+
+    # ------------------------------------------------------------------ building blocks
+    def build_model(self, arch: str | None = None, **kwargs) -> nn.Module:
+        """A fresh model for this run's data and objective, on the run's device."""
+        model = create_model(arch or self.cfg.arch, self.data.num_classes, self.data.in_chans, **kwargs)
+        model = self.objective.adapt_model(model, self.data.num_classes)
+        return self.policy.place(model)
+
+    def stream(self, split: str = "train") -> BatchStream:
+        if split not in self._streams:
+            source = getattr(self.data, split)
+            if source is None:
+                raise UserError(f"Dataset '{self.cfg.data}' has no {split} split.")
+            self._streams[split] = BatchStream(
+                self.data, source, batch_size=self.cfg.batch_size if split == "train" else max(self.cfg.batch_size, 256),
+                device=self.device, train=split == "train", policy=self.policy, shard=(self.rank, self.world))
+        return self._streams[split]
+
+    def autocast(self):
+        return self.policy.autocast()
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, model: nn.Module | None = None, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Model outputs (logits or embeddings, float32 on CPU) and labels for a whole split."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        outs, labels = [], []
+        with self.autocast():
+            for x, y in self.stream(split):
+                outs.append(model(x).float().cpu())
+                labels.append(y.cpu())
+        model.train(was_training)
+        return torch.cat(outs), torch.cat(labels)
+
+    def evaluate(self, model: nn.Module | None = None, split: str = "test", prefix: str = "") -> dict:
+        """Task metrics on a split: top1 for classification; NMI and Recall@K for retrieval."""
+        out, labels = self.predict(model, split)
+        if self.task == "classification":
+            result = {"top1": metrics.top1(out, labels)}
+        else:
+            result = metrics.retrieval_metrics(out, labels, seed=self.cfg.seed, device=self.device)
+        return {prefix + k: v for k, v in result.items()}
+
+    # ------------------------------------------------------------------ training
+    def fit(self, epochs: int | None = None, *, kind: str = "pass", label: int | None = None,
+            model: nn.Module | None = None, hooks: list[Hook] = (), objective=None,
+            lr: float | None = None, schedule: str | None = None, warmup: int | None = None,
+            lr_window: tuple[int, int] | None = None, after=None) -> dict:
+        """Train `model` (default: run.model) for one pass with a fresh optimizer and LR schedule.
+
+        kind: a `kebench.context.PassKind` (what the pass trains). lr, schedule ("cosine" |
+        "constant"), warmup: this pass's peak LR, schedule and warm-up epochs (default: --lr,
+        --lr-schedule, --warmup-epochs), e.g. a short constant-LR fine-tune.
+        lr_window=(offset, total) continues one schedule of `total` epochs across passes (DSD, RePr);
+        its warm-up opens the whole window, not each pass.
+        after(model) -> dict adds pass-level metrics (slim accuracy) to the record; per-pass record
+        entries (e.g. per-layer "hypotheses") go under its `context.RECORD` key, beside "metrics".
+        Returns the pass record (also appended to run.passes).
+        """
+        epochs = epochs or self.cfg.epochs
+        model = model if model is not None else self.model
+        objective = objective or self.objective
+        kind = str(kind)
+        index = self._pass_counter
+        self._pass_counter += 1
+        label = label if label is not None else index + 1
+        hooks = list(hooks) + objective.hooks() + self.monitors
+        lr_plan = LRPlan.of(self, kind, epochs, lr, schedule, warmup, lr_window)
+
+        params = [*model.parameters(), *objective.extra_parameters(model)]
+        optimizer = torch.optim.SGD(params, lr=lr_plan.peak, momentum=self.cfg.momentum,
+                                    weight_decay=self.cfg.weight_decay)
+        scaler = self.policy.grad_scaler()
+        done, ps = checkpoint.replay(self, index, model, optimizer, scaler)
+        if done is not None:
+            return done
+        ps = ps or PassState(index=index, kind=kind, label=label, epochs=epochs)
+        stopped = PassLoop(self, ps, model, objective, hooks, lr_plan, optimizer, scaler, params).run_pass()
+
+        test = ps.history[-1]["test"] if ps.history and "test" in ps.history[-1] else self.evaluate(model)
+        rec = {"kind": kind, "index": label, "epochs": epochs, "steps": ps.steps, "images": ps.images,
+               "step_flops": ps.step_flops, "train_flops": (ps.step_flops or 0) * ps.steps,
+               "wall_time_s": round(ps.wall_time_s, 3), "metrics": dict(test), "lr": lr_plan.describe()}
+        if stopped:
+            rec.update(epochs=ps.epoch, planned_epochs=epochs, stopped=stopped)
+        if after is not None:
+            _add_after(rec, after(model), self.method.name)
+        self.passes.append(rec)
+        for hook in hooks:
+            if hasattr(hook, "pass_end"):  # hooks written against an older Hook have no pass_end
+                hook.pass_end(rec)
+        self._save_checkpoint(model, optimizer, scaler, ps, complete=True)
+        return rec
+
+    def _track_best(self, test: dict, index: int, label: int, epoch: int) -> None:
+        value = test.get(self.primary)
+        if value is not None and (not self.best or value > self.best[self.primary]):
+            self.best = {self.primary: value, "pass": index + 1, "label": label, "epoch": epoch}
+
+    # ------------------------------------------------------------------ what regimes report
+    def report(self, name: str, value):
+        """Record a run-level fact, written as result.json[name]; returns `value` (a dict may still be
+        filled in afterwards). Names of the schema's own fields are refused: use report_final /
+        report_cost for contributions to "final" and "cost"."""
+        if name in record.SCHEMA_FIELDS:
+            raise ValueError(f"{self.method.name}: run.report('{name}') would overwrite the result.json schema "
+                             f"field '{name}'; report the fact under a name of its own"
+                             f"{' (or use run.report_' + name + ')' if name in (record.FINAL, record.COST) else ''}.")
+        self._facts[name] = value
+        return value
+
+    def reported(self, name: str, default=None):
+        """A fact reported earlier in this run (or restored from its checkpoint on resume)."""
+        return self._facts.get(name, default)
+
+    def report_final(self, values: dict) -> dict:
+        """Add headline numbers to result.json["final"] (over the last pass's metrics)."""
+        return self._contribute(record.FINAL, values)
+
+    def report_cost(self, values: dict) -> dict:
+        """Add entries to result.json["cost"] (beside the engine's "dense" inference cost)."""
+        return self._contribute(record.COST, values)
+
+    def _contribute(self, field: str, values: dict) -> dict:
+        part = self._facts.setdefault(field, {})
+        part.update(values)
+        return part
+
+    # ------------------------------------------------------------------ persistence
+    def _append_metrics(self, row: dict) -> None:
+        if self.rank != 0:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)  # a regime driven without execute() (tests, notebooks)
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(results._clean(row)) + "\n")
+        monitor.write_csv(self.dir)
+
+    def _save_checkpoint(self, model, optimizer, scaler, ps: PassState, complete: bool) -> None:
+        checkpoint.save(self, model, optimizer, scaler, ps, complete)
+
+    def resumed_state(self, name: str):
+        """On --resume, the value `run.state[name]` held in the checkpoint being resumed (None when not
+        resuming, already restored, or absent). Between-pass results that depend on trained weights
+        and change shapes (a pruned network's structure) cannot be replayed from the untrained
+        weights a replay sees before the resumed pass restores them; a regime reads them back here."""
+        return None if self._resume is None else self._resume["state"].get(name)
+
+    def elapsed(self) -> float:
+        return self._elapsed_before + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
+
+    # ------------------------------------------------------------------ the whole run
+    def execute(self) -> dict:
+        """Run the regime, write result.json and the final model; return the result record."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            results.remove_stale_temps(self.dir)  # half-written files of a killed earlier attempt
+        if self._resuming:
+            self._resume = checkpoint.read(self.dir, self.cfg.run_id(), self.world)
+            self._elapsed_before = self._resume["elapsed"] if self._resume else 0.0
+        results.write_text(self.dir / "config.yaml", save_yaml(self.cfg))
+        if self._resume is None and self.rank == 0:  # a fresh start: nothing of an earlier attempt stays
+            for name in ("metrics.jsonl", CHECKPOINT, PREV_CHECKPOINT):
+                (self.dir / name).unlink(missing_ok=True)
+        self._t0 = time.perf_counter()
+        try:
+            self.regime.run(self)
+        except RunFailure as exc:
+            for m in self.monitors:
+                m.close()
+            rec = record.build(self, status="failed", error=str(exc))
+            results.write_json(self.dir / "result.json", rec)
+            return rec
+        for m in self.monitors:
+            m.close()
+        rec = record.build(self, status="complete")
+        results.save_torch(self.dir / "model.pt", {"arch": self.cfg.arch, "state_dict": self.model.state_dict()})
+        results.write_json(self.dir / "result.json", rec)
+        if self.rank == 0:
+            for name in (CHECKPOINT, PREV_CHECKPOINT):
+                (self.dir / name).unlink(missing_ok=True)
+        return rec
+
+
+#: Keys of a pass record the engine writes; `after()`'s record entries may not replace them.
+PASS_FIELDS = frozenset({"kind", "index", "epochs", "steps", "images", "step_flops", "train_flops", "wall_time_s",
+                         "metrics", "lr", "planned_epochs", "stopped"})
+
+
+def _add_after(rec: dict, out: dict, method: str) -> None:
+    """Put what `fit(after=...)` returned into the pass record: metrics into "metrics", the entries
+    under `context.RECORD` beside it."""
+    out = dict(out)
+    entries = out.pop(RECORD, {})
+    nested = [k for k, v in out.items() if isinstance(v, dict)]
+    clash = sorted(PASS_FIELDS & set(entries))
+    if nested or clash:
+        raise TypeError(f"{method}: fit(after=...) returned "
+                        + (f"dict-valued metrics {nested}; per-pass record entries go under after()['{RECORD}']"
+                           if nested else f"record entries {clash} that would overwrite the pass record's own"))
+    rec["metrics"].update(out)
+    rec.update(entries)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+def execute_all(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True) -> list[dict]:
+    """Run a config; with budget 'matched' and a multi-pass regime, also run its single-pass
+    baseline with the same objective and the same total number of epochs (issue: fair comparisons).
+
+    Each budget is its own run: a single long run cannot stand in for several budgets, because the
+    cosine schedule of a shorter run is a different schedule, not a prefix of the longer one.
+    """
+    from kebench.config import matched_config
+
+    records = [execute(cfg, resume=resume, show_progress=show_progress)]
+    first = records[0]
+    if cfg.budget == "matched" and cfg.method_spec.regime.name != "single" and first["status"] == "complete":
+        matched = matched_config(cfg, first["training"]["epochs"])
+        record = execute(matched, resume=True, show_progress=show_progress)  # reuse an existing baseline
+        records.append(record)
+    return records
+
+
+def execute(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True) -> dict:
+    """Run one resolved config end to end (skipping it if `resume` and it already completed).
+
+    The run folder is locked for the whole run (a second writer gets `guard.RunBusy`), and
+    SIGTERM/SIGINT stop it at the end of the current step with a checkpoint (`guard.RunInterrupted`).
+    """
+    device = distributed.local_device(pick_device(cfg.device))
+    distributed.init(device)
+    world = distributed.world_size()
+    if world > 1 and cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
+                        f"{world} processes.")
+    stop = guard.STOP.signum is not None
+    (stop,) = distributed.policy(device).agree([stop])  # all ranks start, or none does
+    if stop:
+        signum = guard.STOP.consume()
+        raise guard.RunInterrupted(f"Stopped by {guard.signal_name(signum)} before run {cfg.run_id()} started; "
+                                   f"rerun with --resume to continue.", signum)
+    run_dir = Path(cfg.out) / cfg.run_id()
+    if resume:
+        done = results.read_result(run_dir)
+        if done and done.get("status") == "complete":
+            return done
+    with guard.graceful_stop():
+        run = Run(cfg, resume=resume, show_progress=show_progress)  # validates everything; creates no file
+        try:
+            with _exclusive(run_dir):
+                if resume:  # it may have completed while we were loading
+                    done = results.read_result(run_dir)
+                    if done and done.get("status") == "complete":
+                        return done
+                return run.execute()
+        except OSError as exc:
+            error = results.storage_error(exc, exc.filename or run_dir)
+            if error is None:
+                raise
+            raise error from None
+
+
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: Path):
+    """Rank 0 holds the run folder's lock; with several processes all ranks learn whether it got it."""
+    lock, error, procs = None, None, distributed.policy(torch.device("cpu"))
+    if procs.rank == 0:
+        try:
+            lock = guard.RunLock(run_dir).acquire()
+        except guard.RunBusy as exc:
+            error = str(exc)
+    error = procs.share(error)
+    if error:
+        raise guard.RunBusy(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
