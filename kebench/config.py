@@ -118,24 +118,25 @@ def _engine_value(key, value, where):
     return _coerce(key, value, like, where)
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path, what: str = "Config file",
+              hint: str = "Pass an existing YAML file to --config.") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Config file '{path}' does not exist. Pass an existing YAML file to --config.")
+        raise UserError(f"{what} '{path}' does not exist. {hint}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
-        raise UserError(f"Config file '{path}' is not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
+        raise UserError(f"{what} '{path}' is not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
                         f"as UTF-8 YAML.") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"Config file '{path}' is not valid YAML: {exc}") from None
+        raise UserError(f"{what} '{path}' is not valid YAML: {exc}") from None
     except OSError as exc:
-        raise UserError(f"Config file '{path}' cannot be read: {exc.strerror}.") from None
+        raise UserError(f"{what} '{path}' cannot be read: {exc.strerror}.") from None
     if not isinstance(data, dict):
-        raise UserError(f"Config file '{path}' must hold a mapping of settings (key: value), got {type(data).__name__}.")
+        raise UserError(f"{what} '{path}' must hold a mapping of settings (key: value), got {type(data).__name__}.")
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
-        raise UserError(f"Config file '{path}': setting names must be text, got {bad!r}; write e.g. "
+        raise UserError(f"{what} '{path}': setting names must be text, got {bad!r}; write e.g. "
                         f"'epochs: 5', not '5: ...'.")
     return data
 
@@ -191,8 +192,9 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
             # flags reach here with '-' turned into '_': 'eigen_d.population' names plugin eigen-d
             pname = next((n for n in params if n.replace("-", "_") == pname.replace("-", "_")), pname)
             if pname not in params:
+                typed = pname.replace("_", "-")  # plugin names are spelled with '-' (pre-distill)
                 raise UserError(
-                    f"{where}: '{key}' names plugin '{pname}', which is not part of method "
+                    f"{where}: '{typed}.{pkey}' names plugin '{typed}', which is not part of method "
                     f"'{method.name}' (plugins: {', '.join(params)})."
                 )
             owners = [pname] if pkey in params[pname] else []
@@ -200,12 +202,7 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
             pkey = key
             owners = [n for n in params if pkey in params[n]]
         if not owners:
-            valid = sorted({*(k for d in params.values() for k in d), *_ENGINE_KEYS})
-            raise unknown_choice(
-                "setting", key.replace("_", "-"), [v.replace("_", "-") for v in valid],
-                hint=f"({where}; method '{method.name}' takes these plugin settings: "
-                + (", ".join(f"{n}.{k}" for n in params for k in params[n]) or "none") + ")",
-            )
+            raise unknown_setting(key, params, method.name, where, value)
         if len(owners) > 1:
             raise UserError(
                 f"{where}: '{key}' is a setting of several plugins ({', '.join(owners)}); "
@@ -245,6 +242,43 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
     return cfg
 
 
+#: Engine settings whose command-line flag is not `--<name>`.
+CLI_FLAGS = {"seed": "--seeds", "data_options": "--data-opt"}
+
+
+def _flag(key: str) -> str:
+    return CLI_FLAGS.get(key, "--" + key.replace("_", "-"))
+
+
+def unknown_setting(key: str, params: dict, method: str, where: str, value=None) -> UserError:
+    """The error for a setting no plugin of `method` takes, naming what the user should type: the
+    real flag (--seed -> --seeds), the methods the setting belongs to (generations -> ke, bans, ...)
+    or the closest valid name; flags on the command line, keys in a file."""
+    import difflib
+
+    key = key.replace("-", "_")
+    cli = where == "command line"
+    shown = _flag(key) if cli else key
+    if cli and key in CLI_FLAGS:
+        example = "--seeds 1 (or a list: --seeds 0,1,2 or 0-4)" if key == "seed" else "--data-opt KEY=VALUE"
+        return UserError(f"{shown.replace(CLI_FLAGS[key], '--' + key.replace('_', '-'))} is not a flag of "
+                         f"kebench run: use {example}.")
+    bare = key.rpartition(".")[2]
+    own = "; ".join(f"{n}: {', '.join(_flag(k) if cli else k for k in params[n])}" for n in params if params[n])
+    own = f" Method '{method}' takes these plugin settings: {own or 'none'}."
+    owners = sorted((n for n in registry.names() if bare in registry.get(n).defaults and n not in params),
+                    key=lambda n: (len(n), n))  # the short, well-known names first (ke before ke_dsd)
+    if owners:
+        listed = ", ".join(owners[:6]) + (", ..." if len(owners) > 6 else "")
+        example = f"{_flag(bare)} {value if value is not None else '...'}" if cli else f"{bare}: ..."
+        return UserError(f"{where}: {shown} is not a setting of method '{method}'; {bare.replace('_', '-')} belongs "
+                         f"to {listed} (e.g. --method {owners[0]} {example})." + own)
+    names = {_flag(k) if cli else k: k for k in {*(k for d in params.values() for k in d), *_ENGINE_KEYS}}
+    close = difflib.get_close_matches(shown, list(names), n=3, cutoff=0.6)
+    return UserError(f"{where}: unknown setting {shown}." + (f" Did you mean: {', '.join(close)}?" if close else "")
+                     + f" Valid settings: {', '.join(sorted(names))}." + own)
+
+
 def plugin_keys(method: str | None, data: str | None = None) -> set[str]:
     """The plugin settings `method` takes (on dataset `data`): flat names and `plugin.name` ones."""
     from kebench.data import get_spec
@@ -265,9 +299,8 @@ def split_plugin_flags(methods: list, flags: dict, data: str | None = None) -> d
     for flag in flags:
         if not any(flag in k for k in keys.values()):
             names = ", ".join(str(m) for m in methods)
-            valid = sorted({k.replace("_", "-") for ks in keys.values() for k in ks if "." not in k})
-            raise unknown_choice("setting", flag.replace("_", "-"), valid,
-                                 hint=f"(command line; none of the methods {names} takes it.)")
+            params = {f"{m}": {k: None for k in ks if "." not in k} for m, ks in keys.items()}
+            raise unknown_setting(flag, params, names, "command line")
     return {m: {f: v for f, v in flags.items() if f in keys[m]} for m in methods}
 
 

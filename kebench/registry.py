@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from kebench.errors import UserError, unknown_choice
+from kebench.errors import UserError, article, unknown_choice
 
 KINDS = ("objective", "regime")
 ENTRY_POINT_GROUP = "kebench.methods"
@@ -186,8 +186,8 @@ def parse_method(text: str, default_objective: str = "ce") -> Method:
     obj, reg = specs
     if obj.kind != "objective" or reg.kind != "regime":
         raise UserError(
-            f"Method '{text}': expected OBJECTIVE+REGIME, but '{obj.name}' is a {obj.kind} and "
-            f"'{reg.name}' is a {reg.kind}. Objectives: {', '.join(names('objective'))}. "
+            f"Method '{text}': expected OBJECTIVE+REGIME, but '{obj.name}' is {article(obj.kind)} {obj.kind} and "
+            f"'{reg.name}' is {article(reg.kind)} {reg.kind}. Objectives: {', '.join(names('objective'))}. "
             f"Regimes: {', '.join(names('regime'))}."
         )
     return Method(obj, reg)

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from kebench.grid import sweep
-from kebench.errors import UserError, unknown_choice
+from kebench.errors import UserError, did_you_mean, unknown_choice
 
 SCALES = ("mini", "paper")
 STUDY_KEYS = {"title", "paper", "about", "scales", "tables", "figures"}
@@ -79,14 +79,16 @@ def load(name: str) -> Study:
         raise UserError(f"Study file {source} is not valid YAML: {exc}") from None
     unknown = sorted(set(data) - STUDY_KEYS)
     if unknown:
-        raise UserError(f"Study '{name}': unknown key(s) {unknown}; a study has {sorted(STUDY_KEYS)}.")
+        raise UserError(f"Study '{name}': unknown key(s) {unknown}{did_you_mean(unknown, sorted(STUDY_KEYS))}; "
+                        f"a study has {sorted(STUDY_KEYS)}.")
     for scale, s in (data.get("scales") or {}).items():
         if scale not in SCALES or not isinstance(s, dict) or "grid" not in s:
             raise UserError(f"Study '{name}': scale '{scale}' must be one of {SCALES} with a sweep 'grid'.")
     for t in data.get("tables") or []:
         bad = sorted(set(t) - TABLE_KEYS)
         if bad or "kind" not in t:
-            raise UserError(f"Study '{name}': table {t} has unknown key(s) {bad} or no 'kind'.")
+            raise UserError(f"Study '{name}': table {t} has unknown key(s) {bad}{did_you_mean(bad, sorted(TABLE_KEYS))} "
+                            f"or no 'kind'.")
     for f in data.get("figures") or []:
         if f not in FIGURE_KINDS:
             raise unknown_choice(f"figure of study '{name}'", f, list(FIGURE_KINDS))

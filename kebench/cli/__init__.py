@@ -1,8 +1,29 @@
 """kebench's command line: run, list (and the commands later issues add)."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
+import threading
+from pathlib import Path
+
+
+def _interrupted_while_starting(signum, frame):
+    """Ctrl-C while the CLI is still importing (torch takes a second or more): one line, exit 130."""
+    sys.stderr.write("Interrupted while starting; nothing was run.\n")
+    os._exit(130)
+
+
+def _is_cli() -> bool:
+    prog = sys.argv[0] if sys.argv else ""
+    return os.path.basename(prog) == "kebench" or prog.endswith(os.path.join("kebench", "__main__.py"))
+
+
+_STARTING = (_is_cli() and threading.current_thread() is threading.main_thread()
+             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+if _STARTING:
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 import click
 from rich.markup import escape
@@ -117,7 +138,10 @@ RUN_OPTIONS = [
     click.option("--out", help="Results folder. Default: results/."),
     click.option("--checkpoint-every-s", type=float, help="Mid-pass checkpoint interval in seconds (default 30)."),
     click.option("--config", "config_file", type=click.Path(), help="YAML file of settings (CLI flags win)."),
-    click.option("--resume", is_flag=True, help="Continue interrupted runs; skip completed ones."),
+    click.option("--resume", is_flag=True, help="Continue interrupted runs from their checkpoints; skip completed ones."),
+    click.option("--restart", is_flag=True, help="Start interrupted runs over, discarding their checkpoints."),
+    click.option("--force", is_flag=True, help="Train completed runs again, replacing their results "
+                                               "(by default a completed run is skipped)."),
     click.option("--quiet", is_flag=True, help="No progress output."),
 ]
 
@@ -149,6 +173,48 @@ def build_configs(kw: dict, extra: list[str]) -> list[configmod.RunConfig]:
             overrides.update(method=method, seed=seed)
             configs.append(configmod.resolve(overrides, file_cfg, plugin_flags[method]))
     return configs
+
+
+def note_capped_warmup(configs: list) -> None:
+    """Say once when --warmup-epochs is more than a pass's schedule allows (a quarter of it)."""
+    from kebench.run.loop import effective_warmup
+
+    for cfg in configs:
+        capped = effective_warmup(cfg.warmup_epochs, cfg.epochs)
+        if capped < cfg.warmup_epochs:
+            err.print(f"note: a warm-up of {cfg.warmup_epochs} epochs is capped at {capped} in each {cfg.epochs}-epoch "
+                      f"pass (at most a quarter of a pass's schedule warms up).", highlight=False)
+            return
+
+
+def plan_reruns(configs: list, *, resume: bool, restart: bool, force: bool) -> list[tuple]:
+    """What to do with each config given what an earlier attempt left: (cfg, resume) to run, or (cfg,
+    record) for a completed run that is skipped. An interrupted run is never silently thrown away: without
+    --resume or --restart the command is refused, naming where each checkpoint stands."""
+    from kebench.run import results
+    from kebench.run.engine import prior_state
+
+    if resume and (restart or force):
+        raise UserError(f"--resume continues interrupted runs; {'--restart' if restart else '--force'} "
+                        f"starts them over. Give one of them.")
+    plan, blocked = [], []
+    for cfg in configs:
+        state, detail = prior_state(cfg)
+        where = f"{cfg.out}/{cfg.run_id()}"
+        if state == "complete" and not force:
+            err.print(f"skipped {cfg.run_id()}: already complete ({detail}, {where}/result.json); "
+                      f"add --force to train it again.", highlight=False)
+            plan.append((cfg, results.read_result(Path(cfg.out) / cfg.run_id())))
+        elif state == "interrupted" and not (resume or restart or force):
+            blocked.append(f"{where} (stopped at {detail})")
+            plan.append((cfg, False))
+        else:
+            plan.append((cfg, resume))
+    if blocked:
+        raise UserError(f"{len(blocked)} run(s) were interrupted and have a checkpoint: {'; '.join(blocked)}. "
+                        f"Rerun with --resume to continue from there, or with --restart to discard the "
+                        f"checkpoint and start over.")
+    return plan
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:
@@ -216,10 +282,10 @@ class RunCommand(click.Command):
               help="Train each run with N processes (DDP: one per GPU, gloo on CPU); like "
                    "'torchrun --nproc_per_node N -m kebench run ...'.")
 @click.option("--tensorboard", is_flag=True,
-              help="Also write TensorBoard logs to each run's tensorboard/ folder (pip install kebench[tensorboard]; "
+              help="Also write TensorBoard logs to each run's tensorboard/ folder (pip install -e '.[tensorboard]'; "
                    "same as KEBENCH_TENSORBOARD=1).")
 @click.pass_context
-def run(ctx, resume, quiet, nproc, tensorboard, **kw):
+def run(ctx, resume, restart, force, quiet, nproc, tensorboard, **kw):
     """Train and evaluate. Plugin settings are extra flags, e.g. `--method ke --generations 3`.
 
     \b
@@ -235,12 +301,27 @@ def run(ctx, resume, quiet, nproc, tensorboard, **kw):
     from kebench.run.engine import execute_all
 
     if tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UserError("--tensorboard writes TensorBoard logs, but the tensorboard package is not installed. "
+                            "Install it with: pip install -e '.[tensorboard]' (in a kebench checkout) or "
+                            "pip install tensorboard.")
         os.environ["KEBENCH_TENSORBOARD"] = "1"  # also reaches DDP worker processes
     configs = build_configs(kw, ctx.args)
-    if nproc and nproc > 1:
-        records = [r for cfg in configs for r in launch.launch(cfg, nproc, resume=resume, show_progress=not quiet)]
-    else:
-        records = [r for cfg in configs for r in execute_all(cfg, resume=resume, show_progress=not quiet)]
+    note_capped_warmup(configs)
+    plan = plan_reruns(configs, resume=resume, restart=restart, force=force)
+    records = []
+    for k, (cfg, how) in enumerate(plan, 1):
+        if len(plan) > 1 and not quiet and not isinstance(how, dict):
+            err.print(f"[bold]run {k}/{len(plan)}[/bold]: {cfg.method} seed {cfg.seed} ({cfg.arch}, {cfg.data})",
+                      highlight=False)
+        if isinstance(how, dict):  # complete and skipped
+            records.append(how)
+        elif nproc and nproc > 1:
+            records += launch.launch(cfg, nproc, resume=how, show_progress=not quiet)
+        else:
+            records += execute_all(cfg, resume=how, show_progress=not quiet)
     if distributed.rank() != 0:  # under torchrun, rank 0 reports
         sys.exit(1 if any(r["status"] != "complete" for r in records) else 0)
     print_summary(records)
@@ -291,6 +372,8 @@ for command in (data_cmd, table_cmd, plot_cmd, profile_cmd, sweep_cmd, study_cmd
 
 
 def main(argv=None):
+    if _STARTING and signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a KeyboardInterrupt is caught below
     try:
         cli.main(args=argv, standalone_mode=False, prog_name="kebench")
     except click.exceptions.Abort:

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kebench.errors import UserError
+from kebench.errors import UserError, did_you_mean
 from kebench.params import coerce
 
 SPEC_KEYS = ("grid", "set", "out", "name")
@@ -68,10 +68,11 @@ def parse_seeds(text: str) -> list[int]:
 def load_spec(path) -> dict:
     from kebench.config import load_yaml
 
-    spec = load_yaml(path)
+    spec = load_yaml(path, what="Sweep file", hint="Give the path of an existing sweep YAML file.")
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
-        raise UserError(f"Sweep file {path}: unknown top-level key(s) {unknown}. A sweep file has "
+        raise UserError(f"Sweep file {path}: unknown top-level key(s) {unknown}{did_you_mean(unknown, SPEC_KEYS)}. "
+                        f"A sweep file has "
                         f"'grid' (settings -> lists of values), 'set' (settings for every run), 'out' "
                         f"(results folder) and optionally 'name'.")
     grid = spec.get("grid")
@@ -161,7 +162,9 @@ def expand(spec: dict, *, out: str | None = None, sets: dict | None = None) -> l
     unused = sorted(named - applied - {"out"})
     if unused:
         valid = sorted(k.replace("_", "-") for k in config.FIELDS if k not in ("params",))
-        raise UserError(f"Sweep setting(s) {unused} apply to none of the sweep's runs: they are neither "
+        known = {*config.FIELDS, *(k for e in entries.values() for p in e.cfg.params.values() for k in p)}
+        raise UserError(f"Sweep setting(s) {unused}{did_you_mean(unused, sorted(known))} apply to none of the "
+                        f"sweep's runs: they are neither "
                         f"run settings ({', '.join(valid)}) nor a setting of any method in the grid "
                         f"(see 'kebench list methods').")
     return list(entries.values())

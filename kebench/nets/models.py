@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from kebench.nets import archs, genome  # noqa: F401  (register sepnet_r, sepnet_b, evonet with timm)
-from kebench.errors import UserError, unknown_choice
+from kebench.errors import UserError
 
 
 class GoogLeNet(torchvision.models.GoogLeNet):
@@ -56,10 +56,16 @@ def list_archs(pattern: str | None = None) -> list[str]:
 def check_arch(name: str) -> None:
     if name in TORCHVISION_ARCHS or timm.is_model(name):
         return
-    raise unknown_choice(
-        "arch", name, [n for n in list_archs() if n.split("_")[0] in name or name in n] or list_archs()[:40],
-        hint="Run 'kebench list archs PATTERN' to search all timm models (wildcards allowed).",
-    )
+    import difflib
+    import re
+
+    names = list_archs()
+    starting = [n for n in names if n.startswith(name.lower())][:3]  # vit_tiny -> vit_tiny_patch16_224
+    close = starting + [n for n in difflib.get_close_matches(name, names, n=5, cutoff=0.75) if n not in starting]
+    family = re.match(r"[a-z]+", name.lower())
+    search = f"'{family.group(0)}*'" if family else "'PATTERN'"
+    raise UserError(f"Unknown arch '{name}'." + (f" Did you mean: {', '.join(close[:5])}?" if close else "")
+                    + f" Search the {len(names)} timm models and googlenet with: kebench list archs {search}")
 
 
 def create_model(arch: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module:
@@ -94,6 +100,50 @@ def torchvision_vgg_head(model: nn.Module) -> nn.Module:
         nn.init.normal_(fc.weight, 0, 0.01)
         nn.init.zeros_(fc.bias)
     return model
+
+
+#: Input sizes tried, smallest first, to tell a user which resolution a network needs.
+PROBE_SIZES = (24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
+
+
+def _forward_problem(model: nn.Module, in_chans: int, size: int) -> str | None:
+    """Why a dry forward pass of two `size`-px images fails (None when it works). Eval mode and no
+    grad: no BatchNorm statistic moves; the RNG state is put back, so the run's numbers do not change."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            model(torch.zeros(2, in_chans, size, size, device=device))
+        return None
+    except Exception as exc:  # noqa: BLE001 - any layer's complaint means "not at this size"
+        text = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")
+    finally:
+        model.train(was_training)
+
+
+def check_input_size(model: nn.Module, arch: str, in_chans: int, resolution: int, data: str = "") -> None:
+    """Refuse, before anything trains, a network that cannot take this run's images (a pooling layer
+    with nothing left to pool at 16 px, a ViT built for 224 px), naming the resolution it needs."""
+    problem = _forward_problem(model, in_chans, resolution)
+    if problem is None:
+        return
+    declared = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    declared = declared[-1] if declared else None
+    sizes = sorted({*PROBE_SIZES, *([declared] if declared else [])})
+    works = next((s for s in sizes if s > resolution and _forward_problem(model, in_chans, s) is None), None)
+    of = f" of dataset '{data}'" if data else ""
+    msg = f"Network '{arch}' cannot take the {resolution}x{resolution} px images{of} (a dry forward pass failed: {problem})."
+    if works is not None:
+        exact = works == declared and _forward_problem(model, in_chans, works + 32) is not None
+        msg += (f" It needs {works} px input: add --resolution {works}." if exact else
+                f" It works from {works} px: add --resolution {works} (or more"
+                + (f"; timm declares {declared} px" if declared else "") + ").")
+    elif declared:
+        msg += f" timm declares {declared} px input for it; try --resolution {declared}."
+    msg += " Or pick a network made for small images (e.g. resnet10t; see 'kebench list archs')."
+    raise UserError(msg)
 
 
 def count_params(model: nn.Module) -> int:

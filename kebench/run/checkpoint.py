@@ -85,6 +85,7 @@ def save(run, model, optimizer, scaler, ps: PassState, complete: bool) -> None:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "elapsed": run.elapsed(), "world_size": run.processes.world,
+            "threads": torch.get_num_threads(),  # a resume with another count moves the last digits
         }
         # The last good checkpoint becomes checkpoint.prev.pt only once the new one is complete on disk.
         results.save_torch(run.dir / CHECKPOINT, ckpt, previous=run.dir / PREV_CHECKPOINT)
@@ -121,6 +122,30 @@ def read(run_dir, run_id: str, world: int) -> dict | None:
     if problems:
         warnings.warn(f"{' '.join(problems)} No earlier good checkpoint: restarting this run from the "
                       f"beginning.", stacklevel=3)
+    return None
+
+
+def position(ck: dict) -> str:
+    """Where checkpoint `ck` resumes: 'generation 2, epoch 1, step 7' (or 'the end of generation 2')."""
+    ps = ck["pass_state"]
+    name = f"{ps['kind']} {ps['label']}"
+    if ck["complete"]:
+        return f"the end of {name}"
+    return f"{name}, epoch {ps['epoch'] + 1}, step {(ps.get('partial') or {}).get('step', 0)}"
+
+
+def peek(run_dir) -> dict | None:
+    """The newest readable checkpoint in `run_dir`, whatever its run id (None if there is none), without
+    the warnings of `read`: to tell a user what a folder holds."""
+    for name in (CHECKPOINT, PREV_CHECKPOINT):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                ck = results.load_torch(path)
+            except results.CorruptCheckpoint:
+                continue
+            if checkpoint_problem(ck) is None:
+                return ck
     return None
 
 

@@ -38,7 +38,7 @@ from kebench.data.pipeline import BatchStream
 from kebench.run.device import DevicePolicy
 from kebench.errors import UserError
 from kebench.run.loop import SCHEDULES, LRPlan, PassLoop, effective_warmup, lr_factor, lr_scheduler  # noqa: F401
-from kebench.nets.models import create_model
+from kebench.nets.models import check_input_size, create_model
 from kebench.plugin import Hook, Objective
 from kebench.run.progress import Progress  # noqa: F401  (tests patch Progress.step through here)
 
@@ -79,6 +79,7 @@ class Run:
         self.objective = self.method.objective.load()(cfg.plugin_params(self.method.objective.name), self)
         self.regime = self.method.regime.load()(cfg.plugin_params(self.method.regime.name), self)
         self.model = self.build_model()
+        check_input_size(self.model, cfg.arch, self.data.in_chans, self.data.resolution, cfg.data)
         self._check_batch_size()
         self.state: dict[str, nn.Module | torch.Tensor] = {}
         self.passes: list[dict] = []
@@ -264,6 +265,21 @@ class Run:
         weights a replay sees before the resumed pass restores them; a regime reads them back here."""
         return None if self._resume is None else self._resume["state"].get(name)
 
+    def _say_resuming(self, ck: dict) -> None:
+        """One line on where the run continues, and a note when the CPU thread count changed since the
+        checkpoint (CPU kernels then sum in another order: the last digits move)."""
+        if self.rank != 0:
+            return
+        from kebench.run.progress import console
+
+        if self.show_progress:
+            console.print(f"[dim]{self.cfg.run_id()}:[/dim] resuming from {checkpoint.position(ck)}", highlight=False)
+        before, now = ck.get("threads"), torch.get_num_threads()
+        if before is not None and before != now:
+            console.print(f"note: {self.cfg.run_id()} was checkpointed with {before} CPU threads and resumes with "
+                          f"{now}; its numbers may differ in the last digits from an uninterrupted run "
+                          f"(set OMP_NUM_THREADS={before} to match).", highlight=False)
+
     def elapsed(self) -> float:
         return self._elapsed_before + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
 
@@ -276,9 +292,11 @@ class Run:
         if self._resuming:
             self._resume = checkpoint.read(self.dir, self.cfg.run_id(), self.world)
             self._elapsed_before = self._resume["elapsed"] if self._resume else 0.0
+            if self._resume is not None:
+                self._say_resuming(self._resume)
         results.write_text(self.dir / "config.yaml", save_yaml(self.cfg))
         if self._resume is None and self.rank == 0:  # a fresh start: nothing of an earlier attempt stays
-            for name in ("metrics.jsonl", CHECKPOINT, PREV_CHECKPOINT):
+            for name in ("metrics.jsonl", CHECKPOINT, PREV_CHECKPOINT, "result.json"):
                 (self.dir / name).unlink(missing_ok=True)
         self._t0 = time.perf_counter()
         try:
@@ -342,6 +360,23 @@ def execute_all(cfg: RunConfig, *, resume: bool = False, show_progress: bool = T
     return records
 
 
+def prior_state(cfg: RunConfig) -> tuple[str | None, str]:
+    """What an earlier attempt left in this config's run folder: ("complete", headline), ("interrupted",
+    where its checkpoint resumes), ("failed", why) or (None, "")."""
+    run_dir = Path(cfg.out) / cfg.run_id()
+    done = results.read_result(run_dir)
+    if done and done.get("status") == "complete":
+        final = done.get("final") or {}
+        primary = next((k for k in ("top1", "r@1") if isinstance(final.get(k), (int, float))), None)
+        return "complete", f"{primary} {final[primary]:.4f}" if primary else "complete"
+    ck = checkpoint.peek(run_dir) if run_dir.is_dir() else None
+    if ck is not None and ck["run_id"] == cfg.run_id():
+        return "interrupted", checkpoint.position(ck)
+    if done and done.get("status") == "failed":
+        return "failed", str(done.get("error", ""))
+    return None, ""
+
+
 def execute(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True) -> dict:
     """Run one resolved config end to end (skipping it if `resume` and it already completed).
 
@@ -361,6 +396,7 @@ def execute(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True)
         raise guard.RunInterrupted(f"Stopped by {guard.signal_name(signum)} before run {cfg.run_id()} started; "
                                    f"rerun with --resume to continue.", signum)
     run_dir = Path(cfg.out) / cfg.run_id()
+    results.check_out(cfg.out)
     if resume:
         done = results.read_result(run_dir)
         if done and done.get("status") == "complete":
@@ -373,7 +409,13 @@ def execute(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True)
                     done = results.read_result(run_dir)
                     if done and done.get("status") == "complete":
                         return done
-                return run.execute()
+                try:
+                    return run.execute()
+                except (guard.RunInterrupted, KeyboardInterrupt, results.StorageError):
+                    raise  # resumable: the folder keeps its checkpoint and says "interrupted"
+                except Exception as exc:
+                    _record_crash(run, exc)
+                    raise
         except OSError as exc:
             error = results.storage_error(exc, exc.filename or run_dir)
             if error is None:
@@ -381,6 +423,16 @@ def execute(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True)
             raise error from None
 
 
+
+
+def _record_crash(run: Run, exc: Exception) -> None:
+    """A run that crashed (an error, not a stop) is recorded as failed, with why, so no half-made
+    folder is taken for an interrupted run; a checkpoint it wrote stays for --resume."""
+    why = str(exc) if isinstance(exc, UserError) else f"crashed: {type(exc).__name__}: {exc}"
+    try:
+        results.write_json(run.dir / "result.json", record.build(run, status="failed", error=why))
+    except Exception:  # noqa: BLE001 - the original error is the one to show
+        pass
 
 
 @contextlib.contextmanager

@@ -36,9 +36,9 @@ class TensorBoardHook(Hook):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError(f"{ENV}=1 asks for TensorBoard logs, but the tensorboard package is not installed. "
-                            "Install it with `pip install kebench[tensorboard]` (or `pip install tensorboard`), "
-                            f"or unset {ENV}.") from None
+            raise UserError("TensorBoard logs were asked for (--tensorboard or KEBENCH_TENSORBOARD=1), but the "
+                            "tensorboard package is not installed. Install it with: pip install -e '.[tensorboard]' "
+                            f"(in a kebench checkout) or pip install tensorboard; or unset {ENV}.") from None
         from kebench.config import save_yaml
 
         self.writer = SummaryWriter(log_dir=str(Path(run.dir) / TB_DIR))

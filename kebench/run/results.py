@@ -30,6 +30,8 @@ DISK_FAULTS = {
                                            "permissions, then rerun with --resume."),
     errno.EPERM: ("the operation is not permitted", "Point --out at a folder you can write to, or fix its "
                                                    "permissions, then rerun with --resume."),
+    errno.ENOTDIR: ("a part of that path is a file, not a folder", "Point --out at a folder (it is created "
+                                                                   "if missing), not at a file."),
 }
 
 
@@ -46,6 +48,22 @@ def storage_error(exc: OSError, path=None) -> StorageError | None:
     what, fix = DISK_FAULTS[exc.errno]
     where = Path(path or exc.filename or ".")
     return StorageError(f"Cannot write {where}: {what} (errno {exc.errno}, {os.strerror(exc.errno)}). {fix}")
+
+
+def check_out(out) -> None:
+    """Refuse, before anything trains, a results folder that cannot be made or written (a file, a
+    folder without write permission): a StorageError, exit code 5, and nothing created."""
+    path = Path(out).expanduser()
+    for folder in (path, *path.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise StorageError(f"Cannot write results to --out {out}: {folder} is a file, not a folder. Point "
+                               f"--out at a folder (it is created if missing).")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StorageError(f"Cannot write results to --out {out}: you have no permission to write in "
+                               f"{folder}. Point --out at a folder you can write to.")
+        return
 
 
 TMP_SUFFIX = ".tmp"  # every temp file kebench writes: `.<name>.<random>.tmp`, so a glob finds the litter
