@@ -31,7 +31,7 @@ from rich.table import Table
 
 from kebench import config as configmod
 from kebench import registry
-from kebench.cli.analysis import plot_cmd, table_cmd
+from kebench.cli.analysis import export_cmd, plot_cmd, table_cmd
 from kebench.cli.console import err, out
 from kebench.cli.grid import study_cmd, sweep_cmd, with_options
 from kebench.cli.tools import data_cmd, profile_cmd
@@ -112,7 +112,7 @@ def cli():
 
 RUN_OPTIONS = [
     click.option("--method", help="Comma list of methods; OBJECTIVE+REGIME composes (e.g. ce,smooth+ke). Default: ce."),
-    click.option("--arch", help="timm model name or googlenet. Default: resnet18."),
+    click.option("--arch", help="timm model name or googlenet. Default: the dataset's default network."),
     click.option("--data", help="Dataset name (kebench list datasets). Default: digits."),
     click.option("--data-root", help="Folder holding the dataset (or set KEBENCH_DATA)."),
     click.option("--data-opt", multiple=True, help="Dataset option KEY=VALUE (repeatable)."),
@@ -237,6 +237,20 @@ class RunCommand(click.Command):
     def parse_args(self, ctx, args):
         ctx.meta["kebench.argv"] = list(args)  # --help is eager: read --method from the raw arguments
         return super().parse_args(ctx, args)
+
+    def format_options(self, ctx, formatter):
+        """--help names the default network of the dataset asked for (--data, else digits)."""
+        from kebench import data as datasets
+
+        name = _flag_value(ctx.meta.get("kebench.argv", []), "--data") or configmod.RunConfig.data
+        try:
+            arch = datasets.get_spec(name).defaults.get("arch", configmod.RunConfig.arch)
+        except UserError:
+            arch = None
+        for param in self.params:
+            if param.name == "arch" and arch:
+                param.help = f"timm model name or googlenet. Default: {arch} (the default network of {name})."
+        super().format_options(ctx, formatter)
 
     def format_epilog(self, ctx, formatter):
         super().format_epilog(ctx, formatter)
@@ -367,7 +381,7 @@ def list_cmd(what, pattern):
 
 # --- the commands of kebench/cli/analysis.py, grid.py and tools.py ---
 
-for command in (data_cmd, table_cmd, plot_cmd, profile_cmd, sweep_cmd, study_cmd):
+for command in (data_cmd, table_cmd, plot_cmd, export_cmd, profile_cmd, sweep_cmd, study_cmd):
     cli.add_command(command)
 
 

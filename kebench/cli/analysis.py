@@ -82,3 +82,24 @@ def plot_cmd(result_dirs, kind, out_file, metric, arch, dataset, method):
     fig = plots.build_figure(runs, kind, metric)
     path = plots.save_figure(fig, out_file or f"{kind}.png")
     click.echo(f"wrote {path}", err=True)
+
+
+@click.command("export")
+@click.argument("result_dirs", nargs=-1, type=click.Path())
+@click.option("--out", "out_file", type=click.Path(), required=True,
+              help="File to write: .csv, .json or .parquet (parquet needs pyarrow).")
+def export_cmd(result_dirs, out_file):
+    """Every run under the folders as one tidy table (run x pass x metric, with settings, seed, cost and
+    status as columns) for your own analysis; in Python: kebench.analysis.export.runs_frame(folder).
+
+    \b
+    Examples:
+      kebench export results/ --out runs.csv
+      kebench export results/studies/ke-table2/mini --out ke.parquet
+    """
+    from kebench.analysis import export
+
+    frame = export.runs_frame(*(result_dirs or ("results",)))
+    export.write(frame, out_file)
+    runs = frame["run_id"].nunique()
+    click.echo(f"wrote {out_file}: {len(frame)} rows from {runs} run{'s' if runs != 1 else ''}", err=True)

@@ -72,7 +72,7 @@ def sweep_cmd(spec_file, show_status, as_json, out, sets, **executor_opts):
     """
     from rich.console import Console
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)  # no wrap at 80 columns in a log file
     spec = sweep.load_spec(spec_file)
     entries = sweep.expand(spec, out=out, sets=sweep.parse_sets(sets))
     if show_status:
@@ -80,7 +80,7 @@ def sweep_cmd(spec_file, show_status, as_json, out, sets, **executor_opts):
         if as_json:
             click.echo(json.dumps(rows, indent=1))
         else:
-            sweep.print_status(rows, Console(highlight=False))
+            sweep.print_status(rows, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
         return
     from kebench.grid import executors  # torch and submitit: only when runs start
 
@@ -137,11 +137,11 @@ def run_cmd(ctx, name, scale, out, sets, report_dir, show_status, **executor_opt
     from kebench.grid import executors
     from kebench.analysis import report
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)  # no wrap at 80 columns in a log file
     chosen = study.load(name)
     todo = study.entries(chosen, scale, out, sweep.parse_sets(sets))
     if show_status:
-        sweep.print_status(sweep.status_rows(todo), Console(highlight=False))
+        sweep.print_status(sweep.status_rows(todo), Console(highlight=False, width=None if sys.stdout.isatty() else 160))
         return
     if scale == "mini" and ctx.get_parameter_source("executor") == click.core.ParameterSource.DEFAULT:
         executor_opts["executor"] = "inline"  # tiny CPU runs: one process, torch imported once

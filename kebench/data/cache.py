@@ -302,7 +302,7 @@ def _say(msg: str) -> None:
         return
     from rich.console import Console
 
-    Console(stderr=True).print(f"[dim]{msg}[/dim]", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[dim]{msg}[/dim]", highlight=False)
 
 
 # ---------------------------------------------------------------------------- the fallback

@@ -16,7 +16,7 @@ from kebench.run import guard
 from kebench.grid import slurm
 from kebench.errors import UserError
 from kebench.run.launch import run_config
-from kebench.grid.sweep import WORKER_LOG, Entry, config_from_dict, parse_sets, state_of, unfinished
+from kebench.grid.sweep import WORKER_LOG, Entry, config_from_dict, parse_sets, progress_line, state_of, unfinished
 
 def _visible_gpus() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -88,7 +88,7 @@ def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_r
                 pass
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    started = 0
+    started, took = 0, []  # took: seconds of each run that finished (done or failed)
     try:
         while (todo and not stop["signals"]) or running:
             while free and todo and not stop["signals"]:
@@ -129,6 +129,9 @@ def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_r
                         f"killed by {guard.signal_name(-rc)}" if rc < 0 else f"exit code {rc}")
                     problems.append(e)
                     echo(f"FAIL  {e.run_id}: {why}; log: {e.dir / WORKER_LOG}")
+                if rc not in (guard.EXIT_INTERRUPTED, guard.EXIT_BUSY):  # it finished: done or failed
+                    took.append(time.perf_counter() - t0)
+                echo(progress_line(len(took) - len(problems), len(problems), len(running), len(todo), took, workers))
             if running:
                 time.sleep(0.1)
     finally:
@@ -144,7 +147,7 @@ def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) 
     torch costs more than a whole tiny CPU run). Same exit codes as run_local."""
     todo = unfinished(entries, retry_failed, echo)
     echo(f"{len(entries)} runs in the sweep, {len(todo)} to run, in this process")
-    failed = 0
+    failed, took = 0, []  # took: seconds of each run that finished (done or failed)
     for i, e in enumerate(todo, 1):
         t0 = time.perf_counter()
         echo(f"[{i}/{len(todo)}] start {e.run_id}")
@@ -164,6 +167,8 @@ def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) 
         else:
             failed += 1
             echo(f"FAIL  {e.run_id}: {detail or records[-1].get('error')}")
+        took.append(time.perf_counter() - t0)
+        echo(progress_line(len(took) - failed, failed, 0, len(todo) - i, took))
     return 1 if failed else 0
 
 

@@ -263,6 +263,17 @@ def unfinished(entries: list[Entry], retry_failed: bool, echo=print) -> list[Ent
     return todo
 
 
+def progress_line(done: int, failed: int, running: int, pending: int, took: list, workers: int = 1) -> str:
+    """'sweep: 3 done, 1 failed, 2 running, 4 pending; ETA 5m10s' (the ETA from the mean time of the
+    runs finished so far, shared out over the workers)."""
+    from kebench.run.progress import duration
+
+    line = f"sweep: {done} done, {failed} failed, {running} running, {pending} pending"
+    if took and (pending or running):
+        line += f"; ETA {duration(sum(took) / len(took) * (pending + running) / max(workers, 1))}"
+    return line
+
+
 def submitted_jobs(out) -> dict:
     """run id -> the submitit/SLURM job id it was last submitted as (from <out>/.submitit/jobs.jsonl)."""
     jobs = {}

@@ -265,6 +265,31 @@ class Run:
         weights a replay sees before the resumed pass restores them; a regime reads them back here."""
         return None if self._resume is None else self._resume["state"].get(name)
 
+    def planned_passes(self, kind: str) -> int | None:
+        """How many passes of `kind` the run makes, when its regime says (KE, BANs: generations)."""
+        n = self.cfg.plugin_params(self.method.regime.name).get("generations")
+        return n if kind == "generation" and isinstance(n, int) and n > 0 else None
+
+    def pass_name(self, kind: str, label: int) -> str:
+        """'generation 3/10' (or 'phase 2' when the number of passes is not known ahead)."""
+        total = self.planned_passes(kind)
+        return f"{kind} {label}/{total}" if total else f"{kind} {label}"
+
+    def eta(self, row: dict, pass_epochs: int) -> str | None:
+        """Time left after the epoch of metrics row `row`: of the whole run when its passes are known
+        (generations), else of the pass; estimated from the run's mean epoch time so far."""
+        done = sum(p["epochs"] for p in self.passes) + row["epoch"]
+        total_passes = self.planned_passes(row["kind"])
+        if total_passes:
+            left, what = total_passes * pass_epochs - done, "run"
+        else:
+            left, what = pass_epochs - row["epoch"], "pass"
+        if left <= 0 or done <= 0:
+            return None
+        from kebench.run.progress import duration
+
+        return f"ETA {what} {duration(self.elapsed() / done * left)}"
+
     def _say_resuming(self, ck: dict) -> None:
         """One line on where the run continues, and a note when the CPU thread count changed since the
         checkpoint (CPU kernels then sum in another order: the last digits move)."""

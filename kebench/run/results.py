@@ -221,6 +221,29 @@ def git_commit() -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what the platform module knows."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine() -> dict:
+    """Where the numbers were computed: CPU model, cores, the threads torch uses (CPU kernels sum in
+    an order that depends on them, so results move in the last digits between machines and thread
+    counts), OS and Python."""
+    import platform
+
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
 def versions() -> dict:
     import sklearn
     import timm
