@@ -253,7 +253,8 @@ def _flag(key: str) -> str:
 def unknown_setting(key: str, params: dict, method: str, where: str, value=None) -> UserError:
     """The error for a setting no plugin of `method` takes, naming what the user should type: the
     real flag (--seed -> --seeds), the methods the setting belongs to (generations -> ke, bans, ...)
-    or the closest valid name; flags on the command line, keys in a file."""
+    or the closest valid name; flags on the command line, keys in a file. `method` may name several
+    ("ce, smooth"): `params` then maps each to its settings."""
     import difflib
 
     key = key.replace("-", "_")
@@ -261,21 +262,24 @@ def unknown_setting(key: str, params: dict, method: str, where: str, value=None)
     shown = _flag(key) if cli else key
     if cli and key in CLI_FLAGS:
         example = "--seeds 1 (or a list: --seeds 0,1,2 or 0-4)" if key == "seed" else "--data-opt KEY=VALUE"
-        return UserError(f"{shown.replace(CLI_FLAGS[key], '--' + key.replace('_', '-'))} is not a flag of "
-                         f"kebench run: use {example}.")
+        return UserError(f"--{key.replace('_', '-')} is not a flag of kebench run: use {example}.")
+    several = "," in method
+    head = f"Unknown setting '{key.replace('_', '-') if cli else key}' ({where}"
+    head += f"; none of the methods {method} takes it)." if several else ")."
     bare = key.rpartition(".")[2]
     own = "; ".join(f"{n}: {', '.join(_flag(k) if cli else k for k in params[n])}" for n in params if params[n])
-    own = f" Method '{method}' takes these plugin settings: {own or 'none'}."
-    owners = sorted((n for n in registry.names() if bare in registry.get(n).defaults and n not in params),
+    own = f" Method{'s' if several else ''} '{method}' take{'' if several else 's'} these plugin settings: {own or 'none'}."
+    taken = set(params) | {p for m in method.split(",") for p in m.strip().split("+")}
+    owners = sorted((n for n in registry.names() if bare in registry.get(n).defaults and n not in taken),
                     key=lambda n: (len(n), n))  # the short, well-known names first (ke before ke_dsd)
     if owners:
         listed = ", ".join(owners[:6]) + (", ..." if len(owners) > 6 else "")
         example = f"{_flag(bare)} {value if value is not None else '...'}" if cli else f"{bare}: ..."
-        return UserError(f"{where}: {shown} is not a setting of method '{method}'; {bare.replace('_', '-')} belongs "
-                         f"to {listed} (e.g. --method {owners[0]} {example})." + own)
+        return UserError(f"{head} {bare.replace('_', '-')} belongs to {listed} (e.g. --method {owners[0]} {example})."
+                         + own)
     names = {_flag(k) if cli else k: k for k in {*(k for d in params.values() for k in d), *_ENGINE_KEYS}}
     close = difflib.get_close_matches(shown, list(names), n=3, cutoff=0.6)
-    return UserError(f"{where}: unknown setting {shown}." + (f" Did you mean: {', '.join(close)}?" if close else "")
+    return UserError(head + (f" Did you mean: {', '.join(close)}?" if close else "")
                      + f" Valid settings: {', '.join(sorted(names))}." + own)
 
 
@@ -300,7 +304,7 @@ def split_plugin_flags(methods: list, flags: dict, data: str | None = None) -> d
         if not any(flag in k for k in keys.values()):
             names = ", ".join(str(m) for m in methods)
             params = {f"{m}": {k: None for k in ks if "." not in k} for m, ks in keys.items()}
-            raise unknown_setting(flag, params, names, "command line")
+            raise unknown_setting(flag, params, names, "command line", flags[flag])
     return {m: {f: v for f, v in flags.items() if f in keys[m]} for m in methods}
 
 

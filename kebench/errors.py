@@ -19,7 +19,7 @@ def plural(word: str) -> str:
     """study -> studies, arch -> archs, setting value -> setting values."""
     if word.endswith("y") and word[-2:-1].lower() not in "aeiou":
         return word[:-1] + "ies"
-    return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
+    return word + ("es" if word.endswith(("s", "x", "sh")) else "s")  # archs, as kebench says
 
 
 def did_you_mean(names, valid) -> str:

@@ -1,0 +1,282 @@
+"""What a researcher meets first (issue 24 items 6, 7, 9, 10, 11): no traceback for a network that
+cannot take the images or an --out that cannot be written, reruns that never silently retrain or
+throw a checkpoint away, messages that name what to type, progress for the whole run, and the
+machine in the provenance."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kebench.errors import UserError
+
+TINY = ["--data", "synthetic", "--arch", "test_resnet", "--batch-size", "16", "--device", "cpu",
+        "--checkpoint-every-s", "0"]
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ------------------------------------------------------------------ item 6: no traceback
+@pytest.mark.parametrize("arch, needs, exact", [("vit_tiny_patch16_224", 224, True), ("densenet121", 32, False)])
+def test_a_network_that_cannot_take_the_images_is_refused_with_the_resolution_it_needs(make_cfg, run_cfg, arch,
+                                                                                      needs, exact):
+    cfg = make_cfg(arch=arch)  # synthetic: 16 px
+    with pytest.raises(UserError) as info:
+        run_cfg(cfg)
+    msg = str(info.value)
+    assert f"'{arch}' cannot take the 16x16 px images" in msg
+    assert f"--resolution {needs}" in msg
+    assert ("It needs 224 px" in msg) == exact
+    assert not Path(cfg.out).exists()  # refused before any folder was made
+
+
+def test_the_dry_forward_pass_changes_neither_the_rng_nor_the_weights():
+    from kebench.nets.models import check_input_size, create_model
+
+    model = create_model("test_resnet", 4, 3)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    check_input_size(model, "test_resnet", 3, 16)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics untouched
+
+
+def test_out_naming_a_file_or_an_unwritable_folder_exits_5(cli_run, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = cli_run(["run", *TINY, "--out", str(afile / "sub")])
+    assert code == 5, err
+    assert "is a file, not a folder" in one_line(err) and "Traceback" not in err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        code, _, err = cli_run(["run", *TINY, "--out", str(locked / "results")])
+        assert code == 5, err
+        assert "no permission to write" in one_line(err)
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_crash_records_a_failed_run_not_an_interrupted_one(make_cfg, run_cfg, monkeypatch):
+    from kebench.analysis.tables.runs import load_runs
+    from kebench.run.engine import execute
+
+    cfg = make_cfg()
+
+    def broken(self, run):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cfg.method_spec.regime.load(), "run", broken)
+    with pytest.raises(ZeroDivisionError):
+        execute(cfg, show_progress=False)
+    rec = json.loads((Path(cfg.out) / cfg.run_id() / "result.json").read_text())
+    assert rec["status"] == "failed" and rec["error"] == "crashed: ZeroDivisionError: a bug"
+    runs, left_out = load_runs([cfg.out])
+    assert runs == [] and len(left_out) == 1
+    assert left_out[0][1].startswith("failed: crashed") and "--resume" not in left_out[0][1]
+
+
+def test_ctrl_c_while_the_cli_is_still_importing_prints_one_line_and_exits_130():
+    code = ("import sys; sys.argv[0] = 'kebench'; import kebench.cli, os, signal, time; "
+            "os.kill(os.getpid(), signal.SIGINT); time.sleep(60)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 130
+    assert done.stderr.strip().splitlines() == ["Interrupted while starting; nothing was run."]
+
+
+def test_the_starting_handler_is_only_for_the_cli():
+    import kebench.cli as cli
+
+    assert signal.getsignal(signal.SIGINT) is not cli._interrupted_while_starting  # pytest imported it
+
+
+# ------------------------------------------------------------------ item 7: reruns
+def test_a_complete_run_is_skipped_unless_forced(cli_run, tmp_path):
+    args = ["run", *TINY, "--epochs", "1", "--out", str(tmp_path / "r"), "--quiet"]
+    code, _, _ = cli_run(args)
+    assert code == 0
+    (result,) = (tmp_path / "r").glob("*/result.json")
+    first = result.read_text()
+    stamp = result.stat().st_mtime_ns
+    code, out, err = cli_run(args)
+    assert code == 0
+    assert "already complete" in one_line(err) and "--force" in err
+    assert result.stat().st_mtime_ns == stamp and "complete" in out  # not retrained; still summarised
+    code, _, err = cli_run([*args, "--force"])
+    assert code == 0 and "already complete" not in err
+    assert result.stat().st_mtime_ns != stamp
+    assert json.loads(result.read_text())["run_id"] == json.loads(first)["run_id"]
+
+
+def test_an_interrupted_run_is_never_silently_restarted(cli_run, make_cfg, kill_run, capsys):
+    cfg = make_cfg(epochs=3)
+    kill_run(cfg, after=1)  # a checkpoint after epoch 1 of 3
+    run_dir = Path(cfg.out) / cfg.run_id()
+    args = ["run", *TINY, "--epochs", "3", "--out", cfg.out]
+    code, _, err = cli_run(args)
+    assert code == 2
+    err = one_line(err)
+    assert f"{cfg.run_id()} (stopped at pass 1, epoch 2, step 0)" in err
+    assert "--resume" in err and "--restart" in err
+    assert (run_dir / "checkpoint.pt").is_file()  # kept
+    code, _, err = cli_run([*args, "--resume", "--restart"])
+    assert code == 2 and "Give one of them" in err
+    code, _, err = cli_run([*args, "--resume"])
+    assert code == 0, err
+    assert "resuming from pass 1, epoch 2, step 0" in err
+    assert json.loads((run_dir / "result.json").read_text())["training"]["epochs"] == 3
+
+
+def test_restart_discards_the_checkpoint(cli_run, make_cfg, kill_run):
+    cfg = make_cfg(epochs=3)
+    kill_run(cfg, after=1)
+    code, _, err = cli_run(["run", *TINY, "--epochs", "3", "--out", cfg.out, "--restart", "--quiet"])
+    assert code == 0, err
+    assert "resuming" not in err
+    rows = [json.loads(x) for x in (Path(cfg.out) / cfg.run_id() / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_resume_position_and_a_changed_thread_count_are_said(make_cfg, kill_run, capsys):
+    from kebench.run.engine import execute
+
+    cfg = make_cfg(epochs=3)
+    kill_run(cfg, after=1)
+    ck = torch.load(Path(cfg.out) / cfg.run_id() / "checkpoint.pt", weights_only=True)
+    assert ck["threads"] == torch.get_num_threads()
+    threads = torch.get_num_threads()
+    capsys.readouterr()
+    torch.set_num_threads(threads + 1)
+    try:
+        execute(cfg, resume=True, show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    err = one_line(capsys.readouterr().err)
+    assert f"checkpointed with {threads} CPU threads and resumes with {threads + 1}" in err
+    assert "last digits" in err
+
+
+# ------------------------------------------------------------------ item 9: messages
+@pytest.mark.parametrize("args, wanted, unwanted", [
+    (["--seed", "1"], "use --seeds 1", "Did you mean"),
+    (["--data-options", "a=1"], "use --data-opt KEY=VALUE", "Did you mean"),
+    (["--method", "ce", "--generations", "3"], "generations belongs to ke, bans,", "Valid settings"),
+    (["--method", "ce", "--generations", "3"], "--method ke --generations 3", "Did you mean"),
+    (["--method", "ke", "--generatons", "3"], "Did you mean: --generations?", "generatons belongs"),
+    (["--method", "ke", "--epochz", "3"], "--seeds", "seed,"),  # valid settings are listed as flags
+    (["--method", "ke", "--epochz", "3"], "--data-opt", "data-options"),
+    (["--arch", "resnet19"], "Did you mean: resnet18", "bat_resnext26ts"),
+    (["--method", "ce", "--pre_distill.prune", "l1"], "'pre-distill.prune' names plugin 'pre-distill'", "pre_distill"),
+])
+def test_suggestions_name_what_a_user_types(cli_run, tmp_path, args, wanted, unwanted):
+    code, _, err = cli_run(["run", "--out", str(tmp_path / "r"), *args])
+    err = one_line(err)
+    assert code == 2, err
+    assert wanted in err and unwanted not in err
+
+
+def test_grammar_of_generated_messages():
+    from kebench import registry
+    from kebench.errors import article, plural, unknown_choice
+
+    assert plural("study") == "studies" and plural("arch") == "archs" and plural("setting value") == "setting values"
+    assert article("objective") == "an" and article("regime") == "a"
+    assert "Valid studies:" in str(unknown_choice("study", "x", ["ke-table2"]))
+    with pytest.raises(UserError, match="'ke' is a regime and 'ce' is an objective"):
+        registry.parse_method("ke+ce")
+
+
+def test_sweep_messages(cli_run, tmp_path):
+    code, _, err = cli_run(["sweep", str(tmp_path / "missing.yaml")])
+    assert code == 2 and "Sweep file" in err and "--config" not in err
+    spec = tmp_path / "s.yaml"
+    spec.write_text("grdi: {method: [ce]}\n")
+    code, _, err = cli_run(["sweep", str(spec), "--status"])
+    assert code == 2 and "did you mean grid for grdi" in one_line(err)
+    spec.write_text("grid: {method: [ce], data: [synthetic], arch: [test_resnet]}\nset: {epochz: 3}\n")
+    code, _, err = cli_run(["sweep", str(spec), "--status"])
+    assert code == 2 and "did you mean epochs for epochz" in one_line(err)
+
+
+def test_a_capped_warmup_is_said_once(make_cfg, capsys):
+    from kebench.cli import note_capped_warmup
+
+    note_capped_warmup([make_cfg(epochs=4, warmup_epochs=4), make_cfg(epochs=4, warmup_epochs=4, seed=1)])
+    err = capsys.readouterr().err
+    assert one_line(err) == ("note: a warm-up of 4 epochs is capped at 1 in each 4-epoch pass (at most a quarter "
+                             "of a pass's schedule warms up).")
+    note_capped_warmup([make_cfg(epochs=8, warmup_epochs=2)])
+    assert capsys.readouterr().err == ""
+
+
+def test_tensorboard_without_the_package_says_how_to_install_it(cli_run, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    monkeypatch.delenv("KEBENCH_TENSORBOARD", raising=False)
+    code, _, err = cli_run(["run", *TINY, "--out", str(tmp_path / "r"), "--tensorboard"])
+    assert code == 2
+    assert "pip install -e '.[tensorboard]'" in one_line(err) and "KEBENCH_TENSORBOARD" not in err
+
+
+def test_run_help_names_the_datasets_default_network(cli_run):
+    code, out, _ = cli_run(["run", "--help"])
+    assert code == 0
+    assert "Default: resnet10t (the default network of digits)" in one_line(out)
+    code, out, _ = cli_run(["run", "--help", "--data", "synthetic"])
+    assert "(the default network of synthetic)" in one_line(out)
+
+
+# ------------------------------------------------------------------ item 10: progress
+def test_progress_names_the_run_the_generation_and_the_time_left(cli_run, tmp_path):
+    code, _, err = cli_run(["run", *TINY, "--method", "ce,ke", "--generations", "2", "--epochs", "1",
+                            "--out", str(tmp_path / "r")])
+    assert code == 0, err
+    assert "run 1/2: ce seed 0 (test_resnet, synthetic)" in err
+    assert "run 2/2: ce+ke seed 0 (test_resnet, synthetic)" in err
+    lines = [ln for ln in err.splitlines() if "generation" in ln and "epoch" in ln]
+    assert [re.search(r"generation \d/\d", ln).group(0) for ln in lines] == ["generation 1/2", "generation 2/2"]
+    assert re.search(r"ETA run \S+", lines[0]) and "ETA" not in lines[1]  # nothing left after the last epoch
+
+
+def test_progress_lines_do_not_wrap_in_a_file():
+    from kebench.run.progress import console, duration
+
+    assert console.soft_wrap
+    assert [duration(s) for s in (4.4, 65, 7322)] == ["4 s", "1m05s", "2h02m"]
+
+
+def test_sweep_progress_line():
+    from kebench.grid.sweep import progress_line
+
+    assert progress_line(3, 1, 2, 4, [10.0, 20.0, 30.0, 40.0], workers=2) == \
+        "sweep: 3 done, 1 failed, 2 running, 4 pending; ETA 1m15s"
+    assert progress_line(2, 0, 0, 0, [1.0, 2.0]) == "sweep: 2 done, 0 failed, 0 running, 0 pending"
+
+
+# ------------------------------------------------------------------ item 11: provenance
+def test_the_result_records_the_machine(make_cfg, run_cfg):
+    import timm
+
+    rec = run_cfg(make_cfg(epochs=1))
+    machine = rec["machine"]
+    assert machine["threads"] == torch.get_num_threads()
+    assert machine["cpu"] and machine["cpu_count"] == os.cpu_count()
+    assert rec["versions"]["torch"] == torch.__version__ and rec["versions"]["timm"] == timm.__version__
