@@ -163,8 +163,8 @@ def expand(spec: dict, *, out: str | None = None, sets: dict | None = None) -> l
     if unused:
         valid = sorted(k.replace("_", "-") for k in config.FIELDS if k not in ("params",))
         known = {*config.FIELDS, *(k for e in entries.values() for p in e.cfg.params.values() for k in p)}
-        raise UserError(f"Sweep setting(s) {unused}{did_you_mean(unused, sorted(known))} apply to none of the "
-                        f"sweep's runs: they are neither "
+        raise UserError(f"Sweep setting(s) {unused} apply to none of the sweep's runs"
+                        f"{did_you_mean(unused, sorted(known))}: they are neither "
                         f"run settings ({', '.join(valid)}) nor a setting of any method in the grid "
                         f"(see 'kebench list methods').")
     return list(entries.values())
