@@ -6,7 +6,6 @@ import re
 import signal
 import sys
 import threading
-from pathlib import Path
 
 
 def _interrupted_while_starting(signum, frame):
@@ -188,10 +187,10 @@ def note_capped_warmup(configs: list) -> None:
 
 
 def plan_reruns(configs: list, *, resume: bool, restart: bool, force: bool) -> list[tuple]:
-    """What to do with each config given what an earlier attempt left: (cfg, resume) to run, or (cfg,
-    record) for a completed run that is skipped. An interrupted run is never silently thrown away: without
+    """What to do with each config given what an earlier attempt left: (cfg, resume, skipped). A
+    complete run is skipped unless forced (executed with resume=True, which returns its record and
+    still runs a missing matched baseline). An interrupted run is never silently thrown away: without
     --resume or --restart the command is refused, naming where each checkpoint stands."""
-    from kebench.run import results
     from kebench.run.engine import prior_state
 
     if resume and (restart or force):
@@ -202,14 +201,14 @@ def plan_reruns(configs: list, *, resume: bool, restart: bool, force: bool) -> l
         state, detail = prior_state(cfg)
         where = f"{cfg.out}/{cfg.run_id()}"
         if state == "complete" and not force:
-            err.print(f"skipped {cfg.run_id()}: already complete ({detail}, {where}/result.json); "
-                      f"add --force to train it again.", highlight=False)
-            plan.append((cfg, results.read_result(Path(cfg.out) / cfg.run_id())))
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+                err.print(f"skipped {cfg.run_id()}: already complete ({detail}, {where}/result.json); "
+                          f"add --force to train it again.", highlight=False)
+            plan.append((cfg, True, True))
         elif state == "interrupted" and not (resume or restart or force):
             blocked.append(f"{where} (stopped at {detail})")
-            plan.append((cfg, False))
         else:
-            plan.append((cfg, resume))
+            plan.append((cfg, resume, False))
     if blocked:
         raise UserError(f"{len(blocked)} run(s) were interrupted and have a checkpoint: {'; '.join(blocked)}. "
                         f"Rerun with --resume to continue from there, or with --restart to discard the "
@@ -326,15 +325,13 @@ def run(ctx, resume, restart, force, quiet, nproc, tensorboard, **kw):
     note_capped_warmup(configs)
     plan = plan_reruns(configs, resume=resume, restart=restart, force=force)
     records = []
-    for k, (cfg, how) in enumerate(plan, 1):
-        if len(plan) > 1 and not quiet and not isinstance(how, dict):
+    for k, (cfg, how, skipped) in enumerate(plan, 1):
+        if len(plan) > 1 and not quiet and not skipped:
             err.print(f"[bold]run {k}/{len(plan)}[/bold]: {cfg.method} seed {cfg.seed} ({cfg.arch}, {cfg.data})",
                       highlight=False)
-        if isinstance(how, dict):  # complete and skipped
-            records.append(how)
-        elif nproc and nproc > 1:
+        if nproc and nproc > 1 and not skipped:
             records += launch.launch(cfg, nproc, resume=how, show_progress=not quiet)
-        else:
+        else:  # a skipped run returns its record (and trains a missing matched baseline)
             records += execute_all(cfg, resume=how, show_progress=not quiet)
     if distributed.rank() != 0:  # under torchrun, rank 0 reports
         sys.exit(1 if any(r["status"] != "complete" for r in records) else 0)
