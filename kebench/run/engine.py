@@ -36,6 +36,7 @@ from kebench.config import RunConfig, save_yaml
 from kebench.context import RECORD
 from kebench.data.pipeline import BatchStream
 from kebench.run.device import DevicePolicy
+from kebench.run.threads import ThreadPolicy
 from kebench.errors import UserError
 from kebench.run.loop import SCHEDULES, LRPlan, PassLoop, effective_warmup, lr_factor, lr_scheduler  # noqa: F401
 from kebench.nets.models import check_input_size, create_model
@@ -75,6 +76,8 @@ class Run:
         self.method = cfg.method_spec
         self.policy = policy or DevicePolicy.for_run(cfg, self.device)  # AMP, layout, compile, data placement
         self.policy.apply_backend()
+        # CPU threads: the cores other work leaves free (kebench/run/threads.py); a GPU run keeps torch's
+        self.threads = ThreadPolicy.from_env() if self.device.type == "cpu" else ThreadPolicy(torch.get_num_threads())
         self.amp_dtype, self.channels_last = self.policy.amp_dtype, self.policy.channels_last
         self.objective = self.method.objective.load()(cfg.plugin_params(self.method.objective.name), self)
         self.regime = self.method.regime.load()(cfg.plugin_params(self.method.regime.name), self)
@@ -291,19 +294,23 @@ class Run:
         return f"ETA {what} {duration(self.elapsed() / done * left)}"
 
     def _say_resuming(self, ck: dict) -> None:
-        """One line on where the run continues, and a note when the CPU thread count changed since the
-        checkpoint (CPU kernels then sum in another order: the last digits move)."""
-        if self.rank != 0:
-            return
-        from kebench.run.progress import console
+        """One line on where the run continues."""
+        if self.rank == 0 and self.show_progress:
+            from kebench.run.progress import console
 
-        if self.show_progress:
             console.print(f"[dim]{self.cfg.run_id()}:[/dim] resuming from {checkpoint.position(ck)}", highlight=False)
-        before, now = ck.get("threads"), torch.get_num_threads()
-        if before is not None and before != now:
-            console.print(f"note: {self.cfg.run_id()} was checkpointed with {before} CPU threads and resumes with "
-                          f"{now}; its numbers may differ in the last digits from an uninterrupted run "
-                          f"(set OMP_NUM_THREADS={before} to match).", highlight=False)
+
+    def _note_threads(self, ck: dict | None) -> None:
+        """A note when a resumed run trains with another CPU thread count than its checkpoint was
+        written with (CPU kernels then sum in another order: the last digits move)."""
+        before, now = (ck or {}).get("threads"), torch.get_num_threads()
+        if self.rank == 0 and before is not None and before != now:
+            from kebench.run.progress import console
+            from kebench.run.threads import ENV
+
+            console.print(f"note: {self.cfg.run_id()} was checkpointed with {before} CPU thread{'s' * (before != 1)} "
+                          f"and resumes with {now}; its numbers may differ in the last digits from an uninterrupted run "
+                          f"(set {ENV}={before} to match).", highlight=False)
 
     def elapsed(self) -> float:
         return self._elapsed_before + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
@@ -324,6 +331,9 @@ class Run:
             for name in ("metrics.jsonl", CHECKPOINT, PREV_CHECKPOINT, "result.json"):
                 (self.dir / name).unlink(missing_ok=True)
         self._t0 = time.perf_counter()
+        threads_before = torch.get_num_threads()
+        self.threads.start()
+        self._note_threads(self._resume)
         try:
             self.regime.run(self)
         except RunFailure as exc:
@@ -332,6 +342,8 @@ class Run:
             rec = record.build(self, status="failed", error=str(exc))
             results.write_json(self.dir / "result.json", rec)
             return rec
+        finally:
+            torch.set_num_threads(threads_before)  # a library caller's setting survives the run
         for m in self.monitors:
             m.close()
         rec = record.build(self, status="complete")

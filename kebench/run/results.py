@@ -235,13 +235,13 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    """Where the numbers were computed: CPU model, cores, the threads torch uses (CPU kernels sum in
-    an order that depends on them, so results move in the last digits between machines and thread
-    counts), OS and Python."""
+    """Where the numbers were computed: CPU model, cores, OS and Python (CPU kernels sum in an order
+    that depends on the machine and on the thread count, result.json's "threads": results move in the
+    last digits between them)."""
     import platform
 
-    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version()}
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}
 
 
 def versions() -> dict:
