@@ -279,3 +279,12 @@ def test_the_result_records_the_machine(make_cfg, run_cfg):
     assert machine["cpu"] and machine["cpu_count"] == os.cpu_count() and machine["python"]
     assert rec["threads"]["threads"] >= 1  # the thread policy's record (kebench/run/threads.py)
     assert rec["versions"]["torch"] == torch.__version__ and rec["versions"]["timm"] == timm.__version__
+
+
+def test_an_inline_sweep_reports_its_progress(make_cfg):
+    from kebench.grid.executors import run_inline
+    from kebench.grid.sweep import Entry
+
+    lines = []
+    assert run_inline([Entry(make_cfg(epochs=1), {})], echo=lines.append) == 0
+    assert lines[-1] == "sweep: 1 done, 0 failed, 0 running, 0 pending"

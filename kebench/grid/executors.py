@@ -88,7 +88,7 @@ def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_r
                 pass
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    started, took = 0, []  # took: seconds of each run that finished (done or failed)
+    started, durations = 0, []  # seconds of each run that finished (done or failed)
     try:
         while (todo and not stop["signals"]) or running:
             while free and todo and not stop["signals"]:
@@ -130,8 +130,9 @@ def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_r
                     problems.append(e)
                     echo(f"FAIL  {e.run_id}: {why}; log: {e.dir / WORKER_LOG}")
                 if rc not in (guard.EXIT_INTERRUPTED, guard.EXIT_BUSY):  # it finished: done or failed
-                    took.append(time.perf_counter() - t0)
-                echo(progress_line(len(took) - len(problems), len(problems), len(running), len(todo), took, workers))
+                    durations.append(time.perf_counter() - t0)
+                echo(progress_line(len(durations) - len(problems), len(problems), len(running), len(todo), durations,
+                                   workers))
             if running:
                 time.sleep(0.1)
     finally:
@@ -147,7 +148,7 @@ def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) 
     torch costs more than a whole tiny CPU run). Same exit codes as run_local."""
     todo = unfinished(entries, retry_failed, echo)
     echo(f"{len(entries)} runs in the sweep, {len(todo)} to run, in this process")
-    failed, took = 0, []  # took: seconds of each run that finished (done or failed)
+    failed, durations = 0, []  # seconds of each run that finished (done or failed)
     for i, e in enumerate(todo, 1):
         t0 = time.perf_counter()
         echo(f"[{i}/{len(todo)}] start {e.run_id}")
@@ -167,8 +168,8 @@ def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) 
         else:
             failed += 1
             echo(f"FAIL  {e.run_id}: {detail or records[-1].get('error')}")
-        took.append(time.perf_counter() - t0)
-        echo(progress_line(len(took) - failed, failed, 0, len(todo) - i, took))
+        durations.append(time.perf_counter() - t0)
+        echo(progress_line(len(durations) - failed, failed, 0, len(todo) - i, durations))
     return 1 if failed else 0
 
 
