@@ -27,6 +27,7 @@ PLUGIN_SOURCE = textwrap.dedent('''
         """Two passes; the second one's record says it saw the first."""
         kind = "regime"
         defaults = {"repeats": 2}
+        passes = ("round",)  # its own pass kind, declared (an entry point's class attribute)
 
         def run(self, run):
             for i in range(self.params.repeats):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kebench.context import NOT_THE_MODEL, PassKind
 from kebench.errors import UserError
-from kebench.analysis.tables.layout import _prepare
+from kebench.analysis.tables.layout import prepare_entries
 from kebench.analysis.tables.runs import PRIMARY, Names, expand, metric_title, signature
 
 PLOT_KINDS = ("generations", "cost", "hypotheses", "budget", "search")
@@ -212,7 +212,7 @@ def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None
     if not entries:
         raise UserError("No complete results to plot.")
     archs = len({e.run.get("arch") for e in entries}) > 1
-    _, _, entries = _prepare(entries, ["method"] + (["arch"] if archs else []), ["dataset"], names, warnings)
+    _, _, entries = prepare_entries(entries, ["method"] + (["arch"] if archs else []), ["dataset"], names, warnings)
     points = defaultdict(lambda: defaultdict(lambda: {"x": [], "y": []}))
     for e in entries:
         m = _metric(e.run, metric)

@@ -77,9 +77,9 @@ def _param(run: dict, key: str):
 def select(runs: list[dict], spec: dict, scale_set: dict) -> list[dict]:
     """The runs a table spec shows: methods/archs/datasets filters, `where` settings, and `match_set`
     (settings equal to the scale's `set`, e.g. the paper's epochs per pass, not the matched budgets)."""
-    methods = T._split_list(spec.get("methods"))
-    archs = T._split_list(spec.get("archs"))
-    datasets = T._split_list(spec.get("datasets"))
+    methods = T.split_list(spec.get("methods"))
+    archs = T.split_list(spec.get("archs"))
+    datasets = T.split_list(spec.get("datasets"))
     where = dict(spec.get("where") or {})
     where.update({k: scale_set[k] for k in spec.get("match_set") or [] if k in scale_set})
     chosen = []
