@@ -55,7 +55,7 @@ def table_cmd(result_dirs, fmt, kind, rows, cols, metric, arch, dataset, method,
 
 @click.command("plot")
 @click.argument("result_dirs", nargs=-1, type=click.Path())
-@click.option("--kind", type=click.Choice(plots.PLOT_KINDS), default="generations", show_default=True)
+@click.option("--kind", type=click.Choice(plots.figure_names()), default="generations", show_default=True)
 @click.option("--out", "out_file", type=click.Path(), help="Figure file (.png, .pdf or .svg). Default: KIND.png.")
 @click.option("--metric", help="Metric to plot (default: top1, or r@1 for retrieval).")
 @click.option("--arch", multiple=True, help="Only these archs (repeatable or comma list).")
