@@ -208,12 +208,13 @@ class Extensions:
     builtin: a mapping, or a function returning one (called on every lookup, so things that register
     themselves when their module is imported, such as datasets, are seen)."""
 
-    def __init__(self, what: str, section: str, builtin=None, check=None):
+    def __init__(self, what: str, section: str, builtin=None, check=None, sort: bool = False):
         self.what = what  # "dataset", "table kind", ...: how messages name one entry
         self.section = section  # registry.yaml section and entry-point group suffix
         self.group = f"kebench.{section}"
         self._builtin = builtin if builtin is not None else {}
         self._check = check  # optional: check(name, thing) raises UserError for a malformed contribution
+        self._sort = sort  # list every name sorted (else kebench's own in their order, then the rest sorted)
 
     def builtin(self) -> dict:
         return dict(self._builtin() if callable(self._builtin) else self._builtin)
@@ -230,8 +231,10 @@ class Extensions:
         return {**self.builtin(), **self.contributed()}
 
     def names(self) -> list[str]:
-        """kebench's own names first (in their order), then the contributed ones (registry order)."""
-        return list(self.entries())
+        """kebench's own names first (in their order), then the contributed ones, sorted; or all sorted."""
+        own = list(self.builtin())
+        names = own + sorted(self.contributed())
+        return sorted(names) if self._sort else names
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries()
@@ -239,7 +242,7 @@ class Extensions:
     def get(self, name: str):
         entries = self.entries()
         if name not in entries:
-            raise unknown_choice(self.what, name, list(entries))
+            raise unknown_choice(self.what, name, self.names())
         thing = entries[name]
         if isinstance(thing, str):
             where = ("kebench's own entries" if name in self.builtin()
