@@ -212,9 +212,14 @@ def run_slurm(entries: list[Entry], *, echo=print, retry_failed=False, workers=N
         wait=wait or cluster == "local", echo=echo)
 
 
-def run_submitit_local(entries: list[Entry], **options) -> int:
+def run_submitit_local(entries: list[Entry], *, echo=print, retry_failed=False, workers=None, partition=None,
+                       time_min=240, gpus_per_job=1, array_parallelism=16, cpus_per_task=None, mem_gb=None,
+                       slurm_opt=(), setup=(), wait=True) -> int:
     """`--executor submitit-local`: the slurm code path on this machine (waits for its jobs)."""
-    return run_slurm(entries, **options, cluster="local")
+    return run_slurm(entries, echo=echo, retry_failed=retry_failed, workers=workers, partition=partition,
+                     time_min=time_min, gpus_per_job=gpus_per_job, array_parallelism=array_parallelism,
+                     cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_opt=slurm_opt, setup=setup, wait=wait,
+                     cluster="local")
 
 
 def dispatch(entries: list[Entry], console, *, executor="local", **options) -> int:
@@ -222,8 +227,6 @@ def dispatch(entries: list[Entry], console, *, executor="local", **options) -> i
     executor flags its signature names; returns its exit code (see run_local)."""
     run = EXECUTORS.get(executor)
     takes = set(inspect.signature(run).parameters)
-    if "options" in takes:  # **options: it forwards every flag
-        takes |= set(options)
     if options.get("runs_per_gpu", 1) > 1 and "runs_per_gpu" not in takes:
         raise UserError(f"--runs-per-gpu packs runs of the local executor; with --executor {executor} each "
                         f"job gets its own GPUs (--gpus-per-job).")

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kebench import registry
 from kebench.context import PassKind
 from kebench.config import NOT_IN_RUN_ID
 from kebench.errors import UserError
@@ -104,8 +105,6 @@ class Names:
 
     def __init__(self, labels: dict[str, str] | None = None):
         if labels is None:
-            from kebench import registry
-
             labels = {name: spec.label or name for name, spec in registry.plugins().items()}
         self.labels = dict(labels)
         self._order = {name: i for i, name in enumerate(self.labels)}
@@ -130,7 +129,8 @@ def metric_title(metric: str) -> str:
         return METRIC_TITLES[metric]
     if metric.startswith("r@"):
         return "R@" + metric[2:]
-    for prefix, word in (("slim_", "Slim"), ("unpruned_", "Unpruned"), ("ensemble_", "Ensemble")):
+    subnets = tuple((f"{n}_", n.capitalize()) for n in registry.subnets())  # KE's slim_top1: "Slim top-1"
+    for prefix, word in (*subnets, ("unpruned_", "Unpruned"), ("ensemble_", "Ensemble")):
         if metric.startswith(prefix):
             return f"{word} {metric_title(metric[len(prefix):]).lower()}"
     return metric
