@@ -98,9 +98,13 @@ def _spec_from_dict(name: str, raw: dict, source: str) -> PluginSpec:
 
 
 @functools.lru_cache(maxsize=None)
+def _installed_entry_points():
+    return metadata.entry_points()  # one scan of the installed packages for every group
+
+
 def entry_points(group: str) -> tuple:
     """The entry points of an extension point's group, in name order (cached until `reload()`)."""
-    return tuple(sorted(metadata.entry_points(group=group), key=lambda ep: ep.name))
+    return tuple(sorted(_installed_entry_points().select(group=group), key=lambda ep: ep.name))
 
 
 def _from_entry_points() -> dict[str, PluginSpec]:
@@ -175,7 +179,7 @@ def reload() -> None:
     """Forget cached plugins and entry points (tests that add entry points or edit the registry call this)."""
     _document.cache_clear()
     _load.cache_clear()
-    entry_points.cache_clear()
+    _installed_entry_points.cache_clear()
 
 
 def pass_kinds(method: "Method") -> tuple[str, ...]:
