@@ -170,11 +170,6 @@ def section(name: str) -> dict[str, str]:
     return dict(entries)
 
 
-def table_entries() -> dict[str, str]:
-    """Table kinds plugins contribute: registry.yaml's `tables:` (kind -> "module:function")."""
-    return section("tables")
-
-
 def reload() -> None:
     """Forget cached plugins and entry points (tests that add entry points or edit the registry call this)."""
     _document.cache_clear()
@@ -217,11 +212,15 @@ class Extensions:
         self.section = section  # registry.yaml section and entry-point group suffix
         self.group = f"kebench.{section}"
         self._builtin = builtin if builtin is not None else {}
-        self._check = check  # optional: check(name, thing) raises UserError for a malformed contribution
+        self._check = check or self._callable  # check(name, thing) raises UserError for a malformed contribution
         self._sort = sort  # list every name sorted (else kebench's own in their order, then the rest sorted)
 
     def builtin(self) -> dict:
         return dict(self._builtin() if callable(self._builtin) else self._builtin)
+
+    def _callable(self, name: str, thing) -> None:
+        if not callable(thing):
+            raise UserError(f"{self.what[0].upper()}{self.what[1:]} '{name}' must name a function, got {thing!r:.200}.")
 
     def contributed(self) -> dict[str, str]:
         """name -> "module:attribute" from registry.yaml and entry points (registry.yaml wins),
@@ -253,8 +252,7 @@ class Extensions:
                      else f"registry.yaml's `{self.section}:` entry" if name in section(self.section)
                      else f"the entry point '{name}' of group {self.group}")
             thing = load_entry(thing, f"{self.what[0].upper()}{self.what[1:]} '{name}'", where)
-            if self._check is not None:
-                self._check(name, thing)
+            self._check(name, thing)
         return thing
 
 

@@ -6,13 +6,13 @@ One pipeline for every kind of table:
         --prepare_entries--> labelled, de-duplicated entries with row/column keys
         --pandas groupby--> cells (mean, std, n, per-seed values) --> Table --render--> LaTeX/Markdown/CSV
 
-Kinds: `classification` (KE paper Tables 2/3), `retrieval` (NMI / R@K groups per arch), `cost`
-(dense N vs slim H: accuracy at generation 1 and g, FLOPs, params), `kd` (KD x pruning grid with the
-surplus of Park et al., contributed by methods/kd_table.py through registry.yaml), `budget` (each
+Kinds: `classification` (KE paper Tables 2/3), `retrieval` (NMI / R@K groups per arch), `budget` (each
 multi-pass row beside the single pass trained for the same total epochs) and `size` (accuracy,
 params, storage in bytes, inference FLOPs and search/training cost of the reported network:
-binarization before/after, architecture searches). Every comparison table carries the training cost
-(epochs, TFLOPs) of its rows.
+binarization before/after, architecture searches) are kebench's own; plugins contribute `cost`
+(KE: dense N vs slim H, methods/ke_tables.py) and `kd` (KD x pruning grid with the surplus of Park
+et al., methods/kd_table.py) through registry.yaml's `tables:`, built with the public table-kind API
+below (`TABLE_KIND_API`). Every comparison table carries the training cost (epochs, TFLOPs) of its rows.
 The field names each kind reads are listed in docs/tables.md.
 
 Modules: runs.py (loading), stats.py (tests and marks), layout.py (the Table model and shared

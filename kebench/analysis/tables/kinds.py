@@ -23,7 +23,6 @@ BUILTIN = {"classification": builtin.grid_table, "retrieval": builtin.grid_table
            "budget": builtin.budget_table, "size": builtin.size_table}
 #: The table-kind extension point: kebench's own, registry.yaml's `tables:`, `kebench.tables` entry points.
 TABLES = registry.Extensions("table kind", "tables", BUILTIN)
-ENTRY_POINT_GROUP = TABLES.group
 
 
 def contributed() -> dict[str, str]:
