@@ -2,9 +2,8 @@
 one batch pipeline (`pipeline.py`) augments them on the training device."""
 from __future__ import annotations
 
-import torch
-
-from kebench.data.spec import DATASETS, DataBundle, DatasetSpec, Split, register
+from kebench.data.spec import (CLASSIFICATION, DATASETS, RETRIEVAL, TASKS, DataBundle, DatasetSpec, Split, Task,
+                                get_task, headline_metric, register)
 from kebench.errors import unknown_choice
 
 
@@ -39,6 +38,8 @@ def load(cfg) -> DataBundle:
 
 def stratified_fraction(split: Split, fraction: float) -> Split:
     """The same per-class subset for every seed, so seeds differ only in training randomness."""
+    import torch  # here: the dataset registry and task records load without torch
+
     gen = torch.Generator().manual_seed(0)
     keep = []
     for c in torch.unique(split.labels):
@@ -48,4 +49,5 @@ def stratified_fraction(split: Split, fraction: float) -> Split:
     return split.subset(torch.sort(torch.cat(keep)).values)
 
 
-__all__ = ["DataBundle", "DatasetSpec", "Split", "get_spec", "load", "names", "register", "stratified_fraction"]
+__all__ = ["CLASSIFICATION", "RETRIEVAL", "TASKS", "DataBundle", "DatasetSpec", "Split", "Task", "get_spec", "get_task",
+           "headline_metric", "load", "names", "register", "stratified_fraction"]
