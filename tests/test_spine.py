@@ -62,8 +62,8 @@ def test_the_task_record_picks_the_default_objective_and_headline_metric(make_cf
                                                  (None, "synthetic"), ("smooth+ke", "digits")]] == [
         "triplet+ke", "ce+ke", "triplet", "ce", "smooth+ke"]
     assert resolve({"method": "ke", "data": "digits-retrieval"}).method == "triplet+ke"
-    for method, data, task in [("ce", "synthetic", CLASSIFICATION), ("triplet", "digits-retrieval", RETRIEVAL)]:
-        run = Run(make_cfg(method, data=data, resolution=16, train_fraction=0.3), show_progress=False)
+    for method, data, task, batch in [("ce", "synthetic", CLASSIFICATION, 16), ("triplet", "digits-retrieval", RETRIEVAL, None)]:
+        run = Run(make_cfg(method, data=data, resolution=16, train_fraction=0.3, batch_size=batch), show_progress=False)
         assert (run.task, run.primary) == (task.name, task.headline)
         scores = list(run.evaluate())
         assert tuple(scores[:len(task.metrics)]) == task.metrics
