@@ -34,6 +34,7 @@ from kebench.config import RunConfig, save_yaml
 from kebench.context import RECORD
 from kebench.data.pipeline import BatchStream
 from kebench.run.device import DevicePolicy
+from kebench.run.threads import ThreadPolicy
 from kebench.errors import RunFailure, UserError
 from kebench.run.loop import SCHEDULES, LRPlan, PassLoop, effective_warmup, lr_factor, lr_scheduler  # noqa: F401
 from kebench.nets.models import create_model
@@ -73,6 +74,8 @@ class Run:
         self.method = cfg.method_spec
         self.policy = policy or DevicePolicy.for_run(cfg, self.device)  # AMP, layout, compile, data placement
         self.policy.apply_backend()
+        # CPU threads: the cores other work leaves free (kebench/run/threads.py); a GPU run keeps torch's
+        self.threads = ThreadPolicy.from_env() if self.device.type == "cpu" else ThreadPolicy(torch.get_num_threads())
         self.amp_dtype, self.channels_last = self.policy.amp_dtype, self.policy.channels_last
         self.objective = self.method.objective.load()(cfg.plugin_params(self.method.objective.name), self)
         self.regime = self.method.regime.load()(cfg.plugin_params(self.method.regime.name), self)
@@ -277,6 +280,8 @@ class Run:
             for name in ("metrics.jsonl", CHECKPOINT, PREV_CHECKPOINT):
                 (self.dir / name).unlink(missing_ok=True)
         book.start()
+        threads_before = torch.get_num_threads()
+        self.threads.start()
         try:
             self.regime.run(self)
         except RunFailure as exc:
@@ -285,6 +290,8 @@ class Run:
             rec = record.build(self, status="failed", error=str(exc))
             results.write_json(self.dir / "result.json", rec)
             return rec
+        finally:
+            torch.set_num_threads(threads_before)  # a library caller's setting survives the run
         for m in self.monitors:
             m.close()
         rec = record.build(self, status="complete")
