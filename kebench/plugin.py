@@ -5,7 +5,8 @@ Regimes decide *how* passes are scheduled; they never own a loop: they call `run
 What a plugin may use of `run` is `kebench.context.RunContext` (facts go through `run.report`).
 Plugins meet through declared contracts, never through each other's attributes: the teacher
 contract (`Objective.needs_teacher`, `Regime.provides_teacher`, `Objective.set_teacher`), checked
-when a config is validated (`kebench.config.teacher_problem`). A plugin declares its parameters once, as a nested `Params` dataclass of `param(...)` fields
+when a config is validated (`kebench.config.refusal`, `kebench.config.teacher_problem`).
+A plugin declares its parameters once, as a nested `Params` dataclass of `param(...)` fields
 (type, choices, range, help); registry.yaml holds the paper's values and is checked against it
 (docs/plugins.md).
 """
