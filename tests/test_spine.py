@@ -51,6 +51,7 @@ def test_method_composition_defaults():
         resolve({"method": "single+ce"})
 
 
+@pytest.mark.filterwarnings("ignore:triplet. dataset 'digits-retrieval' has only:UserWarning")
 def test_the_task_record_picks_the_default_objective_and_headline_metric(make_cfg):
     """One Task record per task: a bare regime trains its default objective, the run's primary metric is
     its headline, and evaluate() scores exactly its metrics (retrieval adds NMI's spread)."""
