@@ -81,6 +81,29 @@ def test_method_composition_defaults():
         resolve({"method": "single+ce"})
 
 
+@pytest.mark.filterwarnings("ignore:triplet. dataset 'digits-retrieval' has only:UserWarning")
+def test_the_task_record_picks_the_default_objective_and_headline_metric(make_cfg):
+    """One Task record per task: a bare regime trains its default objective, the run's primary metric is
+    its headline, and evaluate() scores exactly its metrics (retrieval adds NMI's spread)."""
+    from kebench.config import method_spec
+    from kebench.data import CLASSIFICATION, RETRIEVAL, DatasetSpec, get_spec, get_task
+
+    assert get_task(get_spec("digits-retrieval").task) is RETRIEVAL and get_task("classification") is CLASSIFICATION
+    assert [method_spec(m, d).name for m, d in [("ke", "digits-retrieval"), ("ke", "digits"), (None, "digits-retrieval"),
+                                                 (None, "synthetic"), ("smooth+ke", "digits")]] == [
+        "triplet+ke", "ce+ke", "triplet", "ce", "smooth+ke"]
+    assert resolve({"method": "ke", "data": "digits-retrieval"}).method == "triplet+ke"
+    for method, data, task, batch in [("ce", "synthetic", CLASSIFICATION, 16), ("triplet", "digits-retrieval", RETRIEVAL, None)]:
+        run = Run(make_cfg(method, data=data, resolution=16, train_fraction=0.3, batch_size=batch), show_progress=False)
+        assert (run.task, run.primary) == (task.name, task.headline)
+        scores = list(run.evaluate())
+        assert tuple(scores[:len(task.metrics)]) == task.metrics
+        assert set(scores) - set(task.metrics) <= {"nmi_mean", "nmi_std", "nmi_min", "nmi_max"}
+    with pytest.raises(UserError, match="Unknown task 'segmentation'.*classification, retrieval"):
+        DatasetSpec("seg", "segmentation", lambda cfg: None)
+    assert DatasetSpec("ret", RETRIEVAL, lambda cfg: None).task == "retrieval"  # a record or its name
+
+
 def test_plugin_value_type_checked():
     with pytest.raises(UserError, match="'alpha' expects a finite number"):
         resolve({"method": "smooth"}, {}, {"alpha": "lots"})
