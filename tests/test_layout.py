@@ -158,10 +158,11 @@ LAYERS = (
     ("analysis", ("kebench.analysis",)),
     ("cli", ("kebench.cli", "kebench.__main__")),
 )
-#: Leaf modules of run/ that data and nets use (atomic file writes, the device policy that places
-#: batches): below every layer that imports them, they import nothing but the foundation.
+#: Leaf modules of run/ that data and nets use (atomic file writes, the device and thread policies
+#: the batch pipeline follows): below every layer that imports them, they import nothing but the foundation.
 SHARED_LEAVES = {"kebench.run.results": "atomic writes of data caches and pruned/slim networks",
-                 "kebench.run.device": "the device policy the batch pipeline follows"}
+                 "kebench.run.device": "the device policy the batch pipeline follows",
+                 "kebench.run.threads": "the CPU thread policy the batch pipeline follows"}
 
 
 def layer_of(module: str) -> int:
