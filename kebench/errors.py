@@ -10,6 +10,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+class RunFailure(Exception):
+    """The run itself failed (a non-finite loss, a mutation that broke the network): the engine records
+    it as status "failed" with this message in result.json, and no table averages it. Plugins raise it
+    through `kebench.context.RunFailure`."""
+
+
 def article(word: str) -> str:
     """'a' or 'an' before `word` (by its first letter: an objective, a regime)."""
     return "an" if word[:1].lower() in "aeiou" else "a"
