@@ -110,8 +110,8 @@ def significance(cell: T.Cell) -> str:
         return f"significant ({cell.test})" if cell.test != "from-means" else "untested (no shared seeds)"
     if cell.p is not None:
         return f"not significant ({cell.test}, p = {cell.p:.2g})"
-    if cell.test == "bootstrap":
-        return "not significant (bootstrap interval contains 0)"
+    if cell.test:
+        return f"not tested ({cell.test}: constant values, no test statistic)"
     return "not tested (fewer than 2 seeds)"
 
 
