@@ -43,6 +43,7 @@ class RunConfig:
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | off
     channels_last: bool | None = None  # None: on for CUDA
     compile: bool = False
+    init: str = "timm"  # timm (timm's / torchvision's own) | ke-official (ahmdtaha/knowledge_evolution's)
     out: str = "results"
     checkpoint_every_s: float = 30.0  # mid-pass checkpoints at most this often (always at pass ends)
     budget: str = "paper"  # paper (equal per-pass budget) | matched (also run the equal-total single pass)
@@ -65,7 +66,7 @@ class RunConfig:
     def run_id(self) -> str:
         """Stable id from everything that changes the numbers (not where they are written or read
         from, nor which extra runs are asked for beside it). Every part is a safe file name."""
-        d = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_RUN_ID}
+        d = identity(self.to_dict())
         digest = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return "_".join([*(safe_name(v) for v in (self.method, self.arch, self.data)), f"s{self.seed}", digest])
 
@@ -74,6 +75,17 @@ class RunConfig:
 #: same files on another disk), the device string, checkpoint frequency, and whether the matched-budget
 #: baseline is also run. They stay out of the run id, so moving the data never retrains a finished run.
 NOT_IN_RUN_ID = ("out", "data_root", "device", "checkpoint_every_s", "budget")
+
+
+#: Settings added after results existed: left out of the run id (and of a table's settings) while at
+#: their default, so runs made before them keep their ids, resume and tabulate as before.
+ID_OMITS_DEFAULT = ("init",)
+
+
+def identity(config: dict) -> dict:
+    """The settings of a config (as a dict, e.g. result.json's) that make its run id."""
+    return {k: v for k, v in config.items()
+            if k not in NOT_IN_RUN_ID and not (k in ID_OMITS_DEFAULT and v == _field_default(k))}
 
 
 def safe_name(text, limit: int = 40) -> str:
@@ -298,6 +310,7 @@ def validate(cfg: RunConfig) -> None:
         "lr_schedule": ("cosine", "constant"),
         "lr_per": ("epoch", "step"),
         "amp": ("auto", "bf16", "fp16", "off"),
+        "init": ("timm", "ke-official"),
         "budget": ("paper", "matched"),
     }
     for key, valid in choices.items():

@@ -112,6 +112,9 @@ RUN_OPTIONS = [
     click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"])),
     click.option("--channels-last/--no-channels-last", default=None),
     click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA)."),
+    click.option("--init", type=click.Choice(["timm", "ke-official"]),
+                 help="Generation-1 weights: timm's initialisation (default) or the official KE code's "
+                      "(kaiming normal fan_in, every BN gamma 1; docs/fidelity.md)."),
     click.option("--budget", type=click.Choice(["paper", "matched"]),
                  help="matched: also run the single-pass baseline with the same total epochs."),
     click.option("--out", help="Results folder. Default: results/."),

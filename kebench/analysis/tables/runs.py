@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kebench.context import PassKind
-from kebench.config import NOT_IN_RUN_ID
+from kebench.config import NOT_IN_RUN_ID, identity
 from kebench.errors import UserError
 
 #: Primary metric per task (mirrors kebench.run.engine.PRIMARY; a test keeps them equal).
@@ -182,7 +182,7 @@ def _hashable(v):
 def signature(run: dict) -> dict:
     """The run's settings that can change its numbers, flat (`lr`, `ke.split_rate`)."""
     cfg = run.get("config") or {}
-    flat = {k: _hashable(v) for k, v in cfg.items() if k not in IGNORED_CONFIG}
+    flat = {k: _hashable(v) for k, v in identity(cfg).items() if k not in IGNORED_CONFIG}
     for plugin, params in sorted((cfg.get("params") or {}).items()):
         for k, v in sorted((params or {}).items()):
             if k not in IGNORED_PARAMS:
