@@ -89,18 +89,19 @@ def p_values(a, b=None, *, paired: bool = False):
     import numpy as np
     from scipy import stats
 
-    warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)  # a near-constant side: fine
     a = np.asarray(a, dtype=float)
     ramp = np.arange(a.shape[-1], dtype=float)  # stands in for constant samples: scipy never sees 0/0
-    if b is None or paired:
-        d = a if b is None else a - np.asarray(b, dtype=float)
-        flat = _constant(d)
-        p = stats.ttest_1samp(np.where(flat[..., None], ramp, d), 0.0, axis=-1).pvalue
-    else:
-        b = np.asarray(b, dtype=float)
-        flat = _constant(a) & _constant(b)
-        p = stats.ttest_ind(np.where(flat[..., None], ramp, a), np.where(flat[..., None], ramp, b),
-                            equal_var=False, axis=-1).pvalue
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)  # a near-constant side
+        if b is None or paired:
+            d = a if b is None else a - np.asarray(b, dtype=float)
+            flat = _constant(d)
+            p = stats.ttest_1samp(np.where(flat[..., None], ramp, d), 0.0, axis=-1).pvalue
+        else:
+            b = np.asarray(b, dtype=float)
+            flat = _constant(a) & _constant(b)
+            p = stats.ttest_ind(np.where(flat[..., None], ramp, a), np.where(flat[..., None], ramp, b),
+                                equal_var=False, axis=-1).pvalue
     return np.where(flat, np.nan, p)
 
 
