@@ -52,13 +52,21 @@ class ClassWiseSelfKD(Objective):
         batch_counts: str = param("what --batch-size counts: anchors (alinlab/cs-kd: B anchors + B partners) | "
                                   "images (the KE code: B/2 anchors + B/2 partners)", choices=BATCH_COUNTS)
 
+    def __init__(self, params, run):
+        super().__init__(params, run)
+        if run is not None:  # refused when the run is set up, before its folder exists
+            self._check_batch(run.cfg.batch_size)
+
+    def _check_batch(self, batch_size: int) -> None:
+        if self.params.batch_counts == "images" and (batch_size < 2 or batch_size % 2):
+            raise UserError(f"--cskd.batch-counts images splits each batch of --batch-size {batch_size} "
+                            f"into anchors and partners, so it needs an even batch size of at least 2 "
+                            f"(the KE code uses 32: 16 anchors + 16 partners).")
+
     def batch_sampler(self, labels, batch_size, generator):
         order = torch.randperm(len(labels), generator=generator)
         if self.params.batch_counts == "images":
-            if batch_size < 2 or batch_size % 2:
-                raise UserError(f"--cskd.batch-counts images splits each batch of --batch-size {batch_size} "
-                                f"into anchors and partners, so it needs an even batch size of at least 2 "
-                                f"(the KE code uses 32: 16 anchors + 16 partners).")
+            self._check_batch(batch_size)
             steps = max(len(labels) // batch_size, 1)
             order, batch_size = order[:steps * batch_size // 2], batch_size // 2
         anchors = list(order.split(batch_size))

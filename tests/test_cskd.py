@@ -57,6 +57,13 @@ def test_ke_code_batches_count_images_half_anchors_half_partners():
         obj.batch_sampler(labels, 7, torch.Generator().manual_seed(0))
 
 
+def test_odd_batch_with_images_counting_is_refused_before_the_run_starts(make_cfg, tmp_path):
+    cfg = make_cfg("cskd", batch_size=15, plugin={"cskd.batch_counts": "images"})
+    with pytest.raises(UserError, match="even batch size"):
+        Run(cfg, show_progress=False)
+    assert not (tmp_path / "results").exists()  # no run folder
+
+
 def test_loss_is_ce_plus_lambda_t2_kl_with_partner_detached():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
