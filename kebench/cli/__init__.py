@@ -101,7 +101,10 @@ RUN_OPTIONS = [
     click.option("--lr", type=float, help="Peak learning rate (SGD)."),
     click.option("--momentum", type=float),
     click.option("--weight-decay", type=float),
-    click.option("--lr-schedule", type=click.Choice(["cosine", "constant"])),
+    click.option("--lr-schedule", type=click.Choice(["cosine", "constant", "step"])),
+    click.option("--lr-milestones", help="step schedule: comma list of fractions of training where the LR is "
+                 "multiplied by --lr-gamma (default 0.5,0.75, rethinking-network-pruning's CIFAR code)."),
+    click.option("--lr-gamma", type=float, help="step schedule: LR factor at each milestone (default 0.1)."),
     click.option("--warmup-epochs", type=int, help="Linear warm-up at the start of every restarted LR schedule "
                  "(KE code; paper datasets: 5, digits: 0); a pass caps it at a quarter of its length."),
     click.option("--lr-per", type=click.Choice(["epoch", "step"]), help="Set the LR once per epoch (KE code) or per step."),

@@ -14,7 +14,8 @@ def _ensure_builtin() -> None:
     try:
         from kebench.data import paper  # noqa: F401  (registers the six paper datasets)
     except ImportError:
-        pass
+        return
+    from kebench.data import arrays, folders  # noqa: F401  (CIFAR, MNIST, ImageNet, Tiny-ImageNet, folder)
 
 
 def names() -> list[str]:

@@ -65,6 +65,11 @@ class PaperDataset:
     task: str = "classification"
     options: dict = field(default_factory=dict)  # dataset-specific --data-opt defaults
     description: str = ""
+    #: Images used at their own size (Tiny-ImageNet's 64 px): a square cache at `resolution`, no test
+    #: resize, CIFAR-style pad-and-crop training (`DataBundle.pad_crop`). None: the KE paper's transforms.
+    native: int | None = None
+    pad_crop: int = 4
+    defaults: dict | None = None  # RunConfig defaults; None: the KE paper's (by task)
 
 
 PAPER: dict[str, PaperDataset] = {}
@@ -342,17 +347,19 @@ def load_paper(name: str, cfg) -> DataBundle:
     opts = parse_options(ds, dict(cfg.data_options))
     root = data_root(cfg.data_root, ds)
     listing = ds.lister(root)
-    res = cfg.resolution or DEFAULT_RESOLUTION
-    size = round(res * TEST_RESIZE_RATIO)
+    res = cfg.resolution or ds.native or DEFAULT_RESOLUTION
+    size = res if ds.native else round(res * TEST_RESIZE_RATIO)
     banner = AIRCRAFT_BANNER_PX if opts.get("crop_banner") else 0
-    budget = opts["cache_budget_gb"] * 2**30
+    # streamed datasets (ImageNet) are decoded by DataLoader workers every epoch, never cached whole
+    budget = 0 if opts.get("stream") else opts["cache_budget_gb"] * 2**30
     cache_dir = Path(opts["cache_dir"]).expanduser() if opts["cache_dir"] else cachemod.default_dir()
     cache_name = name.removesuffix("-retrieval") if ds.task == "retrieval" else name
 
     splits, unusable, cache_info = {}, [], {}
     for split, items in listing.splits.items():
         got = cachemod.open_split(cache_name, split if ds.task == "classification" else f"disjoint-{split}",
-                                  listing.base, items, size=size, banner_px=banner, keep_aspect=split == "train",
+                                  listing.base, items, size=size, banner_px=banner,
+                                  keep_aspect=split == "train" and not ds.native,
                                   cache_dir=cache_dir,
                                   budget_bytes=budget, workers=opts["workers"])
         splits[split] = got.split
@@ -382,7 +389,7 @@ def load_paper(name: str, cfg) -> DataBundle:
                       f"(listed in result.json under data.unusable), e.g. {unusable[0]['path']}: {unusable[0]['reason']}",
                       stacklevel=2)
     modes = {i["mode"] for i in cache_info.values()}
-    if "dataloader" in modes:
+    if "dataloader" in modes and not opts.get("stream"):
         reason = next(i["reason"] for i in cache_info.values() if i["mode"] == "dataloader")
         warnings.warn(f"'{name}': {reason}; decoding with DataLoader workers every epoch instead (slower). "
                       f"Raise --data-opt cache_budget_gb or free disk space to cache it.", stacklevel=2)
@@ -397,7 +404,8 @@ def load_paper(name: str, cfg) -> DataBundle:
         "options": options, "resolution": res, "cached_size": size,
         "transform": {"train": f"RandomResizedCrop({res}, scale={CROP_SCALE}) + flip, drawn from the whole "
                                f"image after Resize({size}) (longer side capped at {cachemod.MAX_ASPECT * size})",
-                      "test": f"Resize({size}) + CenterCrop({res})"},
+                      "test": f"Resize({size}) + CenterCrop({res})"} if not ds.native else
+                     {"train": f"Resize({res}) + pad {ds.pad_crop} + RandomCrop({res}) + flip", "test": f"Resize({res})"},
         "test_resize_ratio": size / res,  # the cache is already at the test resize: center_view only crops
         "cache": cache_info, "unusable": {"count": len(unusable), "files": unusable},
     }
@@ -406,13 +414,14 @@ def load_paper(name: str, cfg) -> DataBundle:
     return DataBundle(
         name=name, task=ds.task, train=splits["train"], val=splits.get("val"), test=splits["test"],
         num_classes=num_classes, in_chans=3, resolution=res, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        crop_scale=CROP_SCALE, flip=True, info=info)
+        crop_scale=CROP_SCALE, flip=True, pad_crop=ds.pad_crop if ds.native else None, info=info)
 
 
 # ---------------------------------------------------------------------------- the registry
 def _add(ds: PaperDataset) -> None:
     PAPER[ds.name] = ds
-    defaults = RETRIEVAL_DEFAULTS if ds.task == "retrieval" else CLASSIFICATION_DEFAULTS
+    defaults = ds.defaults if ds.defaults is not None else \
+        RETRIEVAL_DEFAULTS if ds.task == "retrieval" else CLASSIFICATION_DEFAULTS
     register(DatasetSpec(ds.name, ds.task, lambda cfg, n=ds.name: load_paper(n, cfg), ds.description, dict(defaults),
                          options={**COMMON_OPTIONS, **ds.options}))
 

@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from kebench.nets import archs, genome  # noqa: F401  (register sepnet_r, sepnet_b, evonet with timm)
+from kebench.nets import archs, cifar, genome  # noqa: F401  (register sepnet_r/b, the CIFAR nets, evonet with timm)
 from kebench.errors import UserError, unknown_choice
 
 
@@ -67,7 +67,7 @@ def create_model(arch: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn
     check_arch(arch)
     if arch in TORCHVISION_ARCHS:
         return TORCHVISION_ARCHS[arch](num_classes=num_classes, in_chans=in_chans)
-    vgg = arch.startswith("vgg")
+    vgg = arch.startswith("vgg") and not arch.endswith("_cifar")  # timm's VGG gets torchvision's head
     if vgg:
         kwargs.setdefault("drop_rate", VGG_DROPOUT)
     try:
