@@ -74,10 +74,12 @@ def _error(ds: ArrayDataset, root: Path, problem: str) -> UserError:
 
 # ---------------------------------------------------------------------------- CIFAR
 class _NumpyOnly(pickle.Unpickler):
-    """The CIFAR pickles hold dicts, lists, strings and numpy arrays: nothing else is built."""
+    """The CIFAR pickles hold dicts, lists, strings and numpy arrays: nothing else is built
+    (`_codecs.encode` is how Python 3 pickles bytes at protocol 2, e.g. a re-saved copy)."""
 
     def find_class(self, module, name):
-        if module.split(".")[0] == "numpy" and name in ("_reconstruct", "ndarray", "dtype", "scalar"):
+        if (module.split(".")[0] == "numpy" and name in ("_reconstruct", "ndarray", "dtype", "scalar")) \
+                or (module, name) == ("_codecs", "encode"):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 

@@ -171,7 +171,7 @@ def _list_folder(root: Path) -> Listing:
     # a tree with val/ only evaluates on it; with both, val/ is the validation split and test/ the test split
     if "test" not in splits:
         splits["test"] = splits.pop("val")
-    return Listing(root, classes, splits, "train/" + " + ".join(f"{s}/" for s in evals))
+    return Listing(root, classes, splits, " + ".join(f"{s}/" for s in ("train", *evals)))
 
 
 _IMAGENET = ("  <root>/train/n01440764/n01440764_10026.JPEG ...   (1000 wnid folders)\n"

@@ -116,13 +116,15 @@ VGG_CIFAR = {
 
 
 class CifarVGG(_Net):
-    def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0, **_):
+    def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0,
+                 width_mult: float = 1.0, **_):
         super().__init__()
         layers, cin = [], in_chans
         for v in VGG_CIFAR[depth]:
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
             else:
+                v = max(1, round(v * width_mult))
                 layers += [_conv3(cin, v), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
                 cin = v
         self.features = nn.Sequential(*layers)
