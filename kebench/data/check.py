@@ -52,7 +52,7 @@ def check(name: str, data_root, per_class: bool, strict: bool, workers: int, out
     def classes_in(split: str) -> range:  # 0-based labels a split should cover
         if ds.task != "retrieval":
             return range(len(listing.classes))
-        half = len(listing.classes) // 2
+        half = listing.half()
         return range(half) if split == "train" else range(len(listing.classes) - half)
     table = Table("split", "images", "official", "classes", "min/class", "max/class", "missing", "unreadable")
     problems = []
@@ -153,7 +153,7 @@ def check_arrays(name: str, data_root, per_class: bool, strict: bool, out) -> in
 
 def _offset(listing, ds, split: str) -> int:
     """Retrieval test labels are re-based: label 0 of the test split is class half+1."""
-    return len(listing.classes) // 2 if ds.task == "retrieval" and split == "test" else 0
+    return listing.half() if ds.task == "retrieval" and split == "test" else 0
 
 
 def _class_name(listing, ds, split: str, label: int) -> str:
