@@ -207,3 +207,26 @@ def test_study_figure_kinds_are_the_plot_kinds():
     from kebench.analysis import study
 
     assert set(study.FIGURE_KINDS) == set(plots.PLOT_KINDS) == set(report.FIGURE_TITLES)
+
+
+def test_paper_scales_train_on_the_papers_own_data_and_networks(tmp_path):
+    """Park et al.'s studies on CIFAR with their networks and recipe; the evolution study on MNIST,
+    CIFAR and (neuroevolution) ImageNet."""
+    pruning = study.entries(study.load("park-kd-pruning"), "paper", out=tmp_path)
+    assert {e.cfg.data for e in pruning} == {"cifar100", "cifar10"}
+    assert {e.cfg.arch for e in pruning} == {"resnet56", "resnet110", "vgg19_cifar", "densenet40"}
+    assert len(pruning) == 9 * 3 * 4 * 2 * 3
+    cfg = pruning[0].cfg
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.weight_decay, cfg.lr_schedule, cfg.lr_milestones) == \
+        (0.1, 64, 160, 1e-4, "step", [0.5, 0.75])
+    assert {e.cfg.params[e.cfg.method_spec.regime.name]["prune"] for e in pruning} == {"l1-filter", "slimming", "weight"}
+    aug = study.entries(study.load("park-kd-augmentation"), "paper", out=tmp_path)
+    assert {e.cfg.data for e in aug} == {"cifar100"} and len(aug) == (3 + 9) * 3 * 3
+    assert {e.cfg.arch for e in aug} == {"resnet56", "wrn28_10", "pyramidnet110_a48"}
+    evo = study.entries(study.load("evolution"), "paper", out=tmp_path)
+    by_data = {}
+    for e in evo:
+        by_data.setdefault(e.cfg.data, set()).add(e.cfg.method_spec.regime.name)
+    assert set(by_data) == {"mnist", "cifar10", "cifar100", "imagenet"}
+    assert by_data["imagenet"] == {"neuroevo"} and "ke" in by_data["cifar100"] and "binarize" in by_data["mnist"]
+    assert {e.cfg.epochs for e in evo if e.cfg.data == "imagenet"} == {90}
