@@ -49,6 +49,7 @@ class RunConfig:
     compile: bool = False
     out: str = "results"
     checkpoint_every_s: float = 30.0  # mid-pass checkpoints at most this often (always at pass ends)
+    analyses: list = field(default_factory=list)  # naswot | landscape of the final model (kebench/run/analyses.py)
     budget: str = "paper"  # paper (equal per-pass budget) | matched (also run the equal-total single pass)
     params: dict = field(default_factory=dict)  # {plugin: {key: value}} resolved plugin hyperparameters
 
@@ -70,6 +71,8 @@ class RunConfig:
         """Stable id from everything that changes the numbers (not where they are written or read
         from, nor which extra runs are asked for beside it). Every part is a safe file name."""
         d = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_RUN_ID}
+        if not self.analyses:  # runs that ask for no analysis keep their ids
+            d.pop("analyses")
         if self.lr_schedule != "step":  # the step schedule's settings change nothing else (and older ids stay)
             d.pop("lr_milestones"), d.pop("lr_gamma")
         digest = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -304,6 +307,9 @@ def validate(cfg: RunConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+    from kebench.run.analyses import check as check_analyses
+
+    check_analyses(cfg.analyses)
     choices = {
         "lr_schedule": ("cosine", "constant", "step"),
         "lr_per": ("epoch", "step"),

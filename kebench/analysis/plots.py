@@ -24,7 +24,7 @@ from kebench.errors import UserError
 from kebench.analysis.tables.layout import _prepare
 from kebench.analysis.tables.runs import PRIMARY, Names, expand, metric_title, signature
 
-PLOT_KINDS = ("generations", "cost", "hypotheses", "budget", "search")
+PLOT_KINDS = ("generations", "cost", "hypotheses", "budget", "search", "landscape")
 FORMATS = ("png", "pdf", "svg")
 PANEL_COLUMNS = 3
 PANEL_SIZE = (4.6, 3.6)  # inches per panel
@@ -384,8 +384,35 @@ def search_figure(runs: list[dict], metric: str | None = None, names: Names | No
     return fig
 
 
+def landscape_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
+    """Filter-normalised 2-D loss landscapes (Li et al. 2018; Park et al. Table 7): one contour
+    panel per run that recorded `analyses.landscape` (`kebench run --analysis landscape`)."""
+    import numpy as np
+
+    names = names or Names()
+    found = {}
+    for r in sorted(runs, key=lambda r: (str(r.get("dataset")), str(r.get("method")), r.get("seed", 0))):
+        land = (r.get("analyses") or {}).get("landscape")
+        if land:
+            found[f"{names.method(r.get('objective', ''), r.get('regime', ''))} / {r.get('arch')} / {r.get('dataset')} / s{r.get('seed', 0)}"] = land
+    fig, axes = _panels(found, "No run recorded a loss landscape: run with --analysis landscape.")
+    with _style():
+        for title, ax in axes.items():
+            land = found[title]
+            loss = np.log10(np.asarray(land["loss"], dtype=float).clip(min=1e-8))
+            cs = ax.contour(land["alpha"], land["beta"], loss, levels=12, cmap="viridis", linewidths=0.8)
+            ax.clabel(cs, fontsize=6, fmt="%.2f")
+            ax.plot([0], [0], marker="*", color="black", markersize=6)
+            ax.set_title(title)
+            ax.set_xlabel("direction 1 (filter-normalised)")
+            ax.set_ylabel("direction 2")
+            ax.set_aspect("equal")
+        fig.suptitle("log10 training loss around the final weights")
+    return fig
+
+
 FIGURES = {"generations": generations_figure, "cost": cost_figure, "hypotheses": hypotheses_figure,
-           "budget": budget_figure, "search": search_figure}
+           "budget": budget_figure, "search": search_figure, "landscape": landscape_figure}
 
 
 def build_figure(runs: list[dict], kind: str, metric: str | None = None, names: Names | None = None):
@@ -417,4 +444,4 @@ def save_figure(fig, path) -> Path:
 
 
 __all__ = ["PLOT_KINDS", "build_figure", "save_figure", "generations_figure", "cost_figure", "hypotheses_figure",
-           "budget_figure", "search_figure"]
+           "budget_figure", "search_figure", "landscape_figure"]

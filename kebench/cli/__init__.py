@@ -115,6 +115,8 @@ RUN_OPTIONS = [
     click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"])),
     click.option("--channels-last/--no-channels-last", default=None),
     click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA)."),
+    click.option("--analysis", "analyses", help="Comma list of analyses of the final model: naswot (Mellor et al.'s "
+                 "score, into result.json 'final'), landscape (Li et al.'s 2-D loss landscape; kebench plot --kind landscape)."),
     click.option("--budget", type=click.Choice(["paper", "matched"]),
                  help="matched: also run the single-pass baseline with the same total epochs."),
     click.option("--out", help="Results folder. Default: results/."),

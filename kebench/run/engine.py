@@ -291,7 +291,14 @@ class Run:
             return rec
         for m in self.monitors:
             m.close()
+        from kebench.run.analyses import run_analyses
+
+        scores, analyses = run_analyses(self, self.cfg.analyses)
+        if scores:
+            self.report_final(scores)
         rec = record.build(self, status="complete")
+        if analyses:
+            rec["analyses"] = analyses
         results.save_torch(self.dir / "model.pt", {"arch": self.cfg.arch, "state_dict": self.model.state_dict()})
         results.write_json(self.dir / "result.json", rec)
         if self.rank == 0:
