@@ -64,7 +64,7 @@ def test_run_records_both_and_the_landscape_figure_draws(tmp_path, capsys):
     out = tmp_path / "r"
     try:
         main(["run", "--data", "synthetic", "--arch", "test_resnet", "--epochs", "1", "--device", "cpu",
-              "--out", str(out), "--quiet", "--analysis", "naswot,landscape"])
+              "--out", str(out), "--quiet", "--analyses", "naswot,landscape"])
     except SystemExit as exc:
         assert exc.code in (0, None)
     (path,) = out.glob("*/result.json")
@@ -79,5 +79,5 @@ def test_run_records_both_and_the_landscape_figure_draws(tmp_path, capsys):
         assert exc.code in (0, None)
     assert fig_path.stat().st_size > 1000
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--data", "synthetic", "--analysis", "nope", "--out", str(out), "--quiet"])
-    assert exc.value.code == 2 and "--analysis nope is not known" in capsys.readouterr().err
+        main(["run", "--data", "synthetic", "--analyses", "nope", "--out", str(out), "--quiet"])
+    assert exc.value.code == 2 and "--analyses nope is not known" in capsys.readouterr().err

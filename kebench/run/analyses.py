@@ -1,4 +1,4 @@
-"""Analyses of a trained network that a run can ask for (`--analysis naswot,landscape`), as Park,
+"""Analyses of a trained network that a run can ask for (`--analyses naswot,landscape`), as Park,
 Yoo and Kwak use them to explain why KD and pruning or augmentation add up:
 
 * `naswot`: the NAS-without-training score of Mellor et al. (2021) on a batch of test images: the
@@ -33,7 +33,7 @@ LANDSCAPE_BATCH = 256
 def check(names) -> list[str]:
     bad = [n for n in names if n not in ANALYSES]
     if bad:
-        raise UserError(f"--analysis {', '.join(bad)} is not known; choose from {', '.join(ANALYSES)}.")
+        raise UserError(f"--analyses {', '.join(bad)} is not known; choose from {', '.join(ANALYSES)}.")
     return list(names)
 
 
@@ -106,7 +106,7 @@ def run_analyses(run, names) -> tuple[dict, dict]:
     if not names:
         return {}, {}
     if run.task != "classification":
-        raise UserError(f"--analysis {','.join(names)} scores a classifier; dataset '{run.cfg.data}' is a "
+        raise UserError(f"--analyses {','.join(names)} scores a classifier; dataset '{run.cfg.data}' is a "
                         f"{run.task} dataset.")
     stream = BatchStream(run.data, run.data.test, batch_size=max(NASWOT_BATCH, LANDSCAPE_BATCH), device=run.device,
                          train=False)
