@@ -22,6 +22,8 @@ from kebench.params import coerce as _coerce
 
 #: LR schedules a pass may follow (run/loop.py implements them).
 LR_SCHEDULES = ("cosine", "constant", "step")
+#: Analyses of the final model a run may ask for (run/analyses.py computes them).
+ANALYSES = ("naswot", "landscape")
 
 
 @dataclass
@@ -313,9 +315,9 @@ def validate(cfg: RunConfig) -> None:
     if list(cfg.lr_milestones) != sorted(cfg.lr_milestones):
         raise UserError(f"--lr-milestones must be increasing fractions of each pass, e.g. 0.5,0.75; got "
                         f"{cfg.lr_milestones}.")
-    from kebench.run.analyses import check as check_analyses
-
-    check_analyses(cfg.analyses)
+    unknown = [a for a in cfg.analyses if a not in ANALYSES]
+    if unknown:
+        raise UserError(f"--analyses {', '.join(map(str, unknown))} is not known; choose from {', '.join(ANALYSES)}.")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'.")
     method = cfg.method_spec

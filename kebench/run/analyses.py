@@ -21,20 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kebench.config import ANALYSES  # noqa: F401  (declared with the --analyses setting)
 from kebench.errors import UserError
 
-ANALYSES = ("naswot", "landscape")
 NASWOT_BATCH = 128  # Mellor et al. score a batch of 128
 NASWOT_K = 1e-5
 LANDSCAPE_STEPS = 11  # grid points per axis (alpha, beta in [-1, 1])
 LANDSCAPE_BATCH = 256
-
-
-def check(names) -> list[str]:
-    bad = [n for n in names if n not in ANALYSES]
-    if bad:
-        raise UserError(f"--analyses {', '.join(bad)} is not known; choose from {', '.join(ANALYSES)}.")
-    return list(names)
 
 
 def jacobian_kernel(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
