@@ -251,6 +251,9 @@ class BatchStream:
             n, pad = len(index), self.bundle.pad_crop
             offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
             flips = torch.rand(n, generator=gen) < 0.5 if self.bundle.flip else torch.zeros(n, dtype=torch.bool)
+            if self.device.type == "cuda":  # one pinned non-blocking copy, not two blocking ones per step
+                packed = torch.cat([offsets, flips[:, None].long()], 1).pin_memory().to(self.device, non_blocking=True)
+                offsets, flips = packed[:, :2], packed[:, 2].bool()
             x = pad_crop(self._gather(index), pad, offsets, flips).sub_(self.mean).div_(self.std)
         elif self.train:
             n = len(index)
