@@ -228,12 +228,12 @@ def _cost_points(runs: list[dict], metric: str | None, names: Names):
     return points, entries
 
 
-def cost_positions(runs: list[dict], metric: str | None = None, names: Names | None = None) -> list[float]:
-    """The distinct inference costs (GFLOPs, 3 significant digits) the cost figure would place its
-    points at: with one or two, every method shares the same network and the figure says nothing
-    that the cost table does not."""
+def cost_positions(runs: list[dict], metric: str | None = None, names: Names | None = None) -> dict:
+    """dataset -> the distinct inference costs (GFLOPs, 3 significant digits) its panel of the cost
+    figure would place points at: with one or two, every method shares the same network (and its
+    slim part) and the panel says nothing that the tables do not."""
     points, _ = _cost_points(runs, metric, names or Names())
-    return sorted({float(f"{_mean(p['x']):.3g}") for by_label in points.values() for p in by_label.values()})
+    return {d: sorted({float(f"{_mean(p['x']):.3g}") for p in by_label.values()}) for d, by_label in points.items()}
 
 
 def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
@@ -367,8 +367,11 @@ def _declutter(fig, ax, labels: list) -> None:
     first, then dropped."""
     if not labels:
         return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)
     fig.draw_without_rendering()  # the constrained layout places the axes first
-    renderer = fig.canvas.get_renderer()
+    renderer = canvas.get_renderer()
     inside = ax.get_window_extent(renderer)
     kept = []
     for label in labels:

@@ -389,10 +389,11 @@ def build_figures(study, scale: str, runs: list[dict]) -> list[tuple[str, str, b
     for kind in kinds:
         try:
             shown = runs if kind == "budget" or not main else main
-            if kind == "cost" and len(xs := plots.cost_positions(shown)) <= 2:
+            if kind == "cost" and max(map(len, (xs := plots.cost_positions(shown)).values()), default=0) <= 2:
+                costs = "; ".join(f"{d}: {' or '.join(f'{x:g}' for x in v)}" for d, v in sorted(xs.items()))
                 out.append((kind, FIGURE_TITLES[kind], None, (
-                    f"left out: every network evaluated costs {' or '.join(f'{x:g}' for x in xs)} GFLOPs per image "
-                    f"at inference, so the figure would show {len(xs)} column(s) of points; the tables give "
+                    f"left out: the networks evaluated cost one or two amounts of inference GFLOPs per image "
+                    f"({costs}), so each panel would show its points in one or two columns; the tables give "
                     f"the accuracies.")))
                 continue
             fig = plots.build_figure(shown, kind)
