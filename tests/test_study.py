@@ -136,7 +136,8 @@ def test_study_run_writes_a_self_contained_report(tiny_report):
         assert r["run_id"] in text and r["run_id"].rpartition("_")[2] in text
     assert "torch " in text and "cpu" in text
     tex = (report / "tables.tex").read_text()
-    assert tex.count(r"\begin{tabular}") == 3
+    # three tables; one too wide for a two-column page is split in two parts (issue 24.8)
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\label{tab:kebench-") >= 3
     md = (report / "report.md").read_text()
     assert md.count("| Method |") >= 2 and "**Summary:**" in md
     assert sorted(p.name for p in (report / "figures").iterdir()) == ["budget.png", "generations.png", "hypotheses.png"]

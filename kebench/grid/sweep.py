@@ -211,13 +211,13 @@ def _progress(run_dir: Path) -> str:
 
 
 def _matched_entry(entry: Entry, result: dict) -> Entry | None:
-    """The equal-total-epochs baseline a `budget: matched` run also owes (issue 11)."""
+    """The equal-budget baseline a `budget: matched` run also owes (kebench/run/budget.py)."""
     cfg = entry.cfg
     if getattr(cfg, "budget", "paper") != "matched" or cfg.method_spec.regime.name == "single":
         return None
-    from kebench.config import matched_config
+    from kebench.run import budget
 
-    return Entry(matched_config(cfg, result["training"]["epochs"]), entry.combo)
+    return Entry(budget.planned(cfg, result), entry.combo)
 
 
 def state_of(entry: Entry) -> tuple[str, str]:

@@ -326,17 +326,18 @@ def copy_model(model: nn.Module) -> nn.Module:
 
 def execute_all(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True) -> list[dict]:
     """Run a config; with budget 'matched' and a multi-pass regime, also run its single-pass
-    baseline with the same objective and the same total number of epochs (issue: fair comparisons).
+    baseline with the same objective and the same total number of epochs, or the same training FLOPs
+    for a regime that changes the network (kebench/run/budget.py).
 
     Each budget is its own run: a single long run cannot stand in for several budgets, because the
     cosine schedule of a shorter run is a different schedule, not a prefix of the longer one.
     """
-    from kebench.config import matched_config
+    from kebench.run import budget
 
     records = [execute(cfg, resume=resume, show_progress=show_progress)]
     first = records[0]
     if cfg.budget == "matched" and cfg.method_spec.regime.name != "single" and first["status"] == "complete":
-        matched = matched_config(cfg, first["training"]["epochs"])
+        matched, _ = budget.baseline(cfg, first)
         record = execute(matched, resume=True, show_progress=show_progress)  # reuse an existing baseline
         records.append(record)
     return records

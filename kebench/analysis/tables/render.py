@@ -243,11 +243,13 @@ def _tabular(table: Table, counts: bool) -> list[str]:
 
 
 def _counts_note(table: Table) -> str:
-    found = sorted({_count(c) for r in table.rows for c in r.cells if c.n and c.text is None},
-                   key=lambda t: (len(t), t))
-    return ("(n) counts left out to fit the page: " + (f"n = {found[0]} runs behind every cell" if len(found) == 1 else
-            f"the runs behind a cell ({', '.join(found[:6])}{', ...' if len(found) > 6 else ''}) are in the "
-            f"Markdown and CSV tables") + ".") if found else ""
+    found = {_count(c) for r in table.rows for c in r.cells if c.n and c.text is None}
+    if not found:
+        return ""
+    if len(found) == 1:
+        return f"(n) counts left out to fit the page: {found.pop()} run(s) behind every cell."
+    return ("(n) counts left out to fit the page: the runs behind each cell (and raw p where there are too few "
+            "for a mark) are in the Markdown and CSV tables.")
 
 
 def to_latex(table: Table) -> str:
