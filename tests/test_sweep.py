@@ -366,6 +366,7 @@ def test_a_sweep_whose_runs_are_still_running_elsewhere_does_not_exit_0(tmp_path
         code, _, err = cli_run(["sweep", str(path)])
     assert code == guard.EXIT_BUSY, err
     assert f"skip {orphan.run_id}: running elsewhere" in err and "1 done, 1 running" in err
+    assert "1 run(s) still running in another process: the sweep is not done yet (exit 4)" in " ".join(err.split())
     _fake_result(orphan)
     code, _, err = cli_run(["sweep", str(path)])
     assert code == 0 and "2 done" in err

@@ -145,7 +145,7 @@ def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_r
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    return sweep.exit_code(entries, stopped=bool(stop["signals"]), died=bool(problems))
+    return sweep.exit_code(entries, stopped=bool(stop["signals"]), died=bool(problems), echo=echo)
 
 
 def _last_line(log) -> str:
@@ -181,7 +181,7 @@ def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) 
             echo(f"done  {e.run_id}: {detail} ({time.perf_counter() - t0:.1f} s)")
         else:
             echo(f"FAIL  {e.run_id}: {detail or records[-1].get('error')}")
-    return sweep.exit_code(entries)
+    return sweep.exit_code(entries, echo=echo)
 
 
 def worker_main(argv: list[str] | None = None) -> int:

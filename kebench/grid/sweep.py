@@ -313,7 +313,7 @@ def counts(rows: list[dict]) -> dict:
     return {s: sum(r["state"] == s for r in rows) for s in STATES}
 
 
-def exit_code(entries: list[Entry], *, stopped: bool = False, died: bool = False) -> int:
+def exit_code(entries: list[Entry], *, stopped: bool = False, died: bool = False, echo=None) -> int:
     """The exit code of a local or inline sweep, from the states its runs are in when it ends
     (docs/sweeps.md): 0 only when every run is done; 3 when a signal stopped the sweep or a run
     stopped resumable (rerun to continue); 1 when a run failed or its worker died; 4 when the only
@@ -329,6 +329,9 @@ def exit_code(entries: list[Entry], *, stopped: bool = False, died: bool = False
     if c["pending"]:
         return guard.EXIT_INTERRUPTED
     if c["running"]:
+        if echo is not None:
+            echo(f"{c['running']} run(s) still running in another process: the sweep is not done yet "
+                 f"(exit {guard.EXIT_BUSY}); rerun it, or see --status, once they end")
         return guard.EXIT_BUSY
     return 0
 

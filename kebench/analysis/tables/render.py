@@ -215,6 +215,7 @@ def _tabular(table: Table, counts: bool) -> list[str]:
     nrow = len(table.row_names)
     lines = [rf"\begin{{tabular}}{{{'l' * nrow}{'c' * len(table.cols)}}}", r"\toprule"]
     levels = _header_levels(table)
+    levels = [lv for k, lv in enumerate(levels) if k == len(levels) - 1 or any(t for t, _ in lv)]  # a part's blank group row
     for li, spans in enumerate(levels):
         last = li == len(levels) - 1
         cells = [tex(n) for n in table.row_names] if last else [""] * nrow
