@@ -519,3 +519,17 @@ def test_a_plugin_contributes_a_table_kind(tmp_path, monkeypatch, names):
             tables.build_table(runs, "toy", rows="method")
     finally:
         registry.reload()
+
+
+@pytest.mark.skipif(latex_page.PDFLATEX is None, reason=latex_page.SKIP_REASON)
+def test_resizebox_is_the_last_resort_for_a_part_that_cannot_fit(tmp_path):
+    """Row labels alone wider than the page: the only table that gets \\resizebox, scaled to
+    \\textwidth (graphicx named in the header comment); nothing overflows."""
+    label = "a very long method label " * 6
+    rows = [tables.Row((label,), [_cell(0.5 + i / 100, 0.6) for i in range(3)])]
+    table = tables.Table("classification", "Wide rows", ("Method",), [tables.Col((f"d{i}",), "top1") for i in range(3)],
+                         rows)
+    text = tables.to_latex(table)
+    assert text.count("\\resizebox{\\textwidth}{!}{%") == 1 and "needs \\usepackage{booktabs, graphicx}" in text
+    page = latex_page.compile_tables(text, tmp_path)
+    assert page["tabulars"][0] > page["textwidth"] and page["overfull"] == []

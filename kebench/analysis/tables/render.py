@@ -188,8 +188,9 @@ def layout_latex(table: Table) -> tuple[str, object, list[list[int]], bool]:
     """How the table goes on a two-column page: (environment, style, value columns of each part,
     resized). A table that fits a column is a `table`; one that fits the page a `table*`, in the
     first style that fits (smaller type, tighter columns, "(n)" counts moved to a note); one still
-    too wide is split into parts along its column groups; a part that still cannot fit (a single
-    column group wider than the page) is scaled down with \resizebox, the last resort."""
+    too wide is split into parts along its column groups (a group wider than the page column by
+    column); a table whose row heads and any one column are wider than the page is scaled down
+    whole with \resizebox, the last resort."""
     everything = [list(range(len(table.cols)))]
     for style in _STYLES:
         if _natural_width(table, style) <= COLUMNWIDTH_PT:
@@ -198,6 +199,8 @@ def layout_latex(table: Table) -> tuple[str, object, list[list[int]], bool]:
         if _natural_width(table, style) <= TEXTWIDTH_PT:
             return "table*", style, everything, False
     style = _STYLES[-1]
+    if min(_natural_width(_part(table, [j]), style) for j in range(len(table.cols))) > TEXTWIDTH_PT:
+        return "table*", style, everything, True  # the row heads alone are too wide: parts would not help
     parts: list[list[int]] = []
     for group in _groups(table):
         pieces = [group] if _natural_width(_part(table, group), style) <= TEXTWIDTH_PT else [[j] for j in group]
