@@ -339,6 +339,11 @@ def test_a_run_that_fails_before_training_is_counted_failed_with_its_reason(tmp_
     assert "0 to run" in log[0]  # a failure is final ...
     assert executors.run_inline(_entries(path), retry_failed=True, echo=log.append) == guard.EXIT_FAILED
     assert "1 to run" in log[-3] and sweep.state_of(entry)[0] == "failed"  # ... until retried
+    from kebench.analysis import tables
+
+    results.write_text(entry.dir / "config.yaml", config.save_yaml(entry.cfg))  # as a run that crashed later
+    _, left_out = tables.load_runs([entry.dir.parent])
+    assert left_out == [(str(entry.dir), f"failed: {detail}")]  # kebench table says why, not "rerun with --resume"
 
 
 def test_a_worker_stopped_by_sigterm_before_its_handler_is_resumable_not_failed(tmp_path, monkeypatch):
