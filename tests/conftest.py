@@ -8,6 +8,7 @@ import torch
 
 torch.set_num_threads(1)
 os.environ.setdefault("KEBENCH_NO_PROGRESS", "1")
+os.environ.setdefault("KEBENCH_THREADS", "1")  # tests compute single-threaded, as torch.set_num_threads(1) above
 
 
 def pytest_configure(config):

@@ -31,11 +31,13 @@ from kebench.run import monitor
 from kebench.run import record
 from kebench.run import results
 from kebench import data as datasets
+from kebench import registry
 from kebench.run.checkpoint import CHECKPOINT, PREV_CHECKPOINT, PassState, RunFailure, checkpoint_problem  # noqa: F401
 from kebench.config import RunConfig, save_yaml
 from kebench.context import RECORD
 from kebench.data.pipeline import BatchStream
 from kebench.run.device import DevicePolicy
+from kebench.run.threads import ThreadPolicy
 from kebench.errors import UserError
 from kebench.run.loop import SCHEDULES, LRPlan, PassLoop, effective_warmup, lr_factor, lr_scheduler  # noqa: F401
 from kebench.nets.models import create_model
@@ -75,6 +77,8 @@ class Run:
         self.method = cfg.method_spec
         self.policy = policy or DevicePolicy.for_run(cfg, self.device)  # AMP, layout, compile, data placement
         self.policy.apply_backend()
+        # CPU threads: the cores other work leaves free (kebench/run/threads.py); a GPU run keeps torch's
+        self.threads = ThreadPolicy.from_env() if self.device.type == "cpu" else ThreadPolicy(torch.get_num_threads())
         self.amp_dtype, self.channels_last = self.policy.amp_dtype, self.policy.channels_last
         self.objective = self.method.objective.load()(cfg.plugin_params(self.method.objective.name), self)
         self.regime = self.method.regime.load()(cfg.plugin_params(self.method.regime.name), self)
@@ -167,7 +171,7 @@ class Run:
             lr_window: tuple[int, int] | None = None, after=None) -> dict:
         """Train `model` (default: run.model) for one pass with a fresh optimizer and LR schedule.
 
-        kind: a `kebench.context.PassKind` (what the pass trains). lr, schedule ("cosine" |
+        kind: a `kebench.context.PassKind` or a kind the method's plugins declare (`passes:`). lr, schedule ("cosine" |
         "constant"), warmup: this pass's peak LR, schedule and warm-up epochs (default: --lr,
         --lr-schedule, --warmup-epochs), e.g. a short constant-LR fine-tune.
         lr_window=(offset, total) continues one schedule of `total` epochs across passes (DSD, RePr);
@@ -180,6 +184,10 @@ class Run:
         model = model if model is not None else self.model
         objective = objective or self.objective
         kind = str(kind)
+        if kind not in registry.pass_kinds(self.method):
+            raise UserError(f"Method '{self.method.name}' trains a pass of kind '{kind}', which neither kebench "
+                            f"nor its plugins declare (declared: {', '.join(registry.pass_kinds(self.method))}). "
+                            f"List the plugin's own pass kinds under 'passes:' in its registry entry.")
         index = self._pass_counter
         self._pass_counter += 1
         label = label if label is not None else index + 1
@@ -281,6 +289,8 @@ class Run:
             for name in ("metrics.jsonl", CHECKPOINT, PREV_CHECKPOINT):
                 (self.dir / name).unlink(missing_ok=True)
         self._t0 = time.perf_counter()
+        threads_before = torch.get_num_threads()
+        self.threads.start()
         try:
             self.regime.run(self)
         except RunFailure as exc:
@@ -289,6 +299,8 @@ class Run:
             rec = record.build(self, status="failed", error=str(exc))
             results.write_json(self.dir / "result.json", rec)
             return rec
+        finally:
+            torch.set_num_threads(threads_before)  # a library caller's setting survives the run
         for m in self.monitors:
             m.close()
         rec = record.build(self, status="complete")

@@ -21,8 +21,7 @@ from kebench.run.checkpoint import PassState, RunFailure
 from kebench.data.pipeline import epoch_generator
 from kebench.errors import UserError
 from kebench.run.progress import Progress
-
-SCHEDULES = ("cosine", "constant")
+from kebench.config import LR_SCHEDULES as SCHEDULES  # declared with the --lr-schedule setting
 
 
 def lr_factor(update: int, per_epoch: int, total: int, warmup: int, schedule: str) -> float:
@@ -166,7 +165,10 @@ class PassLoop:
         if per_epoch == 1:
             self.scheduler.step()
         procs.epoch_end(sums, self.model)
+        if run.device.type == "cuda":  # the queued steps finish before the epoch's time is read
+            torch.cuda.synchronize(run.device)
         epoch_time = time.perf_counter() - t0
+        run.threads.adapt()  # CPU: the next epoch takes the cores other work left free in this one
         ps.wall_time_s += epoch_time
         ps.images += sums.seen
         mean_loss = (sums.loss / max(sums.seen, 1)).item()

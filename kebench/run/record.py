@@ -10,7 +10,7 @@ from kebench.run import results
 #: Top-level keys of result.json that the engine writes (regimes report other facts beside them).
 SCHEMA_FIELDS = frozenset({
     "schema", "run_id", "status", "method", "objective", "regime", "task", "arch", "dataset", "seed", "config",
-    "data", "evaluation", "final", "best", "passes", "cost", "training", "wall_time_s", "device", "versions",
+    "data", "evaluation", "final", "best", "passes", "cost", "training", "wall_time_s", "device", "versions", "threads",
     "git_commit", "distributed", "error"})
 FINAL, COST = "final", "cost"  # the facts that contribute to the schema's "final" and "cost" entries
 
@@ -36,7 +36,7 @@ def build(run, status: str, error: str | None = None) -> dict:
                      "flops_convention": "torch.utils.flop_counter: 1 multiply-add = 2 FLOPs"},
         "wall_time_s": round(run.elapsed(), 3),
         "device": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
-        "versions": results.versions(), "git_commit": results.git_commit(),
+        "versions": results.versions(), "git_commit": results.git_commit(), "threads": run.threads.describe(),
         **{k: v for k, v in facts.items() if k not in (FINAL, COST)},
     }
     record["training"]["device_hours"] = round(record["wall_time_s"] / 3600 * run.processes.world, 6)
