@@ -8,7 +8,7 @@ import pytest
 
 from kebench import registry
 from kebench.config import matched_config
-from kebench.run.engine import execute_all
+from kebench.run.engine import epoch_train_flops, execute_all
 
 THRICE = textwrap.dedent('''
     from kebench.plugin import Regime
@@ -89,7 +89,7 @@ def test_a_regime_that_changes_the_network_is_matched_in_training_flops(thrice, 
 
     cfg = make_cfg("narrow", epochs=2, budget="matched")
     multi, single = execute_all(cfg, show_progress=False)
-    per_epoch = budget.epoch_train_flops(matched_config(cfg, 1))
+    per_epoch = epoch_train_flops(matched_config(cfg, 1))
     assert multi["training"]["epochs"] == 6 and multi["training"]["flops"] < per_epoch  # < 1 epoch of test_resnet
     plan = json.loads((Path(cfg.out) / cfg.run_id() / budget.MATCH_FILE).read_text())
     assert plan == {"match": "flops", "epochs": 1, "run_flops": multi["training"]["flops"], "epoch_flops": per_epoch,

@@ -23,43 +23,17 @@ def changes_network(cfg) -> bool:
     return bool(getattr(cfg.method_spec.regime.load(), "changes_network", False))
 
 
-def epoch_train_flops(cfg) -> int:
-    """Training FLOPs of one epoch of `cfg` as a single pass: one step of its first batch counted the
-    way the training loop counts it (forward and backward under torch's FlopCounterMode), times the
-    steps per epoch."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from kebench.data.pipeline import epoch_generator
-    from kebench.run.engine import Run
-
-    run = Run(cfg, show_progress=False)  # builds the data and the network; writes nothing
-    stream = run.stream("train")
-    gen = epoch_generator(cfg.seed, 0, 0)
-    batches = stream.batches(gen, run.objective.batch_sampler(stream.labels.cpu(), cfg.batch_size, gen))
-    x, y = stream.load(batches[0], gen)
-    run.model.train()
-    run.objective.train_mode(run.model)
-    with FlopCounterMode(display=False) as counter:
-        with run.autocast():
-            loss, _ = run.objective.loss(run.model, x, y)
-        loss.backward()
-    run.model.zero_grad(set_to_none=True)
-    del run
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return int(counter.get_total_flops()) * len(batches)
-
-
-def baseline(cfg, record: dict):
+def baseline(cfg, record: dict, epoch_flops):
     """The single-pass baseline config of a complete multi-pass run, and what was matched: "epochs"
-    or "flops". Written to the run's folder as matched.json (read back by `planned`)."""
+    or "flops". `epoch_flops(cfg)`: the training FLOPs of one epoch of a config
+    (`kebench.run.engine.epoch_train_flops`). Written to the run's folder as matched.json (read
+    back by `planned`)."""
     from kebench.config import matched_config
     from kebench.run import results
 
     training = record.get("training") or {}
     if changes_network(cfg) and training.get("flops"):
-        per_epoch = epoch_train_flops(matched_config(cfg, 1))
+        per_epoch = epoch_flops(matched_config(cfg, 1))
         epochs, match = max(1, round(training["flops"] / per_epoch)), "flops"
         plan = {"match": match, "epochs": epochs, "run_flops": training["flops"], "epoch_flops": per_epoch}
     else:
