@@ -22,10 +22,10 @@ import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
+from kebench.context import RunFailure
 from kebench.run import metrics
 from kebench.nets.cost import forward_flops
 from kebench.data.pipeline import epoch_generator
-from kebench.run.engine import RunFailure
 from kebench.errors import UserError, unknown_choice
 from kebench.nets.models import count_params
 from kebench.nets.morph import (BIRTH_TOLERANCE, VAL_SPLIT_SEED, birth_change, carve_validation,  # noqa: F401

@@ -49,7 +49,7 @@ def kill_run(monkeypatch):
     from kebench.run import engine
 
     def _kill(cfg, after: int | None = None, when=None):
-        original, saves = engine.Run._save_checkpoint, []
+        original, saves = engine.Run.save_checkpoint, []
 
         def dying_save(self, model, optimizer, scaler, ps, complete):
             original(self, model, optimizer, scaler, ps, complete)
@@ -57,12 +57,12 @@ def kill_run(monkeypatch):
             if (after is not None and len(saves) == after) or (when is not None and when(ps)):
                 raise KeyboardInterrupt
 
-        monkeypatch.setattr(engine.Run, "_save_checkpoint", dying_save)
+        monkeypatch.setattr(engine.Run, "save_checkpoint", dying_save)
         try:
             with pytest.raises(KeyboardInterrupt):
                 engine.execute(cfg, show_progress=False)
         finally:
-            monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
+            monkeypatch.setattr(engine.Run, "save_checkpoint", original)
 
     return _kill
 

@@ -12,6 +12,7 @@ import re
 import pytest
 
 from kebench import config, registry
+from kebench.data import headline_metric
 from kebench.errors import UserError
 from kebench.params import declared
 
@@ -26,7 +27,7 @@ def _cls(name):
 def _task(objective: str, regime: str) -> str | None:
     """The task both plugins support (classification first), or None when they cannot compose."""
     obj, reg = _cls(objective), _cls(regime)
-    if reg.incompatible.get(objective):
+    if config.refusal(registry.get(objective), registry.get(regime)):  # incompatible, or the teacher contract
         return None
     for task in TASK_DATA:
         if all(c.tasks is None or task in c.tasks for c in (obj, reg)):
@@ -95,7 +96,7 @@ def _valid_result(record: dict, cfg: config.RunConfig) -> None:
     assert record["status"] == "complete", record.get("error")
     assert record["run_id"] == cfg.run_id() and record["method"] == cfg.method
     assert record["passes"] and record["training"]["epochs"] == sum(p["epochs"] for p in record["passes"]) >= 1
-    primary = "top1" if record["task"] == "classification" else "r@1"
+    primary = headline_metric(record["task"])
     assert math.isfinite(record["final"][primary]) and 0 <= record["final"][primary] <= 1
 
 

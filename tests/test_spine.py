@@ -81,6 +81,29 @@ def test_method_composition_defaults():
         resolve({"method": "single+ce"})
 
 
+@pytest.mark.filterwarnings("ignore:triplet. dataset 'digits-retrieval' has only:UserWarning")
+def test_the_task_record_picks_the_default_objective_and_headline_metric(make_cfg):
+    """One Task record per task: a bare regime trains its default objective, the run's primary metric is
+    its headline, and evaluate() scores exactly its metrics (retrieval adds NMI's spread)."""
+    from kebench.config import method_spec
+    from kebench.data import CLASSIFICATION, RETRIEVAL, DatasetSpec, get_spec, get_task
+
+    assert get_task(get_spec("digits-retrieval").task) is RETRIEVAL and get_task("classification") is CLASSIFICATION
+    assert [method_spec(m, d).name for m, d in [("ke", "digits-retrieval"), ("ke", "digits"), (None, "digits-retrieval"),
+                                                 (None, "synthetic"), ("smooth+ke", "digits")]] == [
+        "triplet+ke", "ce+ke", "triplet", "ce", "smooth+ke"]
+    assert resolve({"method": "ke", "data": "digits-retrieval"}).method == "triplet+ke"
+    for method, data, task, batch in [("ce", "synthetic", CLASSIFICATION, 16), ("triplet", "digits-retrieval", RETRIEVAL, None)]:
+        run = Run(make_cfg(method, data=data, resolution=16, train_fraction=0.3, batch_size=batch), show_progress=False)
+        assert (run.task, run.primary) == (task.name, task.headline)
+        scores = list(run.evaluate())
+        assert tuple(scores[:len(task.metrics)]) == task.metrics
+        assert set(scores) - set(task.metrics) <= {"nmi_mean", "nmi_std", "nmi_min", "nmi_max"}
+    with pytest.raises(UserError, match="Unknown task 'segmentation'.*classification, retrieval"):
+        DatasetSpec("seg", "segmentation", lambda cfg: None)
+    assert DatasetSpec("ret", RETRIEVAL, lambda cfg: None).task == "retrieval"  # a record or its name
+
+
 def test_plugin_value_type_checked():
     with pytest.raises(UserError, match="'alpha' expects a finite number"):
         resolve({"method": "smooth"}, {}, {"alpha": "lots"})
@@ -152,6 +175,7 @@ def test_run_writes_results_and_is_deterministic(make_cfg, run_cfg):
     assert saved["epochs"] == 2 and saved["params"] == {"ce": {}, "single": {}}
     assert first["training"]["steps"] == first["passes"][0]["steps"] == 2 * (96 // 16)
     assert (run_dir / "model.pt").is_file() and not (run_dir / "checkpoint.pt").exists()
+    assert first["provenance"] == {"precision": "fp32", "autocast": False}  # CPU: no autocast, no TF32
     second = run_cfg(cfg)
     assert second["final"] == first["final"]
     assert second["passes"][0]["metrics"] == first["passes"][0]["metrics"]
@@ -230,3 +254,15 @@ def test_list_commands(cli_run):
     code, out, err = cli_run(["list", "methods"])
     text = out + err
     assert "smooth" in text and "objective" in text
+
+
+@pytest.mark.parametrize("amp, precision", [("bf16", "bf16"), ("fp16", "fp16"), ("off", "fp32")])
+def test_provenance_states_the_precision_as_run(amp, precision, make_cfg):
+    from kebench.run.device import DevicePolicy
+    from kebench.run.results import provenance
+
+    cfg = make_cfg(amp=amp)
+    policy = DevicePolicy.for_run(cfg, torch.device("cpu"))
+    assert provenance(policy) == {"precision": precision, "autocast": amp != "off"}
+    auto = DevicePolicy.for_run(make_cfg(), torch.device("cpu"))  # --amp auto on a CPU: fp32
+    assert provenance(auto)["precision"] == "fp32"

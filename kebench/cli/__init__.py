@@ -15,6 +15,7 @@ from kebench.cli.analysis import plot_cmd, table_cmd
 from kebench.cli.console import err, out
 from kebench.cli.grid import study_cmd, sweep_cmd, with_options
 from kebench.cli.tools import data_cmd, profile_cmd
+from kebench.data.spec import headline_metric
 from kebench.errors import UserError
 from kebench.run.guard import RunInterrupted
 from kebench.params import coerce, declared, range_text, type_text
@@ -59,7 +60,8 @@ def print_summary(records: list[dict]) -> None:
         table.add_column(col, justify="right" if col not in ("method", "arch", "data", "status") else "left")
     for r in records:
         best = r.get("best") or {}
-        primary = next((k for k in ("top1", "r@1") if k in best), None)
+        primary = headline_metric(r.get("task"))
+        primary = primary if primary in best else None
         table.add_row(
             r["method"], r["arch"], r["dataset"], str(r["seed"]), r["status"],
             *[_fmt(r.get("final", {}).get(k)) for k in metric_keys],
@@ -183,11 +185,7 @@ class RunCommand(click.Command):
         engine_keys = set(configmod.FIELDS)
         for name in methods:
             try:
-                data = _flag_value(argv, "--data") or "digits"
-                from kebench.data import get_spec
-
-                default_obj = "triplet" if get_spec(data).task == "retrieval" else "ce"
-                spec = registry.parse_method(name.strip(), default_objective=default_obj)
+                spec = configmod.method_spec(name.strip(), _flag_value(argv, "--data") or "digits")
             except UserError as exc:
                 formatter.write_paragraph()
                 formatter.write_text(str(exc))

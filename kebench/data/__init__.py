@@ -11,8 +11,9 @@ import importlib
 import torch
 
 from kebench import registry
-from kebench.data.spec import DATASETS, DataBundle, DatasetSpec, Split, register
-from kebench.errors import UserError
+from kebench.data.spec import (CLASSIFICATION, DATASETS, RETRIEVAL, TASKS, DataBundle, DatasetSpec, Split, Task,
+                                get_task, headline_metric, register)
+from kebench.errors import UserError, unknown_choice
 
 #: Modules of kebench's own datasets; importing one registers its datasets. A new in-tree dataset
 #: module goes here (an import error in one is a bug to see, never a dataset that silently vanishes).
@@ -54,6 +55,8 @@ def load(cfg) -> DataBundle:
 
 def stratified_fraction(split: Split, fraction: float) -> Split:
     """The same per-class subset for every seed, so seeds differ only in training randomness."""
+    import torch  # here: the dataset registry and task records load without torch
+
     gen = torch.Generator().manual_seed(0)
     keep = []
     for c in torch.unique(split.labels):
@@ -63,4 +66,5 @@ def stratified_fraction(split: Split, fraction: float) -> Split:
     return split.subset(torch.sort(torch.cat(keep)).values)
 
 
-__all__ = ["DataBundle", "DatasetSpec", "Split", "get_spec", "load", "names", "register", "stratified_fraction"]
+__all__ = ["CLASSIFICATION", "RETRIEVAL", "TASKS", "DataBundle", "DatasetSpec", "Split", "Task", "get_spec", "get_task",
+           "headline_metric", "load", "names", "register", "stratified_fraction"]

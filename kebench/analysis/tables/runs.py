@@ -8,11 +8,12 @@ from pathlib import Path
 
 from kebench import registry
 from kebench.context import PassKind
-from kebench.config import NOT_IN_RUN_ID
+from kebench.data.spec import TASKS
+from kebench.config import NOT_IN_RUN_ID, identity
 from kebench.errors import UserError
 
-#: Primary metric per task (mirrors kebench.run.engine.PRIMARY; a test keeps them equal).
-PRIMARY = {"classification": "top1", "retrieval": "r@1"}
+#: Headline metric per task, from the task records (kebench.data.spec.Task).
+PRIMARY = {name: task.headline for name, task in TASKS.items()}
 #: Columns of the retrieval table in the KE paper (Table 4): NMI, R@1, R@4.
 RETRIEVAL_METRICS = ("nmi", "r@1", "r@4")
 MISSING = "–"
@@ -185,7 +186,7 @@ def hashable(v):
 def signature(run: dict) -> dict:
     """The run's settings that can change its numbers, flat (`lr`, `ke.split_rate`)."""
     cfg = run.get("config") or {}
-    flat = {k: hashable(v) for k, v in cfg.items() if k not in IGNORED_CONFIG}
+    flat = {k: hashable(v) for k, v in identity(cfg).items() if k not in IGNORED_CONFIG}
     for plugin, params in sorted((cfg.get("params") or {}).items()):
         for k, v in sorted((params or {}).items()):
             if k not in IGNORED_PARAMS:
