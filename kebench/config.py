@@ -16,36 +16,51 @@ import yaml
 
 from kebench import registry
 from kebench.errors import UserError, unknown_choice
-from kebench.params import SCALARS, check_defaults, declared, parse_params
+from kebench.params import SCALARS, check_defaults, check_value, declared, param, parse_params
 from kebench.params import coerce as _coerce
+
+
+#: LR schedules a pass may follow (run/loop.py implements them).
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
 class RunConfig:
-    method: str = "ce"
-    arch: str = "resnet18"
-    data: str = "digits"
-    data_root: str | None = None
-    data_options: dict = field(default_factory=dict)  # dataset-specific (e.g. synthetic sizes, aircraft banner)
-    seed: int = 0
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_schedule: str = "cosine"  # cosine | constant
-    warmup_epochs: int = 0
-    lr_per: str = "epoch"  # epoch (as the KE code) | step
-    resolution: int | None = None  # None: the dataset's default
-    train_fraction: float = 1.0
-    eval_every: int = 0  # 0: evaluate at the end of each pass only
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | off
-    channels_last: bool | None = None  # None: on for CUDA
-    compile: bool = False
-    out: str = "results"
-    checkpoint_every_s: float = 30.0  # mid-pass checkpoints at most this often (always at pass ends)
-    budget: str = "paper"  # paper (equal per-pass budget) | matched (also run the equal-total single pass)
+    """The engine settings, each declared with `param` as plugin parameters are: its type, default,
+    choices and range are checked by `validate` and make its `kebench run` flag (`--lr-schedule`)."""
+
+    method: str = param("Comma list of methods; OBJECTIVE+REGIME composes (e.g. ce,smooth+ke). Default: ce.",
+                        default="ce")
+    arch: str = param("timm model name or googlenet. Default: resnet18.", default="resnet18")
+    data: str = param("Dataset name (kebench list datasets). Default: digits.", default="digits")
+    data_root: str | None = param("Folder holding the dataset (or set KEBENCH_DATA).", default=None)
+    data_options: dict = param("Dataset option KEY=VALUE (repeatable).", default={}, flag=False)  # --data-opt
+    seed: int = param("Seeds to run, e.g. 0,1,2 or 0-4. Default: 0.", default=0, ge=0, flag=False)  # --seeds
+    epochs: int = param("Epochs per pass (generation / phase).", default=12, gt=0,
+                        rule="a positive number of epochs per pass")
+    batch_size: int = param("Images per training batch.", default=64, gt=0)
+    lr: float = param("Peak learning rate (SGD).", default=0.05, gt=0)
+    momentum: float = param("SGD momentum.", default=0.9, ge=0, lt=1)
+    weight_decay: float = param("SGD weight decay.", default=1e-4, ge=0)
+    lr_schedule: str = param("LR schedule of each pass.", default="cosine", choices=LR_SCHEDULES)
+    warmup_epochs: int = param("Linear warm-up at the start of every restarted LR schedule (KE code; paper "
+                               "datasets: 5, digits: 0); a pass caps it at a quarter of its length.", default=0,
+                               ge=0, rule=">= 0 (each pass caps it at a quarter of its schedule)")
+    lr_per: str = param("Set the LR once per epoch (KE code) or per step.", default="epoch", choices=("epoch", "step"))
+    resolution: int | None = param("Network input size in pixels.", default=None, ge=8,
+                                   rule=">= 8 pixels")  # None: the dataset's default
+    train_fraction: float = param("Use this stratified fraction of the training split.", default=1.0, gt=0, le=1)
+    eval_every: int = param("Also evaluate every K epochs (best epoch is then known).", default=0, ge=0,
+                            rule=">= 0 (0 = end of pass only)")  # 0: evaluate at the end of each pass only
+    device: str = param("auto, cpu, cuda or cuda:N.", default="auto")  # checked by validate (a pattern)
+    amp: str = param("Mixed precision: auto (bf16 on CUDA), bf16, fp16 or off.", default="auto",
+                     choices=("auto", "bf16", "fp16", "off"))
+    channels_last: bool | None = param("channels_last memory format (default: on for CUDA).", default=None)
+    compile: bool = param("torch.compile the model (CUDA).", default=False)
+    out: str = param("Results folder. Default: results/.", default="results")
+    checkpoint_every_s: float = param("Mid-pass checkpoint interval in seconds (default 30).", default=30.0, ge=0)
+    budget: str = param("matched: also run the single-pass baseline with the same total epochs.", default="paper",
+                        choices=("paper", "matched"))  # paper: equal per-pass budget
     params: dict = field(default_factory=dict)  # {plugin: {key: value}} resolved plugin hyperparameters
 
     # -------------------------------------------------------------- derived
@@ -279,32 +294,13 @@ def validate(cfg: RunConfig) -> None:
 
     get_spec(cfg.data).parse_options(cfg.data_options)
     check_arch(cfg.arch)
-    checks = [
-        (cfg.epochs > 0, f"--epochs must be a positive number of epochs per pass, got {cfg.epochs}."),
-        (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}."),
-        (cfg.batch_size > 0, f"--batch-size must be > 0, got {cfg.batch_size}."),
-        (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}."),
-        (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}."),
-        (cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (each pass caps it at a quarter of its "
-                                 f"schedule), got {cfg.warmup_epochs}."),
-        (0 < cfg.train_fraction <= 1, f"--train-fraction must be in (0, 1], got {cfg.train_fraction}."),
-        (cfg.eval_every >= 0, f"--eval-every must be >= 0 (0 = end of pass only), got {cfg.eval_every}."),
-        (cfg.checkpoint_every_s >= 0, f"--checkpoint-every-s must be >= 0, got {cfg.checkpoint_every_s}."),
-        (cfg.resolution is None or cfg.resolution >= 8, f"--resolution must be >= 8 pixels, got {cfg.resolution}."),
-        (cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}."),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
-    choices = {
-        "lr_schedule": ("cosine", "constant"),
-        "lr_per": ("epoch", "step"),
-        "amp": ("auto", "bf16", "fp16", "off"),
-        "budget": ("paper", "matched"),
-    }
-    for key, valid in choices.items():
-        if getattr(cfg, key) not in valid:
-            raise unknown_choice(key.replace("_", "-") + " value", str(getattr(cfg, key)), list(valid))
+    for key, f in FIELDS.items():  # the declared types, choices and ranges
+        meta, value = f.metadata, getattr(cfg, key)
+        if meta.get("choices") is not None and value not in meta["choices"]:
+            raise unknown_choice(key.replace("_", "-") + " value", str(value), list(meta["choices"]))
+        problem = check_value(key, value, meta) if meta else None
+        if problem:
+            raise UserError(problem + ".")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'.")
     method = cfg.method_spec

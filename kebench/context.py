@@ -26,18 +26,17 @@ __all__ = ["NOT_THE_MODEL", "RECORD", "PassKind", "RunContext", "RunFailure"]
 
 
 class PassKind(str, Enum):
-    """What a pass trains, as written to each pass record's "kind" and metrics.jsonl. A str enum: a
-    record's kind compares equal to its plain-string value, and JSON holds the plain string."""
+    """What a pass trains, as written to each pass record's "kind" and metrics.jsonl: the kinds every
+    regime may use and kebench's tables and figures read. A plugin with passes of its own kind (RePr's
+    s1/s2/final, DSD's phase) declares them under `passes:` in registry.yaml and passes the plain string;
+    `fit` refuses a kind its method does not declare. A str enum: a record's kind compares equal to
+    its plain-string value, and JSON holds the plain string."""
 
     PASS = "pass"                # the one pass of a single-pass regime
     GENERATION = "generation"    # KE / BANs / KE+DSD generation
     TEACHER = "teacher"          # trains a network other than the one the run reports
     TRAIN = "train"              # first training of a train-then-change regime
     FINETUNE = "finetune"
-    PHASE = "phase"              # DSD dense / sparse / re-dense phase
-    S1, S2, FINAL = "s1", "s2", "final"  # RePr's cycle stages and final pass
-    SEED, MEMBER = "seed", "member"      # NeuroEvo's seed network and mutated members
-    INDIVIDUAL = "individual"            # an AgEvo individual
 
     def __str__(self) -> str:
         return self.value

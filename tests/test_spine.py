@@ -33,6 +33,36 @@ def test_user_errors_exit_2_with_message(args, expect, cli_run):
     assert "Traceback" not in text
 
 
+def test_engine_flags_are_made_from_the_declarations(cli_run):
+    """Every engine setting is declared once (config.RunConfig's param() fields: help, default, choices,
+    range): `kebench run` has its flag, typed and with its choices, and config.validate its check."""
+    import dataclasses
+
+    import click
+
+    from kebench import cli, config
+    from kebench.run import loop
+
+    declared = {f.name: f.metadata for f in dataclasses.fields(config.RunConfig) if f.metadata}
+    assert set(declared) == set(config.FIELDS) - {"params"} and all(m["help"] for m in declared.values())
+    options = {p.name: p for p in cli.run.params}
+    flags = {"data_options": "data_opt", "seed": "seeds"}
+    assert {flags.get(n, n) for n in declared} <= set(options)
+    assert tuple(options["lr_schedule"].type.choices) == config.LR_SCHEDULES and loop.SCHEDULES is config.LR_SCHEDULES
+    assert tuple(options["amp"].type.choices) == ("auto", "bf16", "fp16", "off")
+    assert isinstance(options["epochs"].type, click.types.IntParamType) and not options["epochs"].show_default
+    assert options["channels_last"].secondary_opts == ["--no-channels-last"]
+    assert options["lr"].help == "Peak learning rate (SGD)."
+    code, _, err = cli_run(["run", "--quiet", "--lr-schedule", "linear"])
+    assert code == 2 and "'linear' is not one of 'cosine', 'constant'" in err
+    for given, message in (({"momentum": 1.0}, "--momentum must be in [0, 1), got 1.0."),
+                           ({"resolution": 4}, "--resolution must be >= 8 pixels, got 4."),
+                           ({"lr_per": "batch"}, "Unknown lr-per value 'batch'. Valid lr-per values: epoch, step.")):
+        with pytest.raises(UserError) as exc:
+            resolve({}, given)
+        assert str(exc.value) == message
+
+
 def test_precedence_registry_file_cli(tmp_path):
     assert resolve({"method": "smooth"}).params["smooth"]["alpha"] == 0.1  # registry default
     file_cfg = {"alpha": 0.2, "epochs": 3}

@@ -29,6 +29,7 @@ from kebench.run import monitor
 from kebench.run import record
 from kebench.run import results
 from kebench import data as datasets
+from kebench import registry
 from kebench.run.checkpoint import CHECKPOINT, PREV_CHECKPOINT, PassState, checkpoint_problem  # noqa: F401
 from kebench.config import RunConfig, save_yaml
 from kebench.context import RECORD
@@ -173,7 +174,7 @@ class Run:
             lr_window: tuple[int, int] | None = None, after=None) -> dict:
         """Train `model` (default: run.model) for one pass with a fresh optimizer and LR schedule.
 
-        kind: a `kebench.context.PassKind` (what the pass trains). lr, schedule ("cosine" |
+        kind: a `kebench.context.PassKind` or a kind the method's plugins declare (`passes:`). lr, schedule ("cosine" |
         "constant"), warmup: this pass's peak LR, schedule and warm-up epochs (default: --lr,
         --lr-schedule, --warmup-epochs), e.g. a short constant-LR fine-tune.
         lr_window=(offset, total) continues one schedule of `total` epochs across passes (DSD, RePr);
@@ -186,6 +187,10 @@ class Run:
         model = model if model is not None else self.model
         objective = objective or self.objective
         kind = str(kind)
+        if kind not in registry.pass_kinds(self.method):
+            raise UserError(f"Method '{self.method.name}' trains a pass of kind '{kind}', which neither kebench "
+                            f"nor its plugins declare (declared: {', '.join(registry.pass_kinds(self.method))}). "
+                            f"List the plugin's own pass kinds under 'passes:' in its registry entry.")
         index = self.book.next_fit()
         label = label if label is not None else index + 1
         hooks = list(hooks) + objective.hooks() + self.monitors

@@ -21,8 +21,7 @@ from kebench.run.checkpoint import PassState
 from kebench.data.pipeline import epoch_generator
 from kebench.errors import RunFailure, UserError
 from kebench.run.progress import Progress
-
-SCHEDULES = ("cosine", "constant")
+from kebench.config import LR_SCHEDULES as SCHEDULES  # declared with the --lr-schedule setting
 
 
 def lr_factor(update: int, per_epoch: int, total: int, warmup: int, schedule: str) -> float:
