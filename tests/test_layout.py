@@ -22,14 +22,18 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
-def _type_only(tree: ast.AST) -> set[int]:
-    """ids of the nodes inside `if TYPE_CHECKING:` blocks: imports for annotations only (the typed
-    RunContext names RunConfig, DataBundle, ...), which never run and so depend on nothing."""
-    skip = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skip.update(id(n) for child in node.body for n in ast.walk(child))
-    return skip
+def runtime_nodes(tree: ast.AST):
+    """Every node of a module except those under `if TYPE_CHECKING:` (imports for type hints only, as
+    the typed RunContext protocol names the config and data types it hands out: no runtime edge)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", getattr(child.test, "attr", None)) == "TYPE_CHECKING":
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -47,11 +51,7 @@ def import_graph() -> dict[str, set[str]]:
     for mod, path in mods.items():
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
         deps = set()
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        type_only = _type_only(tree)
-        for node in ast.walk(tree):
-            if id(node) in type_only:
-                continue
+        for node in runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 deps.update(owner(a.name) for a in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -160,10 +160,11 @@ LAYERS = (
     ("analysis", ("kebench.analysis",)),
     ("cli", ("kebench.cli", "kebench.__main__")),
 )
-#: Leaf modules of run/ that data and nets use (atomic file writes, the device policy that places
-#: batches): below every layer that imports them, they import nothing but the foundation.
+#: Leaf modules of run/ that data and nets use (atomic file writes, the device and thread policies
+#: the batch pipeline follows): below every layer that imports them, they import nothing but the foundation.
 SHARED_LEAVES = {"kebench.run.results": "atomic writes of data caches and pruned/slim networks",
-                 "kebench.run.device": "the device policy the batch pipeline follows"}
+                 "kebench.run.device": "the device policy the batch pipeline follows",
+                 "kebench.run.threads": "the CPU thread policy the batch pipeline follows"}
 
 
 def layer_of(module: str) -> int:
@@ -194,7 +195,7 @@ def test_the_core_imports_no_plugin():
     networks, pass kinds) only through registry.yaml / entry points, never by importing `methods`."""
     found = []
     for mod, path in _modules().items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             found += [f"{mod}: {n}" for n in names if n.split(".")[0] == "methods" or n.startswith("kebench.methods")]
