@@ -146,7 +146,7 @@ def run_cmd(ctx, name, scale, out, sets, report_dir, show_status, **executor_opt
     if scale == "mini" and ctx.get_parameter_source("executor") == click.core.ParameterSource.DEFAULT:
         executor_opts["executor"] = "inline"  # tiny CPU runs: one process, torch imported once
     console.print(f"study {name} ({scale}): {chosen.note(scale)}")
-    code = executors.dispatch(todo, console, **executor_opts)
+    code = executors.dispatch(todo, console, what="study", **executor_opts)
     rows = sweep.status_rows(todo)
     c = sweep.counts(rows)
     console.print(f"study: {len(rows)} runs: " + ", ".join(f"{c[s]} {s}" for s in sweep.STATES))
