@@ -13,7 +13,6 @@ import sys
 import time
 
 from kebench.run import guard
-from kebench.grid import slurm
 from kebench.errors import UserError
 from kebench.run.launch import run_config
 from kebench.grid.sweep import WORKER_LOG, Entry, config_from_dict, parse_sets, state_of, unfinished
@@ -205,6 +204,12 @@ def dispatch(entries: list[Entry], console, *, executor="local", retry_failed=Fa
         n = local_workers(gpu_list, gpus_per_run, runs_per_gpu, workers)
         return run_local(entries, workers=n, gpus=gpu_list, gpus_per_run=gpus_per_run, runs_per_gpu=runs_per_gpu,
                          retry_failed=retry_failed, echo=console.print)
+    try:  # submitit: imported only when a submitit executor is chosen (a GPU box may not have it)
+        from kebench.grid import slurm
+    except ImportError as exc:
+        raise UserError(f"--executor {executor} hands the runs to submitit, which is not installed here ({exc}). "
+                        f"Install it (pip install submitit), or use --executor local or inline.") from None
+
     return slurm.run_submitit(
         entries, cluster="slurm" if executor == "slurm" else "local", retry_failed=retry_failed,
         partition=partition, time_min=time_min, gpus_per_job=gpus_per_job, array_parallelism=array_parallelism,
