@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PARTITION = "kbtest"
-NODE = "kbnode"
+NODE = socket.gethostname().split(".")[0]  # the node is this machine: its name resolves (DDP meets there)
 FEATURE = "kbfeature"  # a node feature, so that --constraint has something to match
 GRES = "kbslot"  # a count-only generic resource, so that --gres has something to match
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -112,7 +112,7 @@ def _write_conf(root: Path, hw: dict) -> Path:
         "SlurmdUser=root",
         "AuthType=auth/munge",
         "CredType=cred/munge",
-        f"AuthInfo=socket={root / 'munge' / 'munge.sock'}",
+        f"AuthInfo=socket={root / 'munge' / 'munge.sock'},cred_expire=10",  # requeued jobs start after this
         f"StateSaveLocation={state}",
         f"SlurmdSpoolDir={spool}",
         f"SlurmctldPidFile={root / 'slurmctld.pid'}",
@@ -139,7 +139,7 @@ def _write_conf(root: Path, hw: dict) -> Path:
         "KillWait=10",
         "InactiveLimit=0",
         f"GresTypes={GRES}",
-        f"NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={hw['cpus']} RealMemory={hw['mem_mb']} "
+        f"NodeName={NODE} NodeAddr=127.0.0.1 CPUs={hw['cpus']} RealMemory={hw['mem_mb']} "
         f"Features={FEATURE} Gres={GRES}:4 State=UNKNOWN",
         f"PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=60 State=UP",
         "",

@@ -192,8 +192,11 @@ def worker_main(argv: list[str] | None = None) -> int:
 
 def dispatch(entries: list[Entry], console, *, executor="local", retry_failed=False, workers=None, gpus=None,
              gpus_per_run=1, runs_per_gpu=1, partition=None, time_min=240, gpus_per_job=1, array_parallelism=16,
-             cpus_per_task=None, mem_gb=None, slurm_opt=(), setup=(), wait=False) -> int:
+             cpus_per_task=None, mem_gb=None, slurm_opt=(), setup=(), wait=False, nproc=None) -> int:
     """Run the unfinished entries with the chosen executor; returns its exit code (see run_local)."""
+    if nproc and executor in ("local", "inline"):
+        raise UserError(f"--nproc sets the processes of a run on SLURM (--executor slurm or submitit-local); "
+                        f"with --executor {executor}, --gpus-per-run N trains each run with N processes.")
     if runs_per_gpu > 1 and executor != "local":
         raise UserError(f"--runs-per-gpu packs runs of the local executor; with --executor {executor} each "
                         f"job gets its own GPUs (--gpus-per-job).")
@@ -214,7 +217,7 @@ def dispatch(entries: list[Entry], console, *, executor="local", retry_failed=Fa
         entries, cluster="slurm" if executor == "slurm" else "local", retry_failed=retry_failed,
         partition=partition, time_min=time_min, gpus_per_job=gpus_per_job, array_parallelism=array_parallelism,
         cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_opts=parse_sets(slurm_opt, "--slurm-opt"), setup=list(setup),
-        workers=workers, wait=wait or executor == "submitit-local", echo=console.print)
+        workers=workers, wait=wait or executor == "submitit-local", echo=console.print, nproc=nproc)
 
 
 if __name__ == "__main__":
