@@ -146,3 +146,160 @@ def test_bad_partition_short_time_and_unreachable_cluster_submit_nothing(slurm_c
     assert code == 2 and "SLURM does not answer here" in err and "nothing was submitted" in err
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
     _nothing_submitted(slurm_cluster, tmp_path, before)
+
+
+# ------------------------------------------------------------------------------ 2. preemption
+def _running(cluster, entry, job_id) -> bool:
+    """The job runs, and its run has written a checkpoint and at least one epoch (so a stop now
+    leaves work to resume)."""
+    rows = (entry.dir / "metrics.jsonl").exists() and len(_rows(entry.dir)) >= 1
+    return bool(rows and (entry.dir / "checkpoint.pt").exists() and job_id in cluster.jobs()
+                and "RUNNING" in cluster.cmd("squeue", "-h", "-j", job_id, "-o", "%T", check=False))
+
+
+def test_requeue_and_the_time_limit_signal_resume_to_the_uninterrupted_result(slurm_cluster, tmp_path, cli_run,
+                                                                              run_cfg):
+    """Task 0 gets `scontrol requeue` (SIGTERM, as preemption), task 1 SLURM's pre-time-limit signal
+    (USR2, `scancel --signal`): each checkpoints, is requeued, resumes, and ends with the numbers of
+    an uninterrupted run; --status shows them running, then requeued, then done."""
+    epochs = 6
+    path = _spec(tmp_path, {"seed": [0, 1]}, {"epochs": epochs})
+    code, _, err = cli_run(["sweep", str(path), "--executor", "slurm", "--partition", sc.PARTITION, "--time", "5",
+                            "--gpus-per-job", "0", "--cpus-per-task", "1"])
+    assert code == 0, err
+    entries = _entries(path)
+    jobs = sweep.submitted_jobs(tmp_path / "results")
+    by_signal = {"requeue": entries[0], "USR2": entries[1]}
+    for how, entry in by_signal.items():
+        job = jobs[entry.run_id]
+        _wait_until(lambda: _running(slurm_cluster, entry, job), 240, f"{job} to run")
+        row = _status(cli_run, path)[entry.run_id]
+        assert row["state"] == "running" and row["slurm"]["state"] == "RUNNING", row
+        if how == "requeue":
+            slurm_cluster.cmd("scontrol", "requeue", job)
+        else:
+            slurm_cluster.cmd("scancel", "--signal=USR2", job)
+    # both come back: SLURM counts one restart each, and --status says so while they wait
+    for how, entry in by_signal.items():
+        job = jobs[entry.run_id]
+        seen = _wait_until(lambda: (lambda r: r if r["slurm"] and r["slurm"]["restarts"] >= 1 else None)(
+            _status(cli_run, path)[entry.run_id]), 120, f"{job} to be requeued")
+        assert f"SLURM {job}" in seen["detail"] and "requeued 1x" in seen["detail"], seen
+    for entry in entries:
+        _wait_until(lambda: sweep.state_of(entry)[0] == "done", 300, f"{entry.run_id} to finish")
+    for how, entry in by_signal.items():
+        job = jobs[entry.run_id]
+        shown = _wait_until(lambda: (lambda t: t if "JobState=COMPLETED" in t else None)(
+            slurm_cluster.cmd("scontrol", "show", "job", job)), 120, f"{job} to complete")
+        assert "Restarts=1" in shown, (how, shown)
+        # no epoch lost or run twice, and the numbers of an uninterrupted run
+        assert [r["epoch"] for r in _rows(entry.dir)] == list(range(1, epochs + 1))
+        _close(results.read_result(entry.dir)["final"], _reference(run_cfg, entry, tmp_path)["final"])
+        log = "".join(p.read_text() for p in (tmp_path / "results" / ".submitit").glob(f"{job}/*_log.*"))
+        if how == "USR2":
+            assert "stopped by SIGUSR2" in log and "handing over to submitit" in log, log[-2000:]
+        else:
+            assert "stopped by SIGTERM" in log, log[-2000:]
+    # nothing duplicated: one submission per run, and the rerun has nothing to do
+    assert sweep.submitted_jobs(tmp_path / "results") == jobs
+    code, _, err = cli_run(["sweep", str(path), "--executor", "slurm", "--partition", sc.PARTITION, "--time", "5"])
+    assert code == 0 and "nothing to run" in err
+
+
+# ------------------------------------------------------------------------------ 3. scancel, pending, failed
+def test_scancel_of_one_task_is_reported_and_only_it_is_resubmitted(slurm_cluster, tmp_path, cli_run, run_cfg):
+    """Three tasks on a two-core node: one waits (pending), one is cancelled while it runs, one fails
+    by itself (a learning rate that makes the loss non-finite). --status reports each from SLURM and
+    the run folders, with the path of the log; rerunning resubmits only the cancelled run."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"grid": [{"seed": [0, 1]}, {"seed": [2], "lr": [1.0e12]}],
+                                    "set": {**TINY, "epochs": 4}, "out": str(tmp_path / "results")}))
+    code, _, err = cli_run(["sweep", str(path), "--executor", "slurm", "--partition", sc.PARTITION, "--time", "5",
+                            "--gpus-per-job", "0", "--cpus-per-task", "1", "--array-parallelism", "3"])
+    assert code == 0, err
+    victim, survivor, failing = _entries(path)
+    jobs = sweep.submitted_jobs(tmp_path / "results")
+    states = _status(cli_run, path)
+    assert [states[e.run_id]["state"] for e in (victim, survivor, failing)].count("pending") >= 1
+    assert any("PENDING" in (r["slurm"] or {}).get("state", "") for r in states.values()), states
+    _wait_until(lambda: _running(slurm_cluster, victim, jobs[victim.run_id]), 240, "the first task to run")
+    slurm_cluster.cmd("scancel", jobs[victim.run_id])
+    for entry in (survivor, failing):
+        _wait_until(lambda: sweep.state_of(entry)[0] in ("done", "failed"), 300, f"{entry.run_id} to end")
+    rows = _wait_until(lambda: (lambda r: r if r[victim.run_id]["state"] == "failed" else None)(
+        _status(cli_run, path)), 120, "the cancelled task to be reported")
+    cancelled = rows[victim.run_id]
+    assert cancelled["slurm"]["state"] == "CANCELLED" and f"SLURM {jobs[victim.run_id]} CANCELLED" in cancelled["detail"]
+    log = re.search(r"log: (\S+)", cancelled["detail"]).group(1)
+    assert Path(log).is_file() and "rerun the sweep to resubmit it" in cancelled["detail"]
+    assert rows[survivor.run_id]["state"] == "done"
+    assert rows[failing.run_id]["state"] == "failed" and "log: " in rows[failing.run_id]["detail"]
+    assert Path(re.search(r"log: (\S+)", rows[failing.run_id]["detail"]).group(1)).is_file()
+    code, out, _ = cli_run(["sweep", str(path), "--status"])
+    assert code == 0 and "CANCELLED" in out and "3 runs: 1 done, 0 running, 2 failed, 0 pending" in out
+    # the rerun resubmits the cancelled run only (the failed one needs --retry-failed); it resumes
+    code, _, err = cli_run(["sweep", str(path), "--executor", "slurm", "--partition", sc.PARTITION, "--time", "5",
+                            "--gpus-per-job", "0", "--cpus-per-task", "1", "--wait"])
+    assert code == 0, err
+    assert "submitted 1 run(s)" in err
+    again = sweep.submitted_jobs(tmp_path / "results")
+    assert again[victim.run_id] != jobs[victim.run_id]
+    assert {k: v for k, v in again.items() if k != victim.run_id} == {
+        k: v for k, v in jobs.items() if k != victim.run_id}
+    assert sweep.state_of(victim)[0] == "done"
+    assert [r["epoch"] for r in _rows(victim.dir)] == [1, 2, 3, 4]
+    _close(results.read_result(victim.dir)["final"], _reference(run_cfg, victim, tmp_path)["final"])
+
+
+# ------------------------------------------------------------------------------ 4. DDP ranks by srun
+def test_two_process_run_has_its_ranks_started_by_srun(slurm_cluster, tmp_path, cli_run):
+    from kebench.run import launch
+
+    path = _spec(tmp_path, {"seed": [0]}, {"epochs": 1})
+    code, _, err = cli_run(["sweep", str(path), "--executor", "slurm", "--partition", sc.PARTITION, "--time", "5",
+                            "--gpus-per-job", "0", "--nproc", "2", "--cpus-per-task", "1", "--wait"])
+    assert code == 0, err
+    script = _submitted_script(tmp_path / "results")
+    assert "#SBATCH --ntasks-per-node=2\n" in script and "srun" in script
+    (entry,) = _entries(path)
+    job = sweep.submitted_jobs(tmp_path / "results")[entry.run_id]
+    shown = slurm_cluster.cmd("scontrol", "show", "job", job)
+    assert "NumTasks=2" in shown or "NumCPUs=2" in shown, shown
+    result = results.read_result(entry.dir)
+    assert result["distributed"]["world_size"] == 2 and result["distributed"]["backend"] == "gloo", result["distributed"]
+    local = launch.launch(dataclasses.replace(entry.cfg, out=str(tmp_path / "local")), 2, show_progress=False)[-1]
+    _close(result["final"], local["final"])
+
+
+# ------------------------------------------------------------------------------ 5. a study
+STUDY = """
+title: "Tiny SLURM study"
+paper: "a test"
+about: "CE and KE on synthetic data"
+scales:
+  mini:
+    note: "synthetic, test_resnet, 1 epoch per pass"
+    grid:
+      - {method: [ce, ke], seed: [0]}
+    set: {data: synthetic, arch: test_resnet, epochs: 1, batch_size: 16, generations: 2, checkpoint_every_s: 0,
+          device: cpu}
+tables:
+  - {kind: classification, title: "Top-1", generation: "1,2"}
+"""
+
+
+def test_study_on_slurm_writes_the_report_inline_writes(slurm_cluster, tmp_path, cli_run):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(STUDY)
+    code, _, err = cli_run(["study", "run", str(spec), "--out", str(tmp_path / "slurm"), "--executor", "slurm",
+                            "--partition", sc.PARTITION, "--time", "5", "--gpus-per-job", "0", "--wait"])
+    assert code == 0, err
+    assert "as SLURM job" in err and "study: 2 runs: 2 done" in err
+    code, _, err = cli_run(["study", "run", str(spec), "--out", str(tmp_path / "inline"), "--executor", "inline"])
+    assert code == 0, err
+
+    def report(folder):
+        text = (folder / "report" / "report.md").read_text()
+        return re.sub(r"\d+\.\d{3,}", lambda m: f"{float(m.group()):.2f}", text.replace(str(folder), "OUT"))
+
+    assert report(tmp_path / "slurm") == report(tmp_path / "inline")
