@@ -230,11 +230,11 @@ def test_scancel_of_one_task_is_reported_and_only_it_is_resubmitted(slurm_cluste
         _status(cli_run, path)), 120, "the cancelled task to be reported")
     cancelled = rows[victim.run_id]
     assert cancelled["slurm"]["state"] == "CANCELLED" and f"SLURM {jobs[victim.run_id]} CANCELLED" in cancelled["detail"]
-    log = re.search(r"log: (\S+)", cancelled["detail"]).group(1)
+    log = re.search(r"log: ([^;\s]+)", cancelled["detail"]).group(1)
     assert Path(log).is_file() and "rerun the sweep to resubmit it" in cancelled["detail"]
     assert rows[survivor.run_id]["state"] == "done"
     assert rows[failing.run_id]["state"] == "failed" and "log: " in rows[failing.run_id]["detail"]
-    assert Path(re.search(r"log: (\S+)", rows[failing.run_id]["detail"]).group(1)).is_file()
+    assert Path(re.search(r"log: ([^;\s]+)", rows[failing.run_id]["detail"]).group(1)).is_file()
     code, out, _ = cli_run(["sweep", str(path), "--status"])
     assert code == 0 and "CANCELLED" in out and "3 runs: 1 done, 0 running, 2 failed, 0 pending" in out
     # the rerun resubmits the cancelled run only (the failed one needs --retry-failed); it resumes
