@@ -17,7 +17,7 @@ import yaml
 
 import slurm_cluster as sc
 from kebench.grid import sweep
-from kebench.run import results
+from kebench.run import guard, results
 
 pytestmark = pytest.mark.slurm
 
@@ -149,12 +149,24 @@ def test_bad_partition_short_time_and_unreachable_cluster_submit_nothing(slurm_c
 
 
 # ------------------------------------------------------------------------------ 2. preemption
-def _running(cluster, entry, job_id) -> bool:
-    """The job runs, and its run has written a checkpoint and at least one epoch (so a stop now
-    leaves work to resume)."""
-    rows = (entry.dir / "metrics.jsonl").exists() and len(_rows(entry.dir)) >= 1
-    return bool(rows and (entry.dir / "checkpoint.pt").exists() and job_id in cluster.jobs()
-                and "RUNNING" in cluster.cmd("squeue", "-h", "-j", job_id, "-o", "%T", check=False))
+def _freeze_once_it_has_trained(cluster, entry, job_id) -> None:
+    """Wait until the run holds its folder and has written a checkpoint and an epoch (so a stop now
+    leaves work to resume), then freeze the job (SIGSTOP) so that however fast this machine is, the
+    test acts on a running job; `_thaw` lets it go on."""
+    def trained():
+        return ((entry.dir / "checkpoint.pt").exists() and (entry.dir / "metrics.jsonl").exists()
+                and entry.dir.joinpath("metrics.jsonl").read_text().strip() != "")
+    _wait_until(trained, 240, f"{job_id} to train an epoch")
+    os.kill(_trainer(entry), signal.SIGSTOP)  # the process itself: `scancel --signal=STOP` makes the job STOPPED
+
+
+def _trainer(entry) -> int:
+    """The pid of the job's process that trains the run (it holds the run folder's lock)."""
+    return int(_wait_until(lambda: guard.lock_holder(entry.dir), 60, "the run's lock")["pid"])
+
+
+def _thaw(entry) -> None:
+    os.kill(_trainer(entry), signal.SIGCONT)
 
 
 def test_requeue_and_the_time_limit_signal_resume_to_the_uninterrupted_result(slurm_cluster, tmp_path, cli_run,
@@ -172,13 +184,16 @@ def test_requeue_and_the_time_limit_signal_resume_to_the_uninterrupted_result(sl
     by_signal = {"requeue": entries[0], "USR2": entries[1]}
     for how, entry in by_signal.items():
         job = jobs[entry.run_id]
-        _wait_until(lambda: _running(slurm_cluster, entry, job), 240, f"{job} to run")
+        _freeze_once_it_has_trained(slurm_cluster, entry, job)
         row = _status(cli_run, path)[entry.run_id]
         assert row["state"] == "running" and row["slurm"]["state"] == "RUNNING", row
+        assert f"SLURM {job} RUNNING on {slurm_cluster.node}" in row["detail"], row
         if how == "requeue":
+            _thaw(entry)
             slurm_cluster.cmd("scontrol", "requeue", job)
         else:
-            slurm_cluster.cmd("scancel", "--signal=USR2", job)
+            slurm_cluster.cmd("scancel", "--signal=USR2", job)  # delivered when the job goes on
+            _thaw(entry)
     # both come back: SLURM counts one restart each, and --status says so while they wait
     for how, entry in by_signal.items():
         job = jobs[entry.run_id]
@@ -222,7 +237,9 @@ def test_scancel_of_one_task_is_reported_and_only_it_is_resubmitted(slurm_cluste
     states = _status(cli_run, path)
     assert [states[e.run_id]["state"] for e in (victim, survivor, failing)].count("pending") >= 1
     assert any("PENDING" in (r["slurm"] or {}).get("state", "") for r in states.values()), states
-    _wait_until(lambda: _running(slurm_cluster, victim, jobs[victim.run_id]), 240, "the first task to run")
+    _freeze_once_it_has_trained(slurm_cluster, victim, jobs[victim.run_id])
+    assert _status(cli_run, path)[victim.run_id]["state"] == "running"
+    _thaw(victim)
     slurm_cluster.cmd("scancel", jobs[victim.run_id])
     for entry in (survivor, failing):
         _wait_until(lambda: sweep.state_of(entry)[0] in ("done", "failed"), 300, f"{entry.run_id} to end")
