@@ -200,6 +200,9 @@ def test_requeue_and_the_time_limit_signal_resume_to_the_uninterrupted_result(sl
         seen = _wait_until(lambda: (lambda r: r if r["slurm"] and r["slurm"]["restarts"] >= 1 else None)(
             _status(cli_run, path)[entry.run_id]), 120, f"{job} to be requeued")
         assert f"SLURM {job}" in seen["detail"] and "requeued 1x" in seen["detail"], seen
+    # a rerun while they are queued or running submits nothing twice
+    code, _, err = cli_run(["sweep", str(path), "--executor", "slurm", "--partition", sc.PARTITION, "--time", "5"])
+    assert code == 0 and "nothing to run" in err and "submitted" not in err, err
     for entry in entries:
         _wait_until(lambda: sweep.state_of(entry)[0] == "done", 300, f"{entry.run_id} to finish")
     for how, entry in by_signal.items():

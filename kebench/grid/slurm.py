@@ -150,6 +150,8 @@ def run_submitit(entries, *, cluster: str, retry_failed: bool = False, workers: 
 
     nproc = nproc or max(1, executor_opts.get("gpus_per_job", 1))
     todo = unfinished(entries, retry_failed, echo)
+    if cluster == "slurm":
+        todo = _not_queued(todo, echo)
     if not todo:
         echo("nothing to run")
         return 0
@@ -180,6 +182,23 @@ def run_submitit(entries, *, cluster: str, retry_failed: bool = False, workers: 
             echo(f"start {entry.run_id} (submitit job {job.job_id})")
         time.sleep(0.2)
     return _wait(pairs, echo)
+
+
+def _not_queued(todo, echo) -> list:
+    """The runs whose last SLURM job is not still queued or running (a rerun of the sweep while its
+    jobs wait must not submit them twice)."""
+    from kebench.grid.sweep import submitted_jobs
+
+    jobs = submitted_jobs(todo[0].cfg.out) if todo else {}
+    states = scheduler.job_states(jobs[e.run_id] for e in todo if e.run_id in jobs)
+    keep = []
+    for e in todo:
+        info = states.get(jobs.get(e.run_id))
+        if info is not None and info["state"] in scheduler.LIVE:
+            echo(f"skip {e.run_id}: SLURM job {jobs[e.run_id]} is {info['state']}")
+        else:
+            keep.append(e)
+    return keep
 
 
 def _submit_array(executor, folder: Path, task, payloads) -> list:
