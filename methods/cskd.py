@@ -6,7 +6,7 @@ a step processes 2B images). Loss:
 
     CE(f(x), y) + lambda_cls * T^2 * KL(softmax(f(x')/T) || softmax(f(x)/T))
 
-with the partner logits f(x') computed without gradients (a separate forward pass, as the
+(the shared `kebench.run.distill.kd_loss`) with the partner logits f(x') computed without gradients (a separate forward pass, as the
 official code does, so the anchors' BatchNorm statistics are their own). A class with a single
 training image pairs it with itself (under different augmentation).
 """
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from dataclasses import dataclass
 
 from kebench.plugin import Objective, param
+from kebench.run.distill import kd_loss
 
 
 def class_partners(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -59,7 +60,5 @@ class ClassWiseSelfKD(Objective):
         logits = model(x[:b])
         with torch.no_grad():
             partner = model(x[b:])
-        t = self.params.temperature
-        kl = F.kl_div(F.log_softmax(logits.float() / t, dim=1), F.log_softmax(partner.float() / t, dim=1),
-                      reduction="batchmean", log_target=True)
-        return F.cross_entropy(logits, y[:b]) + self.params.lambda_cls * t * t * kl, logits
+        kd = kd_loss(logits, partner, self.params.temperature)
+        return F.cross_entropy(logits, y[:b]) + self.params.lambda_cls * kd, logits

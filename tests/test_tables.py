@@ -376,10 +376,12 @@ def test_registry_labels_make_paper_style_rows():
         assert n.method("smooth", "ke", 3) == "Smth + KE-N3"
 
 
-def test_primary_metric_matches_engine():
-    from kebench.run.engine import PRIMARY
+def test_primary_metric_comes_from_the_task_records():
+    from kebench.data import TASKS, headline_metric
 
-    assert tables.PRIMARY == PRIMARY
+    assert tables.PRIMARY == {"classification": "top1", "retrieval": "r@1"}
+    assert all(tables.PRIMARY[name] == task.headline == headline_metric(name) for name, task in TASKS.items())
+    assert headline_metric(None) == headline_metric("no-such-task") == "top1"  # a record without a known task
 
 
 def test_cli_table_and_errors(capsys, tmp_path):

@@ -24,14 +24,6 @@ from kebench.analysis.tables.render import _blank_repeats, _core, _header_levels
 from kebench.analysis.tables.runs import MISSING, _filtered
 
 PRIMARY = T.PRIMARY
-FIGURE_TITLES = {
-    "generations": "Generation curves: accuracy after each generation, dense network (solid) and slim "
-                   "fit-hypothesis (dotted); the single-pass baseline dashed",
-    "budget": "Accuracy vs cumulative training FLOPs: multi-pass regimes pass by pass, single passes as points",
-    "cost": "Accuracy vs inference cost (GFLOPs per image); slim networks as their own points",
-    "hypotheses": "Mean |w| of the fit and reset hypotheses across generations",
-    "search": "Architecture search: the best individual's accuracy and size against cumulative search FLOPs",
-}
 #: Figures every report tries (the issue's three views); a study's own list adds to them.
 BASE_FIGURES = ("generations", "budget", "cost")
 CSS = """
@@ -77,9 +69,9 @@ def _param(run: dict, key: str):
 def select(runs: list[dict], spec: dict, scale_set: dict) -> list[dict]:
     """The runs a table spec shows: methods/archs/datasets filters, `where` settings, and `match_set`
     (settings equal to the scale's `set`, e.g. the paper's epochs per pass, not the matched budgets)."""
-    methods = T._split_list(spec.get("methods"))
-    archs = T._split_list(spec.get("archs"))
-    datasets = T._split_list(spec.get("datasets"))
+    methods = T.split_list(spec.get("methods"))
+    archs = T.split_list(spec.get("archs"))
+    datasets = T.split_list(spec.get("datasets"))
     where = dict(spec.get("where") or {})
     where.update({k: scale_set[k] for k in spec.get("match_set") or [] if k in scale_set})
     chosen = []
@@ -302,7 +294,7 @@ def figure_png(fig) -> bytes:
     from kebench.analysis import plots
 
     buf = io.BytesIO()
-    with plots._style():
+    with plots.figure_style():
         fig.savefig(buf, format="png", dpi=plots.DPI, metadata=plots.METADATA["png"])
     return buf.getvalue()
 
@@ -377,10 +369,10 @@ def build_figures(study, scale: str, runs: list[dict]) -> list[tuple[str, str, b
     for kind in kinds:
         try:
             fig = plots.build_figure(runs if kind == "budget" or not main else main, kind)
-            out.append((kind, FIGURE_TITLES[kind], figure_png(fig), ""))
+            out.append((kind, plots.figure_title(kind), figure_png(fig), ""))
         except UserError as exc:
             if kind in study.figures:  # a figure the study asks for: say why it is missing
-                out.append((kind, FIGURE_TITLES[kind], None, str(exc)))
+                out.append((kind, plots.figure_title(kind), None, str(exc)))
     return out
 
 

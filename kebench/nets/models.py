@@ -1,4 +1,7 @@
-"""Model construction: timm for everything it has, torchvision's GoogLeNet (no aux heads) besides."""
+"""Model construction: timm for everything it has, and the networks extension point besides:
+torchvision's GoogLeNet (no aux heads), and what registry.yaml's `networks:` and the `kebench.networks`
+entry points contribute (a function (num_classes, in_chans, **kwargs) -> nn.Module, e.g. SEP-Net,
+evonet), imported only when its name is used."""
 from __future__ import annotations
 
 import fnmatch
@@ -8,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from kebench.nets import archs, genome  # noqa: F401  (register sepnet_r, sepnet_b, evonet with timm)
+from kebench import registry
 from kebench.errors import UserError, unknown_choice
 
 
@@ -44,17 +47,19 @@ class GoogLeNet(torchvision.models.GoogLeNet):
 
 
 TORCHVISION_ARCHS = {"googlenet": GoogLeNet}
+#: The network extension point: kebench's own, registry.yaml's `networks:`, `kebench.networks` entry points.
+NETWORKS = registry.Extensions("network", "networks", TORCHVISION_ARCHS)
 
 
 def list_archs(pattern: str | None = None) -> list[str]:
-    names = sorted(set(timm.list_models()) | set(TORCHVISION_ARCHS))
+    names = sorted(set(timm.list_models()) | set(NETWORKS.names()))
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     return names
 
 
 def check_arch(name: str) -> None:
-    if name in TORCHVISION_ARCHS or timm.is_model(name):
+    if name in NETWORKS or timm.is_model(name):
         return
     raise unknown_choice(
         "arch", name, [n for n in list_archs() if n.split("_")[0] in name or name in n] or list_archs()[:40],
@@ -65,8 +70,8 @@ def check_arch(name: str) -> None:
 def create_model(arch: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module:
     """A randomly initialised model (never pretrained: the papers train from scratch)."""
     check_arch(arch)
-    if arch in TORCHVISION_ARCHS:
-        return TORCHVISION_ARCHS[arch](num_classes=num_classes, in_chans=in_chans)
+    if arch in NETWORKS:
+        return NETWORKS.get(arch)(num_classes=num_classes, in_chans=in_chans, **kwargs)
     vgg = arch.startswith("vgg")
     if vgg:
         kwargs.setdefault("drop_rate", VGG_DROPOUT)

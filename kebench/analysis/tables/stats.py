@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kebench.analysis.tables.runs import Entry, _sort_value
+from kebench.analysis.tables.runs import Entry, sort_value
 
 #: Significance level of the marks (on Benjamini-Hochberg adjusted p-values over the cells a table
 #: tests), and resamples of the bootstrap used when seeds differ.
@@ -38,7 +38,7 @@ def make_cell(values: dict) -> Cell:
     """Mean, sample std (n >= 2) and count of per-seed values; pandas does the arithmetic."""
     import pandas as pd
 
-    values = {s: float(v) for s, v in sorted(values.items(), key=lambda kv: _sort_value(kv[0])) if v is not None}
+    values = {s: float(v) for s, v in sorted(values.items(), key=lambda kv: sort_value(kv[0])) if v is not None}
     if not values:
         return Cell()
     s = pd.Series(list(values.values()), dtype="float64")
@@ -131,7 +131,7 @@ def rank_column(cells: list[Cell], decimals: int) -> None:
             c.rank = 2
 
 
-def _value_note(alpha: float, tests: set, baseline_rule: str) -> list[str]:
+def value_note(alpha: float, tests: set, baseline_rule: str) -> list[str]:
     notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run."]
     if MARK_PAIRED in tests:
         notes.append(f"{MARK_PAIRED} paired t-test over the seeds both cells have, against {baseline_rule}.")
@@ -141,7 +141,7 @@ def _value_note(alpha: float, tests: set, baseline_rule: str) -> list[str]:
     return notes
 
 
-def _significance_note(rows, alpha: float) -> list[str]:
+def significance_note(rows, alpha: float) -> list[str]:
     """How the marks were decided, and what (n; p=...) means, for the tables that test."""
     cells = [c for r in rows for c in r.cells]
     family = [c for c in cells if c.test in TESTS and c.p is not None and c.n_test >= MIN_SEEDS]
@@ -153,7 +153,7 @@ def _significance_note(rows, alpha: float) -> list[str]:
     return notes
 
 
-def _marks(rows, alpha: float = ALPHA) -> set:
+def marks_in(rows, alpha: float = ALPHA) -> set:
     significance([c for r in rows for c in r.cells], alpha)
     return {c.mark for r in rows for c in r.cells if c.mark}
 
