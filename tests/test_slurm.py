@@ -323,3 +323,22 @@ def test_study_on_slurm_writes_the_report_inline_writes(slurm_cluster, tmp_path,
         return re.sub(r"\d+\.\d{3,}", lambda m: f"{float(m.group()):.2f}", text.replace(str(folder), "OUT"))
 
     assert report(tmp_path / "slurm") == report(tmp_path / "inline")
+
+
+# ------------------------------------------------------------------------------ SLURM's own words, parsed
+def test_time_limits_and_status_lines_read_as_slurm_writes_them(tmp_path):
+    from kebench.grid import scheduler
+
+    assert [scheduler.minutes(t) for t in ("1:00:00", "30:00", "2-00:00:00", "45", "1-02:03:00")] == [
+        60, 30, 2880, 45, 1563]
+    assert scheduler.minutes("infinite") == math.inf and scheduler.minutes("UNLIMITED") == math.inf
+    log = tmp_path / "7_1" / "7_1_0_log.err"
+    log.parent.mkdir()
+    log.write_text("")
+    assert scheduler.log_of(tmp_path, "7_1") == log and scheduler.log_of(tmp_path, "7_2") is None
+    assert scheduler.describe("7_0", {"state": "PENDING", "reason": "Resources", "restarts": 0}, None) == \
+        "SLURM 7_0 PENDING (Resources)"
+    assert scheduler.describe("7_0", {"state": "PENDING", "reason": "BeginTime", "restarts": 2}, None) == \
+        "SLURM 7_0 REQUEUED (BeginTime), requeued 2x"
+    assert scheduler.describe("7_1", {"state": "CANCELLED", "reason": "", "restarts": 0, "exit": "0:15"}, log) == \
+        f"SLURM 7_1 CANCELLED, exit 0:15; log: {log}"
