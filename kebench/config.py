@@ -57,6 +57,9 @@ class RunConfig:
                      choices=("auto", "bf16", "fp16", "off"))
     channels_last: bool | None = param("channels_last memory format (default: on for CUDA).", default=None)
     compile: bool = param("torch.compile the model (CUDA).", default=False)
+    init: str = param("Generation-1 weights: timm (timm's / torchvision's own initialisation) or ke-official "
+                      "(the official KE code's: kaiming normal fan_in, every BN gamma 1; docs/fidelity.md).",
+                      default="timm", choices=("timm", "ke-official"))
     out: str = param("Results folder. Default: results/.", default="results")
     checkpoint_every_s: float = param("Mid-pass checkpoint interval in seconds (default 30).", default=30.0, ge=0)
     budget: str = param("matched: also run the single-pass baseline with the same total epochs.", default="paper",
@@ -77,7 +80,7 @@ class RunConfig:
     def run_id(self) -> str:
         """Stable id from everything that changes the numbers (not where they are written or read
         from, nor which extra runs are asked for beside it). Every part is a safe file name."""
-        d = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_RUN_ID}
+        d = identity(self.to_dict())
         digest = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return "_".join([*(safe_name(v) for v in (self.method, self.arch, self.data)), f"s{self.seed}", digest])
 
@@ -95,6 +98,17 @@ def method_spec(method: str | None, data: str) -> registry.Method:
 #: same files on another disk), the device string, checkpoint frequency, and whether the matched-budget
 #: baseline is also run. They stay out of the run id, so moving the data never retrains a finished run.
 NOT_IN_RUN_ID = ("out", "data_root", "device", "checkpoint_every_s", "budget")
+
+
+#: Settings added after results existed: left out of the run id (and of a table's settings) while at
+#: their default, so runs made before them keep their ids, resume and tabulate as before.
+ID_OMITS_DEFAULT = ("init",)
+
+
+def identity(config: dict) -> dict:
+    """The settings of a config (as a dict, e.g. result.json's) that make its run id."""
+    return {k: v for k, v in config.items()
+            if k not in NOT_IN_RUN_ID and not (k in ID_OMITS_DEFAULT and v == _field_default(k))}
 
 
 def safe_name(text, limit: int = 40) -> str:

@@ -175,6 +175,7 @@ def test_run_writes_results_and_is_deterministic(make_cfg, run_cfg):
     assert saved["epochs"] == 2 and saved["params"] == {"ce": {}, "single": {}}
     assert first["training"]["steps"] == first["passes"][0]["steps"] == 2 * (96 // 16)
     assert (run_dir / "model.pt").is_file() and not (run_dir / "checkpoint.pt").exists()
+    assert first["provenance"] == {"precision": "fp32", "autocast": False}  # CPU: no autocast, no TF32
     second = run_cfg(cfg)
     assert second["final"] == first["final"]
     assert second["passes"][0]["metrics"] == first["passes"][0]["metrics"]
@@ -253,3 +254,15 @@ def test_list_commands(cli_run):
     code, out, err = cli_run(["list", "methods"])
     text = out + err
     assert "smooth" in text and "objective" in text
+
+
+@pytest.mark.parametrize("amp, precision", [("bf16", "bf16"), ("fp16", "fp16"), ("off", "fp32")])
+def test_provenance_states_the_precision_as_run(amp, precision, make_cfg):
+    from kebench.run.device import DevicePolicy
+    from kebench.run.results import provenance
+
+    cfg = make_cfg(amp=amp)
+    policy = DevicePolicy.for_run(cfg, torch.device("cpu"))
+    assert provenance(policy) == {"precision": precision, "autocast": amp != "off"}
+    auto = DevicePolicy.for_run(make_cfg(), torch.device("cpu"))  # --amp auto on a CPU: fp32
+    assert provenance(auto)["precision"] == "fp32"

@@ -133,6 +133,9 @@ def test_study_run_writes_a_self_contained_report(tiny_report):
     for r in runs:
         assert r["run_id"] in text and r["run_id"].rpartition("_")[2] in text
     assert "torch " in text and "cpu" in text
+    # the precision each run used (its result.json provenance) and its initialisation
+    assert all(r["provenance"]["precision"] == "fp32" for r in runs)
+    assert "precision" in page.text and "init" in page.text and text.count(" fp32 ") >= len(runs)
     tex = (report / "tables.tex").read_text()
     assert tex.count(r"\begin{tabular}") == 3
     md = (report / "report.md").read_text()

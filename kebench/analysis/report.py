@@ -102,8 +102,8 @@ def significance(cell: T.Cell) -> str:
         return f"significant ({cell.test})" if cell.test != "from-means" else "untested (no shared seeds)"
     if cell.p is not None:
         return f"not significant ({cell.test}, p = {cell.p:.2g})"
-    if cell.test == "bootstrap":
-        return "not significant (bootstrap interval contains 0)"
+    if cell.test:
+        return f"not tested ({cell.test}: constant values, no test statistic)"
     return "not tested (fewer than 2 seeds)"
 
 
@@ -314,12 +314,24 @@ def run_rows(runs: list[dict], left_out: list[tuple[str, str]]) -> list[dict]:
             "status": r.get("status", ""), "metric": f"{primary} {100 * v:.2f}" if isinstance(v, (int, float)) else "–",
             "versions": " ".join(f"{k} {versions[k]}" for k in ("kebench", "torch", "timm") if k in versions),
             "git commit": (r.get("git_commit") or "–")[:10], "device": r.get("device", "–"),
+            "precision": precision_text(r), "init": (r.get("config") or {}).get("init", "timm"),
             "wall time (s)": f"{r.get('wall_time_s', 0):.1f}"})
     for path, why in left_out:
         rows.append({"run": Path(path).name, "config hash": Path(path).name.rpartition("_")[2], "method": "",
                      "arch": "", "data": "", "seed": "", "epochs": "", "status": why, "metric": "–", "versions": "",
-                     "git commit": "", "device": "", "wall time (s)": ""})
+                     "git commit": "", "device": "", "precision": "", "init": "", "wall time (s)": ""})
     return rows
+
+
+def precision_text(run: dict) -> str:
+    """'fp32', 'bf16 autocast', 'fp32 (TF32 convs)' from result.json's provenance; '–' for runs
+    written before kebench recorded it (unknown: on CUDA those ran bf16 autocast unless --amp off)."""
+    p = run.get("provenance") or {}
+    if "precision" not in p:
+        return "–"
+    text = p["precision"] + (" autocast" if p.get("autocast") else "")
+    tf32 = [name for key, name in (("tf32_convolutions", "convs"), ("tf32_matmul", "matmuls")) if p.get(key)]
+    return text + (f" (TF32 {', '.join(tf32)})" if tf32 else "")
 
 
 def _plain_table(rows: list[dict], cls: str = "kb") -> str:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import importlib
 
-import torch
-
 from kebench import registry
 from kebench.data.spec import (CLASSIFICATION, DATASETS, RETRIEVAL, TASKS, DataBundle, DatasetSpec, Split, Task,
                                 get_task, headline_metric, register)
-from kebench.errors import UserError, unknown_choice
+from kebench.errors import UserError
 
 #: Modules of kebench's own datasets; importing one registers its datasets. A new in-tree dataset
 #: module goes here (an import error in one is a bug to see, never a dataset that silently vanishes).

@@ -126,7 +126,8 @@ class Run:
     # ------------------------------------------------------------------ building blocks
     def build_model(self, arch: str | None = None, **kwargs) -> nn.Module:
         """A fresh model for this run's data and objective, on the run's device."""
-        model = create_model(arch or self.cfg.arch, self.data.num_classes, self.data.in_chans, **kwargs)
+        model = create_model(arch or self.cfg.arch, self.data.num_classes, self.data.in_chans, init=self.cfg.init,
+                             **kwargs)
         model = self.objective.adapt_model(model, self.data.num_classes)
         return self.policy.place(model)
 

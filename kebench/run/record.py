@@ -11,7 +11,7 @@ from kebench.run import results
 SCHEMA_FIELDS = frozenset({
     "schema", "run_id", "status", "method", "objective", "regime", "task", "arch", "dataset", "seed", "config",
     "data", "evaluation", "final", "best", "passes", "cost", "training", "wall_time_s", "device", "versions", "threads",
-    "git_commit", "distributed", "error"})
+    "git_commit", "provenance", "distributed", "error"})
 FINAL, COST = "final", "cost"  # the facts that contribute to the schema's "final" and "cost" entries
 
 
@@ -37,6 +37,7 @@ def build(run, status: str, error: str | None = None) -> dict:
         "wall_time_s": round(run.book.elapsed(), 3),
         "device": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
         "versions": results.versions(), "git_commit": results.git_commit(), "threads": run.threads.describe(),
+        "provenance": results.provenance(run.policy),
         **{k: v for k, v in facts.items() if k not in (FINAL, COST)},
     }
     record["training"]["device_hours"] = round(record["wall_time_s"] / 3600 * run.processes.world, 6)

@@ -31,7 +31,7 @@ from kebench.analysis.tables.render import FORMATS, render, tex, to_csv, to_late
 from kebench.analysis.tables.runs import (MISSING, PRIMARY, RETRIEVAL_METRICS, Entry, Names, expand, hashable,
                                           load_runs, metric_title, parse_generations, signature, sort_value,
                                           split_list)
-from kebench.analysis.tables.stats import (ALPHA, MARK_BOOTSTRAP, MARK_FROM_MEANS, MARK_PAIRED, Cell, compare,
+from kebench.analysis.tables.stats import (ALPHA, MARK_WELCH, MARK_FROM_MEANS, MARK_PAIRED, Cell, compare,
                                            make_cell, marks_in, one_sample, rank_column, significance,
                                            significance_note, value_note)
 
@@ -63,7 +63,7 @@ def make_table(paths, *, fmt: str = "markdown", kind: str | None = None, rows=No
 #: The table-kind API: everything a table kind (kebench's own or a plugin's, e.g. methods/kd_table.py)
 #: builds with. A contributed kind imports these names from `kebench.analysis.tables` and nothing
 #: private (tests/test_layout.py checks methods/); docs/extending.md shows one.
-TABLE_KIND_API = ["ALPHA", "COST_COLS", "COST_NOTE", "MARK_BOOTSTRAP", "MARK_FROM_MEANS", "MARK_PAIRED", "MISSING",
+TABLE_KIND_API = ["ALPHA", "COST_COLS", "COST_NOTE", "MARK_WELCH", "MARK_FROM_MEANS", "MARK_PAIRED", "MISSING",
                   "PRIMARY", "RETRIEVAL_METRICS", "Cell", "Col", "Entry", "Names", "Row", "Table", "compare",
                   "cost_cell", "cost_cells", "dim_title", "expand", "fmt_count", "fmt_number", "fmt_setting",
                   "group_title", "hashable", "make_cell", "marks_in", "metric_title", "one_sample",

@@ -14,7 +14,7 @@ from kebench.analysis.tables.layout import (COST_COLS, COST_NOTE, Col, Row, Tabl
                                    cost_cells, fmt_count)
 from kebench.analysis.tables.runs import (BUDGET_FREE, MISSING, PRIMARY, RETRIEVAL_METRICS, Names, sort_value, split_list,
                                  expand, metric_title, signature)
-from kebench.analysis.tables.stats import (ALPHA, MARK_BOOTSTRAP, MARK_FROM_MEANS, MARK_PAIRED, TESTS, Cell, marks_in,
+from kebench.analysis.tables.stats import (ALPHA, MARK_WELCH, MARK_FROM_MEANS, MARK_PAIRED, TESTS, Cell, marks_in,
                                   significance_note, value_note, cells_by_key, compare, make_cell, one_sample,
                                   rank_column)
 
@@ -154,7 +154,7 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
             elif a.n and b.n:
                 d = Cell(mean=a.mean - b.mean, n=0)
                 tmp = Cell(values=a.values, n=a.n)
-                compare(tmp, b, alpha)  # bootstrap when both sides have >= 2 runs
+                compare(tmp, b, alpha)  # Welch's t when both sides have >= 2 runs
                 if tmp.test:
                     d.test, d.p, d.n_test = tmp.test, tmp.p, tmp.n_test
                 else:
@@ -183,8 +183,8 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
              "(`kebench run ... --budget matched`); the better of each pair is in bold."]
     if MARK_PAIRED in marks:
         notes.append(f"Δ: per-seed difference; {MARK_PAIRED} paired t-test over the shared seeds.")
-    if MARK_BOOTSTRAP in marks:
-        notes.append(f"{MARK_BOOTSTRAP} no shared seeds: bootstrap of the difference in means.")
+    if MARK_WELCH in marks:
+        notes.append(f"{MARK_WELCH} no shared seeds: Welch's t-test of the difference in means.")
     notes += significance_note(table_rows, alpha)
     if MARK_FROM_MEANS in marks:
         notes.append(f"{MARK_FROM_MEANS} difference of the means (no shared seeds, too few runs to test).")

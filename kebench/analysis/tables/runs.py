@@ -9,7 +9,7 @@ from pathlib import Path
 from kebench import registry
 from kebench.context import PassKind
 from kebench.data.spec import TASKS
-from kebench.config import NOT_IN_RUN_ID
+from kebench.config import NOT_IN_RUN_ID, identity
 from kebench.errors import UserError
 
 #: Headline metric per task, from the task records (kebench.data.spec.Task).
@@ -183,7 +183,7 @@ def hashable(v):
 def signature(run: dict) -> dict:
     """The run's settings that can change its numbers, flat (`lr`, `ke.split_rate`)."""
     cfg = run.get("config") or {}
-    flat = {k: hashable(v) for k, v in cfg.items() if k not in IGNORED_CONFIG}
+    flat = {k: hashable(v) for k, v in identity(cfg).items() if k not in IGNORED_CONFIG}
     for plugin, params in sorted((cfg.get("params") or {}).items()):
         for k, v in sorted((params or {}).items()):
             if k not in IGNORED_PARAMS:
