@@ -19,7 +19,7 @@ import slurm_cluster as sc
 from kebench.grid import sweep
 from kebench.run import guard, results
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one worker holds the cluster
 
 TINY = {"method": "ce", "data": "synthetic", "arch": "test_resnet", "batch_size": 16, "device": "cpu",
         "checkpoint_every_s": 0}
