@@ -239,11 +239,13 @@ def test_submitit_local_sweep_requeues_a_preempted_job(tmp_path, monkeypatch, ru
 
 
 def test_slurm_submission_is_one_job_array_with_the_options(tmp_path, monkeypatch):
-    """Against stand-in sbatch/srun: the sbatch script carries every option, jobs are recorded."""
+    """Against stand-in sbatch/srun/sinfo: the sbatch script carries every option (two GPUs: two tasks,
+    one DDP rank each, started by srun), jobs are recorded. tests/test_slurm.py does it for real."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path / "submitted.sh"}\necho Submitted batch job 4242\n')
     (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho 'gpu*|4:00:00|up'\n")  # the pre-submission check
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
@@ -255,7 +257,7 @@ def test_slurm_submission_is_one_job_array_with_the_options(tmp_path, monkeypatc
     assert exit_info.value.code == 0
     script = (tmp_path / "submitted.sh").read_text()
     for line in ("--partition=gpu", "--time=90", "--gpus-per-node=2", "--array=0-2%2", "--mem=16384M",
-                 "--account=abc", "--reservation=r1", "--signal=USR2@90", "--ntasks-per-node=1"):
+                 "--account=abc", "--reservation=r1", "--signal=USR2@90", "--ntasks-per-node=2"):
         assert f"#SBATCH {line}\n" in script, line
     assert "module load cuda" in script
     rows = sweep.status_rows(_entries(path))

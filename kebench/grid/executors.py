@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from kebench.run import guard
-from kebench.grid import EXECUTORS, slurm
+from kebench.grid import EXECUTORS
 from kebench.errors import UserError
 from kebench.run.launch import run_config
 from kebench.grid import sweep
@@ -226,23 +226,29 @@ def run_local_executor(entries: list[Entry], *, echo=print, retry_failed=False, 
 
 def run_slurm(entries: list[Entry], *, echo=print, retry_failed=False, workers=None, partition=None, time_min=240,
               gpus_per_job=1, array_parallelism=16, cpus_per_task=None, mem_gb=None, slurm_opt=(), setup=(),
-              wait=False, cluster="slurm") -> int:
+              wait=False, cluster="slurm", nproc=None) -> int:
     """`--executor slurm`: a submitit job array (kebench/grid/slurm.py)."""
+    try:  # submitit: imported only when a submitit executor is chosen (a GPU box may not have it)
+        from kebench.grid import slurm
+    except ImportError as exc:
+        executor = "slurm" if cluster == "slurm" else "submitit-local"
+        raise UserError(f"--executor {executor} hands the runs to submitit, which is not installed here ({exc}). "
+                        f"Install it (pip install submitit), or use --executor local or inline.") from None
     return slurm.run_submitit(
         entries, cluster=cluster, retry_failed=retry_failed, partition=partition, time_min=time_min,
         gpus_per_job=gpus_per_job, array_parallelism=array_parallelism, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
         slurm_opts=parse_sets(slurm_opt, "--slurm-opt"), setup=list(setup), workers=workers,
-        wait=wait or cluster == "local", echo=echo)
+        wait=wait or cluster == "local", echo=echo, nproc=nproc)
 
 
 def run_submitit_local(entries: list[Entry], *, echo=print, retry_failed=False, workers=None, partition=None,
                        time_min=240, gpus_per_job=1, array_parallelism=16, cpus_per_task=None, mem_gb=None,
-                       slurm_opt=(), setup=(), wait=True) -> int:
+                       slurm_opt=(), setup=(), wait=True, nproc=None) -> int:
     """`--executor submitit-local`: the slurm code path on this machine (waits for its jobs)."""
     return run_slurm(entries, echo=echo, retry_failed=retry_failed, workers=workers, partition=partition,
                      time_min=time_min, gpus_per_job=gpus_per_job, array_parallelism=array_parallelism,
                      cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_opt=slurm_opt, setup=setup, wait=wait,
-                     cluster="local")
+                     cluster="local", nproc=nproc)
 
 
 def dispatch(entries: list[Entry], console, *, executor="local", what="sweep", **options) -> int:
@@ -258,6 +264,9 @@ def dispatch(entries: list[Entry], console, *, executor="local", what="sweep", *
     else:
         sweep.check_before_running(starting, what)
     takes = set(inspect.signature(run).parameters)
+    if options.get("nproc") and "nproc" not in takes:
+        raise UserError(f"--nproc sets the processes of a run on SLURM (--executor slurm or submitit-local); "
+                        f"with --executor {executor}, --gpus-per-run N trains each run with N processes.")
     if options.get("runs_per_gpu", 1) > 1 and "runs_per_gpu" not in takes:
         raise UserError(f"--runs-per-gpu packs runs of the local executor; with --executor {executor} each "
                         f"job gets its own GPUs (--gpus-per-job).")

@@ -296,14 +296,36 @@ def submitted_jobs(out) -> dict:
 
 
 def status_rows(entries: list[Entry]) -> list[dict]:
+    """One row per run: its state read from its folder, refined by what SLURM says of the job it was
+    last submitted as (running, requeued, or ended without finishing: cancelled, failed, timed out)."""
     rows = []
     jobs = submitted_jobs(entries[0].cfg.out) if entries else {}
+    slurm = {}
+    if jobs:
+        from kebench.grid import scheduler
+
+        slurm = scheduler.job_states(jobs[e.run_id] for e in entries if e.run_id in jobs)
     for e in entries:
         state, detail = state_of(e)
-        if state == "pending" and e.run_id in jobs:
-            detail = "; ".join(filter(None, [f"submitted as job {jobs[e.run_id]}", detail]))
+        job = jobs.get(e.run_id)
+        info = slurm.get(job)
+        if info is not None and state != "done":
+            log = scheduler.log_of(Path(e.cfg.out) / ".submitit", job)
+            if state == "pending" and info["state"] in ("RUNNING", "COMPLETING", "CONFIGURING"):
+                state = "running"
+            elif state == "pending" and info["state"] in scheduler.ENDED:
+                state = "failed"  # the scheduler ended the job; rerunning the sweep resubmits the run
+                detail = "; ".join(filter(None, [detail, "rerun the sweep to resubmit it"]))
+            line = scheduler.describe(job, info, log)
+            if state == "failed" and log is not None and "log:" not in line:
+                line += f"; log: {log}"
+            detail = "; ".join(filter(None, [line, detail]))
+        elif state == "pending" and job:
+            detail = "; ".join(filter(None, [f"submitted as job {job}", detail]))
         rows.append({"run_id": e.run_id, "method": e.cfg.method, "arch": e.cfg.arch, "data": e.cfg.data,
-                     "seed": e.cfg.seed, "state": state, "detail": detail, "dir": str(e.dir)})
+                     "seed": e.cfg.seed, "state": state, "detail": detail, "dir": str(e.dir),
+                     "slurm": ({"job": job, **{k: info[k] for k in ("state", "reason", "restarts") if k in info}}
+                               if info is not None else None)})
     return rows
 
 
