@@ -141,7 +141,7 @@ def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_r
                     why = detail if state == "failed" else f"killed by {guard.signal_name(-rc)}"
                     problems.append(e)
                     echo(f"FAIL  {e.run_id}: {why}; log: {e.dir / WORKER_LOG}")
-                if rc not in (guard.EXIT_INTERRUPTED, guard.EXIT_BUSY):  # it finished: done or failed
+                if rc == 0 or (problems and problems[-1] is e):  # it finished: done or failed (not stopped)
                     durations.append(time.perf_counter() - t0)
                 echo(progress_line(len(durations) - len(problems), len(problems), len(running), len(todo), durations,
                                    workers))
