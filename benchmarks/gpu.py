@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -148,29 +149,27 @@ def data_ms(run, batches: int = 50) -> float:
     return (time.perf_counter() - t0) / batches * 1000
 
 
-def engine_vs_bare(archs, batches, out: str, report: dict) -> None:
+def engine_vs_bare(arch: str, batch: int, out: str, report) -> None:
     from kebench.run.engine import Run
 
-    for arch in archs:
-        for batch in batches:
-            run = Run(_cfg(arch, batch, out), show_progress=False)
-            epochs = _epochs(batch)
-            bare = bare_rate(run, epochs)
-            eng = engine_rate(run, epochs)
-            row = {"arch": arch, "batch": batch, "bare_img_s": round(bare, 1), "engine_img_s": round(eng, 1),
-                   "ratio": round(eng / bare, 3)}
-            if batch == 32:
-                ms = data_ms(run)
-                row["data_ms_per_batch"] = round(ms, 3)
-                row["data_share_of_step"] = round(ms / (1000 * batch / eng), 4)
-            report["engine_vs_bare"].append(row)
-            extra = (f", data path {row['data_ms_per_batch']:.2f} ms/batch = {100 * row['data_share_of_step']:.1f}% "
-                     f"of a step" if "data_ms_per_batch" in row else "")
-            print(f"{arch:12s} batch {batch:3d}: bare {bare:8.0f} img/s, engine {eng:8.0f} img/s, "
-                  f"ratio {eng / bare:.3f}{extra}", flush=True)
-            del run
-            if DEVICE == "cuda":
-                torch.cuda.empty_cache()
+    run = Run(_cfg(arch, batch, out), show_progress=False)
+    epochs = _epochs(batch)
+    bare = bare_rate(run, epochs)
+    eng = engine_rate(run, epochs)
+    row = {"arch": arch, "batch": batch, "bare_img_s": round(bare, 1), "engine_img_s": round(eng, 1),
+           "ratio": round(eng / bare, 3)}
+    if batch == 32:
+        ms = data_ms(run)
+        row["data_ms_per_batch"] = round(ms, 3)
+        row["data_share_of_step"] = round(ms / (1000 * batch / eng), 4)
+    report.add("engine_vs_bare", row)
+    extra = (f", data path {row['data_ms_per_batch']:.2f} ms/batch = {100 * row['data_share_of_step']:.1f}% "
+             f"of a step" if "data_ms_per_batch" in row else "")
+    print(f"{arch:12s} batch {batch:3d}: bare {bare:8.0f} img/s, engine {eng:8.0f} img/s, "
+          f"ratio {eng / bare:.3f}{extra}", flush=True)
+    del run
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
 
 
 def packing(n_runs: int, arch: str, batch: int, epochs: int, out: str) -> dict:
@@ -230,13 +229,45 @@ def projection(rate: float) -> dict:
             "excludes": "evaluation passes and data-cache builds"}
 
 
+class Report:
+    """The figures, written as they are measured: one JSON line per row to `<json>l` (flushed and
+    fsynced, so a kill loses nothing measured) and the whole report to `<json>` after every row."""
+
+    def __init__(self, path: str | None, **header):
+        self.path = Path(path) if path else None
+        self.data = {**header, "engine_vs_bare": [], "packing": [], "errors": []}
+        self.lines = self.path.with_suffix(self.path.suffix + "l").open("a") if self.path else None
+
+    def add(self, section: str, row: dict) -> None:
+        self.data.setdefault(section, []).append(row)
+        if self.lines:
+            self.lines.write(json.dumps({"section": section, **row}) + "\n")
+            self.lines.flush()
+            os.fsync(self.lines.fileno())
+        self.save()
+
+    def save(self) -> None:
+        if self.path:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text(json.dumps(self.data, indent=1))
+            os.replace(tmp, self.path)
+
+    def section(self, name: str, fn, *args) -> None:
+        """Run one section; an error is recorded (and printed) and the next section still runs."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 (a benchmark section must not take the others down)
+            self.add("errors", {"in": name, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"!! {name} failed: {type(exc).__name__}: {exc}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default="resnet18,densenet169")
     parser.add_argument("--batches", default="32,128,256")
     parser.add_argument("--packs", default=",".join(map(str, PACKS)))
     parser.add_argument("--pack-epochs", type=int, default=8)
-    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--json", help="write the figures here as they are measured (and one JSON line per row to <json>l)")
     parser.add_argument("--pack-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pack-dir", help=argparse.SUPPRESS)
     parser.add_argument("--arch", default="resnet18", help=argparse.SUPPRESS)
@@ -256,6 +287,8 @@ def main() -> None:
               "benchmarks are benchmarks/engine_overhead.py and benchmarks/data_pipeline.py.", file=sys.stderr)
         sys.exit(2)
     os.environ.setdefault("KEBENCH_NO_PROGRESS", "1")
+    # `timeout` sends SIGTERM: leave through the normal exit path (every row is already on disk)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     _share_data_across_runs()
     if args.pack_worker is not None:
         pack_worker(args)
@@ -263,40 +296,37 @@ def main() -> None:
     from kebench.run.device import DevicePolicy
 
     name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (dry run: these figures mean nothing)"
-    report = {"gpu": name, "torch": torch.__version__, "images": IMAGES, "resolution": RES,
-              "engine_vs_bare": [], "packing": []}
+    report = Report(args.json, gpu=name, torch=torch.__version__, images=IMAGES, resolution=RES)
+    archs, batches = [a for a in args.archs.split(",") if a], [int(b) for b in args.batches.split(",")]
     with tempfile.TemporaryDirectory() as out:
-        cfg = _cfg("resnet18", 32, out)
-        report["policy"] = DevicePolicy.for_run(cfg, torch.device(DEVICE)).describe()
-        print(f"{name}, torch {torch.__version__}; policy {report['policy']}", flush=True)
+        report.data["policy"] = DevicePolicy.for_run(_cfg("resnet18", 32, out), torch.device(DEVICE)).describe()
+        report.save()
+        print(f"{name}, torch {torch.__version__}; policy {report.data['policy']}", flush=True)
+        # the first arch, then packing (the projection needs it), then the others: a time limit cuts the least
+        for arch in archs[:1]:
+            for batch in batches:
+                report.section(f"engine vs bare {arch} batch {batch}", engine_vs_bare, arch, batch, out, report)
+        for n in (int(p) for p in args.packs.split(",") if p):
+            report.section(f"packing {n}", pack_row, n, args, out, report)
+        for arch in archs[1:]:
+            for batch in batches:
+                report.section(f"engine vs bare {arch} batch {batch}", engine_vs_bare, arch, batch, out, report)
 
-        def save():
-            if report["packing"]:
-                best = max(report["packing"], key=lambda r: r["aggregate_img_s"])
-                report["table2"] = {**projection(best["aggregate_img_s"]), "packed_runs": best["runs"]}
-            if args.json:
-                Path(args.json).write_text(json.dumps(report, indent=1))
 
-        archs, batches = [a for a in args.archs.split(",") if a], [int(b) for b in args.batches.split(",")]
-        try:  # the first arch, then packing (the projection needs it), then the others: a time limit cuts the least
-            engine_vs_bare(archs[:1], batches, out, report)
-            save()
-            for n in (int(p) for p in args.packs.split(",") if p):
-                row = packing(n, args.arch, 32, args.pack_epochs, out)
-                base = report["packing"][0]["aggregate_img_s"] if report["packing"] else row["aggregate_img_s"]
-                row["vs_one_run"] = round(row["aggregate_img_s"] / base, 2)
-                report["packing"].append(row)
-                print(f"packing {n} run(s) of {args.arch} batch 32 on one GPU: {row['aggregate_img_s']:8.0f} img/s "
-                      f"aggregate ({row['vs_one_run']:.2f}x one run)", flush=True)
-                save()
-            if report["packing"]:
-                t2 = report["table2"]
-                print(f"KE Table 2 (ResNet-18, 5 datasets, {len(TABLE2_RUNS)} runs per dataset, 3 seeds): "
-                      f"{t2['training_images'] / 1e9:.2f} G training images at {t2['img_s']:.0f} img/s "
-                      f"({t2['packed_runs']} runs packed) = {t2['gpu_hours']} GPU-hours on one {name}", flush=True)
-            engine_vs_bare(archs[1:], batches, out, report)
-        finally:
-            save()
+def pack_row(n: int, args, out: str, report: Report) -> None:
+    row = packing(n, args.arch, 32, args.pack_epochs, out)
+    base = report.data["packing"][0]["aggregate_img_s"] if report.data["packing"] else row["aggregate_img_s"]
+    row["vs_one_run"] = round(row["aggregate_img_s"] / base, 2)
+    report.add("packing", row)
+    print(f"packing {n} run(s) of {args.arch} batch 32 on one GPU: {row['aggregate_img_s']:8.0f} img/s "
+          f"aggregate ({row['vs_one_run']:.2f}x one run)", flush=True)
+    best = max(report.data["packing"], key=lambda r: r["aggregate_img_s"])
+    t2 = {**projection(best["aggregate_img_s"]), "packed_runs": best["runs"]}
+    report.data["table2"] = t2
+    report.add("table2_projection", {k: t2[k] for k in ("training_images", "img_s", "gpu_hours", "packed_runs")})
+    print(f"KE Table 2 (ResNet-18, 5 datasets, {len(TABLE2_RUNS)} runs per dataset, 3 seeds): "
+          f"{t2['training_images'] / 1e9:.2f} G training images at {t2['img_s']:.0f} img/s "
+          f"({t2['packed_runs']} runs packed) = {t2['gpu_hours']} GPU-hours on one {report.data['gpu']}", flush=True)
 
 
 if __name__ == "__main__":

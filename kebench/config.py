@@ -16,45 +16,60 @@ import yaml
 
 from kebench import registry
 from kebench.errors import UserError, unknown_choice
-from kebench.params import SCALARS, check_defaults, declared, parse_params
+from kebench.params import SCALARS, check_defaults, check_value, declared, param, parse_params
 from kebench.params import coerce as _coerce
+
+
+#: LR schedules a pass may follow (run/loop.py implements them).
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
 class RunConfig:
-    method: str = "ce"
-    arch: str = "resnet18"
-    data: str = "digits"
-    data_root: str | None = None
-    data_options: dict = field(default_factory=dict)  # dataset-specific (e.g. synthetic sizes, aircraft banner)
-    seed: int = 0
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_schedule: str = "cosine"  # cosine | constant
-    warmup_epochs: int = 0
-    lr_per: str = "epoch"  # epoch (as the KE code) | step
-    resolution: int | None = None  # None: the dataset's default
-    train_fraction: float = 1.0
-    eval_every: int = 0  # 0: evaluate at the end of each pass only
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | off
-    channels_last: bool | None = None  # None: on for CUDA
-    compile: bool = False
-    out: str = "results"
-    checkpoint_every_s: float = 30.0  # mid-pass checkpoints at most this often (always at pass ends)
-    budget: str = "paper"  # paper (equal per-pass budget) | matched (also run the equal-total single pass)
+    """The engine settings, each declared with `param` as plugin parameters are: its type, default,
+    choices and range are checked by `validate` and make its `kebench run` flag (`--lr-schedule`)."""
+
+    method: str = param("Comma list of methods; OBJECTIVE+REGIME composes (e.g. ce,smooth+ke). Default: ce.",
+                        default="ce")
+    arch: str = param("timm model name or googlenet. Default: resnet18.", default="resnet18")
+    data: str = param("Dataset name (kebench list datasets). Default: digits.", default="digits")
+    data_root: str | None = param("Folder holding the dataset (or set KEBENCH_DATA).", default=None)
+    data_options: dict = param("Dataset option KEY=VALUE (repeatable).", default={}, flag=False)  # --data-opt
+    seed: int = param("Seeds to run, e.g. 0,1,2 or 0-4. Default: 0.", default=0, ge=0, flag=False)  # --seeds
+    epochs: int = param("Epochs per pass (generation / phase).", default=12, gt=0,
+                        rule="a positive number of epochs per pass")
+    batch_size: int = param("Images per training batch.", default=64, gt=0)
+    lr: float = param("Peak learning rate (SGD).", default=0.05, gt=0)
+    momentum: float = param("SGD momentum.", default=0.9, ge=0, lt=1)
+    weight_decay: float = param("SGD weight decay.", default=1e-4, ge=0)
+    lr_schedule: str = param("LR schedule of each pass.", default="cosine", choices=LR_SCHEDULES)
+    warmup_epochs: int = param("Linear warm-up at the start of every restarted LR schedule (KE code; paper "
+                               "datasets: 5, digits: 0); a pass caps it at a quarter of its length.", default=0,
+                               ge=0, rule=">= 0 (each pass caps it at a quarter of its schedule)")
+    lr_per: str = param("Set the LR once per epoch (KE code) or per step.", default="epoch", choices=("epoch", "step"))
+    resolution: int | None = param("Network input size in pixels.", default=None, ge=8,
+                                   rule=">= 8 pixels")  # None: the dataset's default
+    train_fraction: float = param("Use this stratified fraction of the training split.", default=1.0, gt=0, le=1)
+    eval_every: int = param("Also evaluate every K epochs (best epoch is then known).", default=0, ge=0,
+                            rule=">= 0 (0 = end of pass only)")  # 0: evaluate at the end of each pass only
+    device: str = param("auto, cpu, cuda or cuda:N.", default="auto")  # checked by validate (a pattern)
+    amp: str = param("Mixed precision: auto (bf16 on CUDA), bf16, fp16 or off.", default="auto",
+                     choices=("auto", "bf16", "fp16", "off"))
+    channels_last: bool | None = param("channels_last memory format (default: on for CUDA).", default=None)
+    compile: bool = param("torch.compile the model (CUDA).", default=False)
+    init: str = param("Generation-1 weights: timm (timm's / torchvision's own initialisation) or ke-official "
+                      "(the official KE code's: kaiming normal fan_in, every BN gamma 1; docs/fidelity.md).",
+                      default="timm", choices=("timm", "ke-official"))
+    out: str = param("Results folder. Default: results/.", default="results")
+    checkpoint_every_s: float = param("Mid-pass checkpoint interval in seconds (default 30).", default=30.0, ge=0)
+    budget: str = param("matched: also run the single-pass baseline with the same total epochs.", default="paper",
+                        choices=("paper", "matched"))  # paper: equal per-pass budget
     params: dict = field(default_factory=dict)  # {plugin: {key: value}} resolved plugin hyperparameters
 
     # -------------------------------------------------------------- derived
     @property
     def method_spec(self) -> registry.Method:
-        from kebench.data import get_spec
-
-        default_obj = "triplet" if get_spec(self.data).task == "retrieval" else "ce"
-        return registry.parse_method(self.method, default_objective=default_obj)
+        return method_spec(self.method, self.data)
 
     def plugin_params(self, name: str) -> dict:
         return dict(self.params.get(name, {}))
@@ -65,15 +80,35 @@ class RunConfig:
     def run_id(self) -> str:
         """Stable id from everything that changes the numbers (not where they are written or read
         from, nor which extra runs are asked for beside it). Every part is a safe file name."""
-        d = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_RUN_ID}
+        d = identity(self.to_dict())
         digest = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return "_".join([*(safe_name(v) for v in (self.method, self.arch, self.data)), f"s{self.seed}", digest])
+
+
+def method_spec(method: str | None, data: str) -> registry.Method:
+    """The objective and regime `method` names on dataset `data`: a bare regime (or no method at all)
+    trains the default objective of the dataset's task (`Task.objective`: ce; triplet on retrieval)."""
+    from kebench.data import get_spec, get_task
+
+    objective = get_task(get_spec(data).task).objective
+    return registry.parse_method(method or objective, default_objective=objective)
 
 
 #: Settings that do not change a run's numbers: where results go, where the data is read from (the
 #: same files on another disk), the device string, checkpoint frequency, and whether the matched-budget
 #: baseline is also run. They stay out of the run id, so moving the data never retrains a finished run.
 NOT_IN_RUN_ID = ("out", "data_root", "device", "checkpoint_every_s", "budget")
+
+
+#: Settings added after results existed: left out of the run id (and of a table's settings) while at
+#: their default, so runs made before them keep their ids, resume and tabulate as before.
+ID_OMITS_DEFAULT = ("init",)
+
+
+def identity(config: dict) -> dict:
+    """The settings of a config (as a dict, e.g. result.json's) that make its run id."""
+    return {k: v for k, v in config.items()
+            if k not in NOT_IN_RUN_ID and not (k in ID_OMITS_DEFAULT and v == _field_default(k))}
 
 
 def safe_name(text, limit: int = 40) -> str:
@@ -169,8 +204,7 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
             if layer.get(key) is not None:
                 values[key] = _coerce(key, layer[key], "", where)
     spec = get_spec(values["data"])
-    default_obj = "triplet" if spec.task == "retrieval" else "ce"
-    method = registry.parse_method(values["method"] or default_obj, default_objective=default_obj)
+    method = method_spec(values["method"], values["data"])
     values["method"] = method.name
     plugins = [method.objective, method.regime]
 
@@ -247,10 +281,7 @@ def resolve(overrides: dict, file_cfg: dict | None = None, plugin_overrides: dic
 
 def plugin_keys(method: str | None, data: str | None = None) -> set[str]:
     """The plugin settings `method` takes (on dataset `data`): flat names and `plugin.name` ones."""
-    from kebench.data import get_spec
-
-    default_obj = "triplet" if get_spec(data or _field_default("data")).task == "retrieval" else "ce"
-    spec = registry.parse_method(method or default_obj, default_objective=default_obj)
+    spec = method_spec(method, data or _field_default("data"))
     return {k for p in (spec.objective, spec.regime) for key in p.defaults if key not in _ENGINE_KEYS
             for k in (key, f"{p.name}.{key}")}
 
@@ -277,32 +308,13 @@ def validate(cfg: RunConfig) -> None:
 
     get_spec(cfg.data).parse_options(cfg.data_options)
     check_arch(cfg.arch)
-    checks = [
-        (cfg.epochs > 0, f"--epochs must be a positive number of epochs per pass, got {cfg.epochs}."),
-        (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}."),
-        (cfg.batch_size > 0, f"--batch-size must be > 0, got {cfg.batch_size}."),
-        (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}."),
-        (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}."),
-        (cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (each pass caps it at a quarter of its "
-                                 f"schedule), got {cfg.warmup_epochs}."),
-        (0 < cfg.train_fraction <= 1, f"--train-fraction must be in (0, 1], got {cfg.train_fraction}."),
-        (cfg.eval_every >= 0, f"--eval-every must be >= 0 (0 = end of pass only), got {cfg.eval_every}."),
-        (cfg.checkpoint_every_s >= 0, f"--checkpoint-every-s must be >= 0, got {cfg.checkpoint_every_s}."),
-        (cfg.resolution is None or cfg.resolution >= 8, f"--resolution must be >= 8 pixels, got {cfg.resolution}."),
-        (cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}."),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
-    choices = {
-        "lr_schedule": ("cosine", "constant"),
-        "lr_per": ("epoch", "step"),
-        "amp": ("auto", "bf16", "fp16", "off"),
-        "budget": ("paper", "matched"),
-    }
-    for key, valid in choices.items():
-        if getattr(cfg, key) not in valid:
-            raise unknown_choice(key.replace("_", "-") + " value", str(getattr(cfg, key)), list(valid))
+    for key, f in FIELDS.items():  # the declared types, choices and ranges
+        meta, value = f.metadata, getattr(cfg, key)
+        if meta.get("choices") is not None and value not in meta["choices"]:
+            raise unknown_choice(key.replace("_", "-") + " value", str(value), list(meta["choices"]))
+        problem = check_value(key, value, meta) if meta else None
+        if problem:
+            raise UserError(problem + ".")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'.")
     method = cfg.method_spec
@@ -318,9 +330,53 @@ def validate(cfg: RunConfig) -> None:
                 f"Method '{cfg.method}': '{plugin.name}' works for {', '.join(tasks)} tasks, but dataset "
                 f"'{cfg.data}' is a {task} dataset. Pick a {'/'.join(tasks)} dataset or another method."
             )
-    reason = getattr(method.regime.load(), "incompatible", {}).get(method.objective.name)
+    reason = refusal(method.objective, method.regime)
     if reason:
         raise UserError(f"Method '{cfg.method}' is refused: {reason}")
+    problem = teacher_problem(method, cfg.plugin_params(method.objective.name))
+    if problem:
+        raise UserError(problem)
+
+
+def _declares(spec: registry.PluginSpec, flag: str) -> bool:
+    """Whether a plugin declares a contract flag (`needs_teacher`, `provides_teacher`); False when it cannot load."""
+    try:
+        return bool(getattr(spec.load(), flag, False))
+    except UserError:
+        return False
+
+
+def refusal(objective: registry.PluginSpec, regime: registry.PluginSpec) -> str | None:
+    """Why `objective` cannot run under `regime` whatever their settings, or None: the regime's own
+    `incompatible` reasons, then the teacher contract (a regime that provides a teacher runs only
+    objectives that need one)."""
+    reason = getattr(regime.load(), "incompatible", {}).get(objective.name)
+    if reason:
+        return reason
+    if _declares(regime, "provides_teacher") and not _declares(objective, "needs_teacher"):
+        takers = [n for n in registry.names("objective") if _declares(registry.get(n), "needs_teacher")]
+        return (f"'{regime.name}' trains a teacher for its objective to distil from, so its objective must be one "
+                f"that needs a teacher: write {' or '.join(f'{n}+{regime.name}' for n in takers)}, "
+                f"not '{objective.name}+{regime.name}'.")
+    return None
+
+
+def teacher_problem(method: registry.Method, params: dict) -> str | None:
+    """The teacher contract for one config: an objective that needs a teacher gets one from its
+    `teacher` setting or from a regime that provides one. Returns what is wrong, or None."""
+    if not _declares(method.objective, "needs_teacher") or _declares(method.regime, "provides_teacher"):
+        return None
+    name = method.objective.name
+    fields = declared(method.objective.load())
+    if fields is not None and "teacher" not in fields:
+        return (f"Plugin '{name}' ({method.objective.source}) needs a teacher (needs_teacher) but declares no "
+                f"'teacher' setting to load one from; declare `teacher: str = param(...)` in its Params.")
+    if params.get("teacher"):
+        return None
+    providers = [n for n in registry.names("regime") if _declares(registry.get(n), "provides_teacher")]
+    return (f"'{method.name}' distils from a teacher but none was given. Pass --teacher PATH (the model.pt of an "
+            f"earlier kebench run with the same arch and data), or use a regime that trains the teacher first"
+            + (f" ({', '.join(f'{name}+{r}' for r in providers)})." if providers else "."))
 
 
 def plugin_class(spec: registry.PluginSpec) -> type:

@@ -10,6 +10,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+class RunFailure(Exception):
+    """The run itself failed (a non-finite loss, a mutation that broke the network): the engine records
+    it as status "failed" with this message in result.json, and no table averages it. Plugins raise it
+    through `kebench.context.RunFailure`."""
+
+
 def unknown_choice(kind: str, name: str, valid: list[str], hint: str = "") -> UserError:
     """Error for an unknown name that lists the valid ones and suggests close matches."""
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)

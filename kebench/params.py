@@ -1,6 +1,6 @@
-"""Typed settings: the one routine that converts a CLI/YAML value to a declared type, and plugin
-parameter declarations (`param(...)` fields of a plugin's nested `Params` dataclass) with their
-checks. config.py types engine settings with it; plugin.py and config.py check plugin parameters."""
+"""Typed settings: the one routine that converts a CLI/YAML value to a declared type, and setting
+declarations (`param(...)` fields: a plugin's nested `Params` dataclass, and `RunConfig`'s engine
+settings) with their checks. config.py checks both with them; the CLI's flags are made from them."""
 from __future__ import annotations
 
 import dataclasses
@@ -71,12 +71,18 @@ def coerce(key: str, value, like, where: str):
 
 
 
-def param(help: str, *, choices: tuple | None = None, ge=None, gt=None, le=None, lt=None, tiny=None):
-    """One declared plugin parameter. The value itself comes from registry.yaml (the paper default),
-    so the field has no default here. choices: allowed text values; ge/gt/le/lt: bounds on a number
-    (on each item of a list); tiny: the value the conformance test trains with (a small search)."""
-    return dataclasses.field(metadata={"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt,
-                                       "tiny": tiny})
+def param(help: str, *, choices: tuple | None = None, ge=None, gt=None, le=None, lt=None, tiny=None,
+          default=dataclasses.MISSING, rule: str | None = None, flag: bool = True):
+    """One declared setting. A plugin parameter's value comes from registry.yaml (the paper default),
+    so it has no default here; an engine setting (`RunConfig`) gives its `default`. choices: allowed
+    text values; ge/gt/le/lt: bounds on a number (on each item of a list); rule: how an error states
+    the bounds (default: from them, e.g. '> 0'); tiny: the value the conformance test trains with (a
+    small search); flag: False for an engine setting whose CLI flag is not made from the declaration."""
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "tiny": tiny, "rule": rule,
+            "flag": flag}
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def declared(cls) -> dict[str, tuple[object, dataclasses.Field]] | None:
@@ -143,7 +149,7 @@ def _convert(key: str, value, tp, where: str):
     return value
 
 
-def _check_value(key: str, value, meta: dict, numeric: bool = False) -> str | None:
+def check_value(key: str, value, meta: dict, numeric: bool = False) -> str | None:
     """What is wrong with one typed value against its declared choices and bounds, or None."""
     flag = "--" + key.replace("_", "-")
     items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
@@ -158,7 +164,7 @@ def _check_value(key: str, value, meta: dict, numeric: bool = False) -> str | No
             bad = ((meta["ge"] is not None and not v >= meta["ge"]) or (meta["gt"] is not None and not v > meta["gt"])
                    or (meta["le"] is not None and not v <= meta["le"]) or (meta["lt"] is not None and not v < meta["lt"]))
             if bad or (isinstance(v, float) and not math.isfinite(v)):
-                return f"{flag} must be {range_text(meta)}, got {v}"
+                return f"{flag} must be {meta.get('rule') or range_text(meta)}, got {v}"
     return None
 
 
@@ -177,7 +183,7 @@ def parse_params(cls, raw: dict, who: str, where: str = "settings"):
     for key, (tp, f) in fields.items():
         values[key] = _convert(key, raw[key], tp, f"{who} ({where})")
         members = typing.get_args(tp) or (tp,)
-        problem = _check_value(key, values[key], f.metadata, numeric=float in members or int in members)
+        problem = check_value(key, values[key], f.metadata, numeric=float in members or int in members)
         if problem:
             raise UserError(f"{who}: {problem} ({f.metadata['help']}).")
     params = cls.Params(**values)

@@ -3,6 +3,9 @@
 Objectives decide *what* one pass optimises (loss, head, batch sampler, extra hooks).
 Regimes decide *how* passes are scheduled; they never own a loop: they call `run.fit(...)`.
 What a plugin may use of `run` is `kebench.context.RunContext` (facts go through `run.report`).
+Plugins meet through declared contracts, never through each other's attributes: the teacher
+contract (`Objective.needs_teacher`, `Regime.provides_teacher`, `Objective.set_teacher`), checked
+when a config is validated (`kebench.config.refusal`, `kebench.config.teacher_problem`).
 A plugin declares its parameters once, as a nested `Params` dataclass of `param(...)` fields
 (type, choices, range, help); registry.yaml holds the paper's values and is checked against it
 (docs/plugins.md).
@@ -56,6 +59,15 @@ class Plugin:
 class Objective(Plugin):
     kind = "objective"
     tasks = ("classification",)
+    #: The teacher contract. True for an objective that distils from a network it does not train (kd,
+    #: fd). Its teacher comes from its own `teacher` setting (the model.pt of an earlier run; the
+    #: objective declares that parameter) or from a regime that `provides_teacher`, which trains one
+    #: and hands it over with `set_teacher`. Config validation refuses a method where neither holds.
+    needs_teacher: bool = False
+    #: A teacher-needing objective's frozen teacher once it has one (None before), and where it came
+    #: from: the model file of its `teacher` setting, or "trained" when a regime handed it over.
+    teacher: nn.Module | None = None
+    teacher_source: str = ""
 
     def adapt_model(self, model: nn.Module, num_classes: int) -> nn.Module:
         """Change the head if the objective needs its own (cosine head, embedding head)."""
@@ -88,12 +100,27 @@ class Objective(Plugin):
     def train_mode(self, model: nn.Module) -> None:
         """Called when a pass starts; objectives holding a teacher put it in eval mode here."""
 
+    def set_teacher(self, teacher: nn.Module, source: str = "trained") -> None:
+        """Teacher contract: distil from `teacher` (frozen: eval mode, no gradients) from now on. A
+        regime that `provides_teacher` calls it; only objectives that `needs_teacher` accept it."""
+        raise TypeError(f"{type(self).__name__} distils from no teacher (needs_teacher is False)")
+
+    def set_augment(self, augment) -> None:
+        """Teacher contract: apply `augment(x, y) -> (x, y_b, lam)` (a `kebench.run.distill.BatchAugment`:
+        AutoAugment, CutMix with mixed labels) to every batch inside loss(). A regime that
+        `provides_teacher` may set it for the student's passes; teacher-needing objectives accept it."""
+        raise TypeError(f"{type(self).__name__} takes no batch augmentation from a regime")
+
 
 class Regime(Plugin):
     kind = "regime"
     tasks = None
     #: Objectives this regime cannot run with, mapped to the reason shown to the user.
     incompatible: dict[str, str] = {}
+    #: The teacher contract. True for a regime that trains a teacher (unless the objective loaded one
+    #: from its `teacher` setting) and hands it to its objective with `objective.set_teacher`. Its
+    #: objective must be one that `needs_teacher`; config validation refuses any other.
+    provides_teacher: bool = False
 
     def run(self, run) -> None:
         raise TypeError(f"{type(self).__name__} must define run()")

@@ -1,7 +1,13 @@
-"""The plugin registry: `registry.yaml` plus out-of-tree plugins from the `kebench.methods` entry points.
+"""The registry: `registry.yaml` plus out-of-tree packages' entry points, for plugins and for every
+other extension point.
 
 A plugin is an *objective* (what one training pass optimises) or a *regime* (how passes are
 scheduled). `--method` composes them: `smooth+ke` is objective `smooth` under regime `ke`.
+
+Datasets, networks, table kinds, figure kinds and executors are `Extensions`: kebench's own entries,
+then registry.yaml's section of that name (`tables:`, `figures:`, ...), then the entry points of the
+group `kebench.<section>` of installed packages. An entry is `name: module:attribute`, imported only
+when that name is used (docs/extending.md).
 """
 from __future__ import annotations
 
@@ -13,9 +19,13 @@ from pathlib import Path
 
 import yaml
 
+from kebench.context import PassKind
 from kebench.errors import UserError, unknown_choice
 
 KINDS = ("objective", "regime")
+#: The pass kinds every regime may use (`kebench.context.PassKind`); a plugin declares its others
+#: under `passes:` in registry.yaml (or as the class attribute `passes` of an entry-point plugin).
+CORE_PASSES = tuple(k.value for k in PassKind)
 ENTRY_POINT_GROUP = "kebench.methods"
 
 
@@ -28,17 +38,12 @@ class PluginSpec:
     defaults: dict = field(default_factory=dict)
     label: str = ""  # short name for table rows, e.g. "Smth", "KE"
     source: str = "registry.yaml"
+    passes: tuple = ()  # pass kinds of its own, beside CORE_PASSES (e.g. RePr's s1, s2, final)
+    subnets: tuple = ()  # networks it evaluates beside the reported one: metrics `<subnet>_<metric>`, cost.<subnet>
 
     def load(self):
         """Import the plugin class. Only entries from registry.yaml / entry points ever get here."""
-        module_name, _, attr = self.entry.partition(":")
-        try:
-            return getattr(import_plugin_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise UserError(
-                f"Plugin '{self.name}' ({self.source}) points at '{self.entry}', which cannot be "
-                f"imported: {exc}. Check the 'entry' field (module:Class) and that the module is installed."
-            ) from exc
+        return load_entry(self.entry, f"Plugin '{self.name}' ({self.source})", "the 'entry' field")
 
 
 def import_plugin_module(name: str):
@@ -71,6 +76,14 @@ def _spec_from_dict(name: str, raw: dict, source: str) -> PluginSpec:
             f"Plugin '{name}' in {source} is malformed: expected a mapping with 'entry: module:Class' "
             f"and 'kind: objective|regime', got {raw!r}."
         )
+    for key in ("passes", "subnets"):
+        given = raw.get(key) or ()
+        if isinstance(given, str) or not all(isinstance(v, str) and v for v in given):
+            raise UserError(f"Plugin '{name}' in {source}: '{key}' must be a list of names, got {given!r}.")
+    clash = sorted(set(raw.get("passes") or ()) & set(CORE_PASSES))
+    if clash:
+        raise UserError(f"Plugin '{name}' in {source}: pass kind(s) {', '.join(clash)} are kebench's own "
+                        f"({', '.join(CORE_PASSES)}); list only the plugin's other kinds under 'passes'.")
     return PluginSpec(
         name=name,
         entry=raw["entry"],
@@ -79,13 +92,26 @@ def _spec_from_dict(name: str, raw: dict, source: str) -> PluginSpec:
         defaults=dict(raw.get("defaults") or {}),
         label=raw.get("label", name),
         source=source,
+        passes=tuple(raw.get("passes") or ()),
+        subnets=tuple(raw.get("subnets") or ()),
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _installed_entry_points():
+    return metadata.entry_points()  # one scan of the installed packages for every group
+
+
+def entry_points(group: str) -> tuple:
+    """The entry points of an extension point's group, in name order (cached until `reload()`)."""
+    return tuple(sorted(_installed_entry_points().select(group=group), key=lambda ep: ep.name))
+
+
 def _from_entry_points() -> dict[str, PluginSpec]:
-    """Out-of-tree plugins: an entry point resolves to a class with `kind` (and optional `defaults`, `paper`)."""
+    """Out-of-tree plugins: an entry point resolves to a class with `kind` (and optional `defaults`,
+    `paper`, `label`, `passes`, `subnets`)."""
     specs = {}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points(ENTRY_POINT_GROUP):
         cls = ep.load()
         raw = {
             "entry": ep.value,
@@ -93,6 +119,8 @@ def _from_entry_points() -> dict[str, PluginSpec]:
             "paper": getattr(cls, "paper", ""),
             "defaults": dict(getattr(cls, "defaults", {}) or {}),
             "label": getattr(cls, "label", ep.name),
+            "passes": tuple(getattr(cls, "passes", ()) or ()),
+            "subnets": tuple(getattr(cls, "subnets", ()) or ()),
         }
         specs[ep.name] = _spec_from_dict(ep.name, raw, f"entry point {ep.value}")
     return specs
@@ -133,15 +161,99 @@ def plugins() -> dict[str, PluginSpec]:
     return _load(str(registry_path()))
 
 
-def table_entries() -> dict[str, str]:
-    """Table kinds plugins contribute: registry.yaml's `tables:` (kind -> "module:function")."""
-    return dict(_document(str(registry_path())).get("tables") or {})
+def section(name: str) -> dict[str, str]:
+    """A registry.yaml section other than `plugins:` (`tables:`, `figures:`, ...): name -> "module:attribute"."""
+    entries = _document(str(registry_path())).get(name) or {}
+    if not isinstance(entries, dict) or not all(isinstance(v, str) and ":" in v for v in entries.values()):
+        raise UserError(f"registry.yaml's '{name}:' section must map names to 'module:attribute' entries, "
+                        f"got {entries!r}.")
+    return dict(entries)
 
 
 def reload() -> None:
-    """Forget cached plugins (tests that add entry points or edit the registry call this)."""
+    """Forget cached plugins and entry points (tests that add entry points or edit the registry call this)."""
     _document.cache_clear()
     _load.cache_clear()
+    _installed_entry_points.cache_clear()
+
+
+def pass_kinds(method: "Method") -> tuple[str, ...]:
+    """The pass kinds a method's passes may have: kebench's own and those its two plugins declare."""
+    return (*CORE_PASSES, *method.objective.passes, *method.regime.passes)
+
+
+def subnets() -> tuple[str, ...]:
+    """Every sub-network name a plugin declares (`subnets:`), for the tables and figures that show
+    such networks beside the reported one (KE's slim fit hypothesis: `slim_top1`, `cost.slim`)."""
+    return tuple(dict.fromkeys(n for spec in plugins().values() for n in spec.subnets))
+
+
+def load_entry(entry: str, what: str, where: str):
+    """Import `module:attribute` (plugin modules: `methods.X` or the installed `kebench.methods.X`)."""
+    module_name, _, attr = entry.partition(":")
+    try:
+        return getattr(import_plugin_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"{what} points at '{entry}', which cannot be imported: {exc}. Check {where} "
+                        f"(module:attribute) and that the module is installed.") from exc
+
+
+class Extensions:
+    """One extension point: a name -> thing map made of kebench's own entries, registry.yaml's
+    `<section>:` and the `kebench.<section>` entry points of installed packages, in that order of
+    precedence (a contribution never replaces one of kebench's own names). Entries are objects or
+    "module:attribute" text, imported only when their name is used.
+
+    builtin: a mapping, or a function returning one (called on every lookup, so things that register
+    themselves when their module is imported, such as datasets, are seen)."""
+
+    def __init__(self, what: str, section: str, builtin=None, check=None, sort: bool = False):
+        self.what = what  # "dataset", "table kind", ...: how messages name one entry
+        self.section = section  # registry.yaml section and entry-point group suffix
+        self.group = f"kebench.{section}"
+        self._builtin = builtin if builtin is not None else {}
+        self._check = check or self._callable  # check(name, thing) raises UserError for a malformed contribution
+        self._sort = sort  # list every name sorted (else kebench's own in their order, then the rest sorted)
+
+    def builtin(self) -> dict:
+        return dict(self._builtin() if callable(self._builtin) else self._builtin)
+
+    def _callable(self, name: str, thing) -> None:
+        if not callable(thing):
+            raise UserError(f"{self.what[0].upper()}{self.what[1:]} '{name}' must name a function, got {thing!r:.200}.")
+
+    def contributed(self) -> dict[str, str]:
+        """name -> "module:attribute" from registry.yaml and entry points (registry.yaml wins),
+        without kebench's own names."""
+        found = {ep.name: ep.value for ep in entry_points(self.group)}
+        found.update(section(self.section))
+        own = self.builtin()
+        return {k: v for k, v in found.items() if k not in own}
+
+    def entries(self) -> dict:
+        return {**self.builtin(), **self.contributed()}
+
+    def names(self) -> list[str]:
+        """kebench's own names first (in their order), then the contributed ones, sorted; or all sorted."""
+        own = list(self.builtin())
+        names = own + sorted(self.contributed())
+        return sorted(names) if self._sort else names
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries()
+
+    def get(self, name: str):
+        entries = self.entries()
+        if name not in entries:
+            raise unknown_choice(self.what, name, self.names())
+        thing = entries[name]
+        if isinstance(thing, str):
+            where = ("kebench's own entries" if name in self.builtin()
+                     else f"registry.yaml's `{self.section}:` entry" if name in section(self.section)
+                     else f"the entry point '{name}' of group {self.group}")
+            thing = load_entry(thing, f"{self.what[0].upper()}{self.what[1:]} '{name}'", where)
+            self._check(name, thing)
+        return thing
 
 
 def names(kind: str | None = None) -> list[str]:

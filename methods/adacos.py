@@ -1,7 +1,14 @@
 """AdaCos: adaptive-scale cosine logits (Zhang et al., CVPR 2019). No hyperparameters.
 
 The classifier is replaced by `CosineHead`: logits = s * cos(theta) between L2-normalised features
-and L2-normalised, *trainable* class weights (a submodule, so the engine's optimizer trains them).
+and L2-normalised class weights. Whether the class weights train is `--adacos.train-weights`:
+
+    false (default): the weights keep their Xavier draw (requires_grad off, so SGD, momentum and
+        weight decay never touch them) -- 4uiiurz1/pytorch-adacos, the code the KE paper cites for
+        its AdaCos row, builds its optimizer from the backbone's parameters only (every commit,
+        2019-05 to 2020-01; its issue #10). The backbone learns to point at fixed class prototypes.
+    true: the weights are trained with the backbone, as the AdaCos paper's Algorithm 1 does.
+
 The scale s lives in a buffer (checkpointed with the model), starts at sqrt(2) * ln(C - 1) and is
 updated on training batches only, before the loss is taken (the paper's Algorithm 1):
 
@@ -24,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kebench.errors import UserError
-from kebench.plugin import Objective
+from kebench.plugin import Objective, param
 
 MIN_SCALE = math.sqrt(2) * math.log(2)  # the formula's value at C = 3; the floor described above
 
@@ -77,7 +84,9 @@ def cosine_head(model: nn.Module) -> CosineHead:
 class AdaCos(Objective):
     @dataclass
     class Params:
-        """None: AdaCos sets its scale from the batch (hyperparameter-free)."""
+        """AdaCos sets its scale from the batch (hyperparameter-free); only what trains is a choice."""
+        train_weights: bool = param("train the cosine head's class weights (the AdaCos paper) | false: keep "
+                                    "their random draw (pytorch-adacos, the code behind the KE paper's row)")
 
     def adapt_model(self, model, num_classes):
         """Swap the model's linear classifier (timm's `get_classifier()`) for a CosineHead in place."""
@@ -89,7 +98,9 @@ class AdaCos(Objective):
         name = next(n for n, m in model.named_modules() if m is classifier)
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, CosineHead(classifier.in_features, num_classes))
+        head = CosineHead(classifier.in_features, num_classes)
+        head.weight.requires_grad_(bool(self.params.train_weights))
+        setattr(parent, attr, head)
         return model
 
     def loss(self, model, x, y):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kebench.context import RECORD, PassKind
+from kebench.context import RECORD
 from kebench.nets import genome as G
 from kebench.data.pipeline import epoch_generator
 from kebench.errors import UserError, unknown_choice
@@ -38,6 +38,9 @@ from kebench.nets.models import count_params
 from kebench.nets.morph import birth_change, ensure_validation
 from kebench.nets.pattern import size_bytes
 from kebench.plugin import Hook, Regime, param
+
+#: The pass kind of each individual of a search (declared under `passes:` in registry.yaml).
+INDIVIDUAL = "individual"
 
 ARCH = "evonet"
 #: Key of the mutation random stream, kept apart from the (seed, pass, epoch) batch streams.
@@ -201,7 +204,7 @@ class EvolutionarySearch(Regime):
                         RECORD: {"landmarks": {f"T{i + 1}": {"epoch": t, "val_top1": None if math.isnan(v) else float(v)}
                                                for i, (t, v) in enumerate(zip(landmarks, values.tolist()))}}}
 
-            rec = run.fit(epochs, kind=PassKind.INDIVIDUAL, label=ind["id"], model=model, hooks=[hook], after=after)
+            rec = run.fit(epochs, kind=INDIVIDUAL, label=ind["id"], model=model, hooks=[hook], after=after)
             m = rec["metrics"]
             ind.update(val_top1=m["val_top1"], top1=m["top1"], landmarks=[t["val_top1"] for t in rec["landmarks"].values()],
                        extinct=bool(rec.get("stopped")),
@@ -262,10 +265,10 @@ class EvolutionarySearch(Regime):
     def _report(self, run, models, survivors, everyone, history, landmarks) -> None:
         best = survivors[0]
         run.model = models[best["id"]]
-        rec = next(r for r in run.passes if r["kind"] == PassKind.INDIVIDUAL and r["index"] == best["id"])
+        rec = next(r for r in run.passes if r["kind"] == INDIVIDUAL and r["index"] == best["id"])
         run.report_final({**rec["metrics"], "top1": best["top1"], "best_individual": best["id"],
                               "params": best["params"], "size_bytes": best["size_bytes"]})
-        passes = [r for r in run.passes if r["kind"] == PassKind.INDIVIDUAL]
+        passes = [r for r in run.passes if r["kind"] == INDIVIDUAL]
         run.report_cost({"search": {"individuals": len(passes), "extinct": sum(1 for r in passes if r.get("stopped")),
                                         "train_flops": sum(r["train_flops"] for r in passes),
                                         "wall_time_s": round(sum(r["wall_time_s"] for r in passes), 3),

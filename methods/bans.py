@@ -6,6 +6,8 @@ generation starts from a fresh random initialisation and distils from the previo
     reference (default): loss = 0.8 * objective_loss + 0.2 * KLDivLoss()(log_softmax(s/T), softmax(t/T))
     hinton:              loss = 0.1 * objective_loss + 0.9 * T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean
 
+Both are the shared `kebench.run.distill.kd_loss` (its two forms).
+
 "reference" is nocotan/born_again_neuralnet since 2018-11, the code behind the KE paper's BANs row:
 torch's default 'mean' reduction divides the KL sum by batch x classes and there is no T^2, so the
 distillation gradient is weighted 0.2 / (0.8 * C * T) against CE's (1/8160 at 102 classes, T 20);
@@ -18,40 +20,31 @@ probabilities live in `run.state` too.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kebench.context import PassKind
-from kebench.run import metrics
-from kebench.run.engine import copy_model
 from kebench.errors import UserError
 from kebench.plugin import Objective, Regime, WrappingObjective, param
+from kebench.run import metrics
+from kebench.run.distill import kd_loss
 
 
-LOSSES = ("reference", "hinton")
+LOSSES = ("reference", "hinton")  # forms of kebench.run.distill.kd_loss, the paper's reference first
 
 
-def kd_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float, form: str = "hinton") -> torch.Tensor:
-    """The distillation term, a mean over samples. hinton: T^2 * KL(softmax(teacher/T) ||
-    softmax(student/T)) summed over classes; reference: torch's KLDivLoss() default, the KL averaged
-    over samples *and* classes, without T^2."""
-    t = temperature
-    kl = F.kl_div(F.log_softmax(student.float() / t, dim=1), F.log_softmax(teacher.float() / t, dim=1),
-                  reduction="batchmean", log_target=True)
-    return kl / student.shape[1] if form == "reference" else t * t * kl
-
-
-class Distill(WrappingObjective):
-    """Any objective plus distillation from a frozen teacher.
+class BornAgainStudent(WrappingObjective):
+    """A BAN student's objective: any objective plus distillation from a frozen teacher (the previous
+    generation), (1 - alpha) * objective + alpha * kd_loss(student, teacher, T, form).
 
     The distillation term is computed on every student forward pass the wrapped objective makes
     *with gradients* (CE: the batch; CS-KD: the anchors, not the no-grad partner pass), so the
     student runs no extra forward pass and composes with any objective."""
 
-    def __init__(self, inner: Objective, teacher: nn.Module, alpha: float, temperature: float, run,
+    def __init__(self, inner: Objective, teacher: nn.Module, alpha: float, temperature: float,
                  form: str = "hinton"):
         super().__init__(inner, {"alpha": alpha, "temperature": temperature, "loss": form})
         self.teacher = teacher
@@ -79,7 +72,7 @@ class Distill(WrappingObjective):
         for inputs, student in captured:
             with torch.no_grad():
                 teacher = self.teacher(inputs)
-            kd = kd + kd_term(student, teacher, self.params.temperature, self.params.loss) * len(student)
+            kd = kd + kd_loss(student, teacher, self.params.temperature, self.params.loss) * len(student)
             count += len(student)
         a = self.params.alpha
         return (1 - a) * base + a * kd / count, logits
@@ -122,11 +115,11 @@ class BornAgain(Regime):
             objective = None
             if g > 1:
                 if teacher is None:
-                    teacher = copy_model(run.model).requires_grad_(False).eval()
+                    teacher = copy.deepcopy(run.model).requires_grad_(False).eval()
                     run.state["bans_teacher"] = teacher
                 teacher.load_state_dict(run.model.state_dict())
                 run.model.load_state_dict(run.build_model().state_dict())  # fresh random init (global RNG)
-                objective = Distill(run.objective, teacher, self.alpha, p.temperature, run, p.loss)
+                objective = BornAgainStudent(run.objective, teacher, self.alpha, p.temperature, p.loss)
 
             def ensemble(model, g=g):
                 out, labels = run.predict(model)

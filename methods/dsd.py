@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kebench.context import PassKind
 from kebench.errors import UserError
 from kebench.plugin import Regime, param
 from kebench.nets.prune import MaskHook, MaskSet, magnitude_masks, prunable_weights, weight_sparsity
+
+#: DSD's pass kind (declared under `passes:` in registry.yaml).
+PHASE = "phase"
 
 PHASES = ("dense", "sparse", "redense")
 SCHEDULES = ("continuous", "restart")
@@ -75,10 +77,10 @@ class DSD(Regime):
                 hook.apply()  # pruned weights start at exactly zero
                 hooks.append(hook)
             if restart:  # its own schedule from its own peak
-                record = run.fit(epochs, kind=PassKind.PHASE, label=i + 1, hooks=hooks, after=weight_sparsity,
+                record = run.fit(epochs, kind=PHASE, label=i + 1, hooks=hooks, after=weight_sparsity,
                                  lr=redense_lr if phase == "redense" else None)
             else:
-                record = run.fit(epochs, kind=PassKind.PHASE, label=i + 1, hooks=hooks, lr_window=(offset, total),
+                record = run.fit(epochs, kind=PHASE, label=i + 1, hooks=hooks, lr_window=(offset, total),
                                  after=weight_sparsity)
             record["phase"] = phase
             offset += epochs

@@ -11,8 +11,10 @@
   teacher's C·H·W at the run's resolution, N_ref that of the CIFAR network the value was tuned on
   (ResNet-56: 64·8·8; at 224 px ResNet18's 512·7·7 gives β ≈ 1237).
 
-The teacher is the same architecture, in eval mode, never updated: a pipeline regime trains it
-first (`methods/kd_prune.py`) or `--teacher PATH` loads a `model.pt` of an earlier kebench run.
+Both need a teacher (the teacher contract, `kebench.plugin`; `kebench.run.distill.TeacherObjective`):
+the same architecture, in eval mode, never updated, which a regime that provides one trains first
+(`methods/kd_prune.py`) or `--teacher PATH` loads from the `model.pt` of an earlier kebench run.
+The kd term is the shared `kebench.run.distill.kd_loss` (form "hinton").
 
 Batch augmentations (`autoaugment`, `cutmix`) are engine-neutral: an objective applies them to
 the batch inside `loss()`, so a regime can switch them on for the teacher's pass and/or the
@@ -22,26 +24,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kebench.run.distill import BatchAugment, auto_value, family_value, freeze, mixed_ce
 from kebench.errors import UserError
-from kebench.plugin import Objective, param
+from kebench.plugin import param
+from kebench.run.distill import TeacherObjective, auto_value, family_value, kd_loss, mixed_ce
 
 
 # ---------------------------------------------------------------------------------------- losses
-def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T²·KL(softmax(t/T) ‖ softmax(s/T)), averaged over the batch (T² keeps gradients T-independent)."""
-    t = temperature
-    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
-    p_t = F.softmax(teacher_logits.float() / t, dim=1)
-    return F.kl_div(log_p_s, p_t, reduction="batchmean") * t * t
-
-
 def feature_term(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
     """Mean |φ_T/‖φ_T‖₂ − φ_S/‖φ_S‖₂| with each sample's feature map flattened and L2-normalised."""
     if student_feat.shape != teacher_feat.shape:
@@ -52,89 +45,12 @@ def feature_term(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torc
     return F.l1_loss(s, t)
 
 
-# ---------------------------------------------------------------------------------------- teacher
-def load_teacher(path: str, run) -> nn.Module:
-    """A frozen teacher from a kebench `model.pt` ({"arch", "state_dict"}), on the run's device."""
-    from kebench.run.results import CorruptCheckpoint, load_torch
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"--teacher '{path}' does not exist. Pass the model.pt written by an earlier "
-                        f"kebench run of arch '{run.cfg.arch}' on dataset '{run.cfg.data}'.")
-    try:
-        saved = load_torch(file)
-    except CorruptCheckpoint as exc:
-        raise UserError(f"--teacher: {exc} Pass a model.pt written by kebench.") from None
-    if not isinstance(saved, dict) or "state_dict" not in saved or "arch" not in saved:
-        raise UserError(f"--teacher '{path}' is not a kebench model file: expected a dict with 'arch' and "
-                        f"'state_dict' (the model.pt in a run folder).")
-    if saved["arch"] != run.cfg.arch:
-        raise UserError(f"--teacher '{path}' holds a '{saved['arch']}' but this run trains '{run.cfg.arch}'; "
-                        f"teacher and student are the same architecture. Pass --arch {saved['arch']} or "
-                        f"a teacher of arch '{run.cfg.arch}'.")
-    from kebench.nets.models import create_model
-
-    with torch.random.fork_rng(devices=[]):  # loading a teacher must not shift the student's init
-        teacher = create_model(run.cfg.arch, run.data.num_classes, run.data.in_chans)
-    try:
-        teacher.load_state_dict(saved["state_dict"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise UserError(f"--teacher '{path}' does not fit this run's '{run.cfg.arch}' with "
-                        f"{run.data.num_classes} classes and {run.data.in_chans} input channels "
-                        f"(trained on another dataset?): {' '.join(first[:3])}") from None
-    teacher = teacher.to(run.device)
-    if run.channels_last:
-        teacher = teacher.to(memory_format=torch.channels_last)
-    return freeze(teacher)
-
-
 # ------------------------------------------------------------------------------------- objectives
-class Distill(Objective):
-    """Shared teacher handling of `kd` and `fd`."""
-
-    needs_teacher = True
-
-    def __init__(self, params, run):
-        super().__init__(params, run)
-        self.teacher: nn.Module | None = None
-        self.augment: BatchAugment | None = None
-        path = getattr(self.params, "teacher", "") or ""
-        self.teacher_path = str(path)
-        if self.teacher_path:
-            self.teacher = load_teacher(self.teacher_path, run)
-        elif not getattr(run.method.regime.load(), "provides_teacher", False):
-            self._check_teacher()  # fail before the run starts, not at its first pass
-
-    def set_teacher(self, teacher: nn.Module) -> None:
-        self.teacher = freeze(teacher)
-
-    def _check_teacher(self) -> None:
-        if self.teacher is None:
-            raise UserError(
-                f"'{self.run_ctx.method.name}' distils from a teacher but none was given. Pass "
-                f"--teacher PATH (the model.pt of an earlier kebench run with the same arch and data), "
-                f"or use a pipeline regime that trains the teacher first (e.g. kd+pre-distill).")
-
-    def train_mode(self, model):
-        self._check_teacher()
-        self.teacher.eval()
-
-    def extra_parameters(self, model):
-        self._check_teacher()
-        return []
-
-    def _batch(self, x, y):
-        if self.augment:
-            return self.augment(x, y)
-        return x, None, 1.0
-
-
 TEACHER_HELP = ("model.pt of an earlier kebench run (same arch and data); empty = a pipeline regime "
                 "trains the teacher first")
 
 
-class LabelKD(Distill):
+class LabelKD(TeacherObjective):
     """kd: (1-α)·CE + α·T²·KL(teacher ‖ student) on temperature-softened logits."""
 
     @dataclass
@@ -144,16 +60,16 @@ class LabelKD(Distill):
         teacher: str = param(TEACHER_HELP)
 
     def loss(self, model, x, y):
-        x, y_b, lam = self._batch(x, y)
+        x, y_b, lam = self.batch(x, y)
         with torch.no_grad():
             teacher_logits = self.teacher(x)
         logits = model(x)
         a = self.params.alpha
-        loss = (1 - a) * mixed_ce(logits, y, y_b, lam) + a * kd_term(logits, teacher_logits, self.params.temperature)
+        loss = (1 - a) * mixed_ce(logits, y, y_b, lam) + a * kd_loss(logits, teacher_logits, self.params.temperature)
         return loss, logits
 
 
-class FeatureKD(Distill):
+class FeatureKD(TeacherObjective):
     """fd: CE + β·(normalised L1 distance) between the teacher's last feature map and R(student's)."""
 
     @dataclass
@@ -177,7 +93,7 @@ class FeatureKD(Distill):
         """A fresh 1×1-conv regressor per pass, sized from the student's and teacher's feature maps
         (a pruned student has fewer channels than its teacher). Registered in run.state so it is
         checkpointed and restored with the pass."""
-        self._check_teacher()
+        self.require_teacher()
         self.regressor = make_regressor(model, self.teacher, self.run_ctx)
         self.run_ctx.state["fd.regressor"] = self.regressor
         if self.auto_beta:
@@ -190,7 +106,7 @@ class FeatureKD(Distill):
         return list(self.regressor.parameters())
 
     def loss(self, model, x, y):
-        x, y_b, lam = self._batch(x, y)
+        x, y_b, lam = self.batch(x, y)
         with torch.no_grad():
             teacher_feat = self.teacher.forward_features(x)
         feat = model.forward_features(x)

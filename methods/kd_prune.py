@@ -50,13 +50,6 @@ FINETUNE_SCHEDULES = ("constant", "cosine")
 AUTOAUGMENT_POLICIES = tuple(p.name.lower() for p in AutoAugmentPolicy)
 
 
-def _needs_teacher(objective: str) -> bool:
-    try:
-        return bool(getattr(registry.get(objective).load(), "needs_teacher", False))
-    except UserError:
-        return False
-
-
 class _Refused(Mapping):
     """`Regime.incompatible` for a rule rather than a list: refuses every objective `accept` rejects."""
 
@@ -94,17 +87,15 @@ class PrunePipeline(Regime):
 
     name = ""
     tasks = ("classification",)
-    provides_teacher = True  # trains the teacher first when the objective was given none (kd.Distill)
     distill_before = False  # KD while training the unpruned student
     distill_after = False  # KD while fine-tuning the pruned student
     self_teacher = False  # the fine-tuning teacher is the unpruned student itself
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if cls.distill_before or cls.distill_after:
-            cls.incompatible = _Refused(
-                _needs_teacher, f"'{cls.name}' distils, so its objective must be a distillation objective: "
-                                f"write kd+{cls.name} (label) or fd+{cls.name} (feature), not '{{name}}+{cls.name}'.")
+        # The teacher contract: a pipeline that distils trains the teacher (unless the objective loaded
+        # one) and hands it to its objective, which must therefore be one that needs a teacher.
+        cls.provides_teacher = cls.distill_before or cls.distill_after
 
     @dataclass
     class Params:
@@ -151,13 +142,13 @@ class PrunePipeline(Regime):
         """--finetune-epochs, or finetune_fraction of the unpruned student's epochs (Park: 40 of 160)."""
         return self.finetune_given or max(1, round(self._epochs("train_epochs") * self.params.finetune_fraction))
 
-    def _teacher(self, run, distill) -> dict:
-        """Train the teacher in its own pass (or use the loaded one); returns facts for the record."""
+    def _teacher(self, run, distill: Objective) -> dict:
+        """Train the teacher in its own pass (or use the one the objective loaded); returns facts for the record."""
         if distill.teacher is not None:  # --teacher PATH
             if self.teacher_aug:
                 raise UserError("--teacher-aug applies when the pipeline trains the teacher; --teacher loads a "
                                 "trained one. Drop one of the two.")
-            return {"teacher": distill.teacher_path, "teacher_top1": run.evaluate(distill.teacher)["top1"]}
+            return {"teacher": distill.teacher_source, "teacher_top1": run.evaluate(distill.teacher)["top1"]}
         teacher = run.build_model()
         run.state["kdp.teacher"] = teacher
         record = run.fit(self._epochs("teacher_epochs"), kind=PassKind.TEACHER, label=1, model=teacher,
@@ -167,7 +158,7 @@ class PrunePipeline(Regime):
 
     def run(self, run):
         p = self.params
-        distill = run.objective if self.distill_before or self.distill_after else None
+        distill = run.objective if self.provides_teacher else None
         ce = AugmentedCE({}, run, self.student_aug)
         final, info = {}, {"pipeline": self.name, "prune": p.prune, "prune_ratio": p.prune_ratio,
                            "distill": run.method.objective.name if distill else None,
@@ -178,7 +169,7 @@ class PrunePipeline(Regime):
             facts = self._teacher(run, distill)
             info.update(teacher=facts["teacher"], teacher_aug="+".join(self.teacher_aug.names) or "none")
             final["teacher_top1"] = facts["teacher_top1"]
-            distill.augment = self.student_aug
+            distill.set_augment(self.student_aug)
 
         # 1. the unpruned student (slimming adds its sparsity term here)
         before = distill if self.distill_before else ce

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 from kebench.errors import UserError
-from kebench.analysis.tables.layout import (COST_COLS, COST_NOTE, Col, Row, Table, _fmt_setting, _group_title,
-                                   cost_cells)
-from kebench.analysis.tables.runs import MISSING, Entry, Names, _hashable, _sort_value, _split_list, metric_title, signature
-from kebench.analysis.tables.stats import (ALPHA, MARK_FROM_MEANS, MARK_PAIRED, Cell, _marks, _significance_note,
-                                  _value_note, compare, make_cell, one_sample, rank_column)
+from kebench.analysis.tables import (ALPHA, COST_COLS, COST_NOTE, MARK_FROM_MEANS, MARK_PAIRED, MISSING, Cell, Col,
+                                    Entry, Names, Row, Table, compare, cost_cells, fmt_setting, group_title, hashable,
+                                    make_cell, marks_in, metric_title, one_sample, rank_column, signature,
+                                    significance_note, sort_value, split_list, value_note)
 
 #: KD x pruning pipelines (issue 7) in table order, with their column titles.
 KD_PIPELINES = {"scratch": "Scratch", "pre_distill": "Pre-Distill", "post_distill": "Post-Distill",
@@ -38,7 +37,7 @@ def kd_table(runs: list[dict], metric=None, names: Names | None = None, alpha: f
     """KD x pruning (Park et al.): unpruned scratch/KD, fine-tuned pruned pipelines and the surplus
     (Self-Distill − Finetuned scratch) − (Unpruned KD − Unpruned scratch), wherever its cells exist."""
     names = names or Names()
-    m = (_split_list(metric) or ["top1"])[0]
+    m = (split_list(metric) or ["top1"])[0]
     um = f"unpruned_{m}"
     kd_runs = [r for r in runs if _kd_pipeline(r)]
     if not kd_runs:
@@ -54,14 +53,14 @@ def kd_table(runs: list[dict], metric=None, names: Names | None = None, alpha: f
                   (r.get("training") or {}).get("flops"))
         rp = ((r.get("config") or {}).get("params") or {}).get(r["regime"]) or {}
         sig = {k: v for k, v in signature(r).items() if "." not in k}
-        sig.update({f"pipeline.{k}": _hashable(v) for k, v in sorted(rp.items()) if k not in PRUNE_KEYS})
+        sig.update({f"pipeline.{k}": hashable(v) for k, v in sorted(rp.items()) if k not in PRUNE_KEYS})
         e.dims = {"pipeline": pipe, "prune": _kd_prune(r), "arch": r.get("arch"), "dataset": r.get("dataset")}
         e.col = (pipe,)  # the cost column shows the range over a row's pipelines
         e.sig = sig
         e.base = "" if pipe == "scratch" else names.label(r.get("objective", ""))
         if pipe != "scratch":
             obj = ((r.get("config") or {}).get("params") or {}).get(r.get("objective")) or {}
-            e.sig = {**sig, **{f"{r.get('objective')}.{k}": _hashable(v) for k, v in sorted(obj.items())}}
+            e.sig = {**sig, **{f"{r.get('objective')}.{k}": hashable(v) for k, v in sorted(obj.items())}}
         entries.append(e)
     # Disambiguate rows of the same prune method and KD kind whose settings differ.
     vary_arch = len({e.dims["arch"] for e in entries}) > 1
@@ -80,7 +79,7 @@ def kd_table(runs: list[dict], metric=None, names: Names | None = None, alpha: f
                      and k.startswith("pipeline."))
 
     def settings_text(e):
-        return ", ".join(_fmt_setting(k, e.sig.get(k), k.rpartition(".")[2])
+        return ", ".join(fmt_setting(k, e.sig.get(k), k.rpartition(".")[2])
                          for k in suffix if e.sig.get(k) is not None)
 
     rows_by_key = defaultdict(lambda: defaultdict(list))
@@ -113,7 +112,7 @@ def kd_table(runs: list[dict], metric=None, names: Names | None = None, alpha: f
         return list(seen.values())
 
     table_rows = []
-    key_order = sorted(rows_by_key, key=lambda k: (_sort_value(k[0]), _sort_value(k[1]), str(k[2]), str(k[3]),
+    key_order = sorted(rows_by_key, key=lambda k: (sort_value(k[0]), sort_value(k[1]), str(k[2]), str(k[3]),
                                                    names.order(k[4]) if k[4] != MISSING else (1e9, ""), k[5]))
     done_scratch = set()
     for k in key_order:
@@ -154,15 +153,15 @@ def kd_table(runs: list[dict], metric=None, names: Names | None = None, alpha: f
             surplus = Cell()
         cells = [u_scratch, u_kd, *(pruned[p] for p in KD_PIPELINES), surplus]
         behind = sc + [e for es in pipes.values() for e in es]
-        head = ((_group_title(k[0]),) if vary_arch else ()) + ((_group_title(k[1]),) if vary_data else ()) \
+        head = ((group_title(k[0]),) if vary_arch else ()) + ((group_title(k[1]),) if vary_data else ()) \
             + (str(k[2]), k[4]) + ((k[5] or MISSING,) if suffix else ())
         table_rows.append(Row(head, cells + cost_cells(behind)))
     for j in range(len(KD_PIPELINES) + 2):
         if cols[j].rank:
             rank_column([r.cells[j] for r in table_rows], decimals)
-    marks = _marks(table_rows, alpha)
-    notes = _value_note(alpha, marks, "Pruned Scratch (Unpruned KD: against Unpruned Scratch)")
-    notes += _significance_note(table_rows, alpha)
+    marks = marks_in(table_rows, alpha)
+    notes = value_note(alpha, marks, "Pruned Scratch (Unpruned KD: against Unpruned Scratch)")
+    notes += significance_note(table_rows, alpha)
     surplus_col = len(KD_PIPELINES) + 2
     tested = any(r.cells[surplus_col].test == "one-sample-t" and r.cells[surplus_col].mark for r in table_rows)
     notes.append("Surplus = (Self-Distill − Scratch) − (Unpruned KD − Unpruned Scratch), per seed where all four "

@@ -22,16 +22,18 @@ import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from kebench.context import PassKind
+from kebench.context import RunFailure
 from kebench.run import metrics
 from kebench.nets.cost import forward_flops
 from kebench.data.pipeline import epoch_generator
-from kebench.run.engine import RunFailure
 from kebench.errors import UserError, unknown_choice
 from kebench.nets.models import count_params
 from kebench.nets.morph import (BIRTH_TOLERANCE, VAL_SPLIT_SEED, birth_change, carve_validation,  # noqa: F401
                            ensure_validation, remap_units, widen_index)
 from kebench.plugin import Regime, param
+
+#: NeuroEvo's pass kinds (declared under `passes:` in registry.yaml): the seed and each mutated member.
+SEED, MEMBER = "seed", "member"
 
 #: Hidden layers a mutation may widen: (conv whose outputs grow, its BN, conv that reads them).
 BLOCK_PAIRS = {
@@ -234,7 +236,7 @@ class NeuroEvolution(Regime):
             del models[member]
             run.state.pop(f"member{member}", None)
 
-        train(0, p.seed_epochs or cfg.epochs, PassKind.SEED, 0.0)
+        train(0, p.seed_epochs or cfg.epochs, SEED, 0.0)
         survivors, next_id = [0], 1
         for round_ in range(1, p.rounds + 1):
             gen = epoch_generator(cfg.seed, MUTATION_STREAM, round_)
@@ -256,7 +258,7 @@ class NeuroEvolution(Regime):
             for parent in survivors:  # comma selection: parents retire, children compete
                 retire(parent)
             for child in children:
-                train(child, p.child_epochs or cfg.epochs, PassKind.MEMBER, changes[child])
+                train(child, p.child_epochs or cfg.epochs, MEMBER, changes[child])
             ranked = sorted(children, key=lambda m: (-records[m]["metrics"]["val_top1"],
                                                      count_params(models[m]), m))
             survivors = ranked[: p.survivors]
@@ -315,8 +317,8 @@ class NeuroEvolution(Regime):
         run.model = models[best]
         run.report_final({**records[best]["metrics"], "ensemble_top1": ensemble_top1,
                               "ensemble_size": len(survivors), "best_member": best})
-        seed_flops = sum(r["train_flops"] for r in run.passes if r["kind"] == PassKind.SEED)
-        member_flops = sum(r["train_flops"] for r in run.passes if r["kind"] == PassKind.MEMBER)
+        seed_flops = sum(r["train_flops"] for r in run.passes if r["kind"] == SEED)
+        member_flops = sum(r["train_flops"] for r in run.passes if r["kind"] == MEMBER)
         run.report_cost({
             "ensemble": {"params": sum(count_params(models[m]) for m in survivors),
                          "flops": sum(flops.values()), "members": len(survivors)},

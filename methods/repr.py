@@ -27,10 +27,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kebench.context import RECORD, PassKind
+from kebench.context import RECORD
 from kebench.errors import UserError
 from kebench.plugin import Regime, param
 from kebench.nets.prune import MaskHook, MaskSet, following_batchnorms, orthogonality_scores
+
+#: RePr's pass kinds (declared under `passes:` in registry.yaml): cycle stages and the final pass.
+S1, S2, FINAL = "s1", "s2", "final"
 
 RANKINGS = ("global", "per-layer")
 
@@ -148,7 +151,7 @@ class RePr(Regime):
 
         offset = 0
         for c in range(1, self.cycles + 1):
-            run.fit(s1, kind=PassKind.S1, label=c, lr_window=(offset, total), after=kept)
+            run.fit(s1, kind=S1, label=c, lr_window=(offset, total), after=kept)
             offset += s1
             drop = select_filters(convs, self.rate, self.params.ranking)
             old.copy_(torch.cat([m.weight.detach().flatten() for m in convs.values()]))
@@ -160,14 +163,14 @@ class RePr(Regime):
             info["cycles"] = info["cycles"][: c - 1] + [{
                 "cycle": c, "dropped": {n: len(v) for n, v in drop.items() if len(v)}, "total": n_dropped,
                 "of": sum(m.out_channels for m in convs.values())}]
-            run.fit(s2, kind=PassKind.S2, label=c, hooks=[hook], lr_window=(offset, total), after=kept)
+            run.fit(s2, kind=S2, label=c, hooks=[hook], lr_window=(offset, total), after=kept)
             offset += s2
             # Read the dropped filters back from the (possibly resumed) masks, then bring them back.
             drop = self._dropped(masks, convs)
             narrow = self._reinitialise(model, convs, drop, old, init_norm, followers, init_bn)
             run.reported("repr")["cycles"][c - 1]["narrow_layers"] = narrow
             masks.assign({})
-        run.fit(final, kind=PassKind.FINAL, label=self.cycles + 1, lr_window=(offset, total), after=kept)
+        run.fit(final, kind=FINAL, label=self.cycles + 1, lr_window=(offset, total), after=kept)
 
     @staticmethod
     def _dropped(masks: MaskSet, convs) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ import torch
 
 torch.set_num_threads(1)
 os.environ.setdefault("KEBENCH_NO_PROGRESS", "1")
+os.environ.setdefault("KEBENCH_THREADS", "1")  # tests compute single-threaded, as torch.set_num_threads(1) above
 
 
 def pytest_configure(config):
@@ -48,7 +49,7 @@ def kill_run(monkeypatch):
     from kebench.run import engine
 
     def _kill(cfg, after: int | None = None, when=None):
-        original, saves = engine.Run._save_checkpoint, []
+        original, saves = engine.Run.save_checkpoint, []
 
         def dying_save(self, model, optimizer, scaler, ps, complete):
             original(self, model, optimizer, scaler, ps, complete)
@@ -56,12 +57,12 @@ def kill_run(monkeypatch):
             if (after is not None and len(saves) == after) or (when is not None and when(ps)):
                 raise KeyboardInterrupt
 
-        monkeypatch.setattr(engine.Run, "_save_checkpoint", dying_save)
+        monkeypatch.setattr(engine.Run, "save_checkpoint", dying_save)
         try:
             with pytest.raises(KeyboardInterrupt):
                 engine.execute(cfg, show_progress=False)
         finally:
-            monkeypatch.setattr(engine.Run, "_save_checkpoint", original)
+            monkeypatch.setattr(engine.Run, "save_checkpoint", original)
 
     return _kill
 

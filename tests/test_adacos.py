@@ -1,5 +1,6 @@
-"""AdaCos: the cosine head replaces the classifier, its class weights train, the scale starts at
-sqrt(2)*ln(C-1), one update follows the paper's formula, eval never updates it, C = 2 works."""
+"""AdaCos: the cosine head replaces the classifier, its class weights stay fixed (the KE paper's
+reference code) or train (--adacos.train-weights), the scale starts at sqrt(2)*ln(C-1), one update
+follows the paper's formula, eval never updates it, C = 2 works."""
 from __future__ import annotations
 
 import math
@@ -24,6 +25,9 @@ class Features(nn.Module):
 
     def forward(self, x):
         return self.head(x)
+
+
+TRAINED = {"train_weights": True}
 
 
 def _expected_update(s0, cos, labels):
@@ -52,7 +56,7 @@ def test_one_scale_update_matches_the_formula(labels):
     s0 = float(model.head.s)
     cos = (x / x.norm(dim=1, keepdim=True)).tolist()
     expect = _expected_update(s0, cos, labels)
-    loss, logits = AdaCos({}, None).loss(model, x, y)
+    loss, logits = AdaCos(TRAINED, None).loss(model, x, y)
     assert float(model.head.s) == pytest.approx(expect, rel=1e-5)
     assert logits.detach() == pytest.approx(expect * torch.tensor(cos), rel=1e-5)
     assert loss.item() == pytest.approx(nn.functional.cross_entropy(expect * torch.tensor(cos), y).item(), rel=1e-5)
@@ -66,17 +70,17 @@ def test_scale_not_updated_in_eval_and_floored_when_formula_goes_negative():
     model = Features(torch.eye(2)).eval()
     x, y = torch.tensor([[1.0, -1.0], [2.0, -1.0]]), torch.tensor([0, 0])
     before = float(model.head.s)
-    AdaCos({}, None).loss(model, x, y)
+    AdaCos(TRAINED, None).loss(model, x, y)
     assert float(model.head.s) == before
     model.train()
     model.head.s.fill_(3.0)
-    AdaCos({}, None).loss(model, x, y)  # C = 2, non-target cosines < 0: B_avg < 1, ln(B_avg) < 0
+    AdaCos(TRAINED, None).loss(model, x, y)  # C = 2, non-target cosines < 0: B_avg < 1, ln(B_avg) < 0
     assert float(model.head.s) == pytest.approx(MIN_SCALE)
 
 
 @pytest.mark.parametrize("arch", ["test_resnet", "densenet121"])
 def test_adapt_model_swaps_the_linear_classifier(arch):
-    model = AdaCos({}, None).adapt_model(timm.create_model(arch, num_classes=7), 7)
+    model = AdaCos(TRAINED, None).adapt_model(timm.create_model(arch, num_classes=7), 7)
     head = cosine_head(model)
     assert model.get_classifier() is head and not any(type(m) is nn.Linear for m in model.modules())
     out = model.eval()(torch.randn(2, 3, 32, 32))
@@ -84,19 +88,32 @@ def test_adapt_model_swaps_the_linear_classifier(arch):
 
 
 @pytest.mark.parametrize("classes", [4, 2])
-def test_end_to_end_trains_weights_and_scale_only_in_training(make_cfg, classes):
+def test_end_to_end_trains_the_scale_only_in_training_and_keeps_reference_weights(make_cfg, classes):
     cfg = make_cfg("adacos", data_options={"classes": classes})
+    assert cfg.params["adacos"]["train_weights"] is False  # the default: pytorch-adacos, the KE reference
     run = Run(cfg, show_progress=False)
     head = cosine_head(run.model)
     w0, s0 = head.weight.detach().clone(), float(head.s)
     assert s0 == pytest.approx(initial_scale(classes))
     run.fit(3)  # 3 short epochs: 1 epoch (6 steps) sat at chance for some augmentation draws
-    assert not torch.equal(head.weight.detach(), w0)  # the engine's optimizer trains the class weights
+    assert torch.equal(head.weight.detach(), w0)  # no step, momentum or weight decay moved a class weight
+    assert head.weight.grad is None
     s1 = float(head.s)
     assert s1 >= MIN_SCALE and (s1 != s0 or classes == 2)  # at C = 2 it sits on the floor (see adacos.py)
-    assert run.passes[-1]["metrics"]["top1"] > 1 / classes  # it learns
+    assert run.passes[-1]["metrics"]["top1"] > 1 / classes  # the backbone learns to the fixed prototypes
     run.evaluate()
     assert float(head.s) == s1  # evaluation never moves the scale
+
+
+def test_train_weights_option_trains_the_class_weights(make_cfg):
+    cfg = make_cfg("adacos", plugin={"adacos.train_weights": "true"}, data_options={"classes": 4})
+    assert cfg.params["adacos"]["train_weights"] is True
+    run = Run(cfg, show_progress=False)
+    head = cosine_head(run.model)
+    w0 = head.weight.detach().clone()
+    run.fit(1)
+    moved = (head.weight.detach() - w0).abs().amax(dim=1)
+    assert bool((moved > 1e-4).all())  # every class's weight row was trained
 
 
 def test_cosine_head_under_kels_slim_equals_masked_dense():
@@ -111,7 +128,7 @@ def test_cosine_head_under_kels_slim_equals_masked_dense():
     from methods.adacos import AdaCos, CosineHead
 
     torch.manual_seed(0)
-    model = AdaCos({}, None).adapt_model(create_model("resnet18", 6), 6).eval()
+    model = AdaCos(TRAINED, None).adapt_model(create_model("resnet18", 6), 6).eval()
     x = torch.randn(2, 3, 32, 32)
     graph = channel_graph(model, x)
     head_group = graph.layers["fc"].out_group

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from torch import nn
 from kebench.nets import genome as G
 from kebench.errors import UserError
 from kebench.nets.morph import birth_change
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cuda_device import DEVICE, ON_GPU, needs_cuda  # noqa: E402
 from methods.agevo import Extinction, select, thresholds
 
 #: A genome on which every mutation applies (skip, concat, dropout, pool and fc present).
@@ -274,7 +278,7 @@ def test_agevo_runs_and_refuses_other_archs_and_bad_settings(make_cfg, run_cfg):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_cuda
 def test_eigen_d_searches_on_cuda_with_amp_and_channels_last(make_cfg, run_cfg):
-    out = run_cfg(_search_cfg(make_cfg, "eigen-d", device="cuda", amp="bf16", channels_last=True))
-    assert out["status"] == "complete" and len(out["passes"]) == 9 and out["device"] != "cpu"
+    out = run_cfg(_search_cfg(make_cfg, "eigen-d", device=DEVICE, amp="bf16", channels_last=True))
+    assert out["status"] == "complete" and len(out["passes"]) == 9 and (out["device"] != "cpu") == ON_GPU

@@ -13,7 +13,8 @@ from torch import nn
 from kebench.config import resolve, split_plugin_flags
 from kebench.run.engine import Run
 from kebench.errors import UserError
-from methods.bans import Distill, kd_term
+from kebench.run.distill import kd_loss
+from methods.bans import BornAgainStudent
 
 
 def _softmax(v):
@@ -37,13 +38,13 @@ def test_distill_loss_equals_hand_computed_value(make_cfg):
     from methods.ce import CrossEntropy
 
     s, t, y, a, temp = [2.0, 0.0, -1.0], [0.5, 1.5, 0.0], 1, 0.9, 4.0
-    obj = Distill(CrossEntropy({}, None), Fixed([t]), a, temp, None)
+    obj = BornAgainStudent(CrossEntropy({}, None), Fixed([t]), a, temp)
     loss, logits = obj.loss(Fixed([s]), torch.zeros(1, 3, 4, 4), torch.tensor([y]))
     ce = -math.log(_softmax(s)[y])
     p_s, p_t = _softmax([v / temp for v in s]), _softmax([v / temp for v in t])
     kl = sum(b * (math.log(b) - math.log(c)) for c, b in zip(p_s, p_t))
     assert loss.item() == pytest.approx((1 - a) * ce + a * temp * temp * kl, rel=1e-5)
-    assert kd_term(torch.tensor([s]), torch.tensor([s]), temp).item() == pytest.approx(0, abs=1e-7)
+    assert kd_loss(torch.tensor([s]), torch.tensor([s]), temp).item() == pytest.approx(0, abs=1e-7)
     assert logits.tolist() == [s]
 
 
@@ -56,7 +57,7 @@ def test_default_loss_is_the_reference_code_form(make_cfg):
     assert (run.regime.params.loss, run.regime.alpha, run.regime.params.temperature) == ("reference", 0.2, 20.0)
     torch.manual_seed(0)
     s, t, y = torch.randn(5, 102) * 3, torch.randn(5, 102) * 3, torch.randint(0, 102, (5,))
-    obj = Distill(CrossEntropy({}, None), Fixed(t.tolist()), run.regime.alpha, 20.0, None, "reference")
+    obj = BornAgainStudent(CrossEntropy({}, None), Fixed(t.tolist()), run.regime.alpha, 20.0, "reference")
     loss, _ = obj.loss(Fixed(s.tolist()), torch.zeros(5, 3, 4, 4), y)
     with warnings.catch_warnings():  # torch warns that 'mean' is not 'batchmean': that is the point
         warnings.simplefilter("ignore")
@@ -78,7 +79,7 @@ def test_kd_to_ce_gradient_ratio_at_102_classes(form, alpha, ratio):
     b, c, temp = 4, 102, 20.0
     s = (torch.randn(b, c) * 4).requires_grad_()
     t, y = torch.randn(b, c) * 4, torch.randint(0, c, (b,))
-    (kd_grad,) = torch.autograd.grad(alpha * kd_term(s, t, temp, form), s)
+    (kd_grad,) = torch.autograd.grad(alpha * kd_loss(s, t, temp, form), s)
     (ce_grad,) = torch.autograd.grad((1 - alpha) * nn.functional.cross_entropy(s, y), s)
     w_kd = kd_grad / (torch.softmax(s / temp, 1) - torch.softmax(t / temp, 1)).detach()
     w_ce = ce_grad / (torch.softmax(s, 1) - nn.functional.one_hot(y, c)).detach()
@@ -99,7 +100,7 @@ def test_distill_uses_only_the_forward_passes_with_gradients(make_cfg):
             return torch.zeros(len(x), 4)
 
     student = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
-    obj = Distill(ClassWiseSelfKD(cfg.plugin_params("cskd"), None), Teacher(), 0.5, 4.0, None)
+    obj = BornAgainStudent(ClassWiseSelfKD(cfg.plugin_params("cskd"), None), Teacher(), 0.5, 4.0)
     x, y = torch.randn(6, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
     loss, logits = obj.loss(student, x, y)
     assert seen == [3] and len(logits) == 3

@@ -3,6 +3,7 @@ fine-tunes; sizes count 1 bit per pattern weight; SEP-Net-R/B are timm archs."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from torch import nn
 from kebench.run import results
 from kebench.errors import UserError
 from kebench.nets.pattern import BinaryConv2d, is_binarized, size_bytes
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cuda_device import DEVICE, ON_GPU, needs_cuda  # noqa: E402
 from methods.binarize import binarize, pattern_convs
 
 
@@ -149,9 +153,9 @@ def test_a_fine_tune_killed_midway_resumes_with_the_same_patterns(make_cfg, run_
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_cuda
 def test_patterns_stay_exact_under_bf16_autocast_and_channels_last_on_cuda(make_cfg, run_cfg):
-    cfg = make_cfg("binarize", device="cuda", amp="bf16", channels_last=True)
+    cfg = make_cfg("binarize", device=DEVICE, amp="bf16", channels_last=True)
     out = run_cfg(cfg)
     assert out["status"] == "complete" and out["final"]["size_bytes"] < out["final"]["size_bytes_before"]
     model = timm.create_model("test_resnet", num_classes=4)

@@ -1,7 +1,8 @@
 """Conformance over the registry: every registered plugin, alone and composed, trains one tiny run
 that is killed at its first checkpoint, resumes to a valid result.json, and refuses a bad parameter
-when the config is resolved. Plugins are read from registry.yaml, so a new one is covered without
-editing this file; its declaration's `tiny=` values keep searches small here."""
+when the config is resolved; every table kind and figure kind a plugin contributes is built from
+those tiny runs. Plugins and their contributions are read from registry.yaml, so a new one is
+covered without editing this file; its declaration's `tiny=` values keep searches small here."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import re
 import pytest
 
 from kebench import config, registry
+from kebench.data import headline_metric
 from kebench.errors import UserError
 from kebench.params import declared
 
@@ -25,7 +27,7 @@ def _cls(name):
 def _task(objective: str, regime: str) -> str | None:
     """The task both plugins support (classification first), or None when they cannot compose."""
     obj, reg = _cls(objective), _cls(regime)
-    if reg.incompatible.get(objective):
+    if config.refusal(registry.get(objective), registry.get(regime)):  # incompatible, or the teacher contract
         return None
     for task in TASK_DATA:
         if all(c.tasks is None or task in c.tasks for c in (obj, reg)):
@@ -62,6 +64,13 @@ def teacher(tmp_path_factory):
     return str(out / cfg.run_id() / "model.pt")
 
 
+@pytest.fixture(scope="session")
+def tiny_results(tmp_path_factory):
+    """One results folder for every composition's tiny run (run ids keep them apart), so the
+    contributed table and figure kinds are built from what the conformance runs wrote."""
+    return tmp_path_factory.mktemp("conformance") / "results"
+
+
 def _config(objective: str, regime: str, out: str, teacher_path: str) -> config.RunConfig:
     """The composition's tiny config: 1 epoch, the declarations' tiny values, the engine settings a
     plugin's paper defaults fix (an arch, a batch size) left as the plugin wants them."""
@@ -87,7 +96,7 @@ def _valid_result(record: dict, cfg: config.RunConfig) -> None:
     assert record["status"] == "complete", record.get("error")
     assert record["run_id"] == cfg.run_id() and record["method"] == cfg.method
     assert record["passes"] and record["training"]["epochs"] == sum(p["epochs"] for p in record["passes"]) >= 1
-    primary = "top1" if record["task"] == "classification" else "r@1"
+    primary = headline_metric(record["task"])
     assert math.isfinite(record["final"][primary]) and 0 <= record["final"][primary] <= 1
 
 
@@ -101,13 +110,42 @@ def test_every_registered_plugin_declares_its_parameters():
 
 @pytest.mark.filterwarnings("ignore:triplet. dataset 'digits-retrieval' has only:UserWarning")
 @pytest.mark.parametrize("objective,regime", compositions(), ids=lambda v: v)
-def test_plugin_trains_resumes_and_writes_a_valid_result(objective, regime, tmp_path, teacher, kill_run, run_cfg):
-    cfg = _config(objective, regime, str(tmp_path / "results"), teacher)
+def test_plugin_trains_resumes_and_writes_a_valid_result(objective, regime, tiny_results, teacher, kill_run, run_cfg):
+    cfg = _config(objective, regime, str(tiny_results), teacher)
     kill_run(cfg, after=1)  # dies right after its first checkpoint
     record = run_cfg(cfg, resume=True)
     _valid_result(record, cfg)
-    on_disk = json.loads((tmp_path / "results" / cfg.run_id() / "result.json").read_text())
+    on_disk = json.loads((tiny_results / cfg.run_id() / "result.json").read_text())
     assert on_disk["status"] == "complete" and on_disk["passes"] == record["passes"]
+
+
+def _contributed() -> list[tuple[str, str]]:
+    return ([("table", k) for k in registry.section("tables")] + [("figure", k) for k in registry.section("figures")])
+
+
+@pytest.mark.filterwarnings("ignore:triplet. dataset 'digits-retrieval' has only:UserWarning")
+@pytest.mark.parametrize("what,kind", _contributed(), ids=lambda v: v)
+def test_contributed_kind_builds_from_the_tiny_runs(what, kind, tiny_results, teacher, run_cfg):
+    """Every table kind (KD x pruning's `kd`, KE's `cost`) and figure kind (AG-Evo's `search`) a plugin
+    contributes through registry.yaml builds from the compositions' tiny runs (those the test above
+    left are reused; alone, this trains them) and renders in every format."""
+    from kebench.analysis import plots, tables
+
+    for objective, regime in compositions():
+        cfg = _config(objective, regime, str(tiny_results), teacher)
+        assert run_cfg(cfg, resume=True)["status"] == "complete"  # a finished run is skipped
+    runs, left_out = tables.load_runs([tiny_results])
+    assert left_out == [] and len(runs) == len(compositions())
+    if what == "table":
+        table = tables.build_table(runs, kind, names=tables.Names())
+        filled = [c for row in table.rows for c in row.cells if c.n]
+        assert table.kind == kind and table.rows and filled, f"the {kind} table has no filled cell"
+        for fmt in tables.FORMATS:
+            assert tables.render(table, fmt).strip()
+    else:
+        fig = plots.build_figure(runs, kind)
+        assert any(ax.has_data() for ax in fig.axes), f"the {kind} figure draws nothing"
+        assert plots.figure_title(kind)
 
 
 def _bad_values(fields: dict) -> list[tuple[str, object]]:

@@ -12,8 +12,8 @@ from torch import nn
 
 from kebench.run.engine import Run
 from kebench.errors import UserError
-from kebench.run.distill import BatchAugment, auto_value, mixed_ce, parse_augment
-from methods.kd import feature_term, kd_term, make_regressor
+from kebench.run.distill import BatchAugment, auto_value, kd_loss, mixed_ce, parse_augment
+from methods.kd import feature_term, make_regressor
 
 
 def _softmax(v):
@@ -27,9 +27,9 @@ def test_kd_term_equals_hand_computed_value():
     p_t = _softmax([a / temp for a in t])
     kl = sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s))
     expect = temp * temp * kl
-    got = kd_term(torch.tensor([s, s]), torch.tensor([t, t]), temp)  # batchmean of two equal rows
+    got = kd_loss(torch.tensor([s, s]), torch.tensor([t, t]), temp)  # batchmean of two equal rows
     assert got.item() == pytest.approx(expect, rel=1e-6)
-    assert kd_term(torch.tensor([s]), torch.tensor([s]), temp).item() == pytest.approx(0.0, abs=1e-7)
+    assert kd_loss(torch.tensor([s]), torch.tensor([s]), temp).item() == pytest.approx(0.0, abs=1e-7)
 
 
 class FixedLogits(nn.Module):
@@ -46,7 +46,7 @@ def test_label_kd_loss_equals_hand_computed_value(make_cfg):
     """(1-α)·CE + α·T²·KL on fixed student/teacher logits, with the registry defaults α=0.9, T=4."""
     from methods.kd import LabelKD
 
-    cfg = make_cfg("kd")
+    cfg = make_cfg("kd+pre-distill")
     assert cfg.params["kd"]["alpha"] == 0.9 and cfg.params["kd"]["temperature"] == 4.0
     from kebench.registry import parse_method
 
@@ -95,7 +95,7 @@ def test_regressor_maps_student_to_teacher_feature_shape():
 
 
 def test_beta_and_sparsity_defaults_follow_the_architecture_family(make_cfg):
-    table = make_cfg("fd").params["fd"]["beta_by_family"]
+    table = make_cfg("fd+pre-distill").params["fd"]["beta_by_family"]
     assert auto_value("auto", "resnet18", table, "beta") == 500
     assert auto_value("auto", "vgg11_bn", table, "beta") == 1500
     assert auto_value("auto", "densenet169", table, "beta") == 1000
@@ -174,11 +174,78 @@ def test_teacher_errors_are_clear(make_cfg, teacher_file, tmp_path):
         Run(make_cfg("kd", plugin={"teacher": str(junk)}), show_progress=False)
 
 
-def test_kd_without_a_teacher_is_a_user_error_before_the_run_starts(make_cfg, run_cfg):
-    cfg = make_cfg("kd")
-    with pytest.raises(UserError, match="'kd' distils from a teacher but none was given.*--teacher PATH"):
-        run_cfg(cfg)
-    assert not (Path(cfg.out) / cfg.run_id() / "config.yaml").exists()  # refused before the run began
+def test_kd_without_a_teacher_is_refused_when_the_config_is_validated(make_cfg, tmp_path):
+    """The teacher contract is checked by config validation (exit 2 before any run folder exists); the
+    message names the regimes that provide a teacher, read from their declarations."""
+    with pytest.raises(UserError, match="'kd' distils from a teacher but none was given.*--teacher PATH.*"
+                                        r"\(kd\+post-distill, kd\+pre-distill, kd\+pre-post, kd\+self-distill\)"):
+        make_cfg("kd")
+    with pytest.raises(UserError, match="'fd\\+ke' distils from a teacher but none was given"):
+        make_cfg("fd+ke")
+    assert not (tmp_path / "results").exists()
+    make_cfg("kd+pre-distill")  # the regime provides the teacher
+    make_cfg("kd", plugin={"teacher": str(tmp_path / "later.pt")})  # the objective loads it (checked by the run)
+
+
+def test_teacher_contract_is_declared_by_the_plugins():
+    from kebench import registry
+    from kebench.config import refusal
+    from kebench.params import declared
+
+    needs = {n for n in registry.names("objective") if registry.get(n).load().needs_teacher}
+    provides = {n for n in registry.names("regime") if registry.get(n).load().provides_teacher}
+    assert needs == {"kd", "fd"}
+    assert provides == {"pre-distill", "post-distill", "pre-post", "self-distill"}  # not scratch: it distils nothing
+    assert all("teacher" in declared(registry.get(n).load()) for n in needs)
+    get = registry.get
+    assert refusal(get("kd"), get("self-distill")) is None
+    assert refusal(get("ce"), get("self-distill")) == (
+        "'self-distill' trains a teacher for its objective to distil from, so its objective must be one that "
+        "needs a teacher: write fd+self-distill or kd+self-distill, not 'ce+self-distill'.")
+    assert "Scratch uses no distillation" in refusal(get("kd"), get("scratch"))
+
+
+def test_an_objective_that_needs_a_teacher_must_declare_where_it_loads_one(tmp_path, monkeypatch):
+    import sys
+
+    from kebench.config import teacher_problem
+    from kebench.registry import Method, PluginSpec, get
+
+    (tmp_path / "kebench_test_teacherless.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from kebench.plugin import Objective, param\n"
+        "class Teacherless(Objective):\n"
+        "    needs_teacher = True\n"
+        "    @dataclass\n"
+        "    class Params:\n"
+        "        alpha: float = param('weight', ge=0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "kebench_test_teacherless", raising=False)
+    spec = PluginSpec("teacherless", "kebench_test_teacherless:Teacherless", "objective", source="test")
+    problem = teacher_problem(Method(spec, get("ke")), {"alpha": 0.5})
+    assert problem.startswith("Plugin 'teacherless' (test) needs a teacher (needs_teacher) but declares no "
+                              "'teacher' setting")
+    assert teacher_problem(Method(spec, get("pre-distill")), {}) is None  # the regime provides one
+
+
+def test_one_distillation_loss_equals_each_former_formula():
+    """kd, BANs and CS-KD each wrote their KL term; all now call kd_loss. Their former formulas, on
+    logits wide enough to underflow some softened probabilities, give the same values."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(3)
+    s, t = torch.randn(8, 102, generator=gen) * 6, torch.randn(8, 102, generator=gen) * 6
+    for temp in (1.0, 4.0, 20.0):
+        log_s = F.log_softmax(s / temp, dim=1)
+        kd_former = F.kl_div(log_s, F.softmax(t / temp, dim=1), reduction="batchmean") * temp * temp
+        kl = F.kl_div(log_s, F.log_softmax(t / temp, dim=1), reduction="batchmean", log_target=True)
+        bans_hinton, bans_reference, cskd_former = temp * temp * kl, kl / s.shape[1], 3.0 * temp * temp * kl
+        assert kd_loss(s, t, temp).item() == pytest.approx(kd_former.item(), rel=1e-5)
+        assert kd_loss(s, t, temp, "hinton").item() == pytest.approx(bans_hinton.item(), rel=1e-6)
+        assert kd_loss(s, t, temp, "reference").item() == pytest.approx(bans_reference.item(), rel=1e-6)
+        assert (3.0 * kd_loss(s, t, temp)).item() == pytest.approx(cskd_former.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="form must be one of hinton, reference"):
+        kd_loss(s, t, 4.0, "mean")
 
 
 # --------------------------------------------------------------------------------- augmentation

@@ -267,8 +267,8 @@ def test_prune_none_is_kd_alone_and_loaded_teacher_skips_the_teacher_pass(make_c
 def test_objective_and_pipeline_must_fit(make_cfg):
     with pytest.raises(UserError, match="Scratch uses no distillation"):
         make_cfg("kd+scratch")
-    with pytest.raises(UserError, match="write kd\\+self-distill \\(label\\) or fd\\+self-distill \\(feature\\), "
-                                        "not 'ce\\+self-distill'"):
+    with pytest.raises(UserError, match="'self-distill' trains a teacher for its objective to distil from.*write "
+                                        "fd\\+self-distill or kd\\+self-distill, not 'ce\\+self-distill'"):
         make_cfg("self-distill")  # bare regime = ce+self-distill
     with pytest.raises(UserError, match="works for classification tasks"):
         make_cfg("scratch", data="digits-retrieval")

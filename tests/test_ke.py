@@ -154,3 +154,60 @@ def test_killed_in_generation_3_resumes_to_identical_numbers(tmp_path, reference
         assert torch.equal(load_slim(run_dir / "slim.pt").eval()(x), load_slim(ref_dir / "slim.pt").eval()(x))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["pass"], r["epoch"]) for r in rows] == [(p, e) for p in range(3) for e in (1, 2)]
+
+
+def _bns(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121"])
+def test_ke_official_init_draws_kaiming_fan_in_and_keeps_every_bn_gamma_at_one(arch):
+    """--init ke-official: every conv/linear weight ~ N(0, 2/fan_in) (the KE builder's kaiming_normal,
+    fan_in, relu), every BN gamma 1 and beta 0 -- timm zeroes the last BN of each residual block and
+    draws convs with fan_out. DenseNet's classifier bias is 0, as the KE code sets it."""
+    torch.manual_seed(0)
+    timm_model = create_model(arch, 10).requires_grad_(False)
+    torch.manual_seed(0)
+    model = create_model(arch, 10, init="ke-official").requires_grad_(False)
+    if arch == "resnet18":
+        assert float(timm_model.layer1[0].bn2.weight.abs().max()) == 0  # timm: zero-init last BN gamma
+        assert bool((model.layer1[0].bn2.weight == 1).all())
+    assert all(bool((bn.weight == 1).all() and (bn.bias == 0).all()) for bn in _bns(model))
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    big = [m for m in convs if m.weight.numel() >= 20_000]  # enough draws for a 3% test of the std
+    assert len(big) >= 5
+    for m in big:
+        fan_in = m.weight[0].numel()
+        assert float(m.weight.std()) == pytest.approx((2 / fan_in) ** 0.5, rel=0.03)
+        assert abs(float(m.weight.mean())) < 0.05 * (2 / fan_in) ** 0.5
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 20_000)
+    fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
+    if fan_out != conv.weight[0].numel():  # timm's fan_out std differs: the two rules are told apart
+        assert abs((2 / fan_out) ** 0.5 / (2 / conv.weight[0].numel()) ** 0.5 - 1) > 0.1
+    head = model.get_classifier()
+    if arch == "densenet121":
+        assert bool((head.bias == 0).all())
+    else:  # nn.Linear's own bias draw, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert float(head.bias.abs().max()) <= head.in_features ** -0.5 and float(head.bias.abs().max()) > 0
+
+
+def test_ke_official_init_googlenet_is_truncated_normal_001():
+    torch.manual_seed(0)
+    model = create_model("googlenet", 10, init="ke-official").requires_grad_(False)
+    weights = torch.cat([m.weight.flatten() for m in model.modules()
+                         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    assert float(weights.abs().max()) <= 0.02  # cut at 2 sigma, as scipy's truncnorm(-2, 2, scale=0.01)
+    assert float(weights.std()) == pytest.approx(0.01 * 0.8796, rel=0.01)  # std of N(0,1) cut at +-2
+    assert all(bool((bn.weight == 1).all()) for bn in _bns(model))
+
+
+def test_init_setting_reaches_the_run_and_keeps_old_run_ids(tmp_path):
+    timm_cfg, ke_cfg = _cfg(tmp_path), _cfg(tmp_path, init="ke-official")
+    assert timm_cfg.init == "timm" and ke_cfg.init == "ke-official" and timm_cfg.run_id() != ke_cfg.run_id()
+    legacy = {k: v for k, v in timm_cfg.to_dict().items() if k != "init"}  # a run made before --init existed
+    from kebench.config import from_dict
+    assert from_dict(legacy).run_id() == timm_cfg.run_id()
+    run = engine.Run(ke_cfg, show_progress=False)
+    assert all(bool((bn.weight == 1).all()) for bn in _bns(run.model))  # test_resnet: timm would zero some
+    with pytest.raises(UserError, match="init"):
+        _cfg(tmp_path, init="xavier")

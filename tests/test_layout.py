@@ -22,6 +22,20 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
+def runtime_nodes(tree: ast.AST):
+    """Every node of a module except those under `if TYPE_CHECKING:` (imports for type hints only, as
+    the typed RunContext protocol names the config and data types it hands out: no runtime edge)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", getattr(child.test, "attr", None)) == "TYPE_CHECKING":
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
 def import_graph() -> dict[str, set[str]]:
     """module -> the kebench modules it imports anywhere in its body (a function-level import
     hides a cycle from Python but not from this graph)."""
@@ -36,7 +50,7 @@ def import_graph() -> dict[str, set[str]]:
     for mod, path in mods.items():
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 deps.update(owner(a.name) for a in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -125,3 +139,97 @@ def test_installed_layout_finds_every_plugin(tmp_path, monkeypatch):
     finally:
         for name in [m for m in sys.modules if m.startswith("kebench.methods")]:
             del sys.modules[name]
+
+
+#: kebench's layers, lowest first: a module imports from its own layer and the ones below, never above.
+#: The plugin contract (plugin, context, registry: pure declarations and the registry helper every
+#: extension point uses) sits with the foundation, because data and nets register into it and nets'
+#: surgery hooks are plugin Hooks; config (the resolved RunConfig) sits above data and nets, whose
+#: dataset defaults and architectures it checks. Plugins (methods/) sit above everything but the CLI,
+#: and the core reaches them only through the registry's text entries.
+LAYERS = (
+    ("foundation", ("kebench", "kebench.version", "kebench.errors", "kebench.params", "kebench.context",
+                    "kebench.plugin", "kebench.registry")),
+    ("data", ("kebench.data",)),
+    ("nets", ("kebench.nets",)),
+    ("config", ("kebench.config",)),
+    ("run", ("kebench.run",)),
+    ("grid", ("kebench.grid",)),
+    ("analysis", ("kebench.analysis",)),
+    ("cli", ("kebench.cli", "kebench.__main__")),
+)
+#: Leaf modules of run/ that data and nets use (atomic file writes, the device and thread policies
+#: the batch pipeline follows): below every layer that imports them, they import nothing but the foundation.
+SHARED_LEAVES = {"kebench.run.results": "atomic writes of data caches and pruned/slim networks",
+                 "kebench.run.device": "the device policy the batch pipeline follows",
+                 "kebench.run.threads": "the CPU thread policy the batch pipeline follows"}
+
+
+def layer_of(module: str) -> int:
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or (p != "kebench" and module.startswith(p + ".")) for p in prefixes):
+            return rank
+    raise AssertionError(f"{module} belongs to no layer: add its package to LAYERS (and to docs/design.md)")
+
+
+def test_imports_point_down_the_layers():
+    graph = import_graph()
+    upward = sorted(f"{mod} ({LAYERS[layer_of(mod)][0]}) imports {dep} ({LAYERS[layer_of(dep)][0]})"
+                    for mod, deps in graph.items() for dep in deps
+                    if dep not in SHARED_LEAVES and layer_of(dep) > layer_of(mod))
+    assert upward == []
+    foundation = {m for m in graph if layer_of(m) == 0}
+    for leaf in SHARED_LEAVES:
+        assert graph[leaf] <= foundation, f"{leaf} must import only the foundation, imports {graph[leaf] - foundation}"
+
+
+def test_layer_check_sees_an_upward_import():
+    assert layer_of("kebench.nets.models") < layer_of("kebench.run.engine") < layer_of("kebench.cli")
+    assert layer_of("kebench.registry") == 0 and layer_of("kebench.analysis.tables.kinds") == 6
+
+
+def test_the_core_imports_no_plugin():
+    """The core knows no method: it reaches plugins (and what they contribute: table and figure kinds,
+    networks, pass kinds) only through registry.yaml / entry points, never by importing `methods`."""
+    found = []
+    for mod, path in _modules().items():
+        for node in runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{mod}: {n}" for n in names if n.split(".")[0] == "methods" or n.startswith("kebench.methods")]
+    assert found == []
+
+
+def test_plugin_pass_kinds_are_declared_not_core():
+    """context.PassKind holds only the kinds every regime may use; each method-specific kind is declared
+    by exactly the plugins whose module passes it to run.fit (registry.yaml `passes:`)."""
+    import re
+
+    from kebench import registry
+    from kebench.context import PassKind
+
+    assert [k.value for k in PassKind] == list(registry.CORE_PASSES) == ["pass", "generation", "teacher", "train",
+                                                                         "finetune"]
+    declared = {n: set(s.passes) for n, s in registry.plugins().items() if s.passes}
+    assert declared == {"dsd": {"phase"}, "repr": {"s1", "s2", "final"}, "neuroevo": {"seed", "member"},
+                        "agevo": {"individual"}, "eigen": {"individual"}, "eigen-d": {"individual"}}
+    for name, kinds in declared.items():
+        source = (ROOT / (registry.get(name).entry.partition(":")[0].replace(".", "/") + ".py")).read_text()
+        for kind in kinds:
+            assert re.search(rf'"{kind}"', source), f"{name} declares pass kind {kind} but its module never names it"
+
+
+def test_contributed_table_kinds_use_only_the_public_api():
+    """A plugin's table or figure kind builds with public names (`kebench.analysis.tables.TABLE_KIND_API`,
+    `kebench.analysis.plots.FIGURE_KIND_API`): no `_private` import from kebench in methods/."""
+    from kebench import registry
+
+    contributed = {*registry.section("tables").values(), *registry.section("figures").values()}
+    modules = {entry.partition(":")[0] for entry in contributed}
+    assert modules == {"methods.kd_table", "methods.ke_tables", "methods.agevo_figures"}
+    private = []
+    for module in sorted(modules):
+        tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
+        private += [f"{module}: {node.module}.{a.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and (node.module or "").startswith("kebench") for a in node.names if a.name.startswith("_")]
+    assert private == []

@@ -160,7 +160,7 @@ def test_each_panel_labels_its_own_task(classification, names):
 
 def test_many_series_keep_distinct_colours():
     for n in (10, 12, 20, 25):
-        colours = {plots._color(i, n) for i in range(n)}
+        colours = {plots.series_color(i, n) for i in range(n)}
         assert len(colours) == n
 
 

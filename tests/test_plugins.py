@@ -27,6 +27,7 @@ PLUGIN_SOURCE = textwrap.dedent('''
         """Two passes; the second one's record says it saw the first."""
         kind = "regime"
         defaults = {"repeats": 2}
+        passes = ("round",)  # its own pass kind, declared (an entry point's class attribute)
 
         def run(self, run):
             for i in range(self.params.repeats):
@@ -191,4 +192,40 @@ def test_declared_parameters_reach_the_plugin_typed(tmp_path, monkeypatch, make_
         assert run_cfg(cfg)["status"] == "complete"
     finally:
         sys.modules.pop("declared_plugins", None)
+        registry.reload()
+
+
+def test_a_pass_kind_must_be_declared(tmp_path, monkeypatch, make_cfg, run_cfg):
+    """A plugin's own pass kinds are declared in its registry entry (`passes:`); fit refuses another,
+    naming the kinds it may use, and accepts it once declared."""
+    (tmp_path / "lap_plugins.py").write_text(textwrap.dedent('''
+        from kebench.plugin import Regime
+
+        class Laps(Regime):
+            def run(self, run):
+                run.fit(kind="lap", label=1)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extended = tmp_path / "registry.yaml"
+    entry = "\n  laps:\n    entry: lap_plugins:Laps\n    kind: regime\n"
+    base = registry.registry_path()
+    extended.write_text(base.read_text().rstrip("\n") + entry)
+    monkeypatch.setattr(registry, "registry_path", lambda: extended)
+    registry.reload()
+    try:
+        with pytest.raises(UserError, match=r"Method 'ce\+laps' trains a pass of kind 'lap', which neither kebench "
+                                            r"nor its plugins declare \(declared: pass, generation, teacher, train, "
+                                            r"finetune\)"):
+            run_cfg(make_cfg("laps"))
+        extended.write_text(base.read_text().rstrip("\n") + entry + "    passes: [lap]\n")
+        registry.reload()
+        assert registry.pass_kinds(registry.parse_method("laps")) == (*registry.CORE_PASSES, "lap")
+        result = run_cfg(make_cfg("laps"))
+        assert [(p["kind"], p["index"]) for p in result["passes"]] == [("lap", 1)]
+        extended.write_text(base.read_text().rstrip("\n") + entry + "    passes: [generation]\n")
+        registry.reload()
+        with pytest.raises(UserError, match="pass kind\\(s\\) generation are kebench's own"):
+            registry.plugins()
+    finally:
+        sys.modules.pop("lap_plugins", None)
         registry.reload()

@@ -33,6 +33,36 @@ def test_user_errors_exit_2_with_message(args, expect, cli_run):
     assert "Traceback" not in text
 
 
+def test_engine_flags_are_made_from_the_declarations(cli_run):
+    """Every engine setting is declared once (config.RunConfig's param() fields: help, default, choices,
+    range): `kebench run` has its flag, typed and with its choices, and config.validate its check."""
+    import dataclasses
+
+    import click
+
+    from kebench import cli, config
+    from kebench.run import loop
+
+    declared = {f.name: f.metadata for f in dataclasses.fields(config.RunConfig) if f.metadata}
+    assert set(declared) == set(config.FIELDS) - {"params"} and all(m["help"] for m in declared.values())
+    options = {p.name: p for p in cli.run.params}
+    flags = {"data_options": "data_opt", "seed": "seeds"}
+    assert {flags.get(n, n) for n in declared} <= set(options)
+    assert tuple(options["lr_schedule"].type.choices) == config.LR_SCHEDULES and loop.SCHEDULES is config.LR_SCHEDULES
+    assert tuple(options["amp"].type.choices) == ("auto", "bf16", "fp16", "off")
+    assert isinstance(options["epochs"].type, click.types.IntParamType) and not options["epochs"].show_default
+    assert options["channels_last"].secondary_opts == ["--no-channels-last"]
+    assert options["lr"].help == "Peak learning rate (SGD)."
+    code, _, err = cli_run(["run", "--quiet", "--lr-schedule", "linear"])
+    assert code == 2 and "'linear' is not one of 'cosine', 'constant'" in err
+    for given, message in (({"momentum": 1.0}, "--momentum must be in [0, 1), got 1.0."),
+                           ({"resolution": 4}, "--resolution must be >= 8 pixels, got 4."),
+                           ({"lr_per": "batch"}, "Unknown lr-per value 'batch'. Valid lr-per values: epoch, step.")):
+        with pytest.raises(UserError) as exc:
+            resolve({}, given)
+        assert str(exc.value) == message
+
+
 def test_precedence_registry_file_cli(tmp_path):
     assert resolve({"method": "smooth"}).params["smooth"]["alpha"] == 0.1  # registry default
     file_cfg = {"alpha": 0.2, "epochs": 3}
@@ -49,6 +79,29 @@ def test_method_composition_defaults():
     assert (cfg.method_spec.objective.name, cfg.method_spec.regime.name) == ("smooth", "single")
     with pytest.raises(UserError, match="expected OBJECTIVE\\+REGIME"):
         resolve({"method": "single+ce"})
+
+
+@pytest.mark.filterwarnings("ignore:triplet. dataset 'digits-retrieval' has only:UserWarning")
+def test_the_task_record_picks_the_default_objective_and_headline_metric(make_cfg):
+    """One Task record per task: a bare regime trains its default objective, the run's primary metric is
+    its headline, and evaluate() scores exactly its metrics (retrieval adds NMI's spread)."""
+    from kebench.config import method_spec
+    from kebench.data import CLASSIFICATION, RETRIEVAL, DatasetSpec, get_spec, get_task
+
+    assert get_task(get_spec("digits-retrieval").task) is RETRIEVAL and get_task("classification") is CLASSIFICATION
+    assert [method_spec(m, d).name for m, d in [("ke", "digits-retrieval"), ("ke", "digits"), (None, "digits-retrieval"),
+                                                 (None, "synthetic"), ("smooth+ke", "digits")]] == [
+        "triplet+ke", "ce+ke", "triplet", "ce", "smooth+ke"]
+    assert resolve({"method": "ke", "data": "digits-retrieval"}).method == "triplet+ke"
+    for method, data, task, batch in [("ce", "synthetic", CLASSIFICATION, 16), ("triplet", "digits-retrieval", RETRIEVAL, None)]:
+        run = Run(make_cfg(method, data=data, resolution=16, train_fraction=0.3, batch_size=batch), show_progress=False)
+        assert (run.task, run.primary) == (task.name, task.headline)
+        scores = list(run.evaluate())
+        assert tuple(scores[:len(task.metrics)]) == task.metrics
+        assert set(scores) - set(task.metrics) <= {"nmi_mean", "nmi_std", "nmi_min", "nmi_max"}
+    with pytest.raises(UserError, match="Unknown task 'segmentation'.*classification, retrieval"):
+        DatasetSpec("seg", "segmentation", lambda cfg: None)
+    assert DatasetSpec("ret", RETRIEVAL, lambda cfg: None).task == "retrieval"  # a record or its name
 
 
 def test_plugin_value_type_checked():
@@ -122,6 +175,7 @@ def test_run_writes_results_and_is_deterministic(make_cfg, run_cfg):
     assert saved["epochs"] == 2 and saved["params"] == {"ce": {}, "single": {}}
     assert first["training"]["steps"] == first["passes"][0]["steps"] == 2 * (96 // 16)
     assert (run_dir / "model.pt").is_file() and not (run_dir / "checkpoint.pt").exists()
+    assert first["provenance"] == {"precision": "fp32", "autocast": False}  # CPU: no autocast, no TF32
     second = run_cfg(cfg)
     assert second["final"] == first["final"]
     assert second["passes"][0]["metrics"] == first["passes"][0]["metrics"]
@@ -200,3 +254,15 @@ def test_list_commands(cli_run):
     code, out, err = cli_run(["list", "methods"])
     text = out + err
     assert "smooth" in text and "objective" in text
+
+
+@pytest.mark.parametrize("amp, precision", [("bf16", "bf16"), ("fp16", "fp16"), ("off", "fp32")])
+def test_provenance_states_the_precision_as_run(amp, precision, make_cfg):
+    from kebench.run.device import DevicePolicy
+    from kebench.run.results import provenance
+
+    cfg = make_cfg(amp=amp)
+    policy = DevicePolicy.for_run(cfg, torch.device("cpu"))
+    assert provenance(policy) == {"precision": precision, "autocast": amp != "off"}
+    auto = DevicePolicy.for_run(make_cfg(), torch.device("cpu"))  # --amp auto on a CPU: fp32
+    assert provenance(auto)["precision"] == "fp32"

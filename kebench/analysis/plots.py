@@ -1,13 +1,13 @@
 """`kebench plot`: figures from result folders, one panel per dataset, byte-for-byte reproducible.
 
-Kinds:
-  generations  test accuracy across generations, dense (solid) and slim (dotted), N1 baseline dashed
-  cost         inference FLOPs vs accuracy, one point per method (slim networks as their own points)
+Kinds (kebench's own; plugins contribute more through registry.yaml's `figures:`, e.g. AG-Evo's
+`search`, and out-of-tree packages through `kebench.figures` entry points):
+  generations  test accuracy across generations, dense (solid) and each sub-network a plugin declares
+               (dotted: KE's slim), N1 baseline dashed
+  cost         inference FLOPs vs accuracy, one point per method (declared sub-networks as their own points)
   hypotheses   mean |w| of the fit (solid) and reset (dashed) hypotheses across generations
   budget       accuracy vs cumulative training FLOPs: a curve per multi-pass regime (pass by pass),
                single-pass runs at their budgets as points
-  search       architecture searches (agevo, eigen): the best individual's test accuracy (top) and
-               size in parameters (bottom, log) after each generation, against cumulative training FLOPs
 
 Every figure function takes loaded runs (`kebench.analysis.tables.load_runs`) and returns a matplotlib
 `Figure` (built without pyplot, so no global state); `save_figure` writes PNG/PDF/SVG without
@@ -15,16 +15,17 @@ timestamps or version strings, so the same results always give the same bytes.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections import defaultdict
 from pathlib import Path
 
+from kebench import registry
 from kebench.context import NOT_THE_MODEL, PassKind
 from kebench.errors import UserError
-from kebench.analysis.tables.layout import _prepare
+from kebench.analysis.tables.layout import prepare_entries
 from kebench.analysis.tables.runs import PRIMARY, Names, expand, metric_title, signature
 
-PLOT_KINDS = ("generations", "cost", "hypotheses", "budget", "search")
 FORMATS = ("png", "pdf", "svg")
 PANEL_COLUMNS = 3
 PANEL_SIZE = (4.6, 3.6)  # inches per panel
@@ -38,26 +39,32 @@ HYPOTHESIS_KEYS = ("fit_abs_mean", "reset_abs_mean")
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _mean(values: list[float]) -> float:
+def mean_of(values: list[float]) -> float:
     return math.fsum(values) / len(values)
 
 
-def _std(values: list[float]) -> float:
+def std_of(values: list[float]) -> float:
     if len(values) < 2:
         return 0.0
-    m = _mean(values)
+    m = mean_of(values)
     return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
-def _metric(run: dict, metric: str | None) -> str:
+def metric_of(run: dict, metric: str | None) -> str:
     return metric or PRIMARY.get(run.get("task", "classification"), "top1")
 
 
-def _axis_title(metric: str | None, run: dict) -> str:
-    return f"{metric_title(_metric(run, metric))} (%)"
+def axis_title(metric: str | None, run: dict) -> str:
+    return f"{metric_title(metric_of(run, metric))} (%)"
 
 
-def _generation_passes(run: dict) -> list[dict]:
+def subnets() -> tuple[str, ...]:
+    """The sub-networks plugins declare (registry `subnets:`, KE's slim): a run's `<subnet>_<metric>`
+    pass metrics and `cost.<subnet>` are drawn beside the reported network's."""
+    return registry.subnets()
+
+
+def generation_passes(run: dict) -> list[dict]:
     return [p for p in run.get("passes") or [] if p.get("kind") == PassKind.GENERATION]
 
 
@@ -82,7 +89,7 @@ def curve_labels(runs: list[dict], names: Names) -> dict[str, str]:
     return labels
 
 
-def _panels(fig_data: dict, title: str):
+def panel_grid(fig_data: dict, title: str):
     """A figure with one axes per dataset (sorted); returns (fig, {dataset: ax})."""
     from matplotlib.figure import Figure
 
@@ -98,7 +105,7 @@ def _panels(fig_data: dict, title: str):
     return fig, dict(zip(datasets, axes))
 
 
-def _color(i: int, n: int = 10):
+def series_color(i: int, n: int = 10):
     """Colour i of n series in a panel, all distinct: tab10 up to 10, tab20 up to 20 (dark shades
     first), then evenly spaced along the turbo colour map."""
     from matplotlib import colormaps
@@ -110,17 +117,17 @@ def _color(i: int, n: int = 10):
     return colormaps["turbo"](0.05 + 0.9 * i / (n - 1))
 
 
-def _legend(ax) -> None:
+def legend_beside(ax) -> None:
     """Beside the panel, never over it: a legend inside the axes can hide a point or a curve."""
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
 
 
-def _panel_run(runs: list[dict], dataset) -> dict:
+def panel_run(runs: list[dict], dataset) -> dict:
     """A run of this panel's dataset: its task names the panel's metric (r@1 for retrieval)."""
     return next((r for r in runs if r.get("dataset") == dataset), runs[0])
 
 
-def _few_ticks(axis) -> None:
+def few_ticks(axis) -> None:
     """At most 5 short labels: points that share one cost (a grid of methods on one arch) made the
     default locator label a tiny range with long numbers that overlapped."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -129,7 +136,7 @@ def _few_ticks(axis) -> None:
     axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
 
 
-def _log_axis(ax) -> None:
+def log_axis(ax) -> None:
     """Log x axis with plain-number labels on the major ticks only (minor labels overlapped)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -141,7 +148,7 @@ def _log_axis(ax) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _style():
+def figure_style():
     import matplotlib
 
     return matplotlib.rc_context(STYLE)
@@ -151,21 +158,21 @@ def _style():
 def generations_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
     """Accuracy across generations: dense solid, slim dotted, the objective's N1 baseline dashed."""
     names = names or Names()
-    multi = [r for r in runs if r.get("regime") != "single" and _generation_passes(r)]
+    multi = [r for r in runs if r.get("regime") != "single" and generation_passes(r)]
     labels = curve_labels(multi, names)
     curves = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))  # dataset -> label -> (net, g) -> values
     info = {}
     for r in multi:
-        m = _metric(r, metric)
+        m = metric_of(r, metric)
         label = labels[r["_path"]]
         info[(r.get("dataset"), label)] = (r.get("objective"), r.get("arch"), (r.get("config") or {}).get("epochs"), m)
-        for p in _generation_passes(r):
-            for net, key in (("dense", m), ("slim", f"slim_{m}")):
+        for p in generation_passes(r):
+            for net, key in (("dense", m), *((s, f"{s}_{m}") for s in subnets())):
                 v = (p.get("metrics") or {}).get(key)
                 if isinstance(v, (int, float)):
                     curves[r.get("dataset")][label][(net, p["index"])].append(v)
-    with _style():
-        fig, axes = _panels(curves, "No multi-generation results (passes of kind 'generation') to plot: run e.g. "
+    with figure_style():
+        fig, axes = panel_grid(curves, "No multi-generation results (passes of kind 'generation') to plot: run e.g. "
                                     "`kebench run --method ke --generations 3` first.")
         for dataset, ax in axes.items():
             baselines_done = {}
@@ -174,16 +181,16 @@ def generations_figure(runs: list[dict], metric: str | None = None, names: Names
             for i, label in enumerate(sorted(curves[dataset])):
                 pts = curves[dataset][label]
                 objective, arch, epochs, m = info[(dataset, label)]
-                for net, style in (("dense", dict(ls="-", marker="o")), ("slim", dict(ls=":", marker="s"))):
+                for net, style in (("dense", dict(ls="-", marker="o")), *((s, dict(ls=":", marker="s")) for s in subnets())):
                     gens = sorted(g for (n, g) in pts if n == net)
                     if not gens:
                         continue
-                    y = [100 * _mean(pts[(net, g)]) for g in gens]
-                    sd = [100 * _std(pts[(net, g)]) for g in gens]
-                    ax.plot(gens, y, color=_color(i, n), ms=3, lw=1.4, label=f"{label} ({net})", **style)
+                    y = [100 * mean_of(pts[(net, g)]) for g in gens]
+                    sd = [100 * std_of(pts[(net, g)]) for g in gens]
+                    ax.plot(gens, y, color=series_color(i, n), ms=3, lw=1.4, label=f"{label} ({net})", **style)
                     if any(sd):
                         ax.fill_between(gens, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
-                                        color=_color(i, n), alpha=0.15, lw=0)
+                                        color=series_color(i, n), alpha=0.15, lw=0)
                 key = (objective, arch, epochs)
                 if key in baselines_done:
                     continue
@@ -193,14 +200,14 @@ def generations_figure(runs: list[dict], metric: str | None = None, names: Names
                         and isinstance((r.get("final") or {}).get(m), (int, float))]
                 if base:
                     baselines_done[key] = True
-                    ax.axhline(100 * _mean([r["final"][m] for r in base]), color=_color(i, n), ls="--", lw=1.0,
+                    ax.axhline(100 * mean_of([r["final"][m] for r in base]), color=series_color(i, n), ls="--", lw=1.0,
                                label=names.method(objective, "single") + (f" {arch}" if several_archs else ""))
             ax.set_title(str(dataset))
             ax.set_xlabel("Generation")
-            ax.set_ylabel(_axis_title(metric, _panel_run(multi, dataset)))
+            ax.set_ylabel(axis_title(metric, panel_run(multi, dataset)))
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
-            _legend(ax)
+            legend_beside(ax)
     return fig
 
 
@@ -212,37 +219,37 @@ def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None
     if not entries:
         raise UserError("No complete results to plot.")
     archs = len({e.run.get("arch") for e in entries}) > 1
-    _, _, entries = _prepare(entries, ["method"] + (["arch"] if archs else []), ["dataset"], names, warnings)
+    _, _, entries = prepare_entries(entries, ["method"] + (["arch"] if archs else []), ["dataset"], names, warnings)
     points = defaultdict(lambda: defaultdict(lambda: {"x": [], "y": []}))
     for e in entries:
-        m = _metric(e.run, metric)
+        m = metric_of(e.run, metric)
         cost = e.run.get("cost") or {}
         label = " / ".join(str(v) for v in e.row)
         # A pruning pipeline's final metric is its pruned network's: plot it at the pruned cost.
         evaluated = "pruned" if (cost.get("pruned") or {}).get("flops") else "dense"
-        for net, key, suffix in ((evaluated, m, ""), ("slim", f"slim_{m}", " (slim)")):
+        for net, key, suffix in ((evaluated, m, ""), *((s, f"{s}_{m}", f" ({s})") for s in subnets())):
             flops = (cost.get(net) or {}).get("flops")
             value = e.metrics.get(key)
             if flops and isinstance(value, (int, float)):
                 points[e.col[0]][label + suffix]["x"].append(flops / 1e9)
                 points[e.col[0]][label + suffix]["y"].append(value)
-    with _style():
-        fig, axes = _panels(points, "No results with inference cost (cost.dense.flops) and an accuracy to plot.")
+    with figure_style():
+        fig, axes = panel_grid(points, "No results with inference cost (cost.dense.flops) and an accuracy to plot.")
         for dataset, ax in axes.items():
             n = len(points[dataset])
             for i, label in enumerate(sorted(points[dataset])):
                 p = points[dataset][label]
-                x, y, sd = _mean(p["x"]), 100 * _mean(p["y"]), 100 * _std(p["y"])
-                marker = "s" if label.endswith("(slim)") else "o"
-                ax.scatter([x], [y], color=_color(i, n), marker=marker, s=28, label=label, zorder=3)
+                x, y, sd = mean_of(p["x"]), 100 * mean_of(p["y"]), 100 * std_of(p["y"])
+                marker = "s" if label.endswith(tuple(f"({s})" for s in subnets())) else "o"
+                ax.scatter([x], [y], color=series_color(i, n), marker=marker, s=28, label=label, zorder=3)
                 if sd:
-                    ax.errorbar([x], [y], yerr=[sd], fmt="none", ecolor=_color(i, n), elinewidth=1, capsize=2)
-            _few_ticks(ax.xaxis)
+                    ax.errorbar([x], [y], yerr=[sd], fmt="none", ecolor=series_color(i, n), elinewidth=1, capsize=2)
+            few_ticks(ax.xaxis)
             ax.set_title(str(dataset))
             ax.set_xlabel("Inference GFLOPs per image")
-            ax.set_ylabel(_axis_title(metric, _panel_run([e.run for e in entries], dataset)))
+            ax.set_ylabel(axis_title(metric, panel_run([e.run for e in entries], dataset)))
             ax.grid(alpha=0.3)
-            _legend(ax)
+            legend_beside(ax)
     return fig
 
 
@@ -257,17 +264,17 @@ def hypothesis_stats(p: dict) -> dict | None:
 def hypotheses_figure(runs: list[dict], names: Names | None = None):
     """Mean |w| of the fit (solid) and reset (dashed) hypotheses across generations."""
     names = names or Names()
-    multi = [r for r in runs if any(hypothesis_stats(p) for p in _generation_passes(r))]
+    multi = [r for r in runs if any(hypothesis_stats(p) for p in generation_passes(r))]
     labels = curve_labels(multi, names)
     curves = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in multi:
-        for p in _generation_passes(r):
+        for p in generation_passes(r):
             h = hypothesis_stats(p)
             if h:
                 for k in HYPOTHESIS_KEYS:
                     curves[r.get("dataset")][labels[r["_path"]]][(k, p["index"])].append(h[k])
-    with _style():
-        fig, axes = _panels(curves, "No generation passes with hypothesis statistics (fit_abs_mean, reset_abs_mean) "
+    with figure_style():
+        fig, axes = panel_grid(curves, "No generation passes with hypothesis statistics (fit_abs_mean, reset_abs_mean) "
                                     "to plot: the hypotheses plot reads KE runs.")
         for dataset, ax in axes.items():
             n = len(curves[dataset])
@@ -275,14 +282,14 @@ def hypotheses_figure(runs: list[dict], names: Names | None = None):
                 pts = curves[dataset][label]
                 for key, ls, word in (("fit_abs_mean", "-", "fit"), ("reset_abs_mean", "--", "reset")):
                     gens = sorted(g for (k, g) in pts if k == key)
-                    ax.plot(gens, [_mean(pts[(key, g)]) for g in gens], color=_color(i, n), ls=ls, marker="o", ms=3,
+                    ax.plot(gens, [mean_of(pts[(key, g)]) for g in gens], color=series_color(i, n), ls=ls, marker="o", ms=3,
                             lw=1.4, label=f"{label}: {word}")
             ax.set_title(str(dataset))
             ax.set_xlabel("Generation")
             ax.set_ylabel("mean |w|")
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
-            _legend(ax)
+            legend_beside(ax)
     return fig
 
 
@@ -293,7 +300,7 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
     labels = curve_labels(multi, names)
     curves = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: {"x": [], "y": []})))
     for r in multi:
-        m, total = _metric(r, metric), 0.0
+        m, total = metric_of(r, metric), 0.0
         for i, p in enumerate(r.get("passes") or []):
             total += p.get("train_flops") or 0
             v = (p.get("metrics") or {}).get(m)
@@ -308,7 +315,7 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
         archs[r.get("dataset")].add(r.get("arch"))
     for r in runs:
         flops = (r.get("training") or {}).get("flops")
-        v = (r.get("final") or {}).get(_metric(r, metric))
+        v = (r.get("final") or {}).get(metric_of(r, metric))
         if r.get("regime") == "single" and flops and isinstance(v, (int, float)):
             label = names.method(r.get("objective", ""), "single")
             if len(archs[r.get("dataset")]) > 1:
@@ -317,84 +324,64 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
             pt["x"].append(flops / 1e12)
             pt["y"].append(v)
     datasets = {d: True for d in list(curves) + list(singles)}
-    with _style():
-        fig, axes = _panels(datasets, "No results with training FLOPs (training.flops, passes[].train_flops) to plot.")
+    with figure_style():
+        fig, axes = panel_grid(datasets, "No results with training FLOPs (training.flops, passes[].train_flops) to plot.")
         for dataset, ax in axes.items():
             i, n = 0, len(curves[dataset]) + len(singles[dataset])
             for label in sorted(curves[dataset]):
                 pts = curves[dataset][label]
                 order = sorted(pts)
-                ax.plot([_mean(pts[k]["x"]) for k in order], [100 * _mean(pts[k]["y"]) for k in order],
-                        color=_color(i, n), marker="o", ms=3, lw=1.4, label=label)
+                ax.plot([mean_of(pts[k]["x"]) for k in order], [100 * mean_of(pts[k]["y"]) for k in order],
+                        color=series_color(i, n), marker="o", ms=3, lw=1.4, label=label)
                 i += 1
             for label in sorted(singles[dataset]):
                 pts = singles[dataset][label]
                 budgets = sorted(pts, key=lambda e: (e is None, e))
-                xs = [_mean(pts[b]["x"]) for b in budgets]
-                ys = [100 * _mean(pts[b]["y"]) for b in budgets]
-                ax.scatter(xs, ys, color=_color(i, n), marker="D", s=24, zorder=3, label=f"{label} (single pass)")
+                xs = [mean_of(pts[b]["x"]) for b in budgets]
+                ys = [100 * mean_of(pts[b]["y"]) for b in budgets]
+                ax.scatter(xs, ys, color=series_color(i, n), marker="D", s=24, zorder=3, label=f"{label} (single pass)")
                 for b, x, y in zip(budgets, xs, ys):
                     ax.annotate(f"{b} ep", (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6)
                 i += 1
-            _log_axis(ax)
+            log_axis(ax)
             ax.set_title(str(dataset))
             ax.set_xlabel("Cumulative training TFLOPs")
-            ax.set_ylabel(_axis_title(metric, _panel_run(runs, dataset)))
+            ax.set_ylabel(axis_title(metric, panel_run(runs, dataset)))
             ax.grid(alpha=0.3, which="both")
-            _legend(ax)
+            legend_beside(ax)
     return fig
 
 
-def search_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
-    """Per dataset: the best individual's accuracy (top) and parameters (bottom) over the search,
-    one curve per search run (`search.history` of agevo/eigen results), x = cumulative training TFLOPs."""
-    from matplotlib.figure import Figure
-
-    names = names or Names()
-    searches = [r for r in runs if (r.get("search") or {}).get("history")]
-    if not searches:
-        raise UserError("No architecture-search results (result.json with `search.history`, from agevo/eigen) "
-                        "to plot.")
-    if metric not in (None, "top1", "val_top1"):
-        raise UserError(f"--metric for the search plot is top1 or val_top1, got '{metric}'.")
-    labels = curve_labels(searches, names)
-    datasets = sorted({r.get("dataset") for r in searches}, key=str)
-    with _style():
-        fig = Figure(figsize=(PANEL_SIZE[0] * len(datasets), PANEL_SIZE[1] * 1.6), layout="constrained")
-        axes = fig.subplots(2, len(datasets), squeeze=False, sharex="col")
-        for j, dataset in enumerate(datasets):
-            top, bottom = axes[0, j], axes[1, j]
-            for i, r in enumerate(sorted((r for r in searches if r.get("dataset") == dataset),
-                                         key=lambda r: (labels[r["_path"]], str(r.get("seed"))))):
-                history = r["search"]["history"]
-                xs = [h["train_flops"] / 1e12 for h in history]
-                label = labels[r["_path"]] + (f" seed {r.get('seed')}" if len(searches) > 1 else "")
-                top.plot(xs, [100 * h[metric or "top1"] for h in history], color=_color(i), marker="o", ms=3,
-                         lw=1.4, label=label)
-                bottom.plot(xs, [h["params"] for h in history], color=_color(i), marker="s", ms=3, lw=1.4,
-                            label=label)
-            top.set_title(str(dataset))
-            top.set_ylabel(f"Best individual: {metric_title(metric or 'top1')} (%)")
-            bottom.set_ylabel("Best individual: parameters")
-            bottom.set_yscale("log")
-            bottom.set_xlabel("Cumulative training TFLOPs (search cost)")
-            for ax in (top, bottom):
-                ax.grid(alpha=0.3, which="both")
-            _legend(top)
-    return fig
+#: The figure-kind extension point: kebench's own, registry.yaml's `figures:`, `kebench.figures` entry
+#: points. A figure kind is a function (runs, *, any of metric, names) -> matplotlib Figure; its
+#: `title` attribute (else its docstring's first line) heads it in a study report.
+FIGURES = registry.Extensions("figure kind", "figures", {
+    "generations": generations_figure, "cost": cost_figure, "hypotheses": hypotheses_figure, "budget": budget_figure})
+generations_figure.title = ("Generation curves: accuracy after each generation, dense network (solid) and slim "
+                            "fit-hypothesis (dotted); the single-pass baseline dashed")
+budget_figure.title = ("Accuracy vs cumulative training FLOPs: multi-pass regimes pass by pass, single passes as "
+                       "points")
+cost_figure.title = "Accuracy vs inference cost (GFLOPs per image); slim networks as their own points"
+hypotheses_figure.title = "Mean |w| of the fit and reset hypotheses across generations"
 
 
-FIGURES = {"generations": generations_figure, "cost": cost_figure, "hypotheses": hypotheses_figure,
-           "budget": budget_figure, "search": search_figure}
+def figure_names() -> list[str]:
+    """Every figure kind, kebench's first, without importing any plugin."""
+    return FIGURES.names()
+
+
+def figure_title(kind: str) -> str:
+    build = FIGURES.get(kind)
+    return getattr(build, "title", None) or (build.__doc__ or kind).strip().splitlines()[0]
 
 
 def build_figure(runs: list[dict], kind: str, metric: str | None = None, names: Names | None = None):
     if not runs:
         raise UserError("No complete results to plot. Point kebench plot at the folder given to `kebench run --out` "
                         "(default results/) and check the filters.")
-    if kind == "hypotheses":
-        return hypotheses_figure(runs, names)
-    return FIGURES[kind](runs, metric, names)
+    build = FIGURES.get(kind)
+    takes = set(inspect.signature(build).parameters)
+    return build(runs, **{k: v for k, v in (("metric", metric), ("names", names)) if k in takes})
 
 
 def figure_format(path) -> str:
@@ -411,10 +398,16 @@ def save_figure(fig, path) -> Path:
     path = Path(path)
     fmt = figure_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _style():
+    with figure_style():
         fig.savefig(path, format=fmt, dpi=DPI, metadata=METADATA[fmt])
     return path
 
 
-__all__ = ["PLOT_KINDS", "build_figure", "save_figure", "generations_figure", "cost_figure", "hypotheses_figure",
-           "budget_figure", "search_figure"]
+#: The figure-kind API: what a figure kind (kebench's own or a plugin's, e.g. methods/agevo_figures.py)
+#: builds with, beside `kebench.analysis.tables`' run helpers (docs/extending.md).
+FIGURE_KIND_API = ["PANEL_SIZE", "axis_title", "curve_labels", "few_ticks", "figure_style", "generation_passes",
+                   "legend_beside", "log_axis", "mean_of", "metric_of", "panel_grid", "panel_run", "series_color",
+                   "std_of", "subnets"]
+
+__all__ = [*FIGURE_KIND_API, "FIGURES", "build_figure", "figure_names", "figure_title", "save_figure",
+           "generations_figure", "cost_figure", "hypotheses_figure", "budget_figure"]

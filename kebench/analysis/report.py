@@ -24,14 +24,6 @@ from kebench.analysis.tables.render import _blank_repeats, _core, _header_levels
 from kebench.analysis.tables.runs import MISSING, _filtered
 
 PRIMARY = T.PRIMARY
-FIGURE_TITLES = {
-    "generations": "Generation curves: accuracy after each generation, dense network (solid) and slim "
-                   "fit-hypothesis (dotted); the single-pass baseline dashed",
-    "budget": "Accuracy vs cumulative training FLOPs: multi-pass regimes pass by pass, single passes as points",
-    "cost": "Accuracy vs inference cost (GFLOPs per image); slim networks as their own points",
-    "hypotheses": "Mean |w| of the fit and reset hypotheses across generations",
-    "search": "Architecture search: the best individual's accuracy and size against cumulative search FLOPs",
-}
 #: Figures every report tries (the issue's three views); a study's own list adds to them.
 BASE_FIGURES = ("generations", "budget", "cost")
 CSS = """
@@ -77,9 +69,9 @@ def _param(run: dict, key: str):
 def select(runs: list[dict], spec: dict, scale_set: dict) -> list[dict]:
     """The runs a table spec shows: methods/archs/datasets filters, `where` settings, and `match_set`
     (settings equal to the scale's `set`, e.g. the paper's epochs per pass, not the matched budgets)."""
-    methods = T._split_list(spec.get("methods"))
-    archs = T._split_list(spec.get("archs"))
-    datasets = T._split_list(spec.get("datasets"))
+    methods = T.split_list(spec.get("methods"))
+    archs = T.split_list(spec.get("archs"))
+    datasets = T.split_list(spec.get("datasets"))
     where = dict(spec.get("where") or {})
     where.update({k: scale_set[k] for k in spec.get("match_set") or [] if k in scale_set})
     chosen = []
@@ -110,8 +102,8 @@ def significance(cell: T.Cell) -> str:
         return f"significant ({cell.test})" if cell.test != "from-means" else "untested (no shared seeds)"
     if cell.p is not None:
         return f"not significant ({cell.test}, p = {cell.p:.2g})"
-    if cell.test == "bootstrap":
-        return "not significant (bootstrap interval contains 0)"
+    if cell.test:
+        return f"not tested ({cell.test}: constant values, no test statistic)"
     return "not tested (fewer than 2 seeds)"
 
 
@@ -302,7 +294,7 @@ def figure_png(fig) -> bytes:
     from kebench.analysis import plots
 
     buf = io.BytesIO()
-    with plots._style():
+    with plots.figure_style():
         fig.savefig(buf, format="png", dpi=plots.DPI, metadata=plots.METADATA["png"])
     return buf.getvalue()
 
@@ -322,12 +314,24 @@ def run_rows(runs: list[dict], left_out: list[tuple[str, str]]) -> list[dict]:
             "status": r.get("status", ""), "metric": f"{primary} {100 * v:.2f}" if isinstance(v, (int, float)) else "–",
             "versions": " ".join(f"{k} {versions[k]}" for k in ("kebench", "torch", "timm") if k in versions),
             "git commit": (r.get("git_commit") or "–")[:10], "device": r.get("device", "–"),
+            "precision": precision_text(r), "init": (r.get("config") or {}).get("init", "timm"),
             "wall time (s)": f"{r.get('wall_time_s', 0):.1f}"})
     for path, why in left_out:
         rows.append({"run": Path(path).name, "config hash": Path(path).name.rpartition("_")[2], "method": "",
                      "arch": "", "data": "", "seed": "", "epochs": "", "status": why, "metric": "–", "versions": "",
-                     "git commit": "", "device": "", "wall time (s)": ""})
+                     "git commit": "", "device": "", "precision": "", "init": "", "wall time (s)": ""})
     return rows
+
+
+def precision_text(run: dict) -> str:
+    """'fp32', 'bf16 autocast', 'fp32 (TF32 convs)' from result.json's provenance; '–' for runs
+    written before kebench recorded it (unknown: on CUDA those ran bf16 autocast unless --amp off)."""
+    p = run.get("provenance") or {}
+    if "precision" not in p:
+        return "–"
+    text = p["precision"] + (" autocast" if p.get("autocast") else "")
+    tf32 = [name for key, name in (("tf32_convolutions", "convs"), ("tf32_matmul", "matmuls")) if p.get(key)]
+    return text + (f" (TF32 {', '.join(tf32)})" if tf32 else "")
 
 
 def _plain_table(rows: list[dict], cls: str = "kb") -> str:
@@ -377,10 +381,10 @@ def build_figures(study, scale: str, runs: list[dict]) -> list[tuple[str, str, b
     for kind in kinds:
         try:
             fig = plots.build_figure(runs if kind == "budget" or not main else main, kind)
-            out.append((kind, FIGURE_TITLES[kind], figure_png(fig), ""))
+            out.append((kind, plots.figure_title(kind), figure_png(fig), ""))
         except UserError as exc:
             if kind in study.figures:  # a figure the study asks for: say why it is missing
-                out.append((kind, FIGURE_TITLES[kind], None, str(exc)))
+                out.append((kind, plots.figure_title(kind), None, str(exc)))
     return out
 
 

@@ -27,7 +27,6 @@ SCALES = ("mini", "paper")
 STUDY_KEYS = {"title", "paper", "about", "scales", "tables", "figures"}
 TABLE_KEYS = {"kind", "title", "rows", "cols", "metric", "generation", "methods", "archs", "datasets", "where",
               "match_set"}
-FIGURE_KINDS = ("generations", "budget", "cost", "hypotheses", "search")  # plots.PLOT_KINDS (kept light: no matplotlib)
 DEFAULT_ROOT = Path("results") / "studies"
 
 
@@ -87,9 +86,11 @@ def load(name: str) -> Study:
         bad = sorted(set(t) - TABLE_KEYS)
         if bad or "kind" not in t:
             raise UserError(f"Study '{name}': table {t} has unknown key(s) {bad} or no 'kind'.")
+    from kebench.analysis.plots import figure_names  # no matplotlib: plots imports it when drawing
+
     for f in data.get("figures") or []:
-        if f not in FIGURE_KINDS:
-            raise unknown_choice(f"figure of study '{name}'", f, list(FIGURE_KINDS))
+        if f not in figure_names():
+            raise unknown_choice(f"figure of study '{name}'", f, figure_names())
     return Study(name, data.get("title", name), data.get("paper", ""), data.get("about", ""),
                  data.get("scales") or {}, list(data.get("tables") or []), list(data.get("figures") or []))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import sys
+import typing
 
 import click
 from rich.markup import escape
@@ -14,6 +15,7 @@ from kebench.cli.analysis import plot_cmd, table_cmd
 from kebench.cli.console import err, out
 from kebench.cli.grid import study_cmd, sweep_cmd, with_options
 from kebench.cli.tools import data_cmd, profile_cmd
+from kebench.data.spec import headline_metric
 from kebench.errors import UserError
 from kebench.run.guard import RunInterrupted
 from kebench.params import coerce, declared, range_text, type_text
@@ -58,7 +60,8 @@ def print_summary(records: list[dict]) -> None:
         table.add_column(col, justify="right" if col not in ("method", "arch", "data", "status") else "left")
     for r in records:
         best = r.get("best") or {}
-        primary = next((k for k in ("top1", "r@1") if k in best), None)
+        primary = headline_metric(r.get("task"))
+        primary = primary if primary in best else None
         table.add_row(
             r["method"], r["arch"], r["dataset"], str(r["seed"]), r["status"],
             *[_fmt(r.get("final", {}).get(k)) for k in metric_keys],
@@ -89,33 +92,32 @@ def cli():
     """kebench: which training regime wins on small data, and at what cost."""
 
 
+def engine_option(name: str, f):
+    """The `kebench run` flag of one declared engine setting (config.RunConfig): `--lr-schedule` from
+    `lr_schedule`, typed by its declaration, its choices a click.Choice, a `--x/--no-x` pair for a
+    true/false setting; no default, so only the settings given on the command line override."""
+    tp = typing.get_type_hints(configmod.RunConfig)[name]
+    members = [t for t in (typing.get_args(tp) or (tp,)) if t is not type(None)]
+    flag = "--" + name.replace("_", "-")
+    meta = f.metadata
+    kw = {"help": meta["help"]} if meta["help"] else {}
+    if members == [bool]:
+        return click.option(f"{flag}/--no-{flag[2:]}", default=None, **kw)
+    if meta["choices"] is not None:
+        return click.option(flag, type=click.Choice(list(meta["choices"])), **kw)
+    return click.option(flag, type={int: int, float: float}.get(members[0]), **kw)
+
+
+#: Engine flags whose shape is not one setting's: `--data-opt KEY=VALUE` (repeatable, -> data_options)
+#: and `--seeds 0-4` (several runs, one per seed).
+SPECIAL_OPTIONS = {
+    "data_options": click.option("--data-opt", multiple=True, help=configmod.FIELDS["data_options"].metadata["help"]),
+    "seed": click.option("--seeds", default=None, help=configmod.FIELDS["seed"].metadata["help"]),
+}
+
 RUN_OPTIONS = [
-    click.option("--method", help="Comma list of methods; OBJECTIVE+REGIME composes (e.g. ce,smooth+ke). Default: ce."),
-    click.option("--arch", help="timm model name or googlenet. Default: resnet18."),
-    click.option("--data", help="Dataset name (kebench list datasets). Default: digits."),
-    click.option("--data-root", help="Folder holding the dataset (or set KEBENCH_DATA)."),
-    click.option("--data-opt", multiple=True, help="Dataset option KEY=VALUE (repeatable)."),
-    click.option("--seeds", default=None, help="Seeds to run, e.g. 0,1,2 or 0-4. Default: 0."),
-    click.option("--epochs", type=int, help="Epochs per pass (generation / phase)."),
-    click.option("--batch-size", type=int),
-    click.option("--lr", type=float, help="Peak learning rate (SGD)."),
-    click.option("--momentum", type=float),
-    click.option("--weight-decay", type=float),
-    click.option("--lr-schedule", type=click.Choice(["cosine", "constant"])),
-    click.option("--warmup-epochs", type=int, help="Linear warm-up at the start of every restarted LR schedule "
-                 "(KE code; paper datasets: 5, digits: 0); a pass caps it at a quarter of its length."),
-    click.option("--lr-per", type=click.Choice(["epoch", "step"]), help="Set the LR once per epoch (KE code) or per step."),
-    click.option("--resolution", type=int, help="Network input size in pixels."),
-    click.option("--train-fraction", type=float, help="Use this stratified fraction of the training split."),
-    click.option("--eval-every", type=int, help="Also evaluate every K epochs (best epoch is then known)."),
-    click.option("--device", help="auto, cpu, cuda or cuda:N."),
-    click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"])),
-    click.option("--channels-last/--no-channels-last", default=None),
-    click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA)."),
-    click.option("--budget", type=click.Choice(["paper", "matched"]),
-                 help="matched: also run the single-pass baseline with the same total epochs."),
-    click.option("--out", help="Results folder. Default: results/."),
-    click.option("--checkpoint-every-s", type=float, help="Mid-pass checkpoint interval in seconds (default 30)."),
+    *(SPECIAL_OPTIONS[name] if not f.metadata.get("flag", True) else engine_option(name, f)
+      for name, f in configmod.FIELDS.items() if f.metadata),
     click.option("--config", "config_file", type=click.Path(), help="YAML file of settings (CLI flags win)."),
     click.option("--resume", is_flag=True, help="Continue interrupted runs; skip completed ones."),
     click.option("--quiet", is_flag=True, help="No progress output."),
@@ -183,11 +185,7 @@ class RunCommand(click.Command):
         engine_keys = set(configmod.FIELDS)
         for name in methods:
             try:
-                data = _flag_value(argv, "--data") or "digits"
-                from kebench.data import get_spec
-
-                default_obj = "triplet" if get_spec(data).task == "retrieval" else "ce"
-                spec = registry.parse_method(name.strip(), default_objective=default_obj)
+                spec = configmod.method_spec(name.strip(), _flag_value(argv, "--data") or "digits")
             except UserError as exc:
                 formatter.write_paragraph()
                 formatter.write_text(str(exc))

@@ -55,7 +55,7 @@ def table_cmd(result_dirs, fmt, kind, rows, cols, metric, arch, dataset, method,
 
 @click.command("plot")
 @click.argument("result_dirs", nargs=-1, type=click.Path())
-@click.option("--kind", type=click.Choice(plots.PLOT_KINDS), default="generations", show_default=True)
+@click.option("--kind", type=click.Choice(plots.figure_names()), default="generations", show_default=True)
 @click.option("--out", "out_file", type=click.Path(), help="Figure file (.png, .pdf or .svg). Default: KIND.png.")
 @click.option("--metric", help="Metric to plot (default: top1, or r@1 for retrieval).")
 @click.option("--arch", multiple=True, help="Only these archs (repeatable or comma list).")
@@ -75,10 +75,10 @@ def plot_cmd(result_dirs, kind, out_file, metric, arch, dataset, method):
     """
     if out_file:
         plots.figure_format(out_file)
-    runs, left_out = tables.load_runs(result_dirs or ("results",), archs=tables._split_list(arch), datasets=tables._split_list(dataset),
-                               methods=tables._split_list(method))
+    runs, left_out = tables.load_runs(result_dirs or ("results",), archs=tables.split_list(arch), datasets=tables.split_list(dataset),
+                               methods=tables.split_list(method))
     tables.report_left_out(left_out, sys.stderr)
-    metric = (tables._split_list(metric) or [None])[0]
+    metric = (tables.split_list(metric) or [None])[0]
     fig = plots.build_figure(runs, kind, metric)
     path = plots.save_figure(fig, out_file or f"{kind}.png")
     click.echo(f"wrote {path}", err=True)

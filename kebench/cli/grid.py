@@ -7,10 +7,10 @@ import sys
 import click
 
 from kebench.analysis import study
-from kebench.grid import sweep
+from kebench.grid import EXECUTORS, sweep
 
 EXECUTOR_OPTIONS = [
-    click.option("--executor", type=click.Choice(["local", "inline", "slurm", "submitit-local"]), default="local",
+    click.option("--executor", type=click.Choice(EXECUTORS.names()), default="local",
                  show_default=True, help="local: worker processes here; inline: one run after another in this "
                                          "process (tiny CPU runs); slurm: a submitit job array; "
                                          "submitit-local: the slurm code path on this machine."),

@@ -1,14 +1,49 @@
-"""What a dataset is: its splits (`Split`), the bundle a run trains on (`DataBundle`) and its registry
-entry (`DatasetSpec`). Dataset modules register themselves here; kebench.data looks them up."""
+"""What a dataset is: the task it poses (`Task`), its splits (`Split`), the bundle a run trains on
+(`DataBundle`) and its registry entry (`DatasetSpec`). Dataset modules register themselves here;
+kebench.data looks them up."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from kebench.errors import UserError
+from kebench.errors import UserError, unknown_choice
 from kebench.params import coerce
+
+if TYPE_CHECKING:  # annotations only: the task records load without torch (tables, sweep status)
+    import torch
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a dataset asks of a method, in one record: the metrics a run is scored with (what
+    `evaluate` returns first, as fractions in [0, 1]), the headline one (the run's `primary`, best
+    epoch, summaries and tables) and the objective a method without one trains with (`--method ke`
+    on a retrieval dataset is triplet+ke)."""
+
+    name: str
+    metrics: tuple[str, ...]
+    headline: str
+    objective: str  # the default objective
+
+    def __post_init__(self):
+        if self.headline not in self.metrics:
+            raise ValueError(f"task '{self.name}': headline metric '{self.headline}' is not one of its metrics")
+
+
+CLASSIFICATION = Task("classification", metrics=("top1",), headline="top1", objective="ce")
+RETRIEVAL = Task("retrieval", metrics=("nmi", "r@1", "r@2", "r@4", "r@8"), headline="r@1", objective="triplet")
+TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, RETRIEVAL)}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise unknown_choice("task", name, sorted(TASKS))
+    return TASKS[name]
+
+
+def headline_metric(task: str | None) -> str:
+    """The headline metric of a result record's task (a record without a known task: classification's)."""
+    return TASKS.get(task or CLASSIFICATION.name, CLASSIFICATION).headline
 
 
 @dataclass
@@ -46,11 +81,14 @@ class DataBundle:
 @dataclass
 class DatasetSpec:
     name: str
-    task: str
+    task: str  # the name of its `Task` (a Task record is accepted too and stored by name)
     load: Callable  # (cfg) -> DataBundle
     description: str = ""
     defaults: dict = field(default_factory=dict)  # RunConfig defaults for this dataset
     options: dict = field(default_factory=dict)  # the --data-opt KEY=VALUE it takes, with their defaults
+
+    def __post_init__(self):
+        self.task = self.task.name if isinstance(self.task, Task) else get_task(self.task).name
 
     def parse_options(self, given: dict) -> dict:
         """The dataset's options with `given` applied; an unknown key or a value of the wrong type is

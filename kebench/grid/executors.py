@@ -5,6 +5,7 @@ A worker is `python -m kebench.grid.executors [--nproc N]` with the run's config
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import sys
 import time
 
 from kebench.run import guard
-from kebench.grid import slurm
+from kebench.grid import EXECUTORS, slurm
 from kebench.errors import UserError
 from kebench.run.launch import run_config
 from kebench.grid.sweep import WORKER_LOG, Entry, config_from_dict, parse_sets, state_of, unfinished
@@ -191,25 +192,45 @@ def worker_main(argv: list[str] | None = None) -> int:
     return 0 if all(r["status"] == "complete" for r in records) else guard.EXIT_FAILED
 
 
-def dispatch(entries: list[Entry], console, *, executor="local", retry_failed=False, workers=None, gpus=None,
-             gpus_per_run=1, runs_per_gpu=1, partition=None, time_min=240, gpus_per_job=1, array_parallelism=16,
-             cpus_per_task=None, mem_gb=None, slurm_opt=(), setup=(), wait=False) -> int:
-    """Run the unfinished entries with the chosen executor; returns its exit code (see run_local)."""
-    if runs_per_gpu > 1 and executor != "local":
+def run_local_executor(entries: list[Entry], *, echo=print, retry_failed=False, workers=None, gpus=None,
+                       gpus_per_run=1, runs_per_gpu=1) -> int:
+    """`--executor local`: worker processes on this machine, the visible GPUs shared out."""
+    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else _visible_gpus()
+    n = local_workers(gpu_list, gpus_per_run, runs_per_gpu, workers)
+    return run_local(entries, workers=n, gpus=gpu_list, gpus_per_run=gpus_per_run, runs_per_gpu=runs_per_gpu,
+                     retry_failed=retry_failed, echo=echo)
+
+
+def run_slurm(entries: list[Entry], *, echo=print, retry_failed=False, workers=None, partition=None, time_min=240,
+              gpus_per_job=1, array_parallelism=16, cpus_per_task=None, mem_gb=None, slurm_opt=(), setup=(),
+              wait=False, cluster="slurm") -> int:
+    """`--executor slurm`: a submitit job array (kebench/grid/slurm.py)."""
+    return slurm.run_submitit(
+        entries, cluster=cluster, retry_failed=retry_failed, partition=partition, time_min=time_min,
+        gpus_per_job=gpus_per_job, array_parallelism=array_parallelism, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
+        slurm_opts=parse_sets(slurm_opt, "--slurm-opt"), setup=list(setup), workers=workers,
+        wait=wait or cluster == "local", echo=echo)
+
+
+def run_submitit_local(entries: list[Entry], *, echo=print, retry_failed=False, workers=None, partition=None,
+                       time_min=240, gpus_per_job=1, array_parallelism=16, cpus_per_task=None, mem_gb=None,
+                       slurm_opt=(), setup=(), wait=True) -> int:
+    """`--executor submitit-local`: the slurm code path on this machine (waits for its jobs)."""
+    return run_slurm(entries, echo=echo, retry_failed=retry_failed, workers=workers, partition=partition,
+                     time_min=time_min, gpus_per_job=gpus_per_job, array_parallelism=array_parallelism,
+                     cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_opt=slurm_opt, setup=setup, wait=wait,
+                     cluster="local")
+
+
+def dispatch(entries: list[Entry], console, *, executor="local", **options) -> int:
+    """Run the unfinished entries with the chosen executor (`kebench.grid.EXECUTORS`), passing it the
+    executor flags its signature names; returns its exit code (see run_local)."""
+    run = EXECUTORS.get(executor)
+    takes = set(inspect.signature(run).parameters)
+    if options.get("runs_per_gpu", 1) > 1 and "runs_per_gpu" not in takes:
         raise UserError(f"--runs-per-gpu packs runs of the local executor; with --executor {executor} each "
                         f"job gets its own GPUs (--gpus-per-job).")
-    if executor == "inline":
-        return run_inline(entries, retry_failed=retry_failed, echo=console.print)
-    if executor == "local":
-        gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else _visible_gpus()
-        n = local_workers(gpu_list, gpus_per_run, runs_per_gpu, workers)
-        return run_local(entries, workers=n, gpus=gpu_list, gpus_per_run=gpus_per_run, runs_per_gpu=runs_per_gpu,
-                         retry_failed=retry_failed, echo=console.print)
-    return slurm.run_submitit(
-        entries, cluster="slurm" if executor == "slurm" else "local", retry_failed=retry_failed,
-        partition=partition, time_min=time_min, gpus_per_job=gpus_per_job, array_parallelism=array_parallelism,
-        cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_opts=parse_sets(slurm_opt, "--slurm-opt"), setup=list(setup),
-        workers=workers, wait=wait or executor == "submitit-local", echo=console.print)
+    return run(entries, echo=console.print, **{k: v for k, v in options.items() if k in takes})
 
 
 if __name__ == "__main__":

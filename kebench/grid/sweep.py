@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from kebench.data.spec import headline_metric
 from kebench.errors import UserError
 from kebench.params import coerce
 
@@ -96,12 +97,9 @@ def _values(key: str, value) -> list:
 
 def _plugin_keys(settings: dict) -> tuple[set, set]:
     """(flat plugin keys, plugin names) of the method these settings select."""
-    from kebench import registry
-    from kebench.data import get_spec
+    from kebench.config import method_spec
 
-    data = settings.get("data") or "digits"
-    default_obj = "triplet" if get_spec(data).task == "retrieval" else "ce"
-    method = registry.parse_method(settings.get("method") or default_obj, default_objective=default_obj)
+    method = method_spec(settings.get("method"), settings.get("data") or "digits")
     plugins = (method.objective, method.regime)
     return {k for p in plugins for k in p.defaults}, {p.name for p in plugins}
 
@@ -238,8 +236,8 @@ def state_of(entry: Entry) -> tuple[str, str]:
             state, detail = state_of(matched)
             if state != "done":
                 return state, f"matched baseline {matched.run_id}: {state} {detail}".strip()
-        primary = next((k for k in ("top1", "r@1") if k in result.get("final", {})), None)
-        return "done", f"{primary} {result['final'][primary]:.4f}" if primary else ""
+        primary = headline_metric(result.get("task"))
+        return "done", f"{primary} {result['final'][primary]:.4f}" if primary in result.get("final", {}) else ""
     if result is not None and result.get("status") == "failed":
         return "failed", str(result.get("error", ""))
     if any((entry.dir / n).is_file() for n in ("checkpoint.pt", "checkpoint.prev.pt")):

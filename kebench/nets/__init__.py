@@ -2,5 +2,7 @@
 the channel graph (trace, channels), KE's split masks (split), physical sub-networks (slim), pruning
 (prune), cost (parameters and FLOPs) and the evolution toolbox (genome, morph, pattern).
 
-A new network goes in `archs.py` (registered with timm), or in an out-of-tree package.
+A new network is a function (num_classes, in_chans, **kwargs) -> nn.Module in a module here (or out of
+tree), named under registry.yaml's `networks:` or by a `kebench.networks` entry point (models.NETWORKS;
+docs/extending.md).
 """

@@ -1,15 +1,19 @@
-"""Model construction: timm for everything it has, torchvision's GoogLeNet (no aux heads) besides."""
+"""Model construction: timm for everything it has, and the networks extension point besides:
+torchvision's GoogLeNet (no aux heads), and what registry.yaml's `networks:` and the `kebench.networks`
+entry points contribute (a function (num_classes, in_chans, **kwargs) -> nn.Module, e.g. SEP-Net,
+evonet), imported only when its name is used."""
 from __future__ import annotations
 
 import fnmatch
 
 import timm
+import timm.models.densenet
 import torch
 import torchvision
 from torch import nn
 from torchvision.models.googlenet import Inception
 
-from kebench.nets import archs, genome  # noqa: F401  (register sepnet_r, sepnet_b, evonet with timm)
+from kebench import registry
 from kebench.errors import UserError, unknown_choice
 
 
@@ -60,17 +64,19 @@ class GoogLeNet5x5(GoogLeNet):
 
 
 TORCHVISION_ARCHS = {"googlenet": GoogLeNet, "googlenet_5x5": GoogLeNet5x5}
+#: The network extension point: kebench's own, registry.yaml's `networks:`, `kebench.networks` entry points.
+NETWORKS = registry.Extensions("network", "networks", TORCHVISION_ARCHS)
 
 
 def list_archs(pattern: str | None = None) -> list[str]:
-    names = sorted(set(timm.list_models()) | set(TORCHVISION_ARCHS))
+    names = sorted(set(timm.list_models()) | set(NETWORKS.names()))
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     return names
 
 
 def check_arch(name: str) -> None:
-    if name in TORCHVISION_ARCHS or timm.is_model(name):
+    if name in NETWORKS or timm.is_model(name):
         return
     raise unknown_choice(
         "arch", name, [n for n in list_archs() if n.split("_")[0] in name or name in n] or list_archs()[:40],
@@ -78,11 +84,18 @@ def check_arch(name: str) -> None:
     )
 
 
-def create_model(arch: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module:
-    """A randomly initialised model (never pretrained: the papers train from scratch)."""
+def create_model(arch: str, num_classes: int, in_chans: int = 3, init: str = "timm", **kwargs) -> nn.Module:
+    """A randomly initialised model (never pretrained: the papers train from scratch), initialised
+    as timm (or torchvision) builds it, or `init="ke-official"` as the official KE code does."""
+    if init not in INITS:
+        raise unknown_choice("init", init, list(INITS))
+    return INITS[init](_build(arch, num_classes, in_chans, **kwargs))
+
+
+def _build(arch: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     check_arch(arch)
-    if arch in TORCHVISION_ARCHS:
-        return TORCHVISION_ARCHS[arch](num_classes=num_classes, in_chans=in_chans)
+    if arch in NETWORKS:
+        return NETWORKS.get(arch)(num_classes=num_classes, in_chans=in_chans, **kwargs)
     vgg = arch.startswith("vgg")
     if vgg:
         kwargs.setdefault("drop_rate", VGG_DROPOUT)
@@ -110,6 +123,49 @@ def torchvision_vgg_head(model: nn.Module) -> nn.Module:
         nn.init.normal_(fc.weight, 0, 0.01)
         nn.init.zeros_(fc.bias)
     return model
+
+
+@torch.no_grad()
+def ke_official_init(model: nn.Module) -> nn.Module:
+    """Re-initialise a freshly built model as ahmdtaha/knowledge_evolution does (generation 1; the
+    re-drawn reset-hypothesis is a separate rule, kebench.nets.split):
+
+    * ResNet (models/builder.py, its defaults `--init kaiming_normal --mode fan_in --nonlinearity
+      relu`): every conv and linear weight ~ N(0, 2 / fan_in); linear bias as nn.Linear draws it;
+      every BatchNorm gamma 1, beta 0 (timm instead draws convs with fan_out and zeroes the last BN
+      gamma of each residual block).
+    * DenseNet (models/split_densenet.py): the same convs (torchvision's kaiming_normal_, also
+      N(0, 2 / fan_in)), the classifier from the builder (N(0, 2 / fan_in)) with bias 0; BN 1 / 0.
+    * GoogLeNet (models/split_googlenet.py): conv and linear weights from scipy's truncnorm(-2, 2,
+      scale=0.01), i.e. N(0, 0.01) cut at +-0.02 (torchvision cuts at +-2, which never bites); BN 1 / 0.
+    * VGG: the KE paper's ablation uses torchvision's VGG11_bn, whose initialisation timm's VGG (with
+      kebench's torchvision head) already is: left as built.
+    * Any other network: the KE builder's rule (convs and linears N(0, 2 / fan_in), BN 1 / 0).
+    """
+    import timm.models.vgg
+
+    if isinstance(model, timm.models.vgg.VGG):
+        return model
+    googlenet = isinstance(model, GoogLeNet)
+    densenet = isinstance(model, timm.models.densenet.DenseNet)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()  # nn.Linear's own bias draw, as the KE builder leaves it
+                if densenet:
+                    nn.init.zeros_(m.bias)
+            if googlenet:
+                nn.init.trunc_normal_(m.weight, std=0.01, a=-0.02, b=0.02)
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+#: --init: how generation 1's weights are drawn.
+INITS = {"timm": lambda model: model, "ke-official": ke_official_init}
 
 
 def count_params(model: nn.Module) -> int:

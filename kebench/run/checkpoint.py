@@ -7,21 +7,17 @@ checkpoint.prev.pt until the new one is complete on disk. Only rank 0 writes.
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from kebench.errors import RunFailure
 from kebench.run import results
 
 CHECKPOINT = "checkpoint.pt"
 PREV_CHECKPOINT = "checkpoint.prev.pt"  # the one before: the fallback if the newest is corrupt
-
-
-class RunFailure(Exception):
-    """The run itself failed (e.g. a NaN loss); recorded as status 'failed' in result.json."""
 
 
 @dataclass
@@ -72,7 +68,9 @@ def state_dicts(state: dict) -> dict:
 
 
 def save(run, model, optimizer, scaler, ps: PassState, complete: bool) -> None:
-    """Write the run's checkpoint at the end of `ps` (complete) or inside it (rank 0 only)."""
+    """Write the run's checkpoint at the end of `ps` (complete) or inside it (rank 0 only): the model
+    and optimizer being trained, the run's model and `state`, and its `RunState` (`run.book`)."""
+    book = run.book
     if run.processes.rank == 0:
         ckpt = {
             "version": 1, "run_id": run.cfg.run_id(), "pass": ps.index, "complete": complete,
@@ -81,14 +79,14 @@ def save(run, model, optimizer, scaler, ps: PassState, complete: bool) -> None:
             # A finished pass's optimizer is never restored (the next pass builds a fresh one): its
             # momentum would double the file for nothing.
             "optimizer": {} if complete else optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "state": state_dicts(run.state), "passes": run.passes, "best": run.best, "extra": run._facts,
+            "state": state_dicts(run.state), "passes": book.passes, "best": book.best, "extra": book.facts,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "elapsed": run.elapsed(), "world_size": run.processes.world,
+            "elapsed": book.elapsed(), "world_size": run.processes.world,
         }
         # The last good checkpoint becomes checkpoint.prev.pt only once the new one is complete on disk.
         results.save_torch(run.dir / CHECKPOINT, ckpt, previous=run.dir / PREV_CHECKPOINT)
-    run._last_save = time.perf_counter()
+    book.saved()
 
 
 def read(run_dir, run_id: str, world: int) -> dict | None:
@@ -142,9 +140,10 @@ def restore(run, ck: dict, model: nn.Module, optimizer=None, scaler=None) -> Non
             run.state[k].copy_(v)
         else:
             run.state[k] = v
-    run.passes = list(ck["passes"][: ck["pass"] + (1 if ck["complete"] else 0)])
-    run.best = dict(ck["best"])
-    run._facts = dict(ck.get("extra", {}))
+    book = run.book
+    book.passes = list(ck["passes"][: ck["pass"] + (1 if ck["complete"] else 0)])
+    book.best = dict(ck["best"])
+    book.facts = dict(ck.get("extra", {}))
     torch.set_rng_state(ck["rng"])
     if ck["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["cuda_rng"])
@@ -172,14 +171,14 @@ def replay(run, index: int, model: nn.Module, optimizer, scaler):
     """On --resume, what pass `index` of the replayed regime is: (its record, None) when the checkpoint
     says it finished (the last finished one also restores its end state), (None, its PassState) when it
     is the interrupted pass (restored with its optimizer), else (None, None): train it."""
-    ck = run._resume
+    ck = run.book.resume
     if ck is None or index > ck["pass"]:
         return None, None
     if index < ck["pass"] or ck["complete"]:
         if index == ck["pass"]:  # the last finished pass: its end state is where we resume
             restore(run, ck, model)
-            run._resume = None
+            run.book.resume = None
         return ck["passes"][index], None
     restore(run, ck, model, optimizer, scaler)
-    run._resume = None
+    run.book.resume = None
     return None, PassState(**ck["pass_state"])

@@ -15,9 +15,7 @@ where the interrupted run stopped. Regimes therefore must keep any state that ou
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -31,18 +29,20 @@ from kebench.run import monitor
 from kebench.run import record
 from kebench.run import results
 from kebench import data as datasets
-from kebench.run.checkpoint import CHECKPOINT, PREV_CHECKPOINT, PassState, RunFailure, checkpoint_problem  # noqa: F401
+from kebench import registry
+from kebench.run.checkpoint import CHECKPOINT, PREV_CHECKPOINT, PassState, checkpoint_problem  # noqa: F401
 from kebench.config import RunConfig, save_yaml
 from kebench.context import RECORD
 from kebench.data.pipeline import BatchStream
 from kebench.run.device import DevicePolicy
-from kebench.errors import UserError
+from kebench.run.threads import ThreadPolicy
+from kebench.errors import RunFailure, UserError
 from kebench.run.loop import SCHEDULES, LRPlan, PassLoop, effective_warmup, lr_factor, lr_scheduler  # noqa: F401
 from kebench.nets.models import create_model
 from kebench.plugin import Hook, Objective
 from kebench.run.progress import Progress  # noqa: F401  (tests patch Progress.step through here)
+from kebench.run.state import RunState
 
-PRIMARY = {"classification": "top1", "retrieval": "r@1"}
 CHECK_EVERY = distributed.CHECK_EVERY
 
 
@@ -71,26 +71,33 @@ class Run:
         seed_everything(cfg.seed)
         self.data = datasets.load(cfg)
         self.task = self.data.task
-        self.primary = PRIMARY[self.task]
+        self.primary = datasets.get_task(self.task).headline
         self.method = cfg.method_spec
         self.policy = policy or DevicePolicy.for_run(cfg, self.device)  # AMP, layout, compile, data placement
         self.policy.apply_backend()
+        # CPU threads: the cores other work leaves free (kebench/run/threads.py); a GPU run keeps torch's
+        self.threads = ThreadPolicy.from_env() if self.device.type == "cpu" else ThreadPolicy(torch.get_num_threads())
         self.amp_dtype, self.channels_last = self.policy.amp_dtype, self.policy.channels_last
         self.objective = self.method.objective.load()(cfg.plugin_params(self.method.objective.name), self)
         self.regime = self.method.regime.load()(cfg.plugin_params(self.method.regime.name), self)
         self.model = self.build_model()
         self._check_batch_size()
         self.state: dict[str, nn.Module | torch.Tensor] = {}
-        self.passes: list[dict] = []
-        self.best: dict = {}
-        self._facts: dict = {}  # what regimes reported (run.report*): checkpointed, spread into result.json
-        self._pass_counter = 0
+        #: What the run accumulates (passes, best, reported facts, resume position, clocks): shared with
+        #: the loop, the checkpoint and the record through this one object.
+        self.book = RunState()
         self._resuming = resume
-        self._resume: dict | None = None  # the checkpoint, read by execute() under the folder's lock
-        self._elapsed_before = 0.0
         self._streams: dict[str, BatchStream] = {}
-        self._last_save = time.perf_counter()
         self.monitors = monitor.hooks_for(self)  # TensorBoard when KEBENCH_TENSORBOARD=1
+
+    @property
+    def passes(self) -> list[dict]:
+        """Records of the finished passes (a plugin reads them; only fit() adds to them)."""
+        return self.book.passes
+
+    @property
+    def best(self) -> dict:
+        return self.book.best
 
     @property
     def world(self) -> int:
@@ -119,7 +126,8 @@ class Run:
     # ------------------------------------------------------------------ building blocks
     def build_model(self, arch: str | None = None, **kwargs) -> nn.Module:
         """A fresh model for this run's data and objective, on the run's device."""
-        model = create_model(arch or self.cfg.arch, self.data.num_classes, self.data.in_chans, **kwargs)
+        model = create_model(arch or self.cfg.arch, self.data.num_classes, self.data.in_chans, init=self.cfg.init,
+                             **kwargs)
         model = self.objective.adapt_model(model, self.data.num_classes)
         return self.policy.place(model)
 
@@ -167,7 +175,7 @@ class Run:
             lr_window: tuple[int, int] | None = None, after=None) -> dict:
         """Train `model` (default: run.model) for one pass with a fresh optimizer and LR schedule.
 
-        kind: a `kebench.context.PassKind` (what the pass trains). lr, schedule ("cosine" |
+        kind: a `kebench.context.PassKind` or a kind the method's plugins declare (`passes:`). lr, schedule ("cosine" |
         "constant"), warmup: this pass's peak LR, schedule and warm-up epochs (default: --lr,
         --lr-schedule, --warmup-epochs), e.g. a short constant-LR fine-tune.
         lr_window=(offset, total) continues one schedule of `total` epochs across passes (DSD, RePr);
@@ -180,8 +188,11 @@ class Run:
         model = model if model is not None else self.model
         objective = objective or self.objective
         kind = str(kind)
-        index = self._pass_counter
-        self._pass_counter += 1
+        if kind not in registry.pass_kinds(self.method):
+            raise UserError(f"Method '{self.method.name}' trains a pass of kind '{kind}', which neither kebench "
+                            f"nor its plugins declare (declared: {', '.join(registry.pass_kinds(self.method))}). "
+                            f"List the plugin's own pass kinds under 'passes:' in its registry entry.")
+        index = self.book.next_fit()
         label = label if label is not None else index + 1
         hooks = list(hooks) + objective.hooks() + self.monitors
         lr_plan = LRPlan.of(self, kind, epochs, lr, schedule, warmup, lr_window)
@@ -204,17 +215,12 @@ class Run:
             rec.update(epochs=ps.epoch, planned_epochs=epochs, stopped=stopped)
         if after is not None:
             _add_after(rec, after(model), self.method.name)
-        self.passes.append(rec)
+        self.book.passes.append(rec)
         for hook in hooks:
             if hasattr(hook, "pass_end"):  # hooks written against an older Hook have no pass_end
                 hook.pass_end(rec)
-        self._save_checkpoint(model, optimizer, scaler, ps, complete=True)
+        self.save_checkpoint(model, optimizer, scaler, ps, complete=True)
         return rec
-
-    def _track_best(self, test: dict, index: int, label: int, epoch: int) -> None:
-        value = test.get(self.primary)
-        if value is not None and (not self.best or value > self.best[self.primary]):
-            self.best = {self.primary: value, "pass": index + 1, "label": label, "epoch": epoch}
 
     # ------------------------------------------------------------------ what regimes report
     def report(self, name: str, value):
@@ -225,28 +231,24 @@ class Run:
             raise ValueError(f"{self.method.name}: run.report('{name}') would overwrite the result.json schema "
                              f"field '{name}'; report the fact under a name of its own"
                              f"{' (or use run.report_' + name + ')' if name in (record.FINAL, record.COST) else ''}.")
-        self._facts[name] = value
+        self.book.facts[name] = value
         return value
 
     def reported(self, name: str, default=None):
         """A fact reported earlier in this run (or restored from its checkpoint on resume)."""
-        return self._facts.get(name, default)
+        return self.book.facts.get(name, default)
 
     def report_final(self, values: dict) -> dict:
         """Add headline numbers to result.json["final"] (over the last pass's metrics)."""
-        return self._contribute(record.FINAL, values)
+        return self.book.contribute(record.FINAL, values)
 
     def report_cost(self, values: dict) -> dict:
         """Add entries to result.json["cost"] (beside the engine's "dense" inference cost)."""
-        return self._contribute(record.COST, values)
+        return self.book.contribute(record.COST, values)
 
-    def _contribute(self, field: str, values: dict) -> dict:
-        part = self._facts.setdefault(field, {})
-        part.update(values)
-        return part
-
-    # ------------------------------------------------------------------ persistence
-    def _append_metrics(self, row: dict) -> None:
+    # ------------------------------------------------------------------ persistence (the loop calls these)
+    def append_metrics(self, row: dict) -> None:
+        """Append one epoch's row to metrics.jsonl (rank 0)."""
         if self.rank != 0:
             return
         self.dir.mkdir(parents=True, exist_ok=True)  # a regime driven without execute() (tests, notebooks)
@@ -254,7 +256,8 @@ class Run:
             f.write(json.dumps(results._clean(row)) + "\n")
         monitor.write_csv(self.dir)
 
-    def _save_checkpoint(self, model, optimizer, scaler, ps: PassState, complete: bool) -> None:
+    def save_checkpoint(self, model, optimizer, scaler, ps: PassState, complete: bool) -> None:
+        """Checkpoint the run at the end of pass `ps` (complete) or inside it."""
         checkpoint.save(self, model, optimizer, scaler, ps, complete)
 
     def resumed_state(self, name: str):
@@ -262,10 +265,11 @@ class Run:
         resuming, already restored, or absent). Between-pass results that depend on trained weights
         and change shapes (a pruned network's structure) cannot be replayed from the untrained
         weights a replay sees before the resumed pass restores them; a regime reads them back here."""
-        return None if self._resume is None else self._resume["state"].get(name)
+        resume = self.book.resume
+        return None if resume is None else resume["state"].get(name)
 
     def elapsed(self) -> float:
-        return self._elapsed_before + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
+        return self.book.elapsed()
 
     # ------------------------------------------------------------------ the whole run
     def execute(self) -> dict:
@@ -273,14 +277,17 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             results.remove_stale_temps(self.dir)  # half-written files of a killed earlier attempt
+        book = self.book
         if self._resuming:
-            self._resume = checkpoint.read(self.dir, self.cfg.run_id(), self.world)
-            self._elapsed_before = self._resume["elapsed"] if self._resume else 0.0
+            book.resume = checkpoint.read(self.dir, self.cfg.run_id(), self.world)
+            book.elapsed_before = book.resume["elapsed"] if book.resume else 0.0
         results.write_text(self.dir / "config.yaml", save_yaml(self.cfg))
-        if self._resume is None and self.rank == 0:  # a fresh start: nothing of an earlier attempt stays
+        if book.resume is None and self.rank == 0:  # a fresh start: nothing of an earlier attempt stays
             for name in ("metrics.jsonl", CHECKPOINT, PREV_CHECKPOINT):
                 (self.dir / name).unlink(missing_ok=True)
-        self._t0 = time.perf_counter()
+        book.start()
+        threads_before = torch.get_num_threads()
+        self.threads.start()
         try:
             self.regime.run(self)
         except RunFailure as exc:
@@ -289,6 +296,8 @@ class Run:
             rec = record.build(self, status="failed", error=str(exc))
             results.write_json(self.dir / "result.json", rec)
             return rec
+        finally:
+            torch.set_num_threads(threads_before)  # a library caller's setting survives the run
         for m in self.monitors:
             m.close()
         rec = record.build(self, status="complete")
@@ -318,10 +327,6 @@ def _add_after(rec: dict, out: dict, method: str) -> None:
                            if nested else f"record entries {clash} that would overwrite the pass record's own"))
     rec["metrics"].update(out)
     rec.update(entries)
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)
 
 
 def execute_all(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True) -> list[dict]:

@@ -17,12 +17,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kebench.run import checkpoint
 from kebench.run import guard
-from kebench.run.checkpoint import PassState, RunFailure
+from kebench.run.checkpoint import PassState
 from kebench.data.pipeline import epoch_generator
-from kebench.errors import UserError
+from kebench.errors import RunFailure, UserError
 from kebench.run.progress import Progress
-
-SCHEDULES = ("cosine", "constant")
+from kebench.config import LR_SCHEDULES as SCHEDULES  # declared with the --lr-schedule setting
 
 
 def lr_factor(update: int, per_epoch: int, total: int, warmup: int, schedule: str) -> float:
@@ -113,18 +112,18 @@ class PassLoop:
                 last = epoch + 1 == ps.epochs
                 if last or (run.cfg.eval_every and (epoch + 1) % run.cfg.eval_every == 0):
                     row["test"] = run.evaluate(self.model)
-                    run._track_best(row["test"], ps.index, ps.label, epoch + 1)
+                    run.book.track_best(run.primary, row["test"], ps.index, ps.label, epoch + 1)
                 progress.end_epoch(row)
                 for hook in self.hooks:
                     hook.epoch_end(self.model, epoch + 1, row)
                 self.stopped = next((why for why in (hook.stop_pass() for hook in self.hooks) if why), None)
                 ps.epoch = epoch + 1
                 ps.history.append(row)
-                run._append_metrics(row)
+                run.append_metrics(row)
                 if self.stopped:  # a hook ended the pass early: the record completes it
                     break
-                if not last and time.perf_counter() - run._last_save >= run.cfg.checkpoint_every_s:
-                    run._save_checkpoint(self.model, self.optimizer, self.scaler, ps, complete=False)
+                if not last and run.book.save_due(run.cfg.checkpoint_every_s):
+                    run.save_checkpoint(self.model, self.optimizer, self.scaler, ps, complete=False)
         return self.stopped
 
     def epoch(self, epoch: int, progress: Progress) -> dict:
@@ -166,7 +165,10 @@ class PassLoop:
         if per_epoch == 1:
             self.scheduler.step()
         procs.epoch_end(sums, self.model)
+        if run.device.type == "cuda":  # the queued steps finish before the epoch's time is read
+            torch.cuda.synchronize(run.device)
         epoch_time = time.perf_counter() - t0
+        run.threads.adapt()  # CPU: the next epoch takes the cores other work left free in this one
         ps.wall_time_s += epoch_time
         ps.images += sums.seen
         mean_loss = (sums.loss / max(sums.seen, 1)).item()
@@ -214,7 +216,7 @@ class PassLoop:
         ps.partial = {"step": at["step"] + 1, "gen": at["gen"].get_state(), "lr": at["lr"],
                       "time": time.perf_counter() - at["t0"], "loss_sum": totals[0].float(),
                       "correct": totals[1].float(), "seen": int(totals[2]), "scored": int(totals[3])}
-        run._save_checkpoint(self.model, self.optimizer, self.scaler, ps, complete=False)
+        run.save_checkpoint(self.model, self.optimizer, self.scaler, ps, complete=False)
         ps.partial = None
         self.procs.barrier()  # the checkpoint is on disk before any process exits
         signum = guard.STOP.consume()

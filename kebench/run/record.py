@@ -1,5 +1,5 @@
-"""The result record: result.json of one run, built from the run's passes, best, reported facts and
-cost. `SCHEMA_FIELDS` are its top-level keys; a regime's `run.report(name, ...)` may not use them."""
+"""The result record: result.json of one run, built from its `RunState` (passes, best, reported facts,
+wall time) and cost. `SCHEMA_FIELDS` are its top-level keys; a regime's `run.report(name, ...)` may not use them."""
 from __future__ import annotations
 
 import torch
@@ -10,15 +10,15 @@ from kebench.run import results
 #: Top-level keys of result.json that the engine writes (regimes report other facts beside them).
 SCHEMA_FIELDS = frozenset({
     "schema", "run_id", "status", "method", "objective", "regime", "task", "arch", "dataset", "seed", "config",
-    "data", "evaluation", "final", "best", "passes", "cost", "training", "wall_time_s", "device", "versions",
-    "git_commit", "distributed", "error"})
+    "data", "evaluation", "final", "best", "passes", "cost", "training", "wall_time_s", "device", "versions", "threads",
+    "git_commit", "provenance", "distributed", "error"})
 FINAL, COST = "final", "cost"  # the facts that contribute to the schema's "final" and "cost" entries
 
 
 def build(run, status: str, error: str | None = None) -> dict:
     from kebench.nets.cost import inference_cost
 
-    facts, cfg = run._facts, run.cfg
+    facts, cfg = run.book.facts, run.cfg
     final = dict(run.passes[-1]["metrics"]) if run.passes else {}
     final.update(facts.get(FINAL, {}))
     cost = {"dense": inference_cost(run.model, run.data, run.device)} if status == "complete" else {}
@@ -34,9 +34,10 @@ def build(run, status: str, error: str | None = None) -> dict:
                      "images": sum(p["images"] for p in passes),
                      "flops": sum(p.get("train_flops", 0) for p in passes),
                      "flops_convention": "torch.utils.flop_counter: 1 multiply-add = 2 FLOPs"},
-        "wall_time_s": round(run.elapsed(), 3),
+        "wall_time_s": round(run.book.elapsed(), 3),
         "device": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
-        "versions": results.versions(), "git_commit": results.git_commit(),
+        "versions": results.versions(), "git_commit": results.git_commit(), "threads": run.threads.describe(),
+        "provenance": results.provenance(run.policy),
         **{k: v for k, v in facts.items() if k not in (FINAL, COST)},
     }
     record["training"]["device_hours"] = round(record["wall_time_s"] / 3600 * run.processes.world, 6)

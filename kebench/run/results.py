@@ -212,3 +212,20 @@ def versions() -> dict:
 
     return {"kebench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__, "scikit-learn": sklearn.__version__}
+
+
+def provenance(policy) -> dict:
+    """How the numbers were computed, beside what was asked (`config`): the arithmetic as run.
+
+    precision: fp32 | bf16 | fp16, the dtype of the forward/backward matmuls and convolutions
+    (bf16/fp16: torch.autocast, with fp32 weights, optimizer state and loss; fp16 also scales the
+    loss). On CUDA, fp32 convolutions may run in TF32 (cuDNN's default on Ampere and later):
+    `tf32_convolutions` says whether they did. The official KE code trained in fp32."""
+    dtype = policy.amp_dtype
+    out = {"precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
+           "autocast": dtype is not None}
+    if policy.device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(policy.device)
+        out["tf32_convolutions"] = dtype is None and major >= 8 and bool(torch.backends.cudnn.allow_tf32)
+        out["tf32_matmul"] = dtype is None and major >= 8 and torch.backends.cuda.matmul.allow_tf32
+    return out

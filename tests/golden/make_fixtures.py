@@ -91,7 +91,7 @@ def classification():
         record(f, "ce+bans", "resnet18", "flowers102", s, passes,
                params={"bans": {"generations": 3, "alpha": 0.5, "temperature": 1.0}})
     ke(f, "ce+ke", "resnet18", "aircraft", 0, 3, 0.5523, 0.0600, 0.0150)  # one-seed cell
-    for s in (2, 3):  # seeds differ from the Smth (N1) baseline's 0, 1 -> bootstrap interval
+    for s in (2, 3):  # seeds differ from the Smth (N1) baseline's 0, 1 -> Welch's t-test
         ke(f, "smooth+ke", "resnet18", "flowers102", s, 3, 0.7150, 0.0500, 0.0200)
     dsd = [pass_("phase", 1, 200, {"top1": 0.7012}), pass_("phase", 2, 100, {"top1": 0.6890}),
            pass_("phase", 3, 100, {"top1": 0.7230})]

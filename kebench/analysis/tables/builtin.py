@@ -1,4 +1,5 @@
-"""The table kinds of kebench's core: classification, retrieval, cost, budget and size.
+"""The table kinds of kebench's core: classification, retrieval, budget and size (plugins contribute
+others through registry.yaml's `tables:`, e.g. KE's `cost`, KD x pruning's `kd`).
 
 A builder takes the runs and any of the keyword arguments `kebench.analysis.tables.kinds.build_table` passes
 (rows, cols, metric, generations, names, alpha, decimals, kind); one that does not take `rows` or
@@ -7,15 +8,14 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from kebench.context import PassKind
 from kebench.errors import UserError, unknown_choice
-from kebench.analysis.tables.layout import (COST_COLS, COST_NOTE, Col, Row, Table, _baseline_labels, _dim_title,
-                                   _group_title, _prepare, _row_sorter, _swap, _task_runs, cost_cell,
+from kebench.analysis.tables.layout import (COST_COLS, COST_NOTE, Col, Row, Table, _baseline_labels, dim_title,
+                                   group_title, prepare_entries, row_sorter, _swap, _task_runs, cost_cell,
                                    cost_cells, fmt_count)
-from kebench.analysis.tables.runs import (BUDGET_FREE, MISSING, PRIMARY, RETRIEVAL_METRICS, Names, _sort_value, _split_list,
+from kebench.analysis.tables.runs import (BUDGET_FREE, MISSING, PRIMARY, RETRIEVAL_METRICS, Names, sort_value, split_list,
                                  expand, metric_title, signature)
-from kebench.analysis.tables.stats import (ALPHA, MARK_BOOTSTRAP, MARK_FROM_MEANS, MARK_PAIRED, TESTS, Cell, _marks,
-                                  _significance_note, _value_note, cells_by_key, compare, make_cell, one_sample,
+from kebench.analysis.tables.stats import (ALPHA, MARK_WELCH, MARK_FROM_MEANS, MARK_PAIRED, TESTS, Cell, marks_in,
+                                  significance_note, value_note, cells_by_key, compare, make_cell, one_sample,
                                   rank_column)
 
 def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metric=None, generations=None,
@@ -24,16 +24,16 @@ def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metric=None, g
     names = names or Names()
     task = kind
     runs = _task_runs(runs, task)
-    rows = _split_list(rows) or ["method"]
-    cols = _split_list(cols) or (["dataset"] if task == "classification" else ["arch"])
-    metrics = _split_list(metric) or ([PRIMARY[task]] if task == "classification" else list(RETRIEVAL_METRICS))
+    rows = split_list(rows) or ["method"]
+    cols = split_list(cols) or (["dataset"] if task == "classification" else ["arch"])
+    metrics = split_list(metric) or ([PRIMARY[task]] if task == "classification" else list(RETRIEVAL_METRICS))
     warnings: list[str] = []
     entries = [e for r in runs for e in expand(r, generations, names)]
     if not entries:
         raise UserError(f"No results at generation {generations}: the runs found have fewer generations.")
-    rows, cols, entries = _prepare(entries, rows, cols, names, warnings)
-    row_keys = sorted({e.row for e in entries}, key=_row_sorter(entries, rows, names))
-    col_keys = sorted({e.col for e in entries}, key=_row_sorter(entries, cols, names, "col"))
+    rows, cols, entries = prepare_entries(entries, rows, cols, names, warnings)
+    row_keys = sorted({e.row for e in entries}, key=row_sorter(entries, rows, names))
+    col_keys = sorted({e.col for e in entries}, key=row_sorter(entries, cols, names, "col"))
     present = {m for e in entries for m, v in e.metrics.items() if isinstance(v, (int, float))}
     for m in metrics:
         if m not in present:
@@ -42,7 +42,7 @@ def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metric=None, g
     cells = {m: cells_by_key(entries, m) for m in metrics}
     for ck in col_keys:
         for m in metrics:
-            path = tuple(_group_title(v) for v in ck) + ((metric_title(m),) if len(metrics) > 1 or not ck else ())
+            path = tuple(group_title(v) for v in ck) + ((metric_title(m),) if len(metrics) > 1 or not ck else ())
             columns.append(Col(path, m))
             grid.append((ck, m))
     # The baseline cell: the same cell with the method label swapped for its baseline's.
@@ -63,7 +63,7 @@ def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metric=None, g
             if c.n and base is not None and base.n:
                 compare(c, base, alpha)
             row_cells.append(c)
-        table_rows.append(Row(tuple(_group_title(v) if d != "method" else v for d, v in zip(rows, rk)),
+        table_rows.append(Row(tuple(group_title(v) if d != "method" else v for d, v in zip(rows, rk)),
                               row_cells + cost_cells(by_row[rk])))
     across_rows = mc is not None and mr is None  # methods are the columns: rank along each row
     if across_rows:
@@ -78,86 +78,16 @@ def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metric=None, g
     what = " / ".join(metric_title(m) for m in metrics)
     caption = (f"{'Classification' if task == 'classification' else 'Retrieval'}: {what} (%) on the test split at the "
                f"last epoch; multi-generation regimes at {gen_text}.")
-    marks = _marks(table_rows, alpha)
-    notes = _value_note(alpha, marks, "the method's baseline (same objective, single pass, same epochs per pass)")
-    notes += _significance_note(table_rows, alpha)
+    marks = marks_in(table_rows, alpha)
+    notes = value_note(alpha, marks, "the method's baseline (same objective, single pass, same epochs per pass)")
+    notes += significance_note(table_rows, alpha)
     shown = {e.label for e in entries}
     pairs = sorted((a, b) for a, b in base_of.items() if a in shown)
     if pairs and any(c.test in TESTS for r in table_rows for c in r.cells):
         notes.append("Baselines: " + "; ".join(f"{a} vs {b}" for a, b in pairs) + ".")
     notes += [f"Best per {'row' if across_rows else 'column'} in bold, second underlined.", COST_NOTE]
-    return Table(kind, caption, tuple(_dim_title(d) for d in rows), columns + list(COST_COLS), table_rows,
+    return Table(kind, caption, tuple(dim_title(d) for d in rows), columns + list(COST_COLS), table_rows,
                  notes, decimals, warnings)
-
-
-def cost_table(runs: list[dict], metric=None, generations=None, names: Names | None = None,
-               alpha: float = ALPHA, decimals: int = 2) -> Table:
-    """Dense N vs slim H of KE-style runs: Acc_1, Acc_g, Δacc, inference GFLOPs/params, reduction."""
-    names = names or Names()
-    metric = (_split_list(metric) or [None])[0]
-    chosen = []
-    for r in runs:
-        m = metric or PRIMARY.get(r.get("task", "classification"), "top1")
-        gens = [p for p in r.get("passes") or [] if p.get("kind") == PassKind.GENERATION]
-        if any(f"slim_{m}" in (p.get("metrics") or {}) for p in gens) and (r.get("cost") or {}).get("slim"):
-            chosen.append(r)
-    if not chosen:
-        raise UserError("No results with a slim network: the cost table needs multi-generation runs (e.g. KE with "
-                        "--split kels) whose passes record `slim_top1` (or slim_<metric>) and whose result has "
-                        "`cost.slim`. See docs/tables.md.")
-    warnings: list[str] = []
-    entries = [e for r in chosen for e in expand(r, generations, names)]
-    rows, _, entries = _prepare(entries, ["method"], [], names, warnings, auto_into="rows")
-    row_keys = sorted({e.row for e in entries}, key=_row_sorter(entries, rows, names))
-    cols = [Col(("Acc_1",), "acc_1"), Col(("Acc_g",), "acc_g"), Col(("Δacc",), "delta_acc", "delta", False),
-            Col(("GFLOPs",), "gflops", "cost", False), Col(("Params (M)",), "params_m", "cost", False),
-            Col(("FLOPs red. (%)",), "flops_reduction", "cost", False),
-            Col(("Params red. (%)",), "params_reduction", "cost", False)] + list(COST_COLS)
-
-    def first_gen(e, key):
-        for p in e.run.get("passes") or []:
-            if p.get("kind") == PassKind.GENERATION and p.get("index") == 1:
-                return (p.get("metrics") or {}).get(key)
-        return None
-
-    def inference(e, net, key):
-        return ((e.run.get("cost") or {}).get(net) or {}).get(key)
-
-    table_rows = []
-    for rk in row_keys:
-        es = [e for e in entries if e.row == rk]
-        for net, title in (("dense", "Dense N"), ("slim", "Slim H")):
-            m = metric or PRIMARY.get(es[0].run.get("task", "classification"), "top1")
-            key = m if net == "dense" else f"slim_{m}"
-            acc1 = make_cell({e.seed: first_gen(e, key) for e in es})
-            accg = make_cell({e.seed: e.metrics.get(key) for e in es})
-            delta = make_cell({e.seed: e.metrics[key] - first_gen(e, key) for e in es
-                               if e.metrics.get(key) is not None and first_gen(e, key) is not None})
-            if delta.n >= 2:
-                one_sample(delta, alpha)
-            flops = [inference(e, net, "flops") for e in es]
-            params = [inference(e, net, "params") for e in es]
-            cells = [acc1, accg, delta, cost_cell([f / 1e9 for f in flops if f is not None]),
-                     cost_cell([p / 1e6 for p in params if p is not None])]
-            if net == "dense":
-                cells += [Cell(text="ref"), Cell(text="ref")]
-            else:
-                for k in ("flops", "params"):
-                    cells.append(cost_cell([100 * (1 - inference(e, "slim", k) / inference(e, "dense", k))
-                                            for e in es if inference(e, "slim", k) and inference(e, "dense", k)]))
-            rule = net == "dense" and bool(table_rows)
-            table_rows.append(Row((*rk, title), cells + cost_cells(es), rule_before=rule))
-    notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run.",
-             "Acc_1: accuracy after generation 1; Acc_g: after the generation in the row label; Δacc = Acc_g − Acc_1 "
-             "per seed" + (f" ({MARK_PAIRED}: one-sample t-test over seeds against 0)."
-                           if _marks(table_rows, alpha) else "."),
-             *_significance_note(table_rows, alpha),
-             "GFLOPs (per image, inference) and params of the evaluated network; reductions are relative to the dense "
-             "network (ref).", COST_NOTE]
-    caption = (f"Dense network N vs slim fit-hypothesis H: {metric_title(metric or 'top1')} (%) at generation 1 and g, "
-               f"with inference cost.")
-    return Table("cost", caption, tuple(_dim_title(d) for d in rows) + ("Network",), cols, table_rows, notes, decimals,
-                 warnings)
 
 
 def budget_table(runs: list[dict], cols=None, metric=None, generations=None, names: Names | None = None,
@@ -167,8 +97,8 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
     names = names or Names()
     task = Counter(r.get("task", "classification") for r in runs).most_common(1)[0][0] if runs else "classification"
     runs = _task_runs(runs, task)
-    cols = _split_list(cols) or ["dataset"]
-    metrics = _split_list(metric) or [PRIMARY[task]]
+    cols = split_list(cols) or ["dataset"]
+    metrics = split_list(metric) or [PRIMARY[task]]
     warnings: list[str] = []
     entries = [e for r in runs for e in expand(r, generations, names)]
     multi = [e for e in entries if e.regime != "single"]
@@ -176,9 +106,9 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
     if not multi:
         raise UserError("The budget table needs multi-pass results (KE, BANs, DSD, ...) and single-pass runs with "
                         "the same total epochs: run e.g. `kebench run --method ke --generations 3 --budget matched`.")
-    rows, cols, multi = _prepare(multi, ["method"], cols, names, warnings)
+    rows, cols, multi = prepare_entries(multi, ["method"], cols, names, warnings)
     if single:
-        _, _, single = _prepare(single, ["method"], cols, names, warnings)
+        _, _, single = prepare_entries(single, ["method"], cols, names, warnings)
 
     def comparable(e):  # settings a matched single pass must share (its epochs are the total)
         return tuple(sorted((k, v) for k, v in signature(e.run).items()
@@ -187,7 +117,7 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
     pool = defaultdict(list)
     for s in single:
         pool[(s.objective, s.col, comparable(s), s.per_pass_epochs)].append(s)
-    row_keys = sorted({e.row for e in multi}, key=_row_sorter(multi, rows, names))
+    row_keys = sorted({e.row for e in multi}, key=row_sorter(multi, rows, names))
     groups, unmatched = [], []
     for rk in row_keys:
         es = [e for e in multi if e.row == rk]
@@ -204,9 +134,9 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
                         f"({', '.join(unmatched)}). Run the multi-pass method with `--budget matched` (it also trains "
                         "the single pass for the same total epochs), e.g. `kebench run --method ke --generations 3 "
                         "--budget matched`.")
-    col_keys = sorted({e.col for _, es, _ in groups for e in es}, key=lambda c: tuple(_sort_value(v) for v in c))
+    col_keys = sorted({e.col for _, es, _ in groups for e in es}, key=lambda c: tuple(sort_value(v) for v in c))
     grid = [(ck, m) for ck in col_keys for m in metrics]
-    columns = [Col(tuple(_group_title(v) for v in ck) + ((metric_title(m),) if len(metrics) > 1 or not ck else ()), m)
+    columns = [Col(tuple(group_title(v) for v in ck) + ((metric_title(m),) if len(metrics) > 1 or not ck else ()), m)
                for ck, m in grid]
     table_rows = []
     for i, (rk, es, matched) in enumerate(groups):
@@ -224,7 +154,7 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
             elif a.n and b.n:
                 d = Cell(mean=a.mean - b.mean, n=0)
                 tmp = Cell(values=a.values, n=a.n)
-                compare(tmp, b, alpha)  # bootstrap when both sides have >= 2 runs
+                compare(tmp, b, alpha)  # Welch's t when both sides have >= 2 runs
                 if tmp.test:
                     d.test, d.p, d.n_test = tmp.test, tmp.p, tmp.n_test
                 else:
@@ -247,15 +177,15 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
             shown = [round(c.mean * 100, decimals) for c in (a, b) if c.mean is not None]
             if len(shown) == 2 and shown[0] != shown[1]:
                 (a if a.mean > b.mean else b).rank = 1
-    marks = _marks(table_rows, alpha)
+    marks = marks_in(table_rows, alpha)
     notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run. The single-pass row is "
              "the same objective trained once for the multi-pass row's total epochs, same schedule shape "
              "(`kebench run ... --budget matched`); the better of each pair is in bold."]
     if MARK_PAIRED in marks:
         notes.append(f"Δ: per-seed difference; {MARK_PAIRED} paired t-test over the shared seeds.")
-    if MARK_BOOTSTRAP in marks:
-        notes.append(f"{MARK_BOOTSTRAP} no shared seeds: bootstrap of the difference in means.")
-    notes += _significance_note(table_rows, alpha)
+    if MARK_WELCH in marks:
+        notes.append(f"{MARK_WELCH} no shared seeds: Welch's t-test of the difference in means.")
+    notes += significance_note(table_rows, alpha)
     if MARK_FROM_MEANS in marks:
         notes.append(f"{MARK_FROM_MEANS} difference of the means (no shared seeds, too few runs to test).")
     if unmatched:
@@ -272,13 +202,13 @@ def size_table(runs: list[dict], metric=None, names: Names | None = None, decima
     GFLOPs (`cost.dense`), with the run's training cost (for a search: every individual's). A run
     that also records its full-precision network (`cost.fp32`, binarize) gets a row for it too."""
     names = names or Names()
-    metric = (_split_list(metric) or ["top1"])[0]
+    metric = (split_list(metric) or ["top1"])[0]
     warnings: list[str] = []
     entries = [e for r in _task_runs(runs, "classification") for e in expand(r, None, names)]
     if not entries:
         raise UserError("No classification results for the size table.")
-    rows, _, entries = _prepare(entries, ["method", "arch"], [], names, warnings, auto_into="rows")
-    row_keys = sorted({e.row for e in entries}, key=_row_sorter(entries, rows, names))
+    rows, _, entries = prepare_entries(entries, ["method", "arch"], [], names, warnings, auto_into="rows")
+    row_keys = sorted({e.row for e in entries}, key=row_sorter(entries, rows, names))
     cols = [Col((metric_title(metric),), metric), Col(("Params (M)",), "params_m", "cost", False),
             Col(("Size (MB)",), "size_mb", "cost", False), Col(("GFLOPs",), "gflops", "cost", False),
             Col(("Device-h",), "device_hours", "cost", False)] + list(COST_COLS)
@@ -301,7 +231,7 @@ def size_table(runs: list[dict], metric=None, names: Names | None = None, decima
                 cells.append(cost_cell([(e.run.get("training") or {}).get("device_hours") for e in es]))
                 cells += cost_cells(es)
             head = (rk[0] + suffix, *rk[1:])
-            table_rows.append(Row(tuple(_group_title(v) if d != "method" else v for d, v in zip(rows, head)), cells))
+            table_rows.append(Row(tuple(group_title(v) if d != "method" else v for d, v in zip(rows, head)), cells))
     rank_column([r.cells[0] for r in table_rows], decimals)
     notes = ["Mean ± std over seeds, in %; (n) = number of runs behind the cell; – = no run.",
              "Params, Size (parameter storage: 4 bytes per weight, 1 bit + one fp32 scale per filter for binarized "
@@ -310,4 +240,4 @@ def size_table(runs: list[dict], metric=None, names: Names | None = None, decima
              "Device-h, Epochs and TFLOPs: the whole run's training cost (a search: every individual trained, "
              "extinct ones up to their landmark).", COST_NOTE]
     caption = f"Accuracy and size: {metric_title(metric)} (%) of the reported network with its size and cost."
-    return Table("size", caption, tuple(_dim_title(d) for d in rows), cols, table_rows, notes, decimals, warnings)
+    return Table("size", caption, tuple(dim_title(d) for d in rows), cols, table_rows, notes, decimals, warnings)

@@ -1,7 +1,8 @@
 """Table kinds: kebench's own (`kebench.analysis.tables.builtin`) and those plugins contribute.
 
 A plugin contributes a kind the way it contributes itself: a `tables:` entry in registry.yaml
-(`kd: methods.kd_table:kd_table`) or, out of tree, an entry point in the `kebench.tables` group.
+(`kd: methods.kd_table:kd_table`, KE's `cost: methods.ke_tables:cost_table`) or, out of tree, an
+entry point in the `kebench.tables` group (`registry.Extensions`, as every extension point).
 The builder is imported only when its kind is built, so `kebench --help` and the other kinds never
 import a plugin. A builder takes the runs and, by keyword, any of `BUILD_ARGS` it names; a builder
 without `rows` (or `cols`) has a fixed shape along that axis and the option is refused for it.
@@ -9,45 +10,33 @@ without `rows` (or `cols`) has a fixed shape along that axis and the option is r
 from __future__ import annotations
 
 import inspect
-from importlib import metadata
 
 from kebench import registry
-from kebench.errors import UserError, unknown_choice
+from kebench.errors import UserError
 from kebench.analysis.tables import builtin
 from kebench.analysis.tables.layout import Table
 from kebench.analysis.tables.runs import Names
 from kebench.analysis.tables.stats import ALPHA
 
-ENTRY_POINT_GROUP = "kebench.tables"
 BUILD_ARGS = ("kind", "rows", "cols", "metric", "generations", "names", "alpha", "decimals")
-BUILTIN = {"classification": builtin.grid_table, "retrieval": builtin.grid_table, "cost": builtin.cost_table,
+BUILTIN = {"classification": builtin.grid_table, "retrieval": builtin.grid_table,
            "budget": builtin.budget_table, "size": builtin.size_table}
+#: The table-kind extension point: kebench's own, registry.yaml's `tables:`, `kebench.tables` entry points.
+TABLES = registry.Extensions("table kind", "tables", BUILTIN)
 
 
 def contributed() -> dict[str, str]:
     """kind -> "module:function" from registry.yaml's `tables:` and the entry points (the registry wins)."""
-    found = {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    found.update(registry.table_entries())
-    return {k: v for k, v in found.items() if k not in BUILTIN}
+    return TABLES.contributed()
 
 
 def kind_names() -> list[str]:
     """Every table kind, kebench's first (in table order), without importing any plugin."""
-    return [*BUILTIN, *sorted(contributed())]
+    return TABLES.names()
 
 
 def builder(kind: str):
-    if kind in BUILTIN:
-        return BUILTIN[kind]
-    entries = contributed()
-    if kind not in entries:
-        raise unknown_choice("table kind", kind, kind_names())
-    module_name, _, attr = entries[kind].partition(":")
-    try:
-        return getattr(registry.import_plugin_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"Table kind '{kind}' points at '{entries[kind]}', which cannot be imported: {exc}. "
-                        f"Check registry.yaml's `tables:` entry (module:function).") from exc
+    return TABLES.get(kind)
 
 
 def build_table(runs: list[dict], kind: str | None = None, *, rows=None, cols=None, metric=None, generations=None,

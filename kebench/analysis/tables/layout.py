@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from kebench.errors import UserError, unknown_choice
-from kebench.analysis.tables.runs import (DIM_TITLES, MISSING, Entry, Names, _known_dims, _sort_value, dim_value,
+from kebench.analysis.tables.runs import (DIM_TITLES, MISSING, Entry, Names, _known_dims, sort_value, dim_value,
                                  signature)
 from kebench.analysis.tables.stats import Cell
 
@@ -89,7 +89,7 @@ COST_NOTE = ("Epochs and TFLOPs: training cost of one run up to the generation s
 
 
 
-def _fmt_setting(key: str, value, short: str) -> str:
+def fmt_setting(key: str, value, short: str) -> str:
     if key == "epochs":
         return f"{value} ep"
     if isinstance(value, float):
@@ -109,7 +109,7 @@ def _entry_sort(e: Entry, names: Names) -> tuple:
     return (names.order(e.objective), e.regime != "single", names.order(e.regime), e.generation or 0, e.label)
 
 
-def _prepare(entries: list[Entry], rows: list[str], cols: list[str], names: Names, warnings: list[str],
+def prepare_entries(entries: list[Entry], rows: list[str], cols: list[str], names: Names, warnings: list[str],
              auto_into: str = "cols") -> tuple[list[str], list[str], list[Entry]]:
     """Give entries labels (disambiguated where runs differ in settings), row/column keys; de-duplicate.
 
@@ -143,7 +143,7 @@ def _prepare(entries: list[Entry], rows: list[str], cols: list[str], names: Name
     for e in entries:
         keys = sorted(suffix_keys[e.base])
         shorts = Counter(k.rpartition(".")[2] for k in keys)
-        parts = [_fmt_setting(k, e.sig.get(k), k.rpartition(".")[2] if shorts[k.rpartition(".")[2]] == 1 else k)
+        parts = [fmt_setting(k, e.sig.get(k), k.rpartition(".")[2] if shorts[k.rpartition(".")[2]] == 1 else k)
                  for k in keys]
         e.label = _with_suffix(e.base, parts)
         e.row = tuple(e.label if d == "method" else e.dims[d] for d in rows)
@@ -173,15 +173,15 @@ def _task_runs(runs: list[dict], task: str) -> list[dict]:
     return chosen
 
 
-def _dim_title(d: str) -> str:
+def dim_title(d: str) -> str:
     return DIM_TITLES.get(d, d)
 
 
-def _group_title(v) -> str:
+def group_title(v) -> str:
     return MISSING if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _row_sorter(entries: list[Entry], dims: list[str], names: Names, attr: str = "row"):
+def row_sorter(entries: list[Entry], dims: list[str], names: Names, attr: str = "row"):
     """Sort key of row (or column) keys: methods in registry order, other values naturally."""
     first = {}
     for e in sorted(entries, key=lambda e: _entry_sort(e, names)):
@@ -189,7 +189,7 @@ def _row_sorter(entries: list[Entry], dims: list[str], names: Names, attr: str =
 
     def key(row):
         e = first[row]
-        return tuple(_entry_sort(e, names) if d == "method" else _sort_value(v) for d, v in zip(dims, row))
+        return tuple(_entry_sort(e, names) if d == "method" else sort_value(v) for d, v in zip(dims, row))
     return key
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from kebench.errors import unknown_choice
 from kebench.analysis.tables.layout import Col, Row, Table
 from kebench.analysis.tables.runs import MISSING
-from kebench.analysis.tables.stats import MARK_BOOTSTRAP, MARK_FROM_MEANS, MARK_PAIRED, Cell, _count
+from kebench.analysis.tables.stats import MARK_WELCH, MARK_FROM_MEANS, MARK_PAIRED, Cell, _count
 
 FORMATS = ("latex", "markdown", "csv")
 
@@ -45,7 +45,7 @@ def _tex_cell(cell: Cell, col: Col, decimals: int) -> str:
         return tex(core)
     math_core = core.replace("±", r"\pm")
     body = {1: rf"$\mathbf{{{math_core}}}$", 2: rf"\underline{{${math_core}$}}"}.get(cell.rank, f"${math_core}$")
-    mark = {MARK_PAIRED: r"$^{*}$", MARK_BOOTSTRAP: r"$^{\dagger}$",
+    mark = {MARK_PAIRED: r"$^{*}$", MARK_WELCH: r"$^{\dagger}$",
             MARK_FROM_MEANS: r"$^{\ddagger}$"}.get(cell.mark, "")
     count = rf" {{\scriptsize({tex(_count(cell))})}}" if cell.n else ""
     return body + mark + count

@@ -6,12 +6,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kebench import registry
 from kebench.context import PassKind
-from kebench.config import NOT_IN_RUN_ID
+from kebench.data.spec import TASKS
+from kebench.config import NOT_IN_RUN_ID, identity
 from kebench.errors import UserError
 
-#: Primary metric per task (mirrors kebench.run.engine.PRIMARY; a test keeps them equal).
-PRIMARY = {"classification": "top1", "retrieval": "r@1"}
+#: Headline metric per task, from the task records (kebench.data.spec.Task).
+PRIMARY = {name: task.headline for name, task in TASKS.items()}
 #: Columns of the retrieval table in the KE paper (Table 4): NMI, R@1, R@4.
 RETRIEVAL_METRICS = ("nmi", "r@1", "r@4")
 MISSING = "–"
@@ -104,8 +106,6 @@ class Names:
 
     def __init__(self, labels: dict[str, str] | None = None):
         if labels is None:
-            from kebench import registry
-
             labels = {name: spec.label or name for name, spec in registry.plugins().items()}
         self.labels = dict(labels)
         self._order = {name: i for i, name in enumerate(self.labels)}
@@ -130,7 +130,8 @@ def metric_title(metric: str) -> str:
         return METRIC_TITLES[metric]
     if metric.startswith("r@"):
         return "R@" + metric[2:]
-    for prefix, word in (("slim_", "Slim"), ("unpruned_", "Unpruned"), ("ensemble_", "Ensemble")):
+    subnets = tuple((f"{n}_", n.capitalize()) for n in registry.subnets())  # KE's slim_top1: "Slim top-1"
+    for prefix, word in (*subnets, ("unpruned_", "Unpruned"), ("ensemble_", "Ensemble")):
         if metric.startswith(prefix):
             return f"{word} {metric_title(metric[len(prefix):]).lower()}"
     return metric
@@ -175,18 +176,18 @@ class Entry:
         return self.run.get("_path", "")
 
 
-def _hashable(v):
+def hashable(v):
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
 
 
 def signature(run: dict) -> dict:
     """The run's settings that can change its numbers, flat (`lr`, `ke.split_rate`)."""
     cfg = run.get("config") or {}
-    flat = {k: _hashable(v) for k, v in cfg.items() if k not in IGNORED_CONFIG}
+    flat = {k: hashable(v) for k, v in identity(cfg).items() if k not in IGNORED_CONFIG}
     for plugin, params in sorted((cfg.get("params") or {}).items()):
         for k, v in sorted((params or {}).items()):
             if k not in IGNORED_PARAMS:
-                flat[f"{plugin}.{k}"] = _hashable(v)
+                flat[f"{plugin}.{k}"] = hashable(v)
     return flat
 
 
@@ -251,13 +252,13 @@ def dim_value(e: Entry, dim: str, names: Names):
     cfg = e.run.get("config") or {}
     params = cfg.get("params") or {}
     if dim in cfg and dim != "params":
-        return _hashable(cfg[dim])
+        return hashable(cfg[dim])
     if "." in dim:
         plugin, _, key = dim.partition(".")
-        return _hashable((params.get(plugin) or {}).get(key))
+        return hashable((params.get(plugin) or {}).get(key))
     for plugin in (e.regime, e.objective, *sorted(params)):
         if dim in (params.get(plugin) or {}):
-            return _hashable(params[plugin][dim])
+            return hashable(params[plugin][dim])
     return None
 
 
@@ -272,7 +273,7 @@ def _known_dims(entries) -> list[str]:
     return sorted(found)
 
 
-def _sort_value(v):
+def sort_value(v):
     if v is None:
         return (2, 0, "")
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -281,10 +282,10 @@ def _sort_value(v):
 
 
 
-def _split_list(text) -> list[str]:
+def split_list(text) -> list[str]:
     if not text:
         return []
     if isinstance(text, (list, tuple)):
-        return [t for part in text for t in _split_list(part)]
+        return [t for part in text for t in split_list(part)]
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
