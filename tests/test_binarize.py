@@ -122,13 +122,15 @@ def test_init_from_binarizes_an_earlier_run(make_cfg, run_cfg):
 def test_sepnets_are_timm_archs_and_binary_patterns_train_through_the_sign(cli_run):
     code, out, _ = cli_run(["list", "archs", "sepnet*"])
     assert code == 0 and out.split() == ["sepnet_b", "sepnet_r"]
-    r, b = (timm.create_model(n, num_classes=1000) for n in ("sepnet_r", "sepnet_b"))
+    from kebench.nets.models import create_model
+
+    r, b = (create_model(n, 1000) for n in ("sepnet_r", "sepnet_b"))
     n_r, n_b = (sum(p.numel() for p in m.parameters()) for m in (r, b))
     assert (n_r, n_b) == (1_303_564, 1_107_976)  # the talk: 1.3 M and 1.1 M
     assert size_bytes(r) == 4 * n_r and round(size_bytes(r) / 1e6, 1) == 5.2  # the talk: 5.2 MB
     assert size_bytes(b) == 2_536_816  # the talk: 4.2 MB (docs/fidelity.md)
     assert not isinstance(b.stem[0], BinaryConv2d)  # the stem stays full precision
-    small = timm.create_model("sepnet_b", num_classes=3, in_chans=1)
+    small = create_model("sepnet_b", 3, in_chans=1)
     small(torch.randn(2, 1, 16, 16)).sum().backward()
     binary = [m for m in small.modules() if isinstance(m, BinaryConv2d)]
     assert binary and all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in binary)
