@@ -21,7 +21,9 @@ from kebench.params import coerce as _coerce
 
 
 #: LR schedules a pass may follow (run/loop.py implements them).
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "step")
+#: Analyses of the final model a run may ask for (run/analyses.py computes them).
+ANALYSES = ("naswot", "landscape")
 
 
 @dataclass
@@ -43,6 +45,10 @@ class RunConfig:
     momentum: float = param("SGD momentum.", default=0.9, ge=0, lt=1)
     weight_decay: float = param("SGD weight decay.", default=1e-4, ge=0)
     lr_schedule: str = param("LR schedule of each pass.", default="cosine", choices=LR_SCHEDULES)
+    lr_milestones: list[float] = param("step schedule: comma list of fractions of each pass where the LR is "
+                                       "multiplied by --lr-gamma (rethinking-network-pruning's CIFAR code: "
+                                       "0.5,0.75).", default=[0.5, 0.75], gt=0, lt=1)
+    lr_gamma: float = param("step schedule: LR factor at each milestone.", default=0.1, gt=0, le=1)
     warmup_epochs: int = param("Linear warm-up at the start of every restarted LR schedule (KE code; paper "
                                "datasets: 5, digits: 0); a pass caps it at a quarter of its length.", default=0,
                                ge=0, rule=">= 0 (each pass caps it at a quarter of its schedule)")
@@ -62,6 +68,9 @@ class RunConfig:
                       default="timm", choices=("timm", "ke-official"))
     out: str = param("Results folder. Default: results/.", default="results")
     checkpoint_every_s: float = param("Mid-pass checkpoint interval in seconds (default 30).", default=30.0, ge=0)
+    analyses: list[str] = param("Comma list of analyses of the final model: naswot (Mellor et al.'s score, "
+                                "into result.json 'final'), landscape (Li et al.'s 2-D loss landscape; kebench "
+                                "plot --kind landscape).", default=[])
     budget: str = param("matched: also run the single-pass baseline with the same total epochs.", default="paper",
                         choices=("paper", "matched"))  # paper: equal per-pass budget
     params: dict = field(default_factory=dict)  # {plugin: {key: value}} resolved plugin hyperparameters
@@ -102,7 +111,7 @@ NOT_IN_RUN_ID = ("out", "data_root", "device", "checkpoint_every_s", "budget")
 
 #: Settings added after results existed: left out of the run id (and of a table's settings) while at
 #: their default, so runs made before them keep their ids, resume and tabulate as before.
-ID_OMITS_DEFAULT = ("init",)
+ID_OMITS_DEFAULT = ("init", "lr_milestones", "lr_gamma", "analyses")
 
 
 def identity(config: dict) -> dict:
@@ -315,6 +324,12 @@ def validate(cfg: RunConfig) -> None:
         problem = check_value(key, value, meta) if meta else None
         if problem:
             raise UserError(problem + ".")
+    if list(cfg.lr_milestones) != sorted(cfg.lr_milestones):
+        raise UserError(f"--lr-milestones must be increasing fractions of each pass, e.g. 0.5,0.75; got "
+                        f"{cfg.lr_milestones}.")
+    unknown = [a for a in cfg.analyses if a not in ANALYSES]
+    if unknown:
+        raise UserError(f"--analyses {', '.join(map(str, unknown))} is not known; choose from {', '.join(ANALYSES)}.")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'.")
     method = cfg.method_spec

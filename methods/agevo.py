@@ -94,6 +94,7 @@ class EvolutionarySearch(Regime):
 
     tasks = ("classification",)
     name = "search"
+    changes_network = True  # individuals are other networks: --budget matched matches training FLOPs
 
     @dataclass
     class Params:

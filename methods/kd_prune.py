@@ -110,6 +110,8 @@ class PrunePipeline(Regime):
         finetune_fraction: float = param("fine-tune length as a share of the train pass (Park et al.: 40/160)",
                                          gt=0, le=1)
         finetune_lr: float = param("fine-tuning learning rate", gt=0)
+        finetune_lr_relative: bool = param("read finetune_lr as a multiple of --lr (e.g. 0.01 with --lr 0.1 = "
+                                           "Park et al.'s 0.001) rather than as an absolute LR")
         finetune_schedule: str = param("constant (no warm-up, Park et al.) | cosine (restarted from finetune_lr, "
                                        "warmed up)", choices=FINETUNE_SCHEDULES)
         sparsity: float | str = param("slimming's L1 weight on BN gamma; auto = sparsity_by_family",
@@ -142,6 +144,11 @@ class PrunePipeline(Regime):
         """--finetune-epochs, or finetune_fraction of the unpruned student's epochs (Park: 40 of 160)."""
         return self.finetune_given or max(1, round(self._epochs("train_epochs") * self.params.finetune_fraction))
 
+    def finetune_lr(self) -> float:
+        """The fine-tuning LR: finetune_lr, or finetune_lr x --lr under finetune_lr_relative."""
+        p = self.params
+        return p.finetune_lr * self.run_ctx.cfg.lr if p.finetune_lr_relative else p.finetune_lr
+
     def _teacher(self, run, distill: Objective) -> dict:
         """Train the teacher in its own pass (or use the one the objective loaded); returns facts for the record."""
         if distill.teacher is not None:  # --teacher PATH
@@ -163,7 +170,7 @@ class PrunePipeline(Regime):
         final, info = {}, {"pipeline": self.name, "prune": p.prune, "prune_ratio": p.prune_ratio,
                            "distill": run.method.objective.name if distill else None,
                            "student_aug": "+".join(self.student_aug.names) or "none",
-                           "finetune": {"epochs": self.finetune_epochs(), "lr": p.finetune_lr,
+                           "finetune": {"epochs": self.finetune_epochs(), "lr": self.finetune_lr(),
                                         "schedule": p.finetune_schedule}}
         if distill is not None:
             facts = self._teacher(run, distill)
@@ -206,7 +213,7 @@ class PrunePipeline(Regime):
         after = distill if self.distill_after else ce
         constant = p.finetune_schedule == "constant"
         run.fit(self.finetune_epochs(), kind=PassKind.FINETUNE, label=1, model=pruned, objective=after, hooks=hooks,
-                lr=p.finetune_lr, schedule=p.finetune_schedule, warmup=0 if constant else None)
+                lr=self.finetune_lr(), schedule=p.finetune_schedule, warmup=0 if constant else None)
 
         pruned_cost = self._cost(pruned, run, sparse=p.prune == "weight")
         run.report_cost({"unpruned": unpruned_cost, "pruned": pruned_cost})

@@ -141,6 +141,7 @@ class NeuroEvolution(Regime):
     """Seed (N1 epochs) -> K rounds of: M1 mutated children of the survivors, N2 epochs each, keep M2."""
 
     tasks = ("classification",)
+    changes_network = True  # children grow: --budget matched matches training FLOPs
 
     @dataclass
     class Params:

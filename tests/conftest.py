@@ -13,6 +13,31 @@ os.environ.setdefault("KEBENCH_THREADS", "1")  # tests compute single-threaded, 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU, skipped without one (run them with pytest -m cuda)")
+    config.addinivalue_line("markers", "slurm: runs on a one-node SLURM cluster started by the tests "
+                                       "(tests/slurm_cluster.py), skipped where its daemons cannot start")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster (munged, slurmctld, slurmd) for the session; SLURM_CONF points
+    the SLURM commands at it. Skips, with the reason, where the daemons cannot start."""
+    import slurm_cluster as sc
+
+    try:
+        cluster = sc.start(tmp_path_factory.mktemp("slurm"))
+    except sc.Unavailable as exc:
+        pytest.skip(f"no SLURM test cluster: {exc}")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        cluster.cancel_all()
+        cluster.stop()
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
 
 
 @pytest.fixture

@@ -309,3 +309,136 @@ def build(key: str, root: Path) -> Fixture:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     return BUILDERS[key](root)
+
+
+# ---------------------------------------------------------------------------- CIFAR, MNIST, ImageNet, folders
+def cifar_pickle(path: Path, data: np.ndarray, labels, label_key: str, protocol: int = 2) -> Path:
+    """One CIFAR batch as the official archives hold it: a Python-2 pickle (protocol 2) with bytes keys."""
+    import pickle
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = {b"batch_label": b"fixture", label_key.encode(): list(labels), b"data": data,
+           b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))]}
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+    return path
+
+
+def cifar_images(labels) -> np.ndarray:
+    """(N, 3072) uint8, channel-major: image i is a flat PALETTE colour of its class, with pixel
+    (0, 0) of the red plane set to i % 256 (so order and layout are checkable)."""
+    labels = np.asarray(labels)
+    colors = np.array([PALETTE[y % len(PALETTE)] for y in labels], dtype=np.uint8)
+    x = np.repeat(colors[:, :, None], 1024, axis=2).reshape(len(labels), 3072)
+    x[:, 0] = np.arange(len(labels)) % 256
+    return x
+
+
+def build_cifar(root: Path, which: str = "cifar10", per_class: int = 2, archive: bool = False) -> dict:
+    """A tiny CIFAR copy in torchvision's folder layout (or as the .tar.gz): `per_class` train
+    images per class in each train batch file, 1 test image per class. Returns the labels per split."""
+    import pickle
+    import tarfile
+
+    classes = 10 if which == "cifar10" else 100
+    folder = root / ("cifar-10-batches-py" if which == "cifar10" else "cifar-100-python")
+    key = "labels" if which == "cifar10" else "fine_labels"
+    train_files = [f"data_batch_{i}" for i in range(1, 6)] if which == "cifar10" else ["train"]
+    labels = {"train": [], "test": []}
+    for f in train_files:
+        y = [c for c in range(classes) for _ in range(per_class)] if f in ("data_batch_1", "train") else [0, 1]
+        cifar_pickle(folder / f, cifar_images(y), y, key)
+        labels["train"] += y
+    y = list(range(classes))
+    cifar_pickle(folder / ("test_batch" if which == "cifar10" else "test"), cifar_images(y), y, key)
+    labels["test"] = y
+    meta = ({b"label_names": [f"c{c}".encode() for c in range(10)]} if which == "cifar10"
+            else {b"fine_label_names": [f"f{c}".encode() for c in range(100)], b"coarse_label_names": []})
+    (folder / ("batches.meta" if which == "cifar10" else "meta")).write_bytes(pickle.dumps(meta, protocol=2))
+    if archive:
+        name = "cifar-10-python.tar.gz" if which == "cifar10" else "cifar-100-python.tar.gz"
+        with tarfile.open(root / name, "w:gz") as t:
+            t.add(folder, arcname=folder.name)
+        import shutil
+
+        shutil.rmtree(folder)
+    return labels
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    import struct
+
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def build_mnist(root: Path, gz: bool = True, flat: bool = False, train: int = 20, test: int = 10) -> dict:
+    """The four idx files (MNIST/raw/ or flat, raw or .gz); image i of label y is filled with 20*y + 5."""
+    import gzip
+
+    folder = root if flat else root / "MNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n, stem in (("train", train, "train"), ("test", test, "t10k")):
+        y = np.arange(n) % 10
+        x = np.broadcast_to((20 * y + 5).astype(np.uint8)[:, None, None], (n, 28, 28)).copy()
+        for name, arr, magic in ((f"{stem}-images-idx3-ubyte", x, 2051), (f"{stem}-labels-idx1-ubyte", y, 2049)):
+            blob = idx_bytes(arr, magic)
+            (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(blob) if gz else blob)
+        out[split] = y
+    return out
+
+
+def _write_small_jpeg(path: Path, color, size=(20, 16)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_array(color, size)).save(path, quality=95)
+
+
+IMAGENET_WNIDS = ["n01440764", "n01443537", "n01484850"]
+
+
+def build_imagenet(root: Path, val: str = "folders", per_class: int = 3) -> dict:
+    """train/<wnid>/*.JPEG and val/ as class folders, flat + devkit ground truth ("devkit"), or flat +
+    LOC_val_solution.csv ("csv"). Val image k (1-based) has class (k - 1) % 3."""
+    for c, w in enumerate(IMAGENET_WNIDS):
+        for i in range(per_class):
+            _write_small_jpeg(root / "train" / w / f"{w}_{i}.JPEG", PALETTE[c])
+    val_labels = [(k - 1) % len(IMAGENET_WNIDS) for k in range(1, 7)]
+    for k, c in enumerate(val_labels, 1):
+        name = f"ILSVRC2012_val_{k:08d}.JPEG"
+        _write_small_jpeg(root / "val" / (IMAGENET_WNIDS[c] if val == "folders" else "") / name, PALETTE[c])
+    if val == "devkit":
+        # ILSVRC ids are not in wnid order: id 1 is the last wnid here
+        ids = {IMAGENET_WNIDS[2]: 1, IMAGENET_WNIDS[0]: 2, IMAGENET_WNIDS[1]: 3}
+        data = root / "ILSVRC2012_devkit_t12" / "data"
+        _savemat(data / "meta.mat", {"synsets": _struct([{"ILSVRC2012_ID": ids[w], "WNID": w} for w in IMAGENET_WNIDS])})
+        (data / "ILSVRC2012_validation_ground_truth.txt").write_text(
+            "".join(f"{ids[IMAGENET_WNIDS[c]]}\n" for c in val_labels))
+    elif val == "csv":
+        (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(
+            f"ILSVRC2012_val_{k:08d},{IMAGENET_WNIDS[c]} 1 2 3 4 {IMAGENET_WNIDS[c]} 5 6 7 8\n"
+            for k, c in enumerate(val_labels, 1)))
+    return {"train": [c for c in range(3) for _ in range(per_class)], "test": val_labels}
+
+
+def build_tiny_imagenet(root: Path, per_class: int = 2) -> dict:
+    base = root / "tiny-imagenet-200"
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "wnids.txt").write_text("".join(w + "\n" for w in IMAGENET_WNIDS))
+    for c, w in enumerate(IMAGENET_WNIDS):
+        for i in range(per_class):
+            _write_small_jpeg(base / "train" / w / "images" / f"{w}_{i}.JPEG", PALETTE[c], (64, 64))
+    lines = []
+    for k in range(len(IMAGENET_WNIDS)):
+        _write_small_jpeg(base / "val" / "images" / f"val_{k}.JPEG", PALETTE[k], (64, 64))
+        lines.append(f"val_{k}.JPEG\t{IMAGENET_WNIDS[k]}\t0\t0\t63\t63\n")
+    (base / "val" / "val_annotations.txt").write_text("".join(lines))
+    return {"train": [c for c in range(3) for _ in range(per_class)], "test": [0, 1, 2]}
+
+
+def build_folder(root: Path, evals=("val",)) -> dict:
+    classes = ["cat", "dog"]
+    for c, name in enumerate(classes):
+        for i in range(3):
+            _write_small_jpeg(root / "train" / name / f"{i}.jpg", PALETTE[c])
+        for split in evals:
+            _write_small_jpeg(root / split / name / f"{split}_{c}.png", PALETTE[c])
+    return {"classes": classes}

@@ -317,3 +317,30 @@ def test_the_digits_default_network_runs_no_stage_below_2x2():
     assert len(sizes) == 0 and traced(cfg.arch, cfg.resolution) == 2
     assert len([n for n in sizes if "layer4" in n]) >= 2  # the last stage was traced
     assert traced("resnet10t", 16) == 1 and traced(cfg.arch, 32) == 1  # what the check catches
+
+
+def test_cub_subset_with_sparse_class_ids(tmp_path, capsys):
+    """A CUB copy listing class ids 1, 2 and 101: ids are labels (remapped to 0..2), the retrieval
+    split follows the ids (1-100 train, 101-200 test), and data check warns about the subset."""
+    fixture = fx.build("cub200", tmp_path / "data")
+    d = fixture.root / "CUB_200_2011"
+    names = [ln.split(" ", 1)[1] for ln in (d / "classes.txt").read_text().splitlines()]
+    ids = {1: 1, 2: 2, 3: 101}  # drop class 4: its images go, class 3 becomes id 101
+    labels = dict(ln.split() for ln in (d / "image_class_labels.txt").read_text().splitlines())
+    keep = {k for k, c in labels.items() if int(c) in ids}
+    for fname in ("images.txt", "train_test_split.txt", "bounding_boxes.txt"):
+        lines = (d / fname).read_text().splitlines()
+        (d / fname).write_text("".join(ln + "\n" for ln in lines if ln.split()[0] in keep))
+    (d / "image_class_labels.txt").write_text("".join(f"{k} {ids[int(c)]}\n" for k, c in labels.items() if k in keep))
+    (d / "classes.txt").write_text("".join(f"{ids[i]} {names[i - 1]}\n" for i in (1, 2, 3)))
+    b = load(fx.Fixture("cub200", fixture.root, {}, 3, {}, fixture.probe, 0), tmp_path)
+    assert b.num_classes == 3 and (len(b.train), len(b.test)) == (9, 6)
+    assert torch.equal(class_of(b.train, fx.PALETTE[:3]), b.train.labels)  # id 101 -> label 2, its colour
+    r = load(fx.Fixture("cub200-retrieval", fixture.root, {}, 2, {}, fixture.probe, 0), tmp_path)
+    assert r.num_classes == 2 and sorted(set(r.train.labels.tolist())) == [0, 1] and set(r.test.labels.tolist()) == {0}
+    assert len(r.test) == 5 and "test on 101-101 (1)" in r.info["split"]
+    code, text = _cli(["data", "check", "cub200-retrieval", "--data-root", str(fixture.root), "--workers", "1"], capsys)
+    assert code == 0 and "warning:" in text and "subset" in text
+    (d / "classes.txt").write_text("".join(f"{ids[i]} {names[i - 1]}\n" for i in (1, 2)))
+    with pytest.raises(UserError, match="has class 101, which classes.txt does not list"):
+        load(fx.Fixture("cub200", fixture.root, {}, 3, {}, fixture.probe, 0), tmp_path)

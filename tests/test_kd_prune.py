@@ -339,3 +339,15 @@ def test_grid_command_and_kd_table_show_the_surplus(tmp_path, cli_run):
     sc, sd = results["ce+scratch"]["final"], results["kd+self-distill"]["final"]
     surplus = 100 * ((sd["top1"] - sc["top1"]) - (sd["unpruned_top1"] - sc["unpruned_top1"]))
     assert f"{surplus:.2f}" in text.replace("−", "-")
+
+
+def test_step_schedule_train_pass_and_relative_finetune_lr(make_cfg, run_cfg):
+    """rethinking-network-pruning's CIFAR recipe: LR x0.1 at 50% and 75% of the train pass; the
+    fine-tune LR may be given relative to --lr (0.01 x 0.1 = Park et al.'s 0.001)."""
+    cfg = make_cfg("scratch", plugin={"prune_ratio": 0.5, "finetune_lr": "0.01", "finetune_lr_relative": "true"},
+                   epochs=4, lr=0.1, lr_schedule="step", warmup_epochs=0)
+    r = run_cfg(cfg)
+    assert _lrs(cfg, "train") == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert _lrs(cfg, "finetune") == pytest.approx([0.001])
+    assert r["passes"][0]["lr"]["milestones"] == [0.5, 0.75] and r["passes"][0]["lr"]["gamma"] == 0.1
+    assert r["kd_pruning"]["finetune"]["lr"] == pytest.approx(0.001)

@@ -38,7 +38,8 @@ def runtime_nodes(tree: ast.AST):
 
 def import_graph() -> dict[str, set[str]]:
     """module -> the kebench modules it imports anywhere in its body (a function-level import
-    hides a cycle from Python but not from this graph)."""
+    hides a cycle from Python but not from this graph), except annotation-only imports under
+    `if TYPE_CHECKING:`."""
     mods = _modules()
 
     def owner(name: str) -> str | None:  # `kebench.analysis.tables.runs.Names` -> kebench.analysis.tables.runs
@@ -99,6 +100,7 @@ def test_the_graph_sees_function_level_imports():
     assert "kebench.run.engine" in graph["kebench.run.launch"]  # module level
     assert "kebench.analysis.report" in graph["kebench.cli.grid"]  # inside a command body
     assert "kebench.analysis.tables.runs" in graph["kebench.analysis.tables.stats"]  # `from kebench.analysis.tables.runs import X`
+    assert "kebench.errors" in graph["kebench.context"] and "kebench.config" not in graph["kebench.context"]  # type-only
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 

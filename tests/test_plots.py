@@ -200,3 +200,34 @@ def test_cost_plot_tick_labels_do_not_overlap(names):
     boxes = [t.get_window_extent(canvas.get_renderer()) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
     assert len(boxes) >= 2
     assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_budget_point_labels_stay_inside_the_axes_and_do_not_overlap(names):
+    """Issue 24.3: the "N ep" labels of single-pass budgets never overlap one another nor leave the axes
+    (a label that cannot be placed is dropped: the points and the legend say the rest)."""
+    import copy
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    runs, _ = tables.load_runs([RUNS / "budget"])
+    crowded = []  # the same budgets again at nearly the same FLOPs: labels that would pile up
+    for r in runs:
+        if r.get("regime") == "single":
+            twin = copy.deepcopy(r)
+            twin["objective"] = "smooth"
+            twin["training"]["flops"] *= 1.01
+            crowded.append(twin)
+    for case in (runs, runs + crowded):
+        fig = plots.budget_figure(case, names=names)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        ax = panels(fig)["digits"]
+        inside = ax.get_window_extent(renderer)
+        notes = [t for t in ax.texts if t.get_text().endswith(" ep")]
+        boxes = [t.get_window_extent(renderer) for t in notes]
+        assert notes and all(inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 and b.y1 <= inside.y1
+                             for b in boxes)
+        assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    # crowded: labels were moved off their default place (right, below the point) or dropped
+    assert len(notes) < 6 or any(tuple(t.get_position()) != (4, -9) for t in notes)

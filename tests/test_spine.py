@@ -159,8 +159,8 @@ def test_fit_takes_its_own_lr_and_schedule(make_cfg):
     record = run.fit(2, lr=0.001, schedule="constant", warmup=0, hooks=[trace])
     assert trace.lrs == pytest.approx([0.001] * 12)
     assert record["lr"] == {"peak": 0.001, "schedule": "constant", "warmup_epochs": 0, "window": [0, 2]}
-    with pytest.raises(UserError, match="schedule in cosine, constant"):
-        run.fit(1, schedule="step")
+    with pytest.raises(UserError, match="schedule in cosine, constant, step"):  # step: issue 26
+        run.fit(1, schedule="linear")
 
 
 def test_run_writes_results_and_is_deterministic(make_cfg, run_cfg):

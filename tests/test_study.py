@@ -119,7 +119,9 @@ def test_study_run_writes_a_self_contained_report(tiny_report):
     for title in ("Table 1: Top-1", "Table 2: Matched budget", "Table 3: Dense vs slim", "Summary",
                   "Missing runs (0)", "Runs and provenance (12)"):
         assert title in text
-    assert len(page.imgs) == 4  # generations, budget, cost, hypotheses
+    # generations, budget, hypotheses; the cost figure is left out, with the reason: every panel's
+    # networks cost one of two amounts (test_resnet dense and its slim part)
+    assert len(page.imgs) == 3 and "cost: left out: the networks evaluated cost one or two amounts" in text
     for src in page.imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -137,11 +139,13 @@ def test_study_run_writes_a_self_contained_report(tiny_report):
     assert all(r["provenance"]["precision"] == "fp32" for r in runs)
     assert "precision" in page.text and "init" in page.text and text.count(" fp32 ") >= len(runs)
     tex = (report / "tables.tex").read_text()
-    assert tex.count(r"\begin{tabular}") == 3
+    # three tables; one too wide for a two-column page is split in two parts (issue 24.8)
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\label{tab:kebench-") >= 3
     md = (report / "report.md").read_text()
     assert md.count("| Method |") >= 2 and "**Summary:**" in md
-    assert sorted(p.name for p in (report / "figures").iterdir()) == [
-        "budget.png", "cost.png", "generations.png", "hypotheses.png"]
+    assert sorted(p.name for p in (report / "figures").iterdir()) == ["budget.png", "generations.png", "hypotheses.png"]
+    assert "_cost figure: left out:" in md
+    assert "Runs: 8 expected; 8 done; plus 4 matched-budget baseline run(s) they trained." in md
 
 
 def test_study_report_marks_missing_runs_and_cells(tiny_report, tmp_path, cli_run):
@@ -209,6 +213,44 @@ def test_every_figure_kind_has_a_report_title():
     a study may name has the title its report section shows."""
     from kebench.analysis import plots
 
-    assert plots.figure_names() == ["generations", "cost", "hypotheses", "budget", "search"]
+    assert plots.figure_names() == ["generations", "cost", "hypotheses", "budget", "landscape", "search"]
     assert plots.figure_title("search").startswith("Architecture search: the best individual")
     assert all(plots.figure_title(k) for k in plots.figure_names())
+
+
+def test_paper_scales_train_on_the_papers_own_data_and_networks(tmp_path):
+    """Park et al.'s studies on CIFAR with their networks and recipe; the evolution study on MNIST,
+    CIFAR and (neuroevolution) ImageNet."""
+    pruning = study.entries(study.load("park-kd-pruning"), "paper", out=tmp_path)
+    assert {e.cfg.data for e in pruning} == {"cifar100", "cifar10"}
+    assert {e.cfg.arch for e in pruning} == {"resnet56", "resnet110", "vgg19_cifar", "densenet40"}
+    assert len(pruning) == 9 * 3 * 4 * 2 * 3
+    cfg = pruning[0].cfg
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.weight_decay, cfg.lr_schedule, cfg.lr_milestones) == \
+        (0.1, 64, 160, 1e-4, "step", [0.5, 0.75])
+    assert {e.cfg.params[e.cfg.method_spec.regime.name]["prune"] for e in pruning} == {"l1-filter", "slimming", "weight"}
+    aug = study.entries(study.load("park-kd-augmentation"), "paper", out=tmp_path)
+    assert {e.cfg.data for e in aug} == {"cifar100"} and len(aug) == (3 + 9) * 3 * 3
+    assert {e.cfg.arch for e in aug} == {"resnet56", "wrn28_10", "pyramidnet110_a48"}
+    evo = study.entries(study.load("evolution"), "paper", out=tmp_path)
+    by_data = {}
+    for e in evo:
+        by_data.setdefault(e.cfg.data, set()).add(e.cfg.method_spec.regime.name)
+    assert set(by_data) == {"mnist", "cifar10", "cifar100", "imagenet"}
+    assert by_data["imagenet"] == {"neuroevo"} and "ke" in by_data["cifar100"] and "binarize" in by_data["mnist"]
+    assert {e.cfg.epochs for e in evo if e.cfg.data == "imagenet"} == {90}
+
+
+def test_empty_cells_are_missing_only_while_runs_are_unfinished_and_text_does_not_leak():
+    """Issue 24.3: once every run is done, an empty cell is by design (grey, 'not part of this study's
+    grid'), not a red missing result; backticks and Acc_1 become <code> and a subscript."""
+    from kebench.analysis import report
+    from kebench.analysis import tables as T
+
+    table = T.Table("cost", "", ("Method",), [T.Col(("Acc_1",), "acc_1"), T.Col(("digits",), "top1")],
+                    [T.Row(("CE",), [_cell({0: .7}), T.Cell()])], notes=["see `kebench run --budget matched`"])
+    pending, done = report.table_html(table, awaited=True), report.table_html(table, awaited=False)
+    assert pending.count('class="missing"') == 1 and 'class="empty"' not in pending
+    assert done.count('class="empty" title="not part of this study\'s grid"') == 1 and 'class="missing"' not in done
+    assert "Acc<sub>1</sub>" in done and "Acc_1" not in done
+    assert "<code>kebench run --budget matched</code>" in done and "`" not in done

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -238,11 +239,13 @@ def test_submitit_local_sweep_requeues_a_preempted_job(tmp_path, monkeypatch, ru
 
 
 def test_slurm_submission_is_one_job_array_with_the_options(tmp_path, monkeypatch):
-    """Against stand-in sbatch/srun: the sbatch script carries every option, jobs are recorded."""
+    """Against stand-in sbatch/srun/sinfo: the sbatch script carries every option (two GPUs: two tasks,
+    one DDP rank each, started by srun), jobs are recorded. tests/test_slurm.py does it for real."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path / "submitted.sh"}\necho Submitted batch job 4242\n')
     (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho 'gpu*|4:00:00|up'\n")  # the pre-submission check
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
@@ -254,7 +257,7 @@ def test_slurm_submission_is_one_job_array_with_the_options(tmp_path, monkeypatc
     assert exit_info.value.code == 0
     script = (tmp_path / "submitted.sh").read_text()
     for line in ("--partition=gpu", "--time=90", "--gpus-per-node=2", "--array=0-2%2", "--mem=16384M",
-                 "--account=abc", "--reservation=r1", "--signal=USR2@90", "--ntasks-per-node=1"):
+                 "--account=abc", "--reservation=r1", "--signal=USR2@90", "--ntasks-per-node=2"):
         assert f"#SBATCH {line}\n" in script, line
     assert "module load cuda" in script
     rows = sweep.status_rows(_entries(path))
@@ -301,3 +304,76 @@ def test_sweep_cli_runs_per_gpu(tmp_path, monkeypatch, cli_run):
     monkeypatch.setattr(executors, "_visible_gpus", lambda: [])
     code, _, err = cli_run(["sweep", str(path), "--runs-per-gpu", "2"])
     assert code == 2 and "no GPU is visible here" in err and len(calls) == 1
+
+
+# ------------------------------------------------------------------------------ refusing, failing, signals
+def test_sweep_refuses_before_any_worker_when_a_dataset_cannot_be_read(tmp_path, monkeypatch, cli_run):
+    """Issue 24.1: a paper dataset without a data root (or with a root that lacks its layout) stops the
+    whole sweep with one error and exit 2, before any run folder or worker exists."""
+    monkeypatch.delenv("KEBENCH_DATA", raising=False)
+    started = []
+    monkeypatch.setattr(executors, "run_local", lambda entries, **kw: started.append(entries) or 0)
+    path = _spec(tmp_path, {"data": ["flowers102", "cub200"], "seed": [0, 1]}, {"epochs": 1})
+    code, _, err = cli_run(["sweep", str(path)])
+    assert code == 2 and not started and not (tmp_path / "results").exists()
+    assert "4 of the 4 runs it would start cannot start" in err
+    assert "4 run(s) read flowers102, cub200 from a local folder, but no data root is set" in err
+    assert err.count("error") == 1 and "Traceback" not in err
+    empty = tmp_path / "data"
+    empty.mkdir()
+    code, _, err = cli_run(["sweep", str(path), "--set", f"data_root={empty}"])
+    assert code == 2 and not started
+    assert err.count("2 run(s) (e.g. ce_test") == 2 and "flowers-102" in err and "CUB_200_2011" in err
+
+
+def test_a_run_that_fails_before_training_is_counted_failed_with_its_reason(tmp_path, capsys):
+    """A user error inside a run (here: a batch larger than the training set, found when the run builds
+    its data) is recorded, counted as failed by --status and the summary, and final until --retry-failed."""
+    path = _spec(tmp_path, {"seed": [0]}, {"epochs": 1, "batch_size": 100000})
+    (entry,) = _entries(path)
+    log = []
+    assert executors.run_inline(_entries(path), echo=log.append) == guard.EXIT_FAILED
+    state, detail = sweep.state_of(entry)
+    assert state == "failed" and "--batch-size 100000 is larger than the" in detail
+    assert sweep.counts(sweep.status_rows(_entries(path))) == {"done": 0, "running": 0, "failed": 1, "pending": 0}
+    log.clear()
+    assert executors.run_inline(_entries(path), echo=log.append) == guard.EXIT_FAILED
+    assert "0 to run" in log[0]  # a failure is final ...
+    assert executors.run_inline(_entries(path), retry_failed=True, echo=log.append) == guard.EXIT_FAILED
+    assert "1 to run" in log[-3] and sweep.state_of(entry)[0] == "failed"  # ... until retried
+    from kebench.analysis import tables
+
+    results.write_text(entry.dir / "config.yaml", config.save_yaml(entry.cfg))  # as a run that crashed later
+    _, left_out = tables.load_runs([entry.dir.parent])
+    assert left_out == [(str(entry.dir), f"failed: {detail}")]  # kebench table says why, not "rerun with --resume"
+
+
+def test_a_worker_stopped_by_sigterm_before_its_handler_is_resumable_not_failed(tmp_path, monkeypatch):
+    """Issue 24.4: SIGTERM while the worker still imports torch kills it with the default action; the
+    sweep reports the run as stopped and resumable, and exits 3 (rerun to continue), not 1."""
+    path = _spec(tmp_path, {"seed": [0]}, {"epochs": 1})
+    (entry,) = _entries(path)
+    suicide = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    monkeypatch.setattr(executors, "worker_command", lambda nproc=1: [sys.executable, "-c", suicide])
+    log = []
+    code = executors.run_local(_entries(path), workers=1, gpus=[], echo=log.append)
+    assert code == guard.EXIT_INTERRUPTED, log
+    assert any(line.startswith(f"stopped {entry.run_id} by SIGTERM (before it started training)") for line in log)
+    assert not any("FAIL" in line for line in log)
+    assert sweep.state_of(entry) == ("pending", "")
+
+
+def test_a_sweep_whose_runs_are_still_running_elsewhere_does_not_exit_0(tmp_path, cli_run):
+    """Issue 24.4: rerunning a sweep while an orphaned worker of a killed sweep still trains one of its
+    runs: that run is 'running', so the sweep is not done; exit 4, not 0."""
+    path = _spec(tmp_path, {"seed": [0, 1]}, {"epochs": 1})
+    done, orphan = _entries(path)
+    _fake_result(done)
+    with guard.RunLock(orphan.dir):  # held by a live process, as by the orphaned worker
+        code, _, err = cli_run(["sweep", str(path)])
+    assert code == guard.EXIT_BUSY, err
+    assert f"skip {orphan.run_id}: running elsewhere" in err and "1 done, 1 running" in err
+    assert "1 run(s) still running in another process: the sweep is not done yet (exit 4)" in " ".join(err.split())
+    _fake_result(orphan)
+    code, _, err = cli_run(["sweep", str(path)])
+    assert code == 0 and "2 done" in err

@@ -211,9 +211,8 @@ def generations_figure(runs: list[dict], metric: str | None = None, names: Names
     return fig
 
 
-def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
-    """Inference GFLOPs per image vs accuracy: one point per method (mean over seeds, ± std bars)."""
-    names = names or Names()
+def _cost_points(runs: list[dict], metric: str | None, names: Names):
+    """dataset -> label -> {"x": inference GFLOPs, "y": accuracies}, and the entries behind them."""
     warnings: list[str] = []
     entries = [e for r in runs for e in expand(r, None, names)]
     if not entries:
@@ -233,6 +232,21 @@ def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None
             if flops and isinstance(value, (int, float)):
                 points[e.col[0]][label + suffix]["x"].append(flops / 1e9)
                 points[e.col[0]][label + suffix]["y"].append(value)
+    return points, entries
+
+
+def cost_positions(runs: list[dict], metric: str | None = None, names: Names | None = None) -> dict:
+    """dataset -> the distinct inference costs (GFLOPs, 3 significant digits) its panel of the cost
+    figure would place points at: with one or two, every method shares the same network (and its
+    sub-network) and the panel says nothing that the tables do not."""
+    points, _ = _cost_points(runs, metric, names or Names())
+    return {d: sorted({float(f"{mean_of(p['x']):.3g}") for p in by_label.values()}) for d, by_label in points.items()}
+
+
+def cost_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
+    """Inference GFLOPs per image vs accuracy: one point per method (mean over seeds, ± std bars)."""
+    names = names or Names()
+    points, entries = _cost_points(runs, metric, names)
     with figure_style():
         fig, axes = panel_grid(points, "No results with inference cost (cost.dense.flops) and an accuracy to plot.")
         for dataset, ax in axes.items():
@@ -327,7 +341,7 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
     with figure_style():
         fig, axes = panel_grid(datasets, "No results with training FLOPs (training.flops, passes[].train_flops) to plot.")
         for dataset, ax in axes.items():
-            i, n = 0, len(curves[dataset]) + len(singles[dataset])
+            i, n, notes = 0, len(curves[dataset]) + len(singles[dataset]), []
             for label in sorted(curves[dataset]):
                 pts = curves[dataset][label]
                 order = sorted(pts)
@@ -341,7 +355,8 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
                 ys = [100 * mean_of(pts[b]["y"]) for b in budgets]
                 ax.scatter(xs, ys, color=series_color(i, n), marker="D", s=24, zorder=3, label=f"{label} (single pass)")
                 for b, x, y in zip(budgets, xs, ys):
-                    ax.annotate(f"{b} ep", (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6)
+                    notes.append(ax.annotate(f"{b} ep", (x, y), textcoords="offset points", xytext=(4, -9),
+                                             fontsize=6, annotation_clip=True))
                 i += 1
             log_axis(ax)
             ax.set_title(str(dataset))
@@ -349,14 +364,73 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
             ax.set_ylabel(axis_title(metric, panel_run(runs, dataset)))
             ax.grid(alpha=0.3, which="both")
             legend_beside(ax)
+            declutter(fig, ax, notes)
     return fig
+
+
+def landscape_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
+    """Filter-normalised 2-D loss landscapes (Li et al. 2018; Park et al. Table 7): one contour
+    panel per run that recorded `analyses.landscape` (`kebench run --analyses landscape`)."""
+    import numpy as np
+
+    names = names or Names()
+    found = {}
+    for r in sorted(runs, key=lambda r: (str(r.get("dataset")), str(r.get("method")), r.get("seed", 0))):
+        land = (r.get("analyses") or {}).get("landscape")
+        if land:
+            label = names.method(r.get("objective", ""), r.get("regime", ""))
+            found[f"{label} / {r.get('arch')} / {r.get('dataset')} / s{r.get('seed', 0)}"] = land
+    with figure_style():
+        fig, axes = panel_grid(found, "No run recorded a loss landscape: run with --analyses landscape.")
+        for title, ax in axes.items():
+            land = found[title]
+            loss = np.log10(np.asarray(land["loss"], dtype=float).clip(min=1e-8))
+            cs = ax.contour(land["alpha"], land["beta"], loss, levels=12, cmap="viridis", linewidths=0.8)
+            ax.clabel(cs, fontsize=6, fmt="%.2f")
+            ax.plot([0], [0], marker="*", color="black", markersize=6)
+            ax.set_title(title)
+            ax.set_xlabel("direction 1 (filter-normalised)")
+            ax.set_ylabel("direction 2")
+            ax.set_aspect("equal")
+        fig.suptitle("log10 training loss around the final weights")
+    return fig
+
+
+landscape_figure.title = "Filter-normalised 2-D loss landscapes of the final models (log10 training loss)"
+
+
+def declutter(fig, ax, labels: list) -> None:
+    """Keep the point labels that lie inside the axes and overlap no label kept before them (the
+    points and the legend say the rest); a label that does not fit beside its point (right, left,
+    below, above) is dropped."""
+    if not labels:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # the constrained layout places the axes first
+    renderer = canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    kept = []
+    for label in labels:
+        for offset in ((4, -9), (-4, -9), (4, 4), (-4, 4)):
+            label.set_position(offset)
+            label.set_horizontalalignment("left" if offset[0] > 0 else "right")
+            box = label.get_window_extent(renderer)
+            if (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+                    and not any(box.overlaps(k) for k in kept)):
+                kept.append(box)
+                break
+        else:
+            label.remove()
 
 
 #: The figure-kind extension point: kebench's own, registry.yaml's `figures:`, `kebench.figures` entry
 #: points. A figure kind is a function (runs, *, any of metric, names) -> matplotlib Figure; its
 #: `title` attribute (else its docstring's first line) heads it in a study report.
 FIGURES = registry.Extensions("figure kind", "figures", {
-    "generations": generations_figure, "cost": cost_figure, "hypotheses": hypotheses_figure, "budget": budget_figure})
+    "generations": generations_figure, "cost": cost_figure, "hypotheses": hypotheses_figure, "budget": budget_figure,
+    "landscape": landscape_figure})
 generations_figure.title = ("Generation curves: accuracy after each generation, dense network (solid) and slim "
                             "fit-hypothesis (dotted); the single-pass baseline dashed")
 budget_figure.title = ("Accuracy vs cumulative training FLOPs: multi-pass regimes pass by pass, single passes as "

@@ -36,7 +36,7 @@ table.kb{border-collapse:collapse;margin:.6em 0;font-size:.86em}
 table.kb th,table.kb td{border-bottom:1px solid #e3e3e3;padding:.25em .6em;text-align:right;white-space:nowrap}
 table.kb th{background:#f4f4f6}table.kb td.head,table.kb th.head{text-align:left}
 table.kb thead tr:not(:last-child) th{text-align:center}
-table.kb tr.rule td{border-top:2px solid #999}td.missing{color:#b00;background:#fff0f0}
+table.kb tr.rule td{border-top:2px solid #999}td.missing{color:#b00;background:#fff0f0}td.empty{color:#aaa}
 td .n{color:#888;font-size:.85em}sup{color:#a33}.best{font-weight:bold}.second{text-decoration:underline}
 .notes{font-size:.82em;color:#555;margin:0 0 1em 1.2em}figure{margin:1em 0}figure img{max-width:100%}
 figcaption{font-size:.9em;color:#444}.scroll{overflow-x:auto}
@@ -257,10 +257,21 @@ SUMMARIES = {"classification": summarize_grid, "retrieval": summarize_grid, "bud
 
 
 # ------------------------------------------------------------------------------ HTML pieces
-def _cell_html(cell: T.Cell, col: T.Col, decimals: int) -> str:
+def prose_html(text: str) -> str:
+    """Table text as HTML: escaped, `code` in <code>, Acc_1 / Acc_g with a subscript (as LaTeX has)."""
+    import re
+
+    out = html.escape(str(text))
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\bAcc_([1g])\b", r"Acc<sub>\1</sub>", out)
+
+
+def _cell_html(cell: T.Cell, col: T.Col, decimals: int, awaited: bool = True) -> str:
     core = _core(cell, col, decimals)
-    if core is None:
-        return '<td class="missing" title="no result yet">–</td>'
+    if core is None:  # red only while runs are unfinished: once all are done, an empty cell is by design
+        if awaited:
+            return '<td class="missing" title="no result yet: a run of this study has not finished">–</td>'
+        return '<td class="empty" title="not part of this study\'s grid">–</td>'
     if cell.text is not None:
         return f"<td>{html.escape(core)}</td>"
     cls = {1: "best", 2: "second"}.get(cell.rank, "")
@@ -270,23 +281,24 @@ def _cell_html(cell: T.Cell, col: T.Col, decimals: int) -> str:
     return f'<td class="{cls}"{title}>{html.escape(core)}{mark}{n}</td>'
 
 
-def table_html(table: T.Table) -> str:
-    """The table as HTML: grouped headers (colspan), ranks in bold/underline, marks, missing cells red."""
+def table_html(table: T.Table, awaited: bool = True) -> str:
+    """The table as HTML: grouped headers (colspan), ranks in bold/underline, marks; empty cells red
+    while `awaited` (runs of the study have not finished), grey once every run is done."""
     levels = _header_levels(table)
     out = ['<div class="scroll"><table class="kb">', "<thead>"]
     for li, spans in enumerate(levels):
         last = li == len(levels) - 1
         heads = "".join(f'<th class="head">{html.escape(n) if last else ""}</th>' for n in table.row_names)
-        cells = "".join(f'<th colspan="{span}">{html.escape(title)}</th>' for title, span in spans)
+        cells = "".join(f'<th colspan="{span}">{prose_html(title)}</th>' for title, span in spans)
         out.append(f"<tr>{heads}{cells}</tr>")
     out.append("</thead><tbody>")
     for head, row in zip(_blank_repeats(table.rows), table.rows):
         cls = ' class="rule"' if row.rule_before else ""
         heads = "".join(f'<td class="head">{html.escape(str(h))}</td>' for h in head)
-        cells = "".join(_cell_html(c, col, table.decimals) for c, col in zip(row.cells, table.cols))
+        cells = "".join(_cell_html(c, col, table.decimals, awaited) for c, col in zip(row.cells, table.cols))
         out.append(f"<tr{cls}>{heads}{cells}</tr>")
     out.append("</tbody></table></div>")
-    out.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in table.notes) + "</ul>")
+    out.append('<ul class="notes">' + "".join(f"<li>{prose_html(n)}</li>" for n in table.notes) + "</ul>")
     return "\n".join(out)
 
 
@@ -380,7 +392,15 @@ def build_figures(study, scale: str, runs: list[dict]) -> list[tuple[str, str, b
     out = []
     for kind in kinds:
         try:
-            fig = plots.build_figure(runs if kind == "budget" or not main else main, kind)
+            shown = runs if kind == "budget" or not main else main
+            if kind == "cost" and max(map(len, (xs := plots.cost_positions(shown)).values()), default=0) <= 2:
+                costs = "; ".join(f"{d}: {' or '.join(f'{x:g}' for x in v)}" for d, v in sorted(xs.items()))
+                out.append((kind, plots.figure_title(kind), None, (
+                    f"left out: the networks evaluated cost one or two amounts of inference GFLOPs per image "
+                    f"({costs}), so each panel would show its points in one or two columns; the tables give "
+                    f"the accuracies.")))
+                continue
+            fig = plots.build_figure(shown, kind)
             out.append((kind, plots.figure_title(kind), figure_png(fig), ""))
         except UserError as exc:
             if kind in study.figures:  # a figure the study asks for: say why it is missing
@@ -388,16 +408,42 @@ def build_figures(study, scale: str, runs: list[dict]) -> list[tuple[str, str, b
     return out
 
 
-def render_html(study, scale: str, sections: list[Section], figures, status: list[dict], run_list: list[dict]) -> str:
+def settings_block(study, scale: str) -> str:
+    """The study file's settings this report was made from, as YAML (the scale's note, grid and set,
+    the tables and figures). Embedded in the report so a test can hold a committed report to the
+    study file that ships (tests/test_study_reports.py)."""
+    import yaml
+
+    s = study.scales.get(scale, {})
+    block = {"study": study.name, "scale": scale, "note": s.get("note", ""), "grid": s.get("grid"),
+             "set": s.get("set") or {}, "tables": study.tables, "figures": study.figures}
+    return yaml.safe_dump(block, sort_keys=False, allow_unicode=True, width=100)
+
+
+def extra_runs(status: list[dict], runs: list[dict]) -> int:
+    """Finished runs in the study's folder beyond the ones its grid names: the equal-budget
+    baselines that `budget: matched` runs also train (counted with their run by the status)."""
+    named = {r["run_id"] for r in status}
+    return sum(1 for r in runs if r.get("run_id") not in named and r.get("status") == "complete")
+
+
+def _runs_line(status: list[dict], extra: int) -> str:
     counts = {s: sum(r["state"] == s for r in status) for s in ("done", "running", "failed", "pending")}
+    line = f"{len(status)} expected; " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k == "done")
+    if extra:
+        line += f"; plus {extra} matched-budget baseline run(s) they trained"
+    return line + "."
+
+
+def render_html(study, scale: str, sections: list[Section], figures, status: list[dict], run_list: list[dict],
+                extra: int = 0) -> str:
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{e(study.title)} ({e(scale)})</title>", f"<style>{CSS}</style></head><body>",
              f"<h1>{e(study.title)}</h1>",
              f'<p class="meta">Study <code>{e(study.name)}</code>, scale <b>{e(scale)}</b>. Reproduces: {e(study.paper)}.</p>',
              f"<p>{e(study.about)}</p>", f'<p class="meta">Settings: {e(study.note(scale))}</p>',
-             f'<p class="meta">Runs: {len(status)} expected; ' + ", ".join(f"{v} {k}" for k, v in counts.items())
-             + ".</p>", "<h2>Summary</h2><ul>"]
+             f'<p class="meta">Runs: {e(_runs_line(status, extra))}</p>', "<h2>Summary</h2><ul>"]
     for sec in sections:
         title = sec.spec.get("title") or sec.spec["kind"]
         parts.append(f"<li><b>{e(title)}</b>: {e(sec.summary or sec.problem)}</li>")
@@ -411,7 +457,7 @@ def render_html(study, scale: str, sections: list[Section], figures, status: lis
             continue
         parts.append(f'<p class="summary">{e(sec.summary)}</p>')
         parts.append(f"<p><i>{e(sec.table.caption)}</i></p>")
-        parts.append(table_html(sec.table))
+        parts.append(table_html(sec.table, awaited=bool(sec.missing_note)))
         for w in sec.table.warnings:
             parts.append(f'<p class="warn">warning: {e(w)}</p>')
     parts.append("<h2>Figures</h2>")
@@ -428,14 +474,15 @@ def render_html(study, scale: str, sections: list[Section], figures, status: lis
                                for r in missing]))
     parts.append(f'<h2 id="runs">Runs and provenance ({len(run_list)})</h2>')
     parts.append(_plain_table(run_list))
+    parts.append('<h2 id="settings">Study settings</h2>')
+    parts.append(f'<pre class="settings">{e(settings_block(study, scale))}</pre>')
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def render_markdown(study, scale: str, sections: list[Section], figures, status: list[dict]) -> str:
-    done = sum(r["state"] == "done" for r in status)
+def render_markdown(study, scale: str, sections: list[Section], figures, status: list[dict], extra: int = 0) -> str:
     lines = [f"# {study.title} ({scale} scale)", "", f"Reproduces: {study.paper}.", "", study.about, "",
-             f"Settings: {study.note(scale)}", "", f"Runs: {done} of {len(status)} done.", ""]
+             f"Settings: {study.note(scale)}", "", f"Runs: {_runs_line(status, extra)}", ""]
     for i, sec in enumerate(sections, 1):
         lines += [f"## Table {i}: {sec.spec.get('title') or sec.spec['kind']}", ""]
         if sec.table is None:
@@ -443,8 +490,10 @@ def render_markdown(study, scale: str, sections: list[Section], figures, status:
             continue
         lines += [f"**Summary:** {sec.summary}", "", T.to_markdown(sec.table)]
     shown = [(k, c) for k, c, png, _ in figures if png is not None]
-    if shown:
+    if figures:
         lines += ["## Figures", ""] + [f"![{c}](figures/{k}.png)\n" for k, c in shown]
+        lines += [f"_{k} figure: {why}_\n" for k, _, png, why in figures if png is None]
+    lines += ["## Study settings", "", "```yaml", settings_block(study, scale).rstrip("\n"), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -461,11 +510,12 @@ def write_report(study, scale: str, *, out=None, report_dir=None, sets=None) -> 
     figures = build_figures(study, scale, runs) if runs else []
     target = Path(report_dir) if report_dir else res_dir / "report"
     target.mkdir(parents=True, exist_ok=True)
-    page = render_html(study, scale, sections, figures, status, run_rows(runs, left_out))
+    extra = extra_runs(status, runs)
+    page = render_html(study, scale, sections, figures, status, run_rows(runs, left_out), extra)
     results.write_text(target / "report.html", page)
     tex = [T.to_latex(s.table) for s in sections if s.table is not None]
     results.write_text(target / "tables.tex", "\n".join(tex) if tex else "% no tables yet\n")
-    results.write_text(target / "report.md", render_markdown(study, scale, sections, figures, status))
+    results.write_text(target / "report.md", render_markdown(study, scale, sections, figures, status, extra))
     for kind, _, png, _ in figures:
         if png is not None:
             results._atomic(target / "figures" / f"{kind}.png", lambda f, b=png: f.write(b))

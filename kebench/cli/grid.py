@@ -26,6 +26,9 @@ EXECUTOR_OPTIONS = [
     click.option("--time", "time_min", type=click.IntRange(min=1), default=240, show_default=True, help="slurm: minutes per job."),
     click.option("--gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True,
                  help="slurm: GPUs per job; more than 1 trains the run with DDP across them."),
+    click.option("--nproc", type=click.IntRange(min=1),
+                 help="slurm/submitit-local: processes (DDP ranks) per run; on SLURM one task per rank, started "
+                      "by srun. Default: --gpus-per-job (at least 1)."),
     click.option("--array-parallelism", type=click.IntRange(min=1), default=16, show_default=True, help="slurm: jobs running at once."),
     click.option("--cpus-per-task", type=click.IntRange(min=1), help="slurm: CPU cores per job."),
     click.option("--mem-gb", type=float, help="slurm: memory per job."),
@@ -146,7 +149,7 @@ def run_cmd(ctx, name, scale, out, sets, report_dir, show_status, **executor_opt
     if scale == "mini" and ctx.get_parameter_source("executor") == click.core.ParameterSource.DEFAULT:
         executor_opts["executor"] = "inline"  # tiny CPU runs: one process, torch imported once
     console.print(f"study {name} ({scale}): {chosen.note(scale)}")
-    code = executors.dispatch(todo, console, **executor_opts)
+    code = executors.dispatch(todo, console, what="study", **executor_opts)
     rows = sweep.status_rows(todo)
     c = sweep.counts(rows)
     console.print(f"study: {len(rows)} runs: " + ", ".join(f"{c[s]} {s}" for s in sweep.STATES))

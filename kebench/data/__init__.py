@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import importlib
 
-import torch
-
 from kebench import registry
 from kebench.data.spec import (CLASSIFICATION, DATASETS, RETRIEVAL, TASKS, DataBundle, DatasetSpec, Split, Task,
                                 get_task, headline_metric, register)
-from kebench.errors import UserError, unknown_choice
+from kebench.errors import UserError
 
 #: Modules of kebench's own datasets; importing one registers its datasets. A new in-tree dataset
 #: module goes here (an import error in one is a bug to see, never a dataset that silently vanishes).
-BUILTIN_MODULES = ("kebench.data.embedded", "kebench.data.paper")
+BUILTIN_MODULES = ("kebench.data.embedded", "kebench.data.paper", "kebench.data.arrays", "kebench.data.folders")
 
 
 def _registered() -> dict[str, DatasetSpec]:

@@ -413,22 +413,30 @@ def _lazy(base: Path, rels, labels, size, banner_px, keep_aspect, workers, reaso
     header too, for the image's size); unreadable ones are found while decoding."""
     from PIL import Image
 
-    kept, unusable, extents = [], [], []
-    for i, rel in enumerate(rels):
+    def probe(rel):
         if not (base / rel).is_file():
-            unusable.append((rel, "missing"))
-            continue
-        if keep_aspect:
-            try:
-                with Image.open(base / rel) as im:  # reads the header only
-                    w, h = im.size
-                if h - banner_px < 1:
-                    raise ValueError(f"image is {w}x{h}, too small to drop a {banner_px}-pixel banner")
-                extents.append(stored_extent(w, h, size, banner_px))
-            except Exception as exc:  # PIL raises many types for broken files; each is reported by path
-                unusable.append((rel, f"unreadable ({type(exc).__name__}: {exc})"))
+            return None, "missing"
+        if not keep_aspect:
+            return None, None
+        try:
+            with Image.open(base / rel) as im:  # reads the header only
+                w, h = im.size
+            if h - banner_px < 1:
+                raise ValueError(f"image is {w}x{h}, too small to drop a {banner_px}-pixel banner")
+            return stored_extent(w, h, size, banner_px), None
+        except Exception as exc:  # PIL raises many types for broken files; each is reported by path
+            return None, f"unreadable ({type(exc).__name__}: {exc})"
+
+    kept, unusable, extents = [], [], []
+    # a stat (and a header read) per file: threads, since a streamed split may list a million files
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, (rel, (extent, err)) in enumerate(zip(rels, pool.map(probe, rels, chunksize=256))):
+            if err is not None:
+                unusable.append((rel, err))
                 continue
-        kept.append(i)
+            if keep_aspect:
+                extents.append(extent)
+            kept.append(i)
     images = LazyImages([base / rels[i] for i in kept], size, banner_px, workers, keep_aspect=keep_aspect)
     info = {"mode": "dataloader", "reason": reason, "size": size, "workers": workers,
             "unreadable_during_training": images.failures}

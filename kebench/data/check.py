@@ -33,8 +33,11 @@ def check(name: str, data_root, per_class: bool, strict: bool, workers: int, out
 
     from rich.table import Table
 
-    from kebench.data import cache, paper
+    from kebench.data import arrays, cache, names, paper
 
+    names()  # every dataset module registered
+    if name in arrays.ARRAYS:
+        return check_arrays(name, data_root, per_class, strict, out)
     ds = paper.get(name)
     root = paper.data_root(data_root, ds)
     listing = paper.list_dataset(name, root)
@@ -49,7 +52,7 @@ def check(name: str, data_root, per_class: bool, strict: bool, workers: int, out
     def classes_in(split: str) -> range:  # 0-based labels a split should cover
         if ds.task != "retrieval":
             return range(len(listing.classes))
-        half = len(listing.classes) // 2
+        half = listing.half()
         return range(half) if split == "train" else range(len(listing.classes) - half)
     table = Table("split", "images", "official", "classes", "min/class", "max/class", "missing", "unreadable")
     problems = []
@@ -69,9 +72,7 @@ def check(name: str, data_root, per_class: bool, strict: bool, workers: int, out
             problems.append(f"{split}: {len(empty)} class(es) have no readable image, so the dataset cannot "
                             f"be trained or evaluated: {', '.join(_class_name(listing, ds, split, c) for c in empty[:5])}"
                             + (", ..." if len(empty) > 5 else ""))
-        if official is not None and official != len(items):
-            msg = f"{split}: {len(items)} images listed, the official copy has {official}"
-            (problems.append if strict else out.print)(msg if strict else f"[yellow]note:[/yellow] {msg}")
+        _compare(split, len(items), official, strict, problems, out)
     out.print(table)
     if per_class:
         pt = Table("class", *listing.splits)
@@ -96,9 +97,63 @@ def check(name: str, data_root, per_class: bool, strict: bool, workers: int, out
     return 0
 
 
+def _compare(split: str, count: int, official, strict: bool, problems: list, out) -> None:
+    """A split size that differs from the official copy: a problem with --strict, else a warning
+    (a subset or quick-test copy trains, but its numbers are not the paper's)."""
+    if official is None or official == count:
+        return
+    msg = f"{split}: {count} images listed, the official copy has {official}"
+    if strict:
+        problems.append(msg)
+    else:
+        out.print(f"[yellow]warning:[/yellow] {msg} (a subset: it trains, but its numbers are not the paper's)",
+                  highlight=False)
+
+
+def check_arrays(name: str, data_root, per_class: bool, strict: bool, out) -> int:
+    """CIFAR / MNIST: the arrays are read whole (a damaged file is a layout error, exit 2); then
+    counts per split and class against the official copy."""
+    from collections import Counter
+
+    from rich.table import Table
+
+    from kebench.data import arrays, paper
+
+    ds = arrays.ARRAYS[name]
+    data = arrays.read(name, paper.data_root(data_root, ds))
+    out.print(f"{ds.title} ('{name}', classification) at {data.base}, {data.layout or 'official'} layout: "
+              f"{len(data.classes)} classes", highlight=False)
+    table = Table("split", "images", "official", "classes", "min/class", "max/class", "size")
+    problems, counts = [], {}
+    for split, (x, y) in data.splits.items():
+        per = Counter(y.tolist())
+        counts[split] = per
+        table.add_row(split, str(len(y)), str(ds.official.get(split, "–")), f"{len(per)}/{len(data.classes)}",
+                      str(min(per.values(), default=0)), str(max(per.values(), default=0)),
+                      "x".join(map(str, x.shape[1:])))
+        empty = [data.classes[c] for c in range(len(data.classes)) if per[c] == 0]
+        if empty:
+            problems.append(f"{split}: {len(empty)} class(es) have no image, so the dataset cannot be trained or "
+                            f"evaluated: {', '.join(empty[:5])}" + (", ..." if len(empty) > 5 else ""))
+        _compare(split, len(y), ds.official.get(split), strict, problems, out)
+    out.print(table)
+    if per_class:
+        pt = Table("class", *data.splits)
+        for c, cname in enumerate(data.classes):
+            pt.add_row(cname, *[str(counts[s][c]) for s in data.splits])
+        out.print(pt)
+    for p in problems:
+        out.print(f"[red]problem:[/red] {p}", highlight=False)
+    if problems:
+        return 1
+    out.print(f"[green]ok[/green]: {sum(len(y) for _, y in data.splits.values())} images in "
+              f"{len(data.splits)} splits, all readable.")
+    return 0
+
+
 def _offset(listing, ds, split: str) -> int:
     """Retrieval test labels are re-based: label 0 of the test split is class half+1."""
-    return len(listing.classes) // 2 if ds.task == "retrieval" and split == "test" else 0
+    return listing.half() if ds.task == "retrieval" and split == "test" else 0
 
 
 def _class_name(listing, ds, split: str, label: int) -> str:

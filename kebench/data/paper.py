@@ -52,6 +52,14 @@ class Listing:
     classes: list[str]
     splits: dict[str, list[tuple[str, int]]]
     layout: str = ""  # which official layout was found (Cars has two)
+    #: The class ids the annotation files declare, in label order (CUB's classes.txt: a subset copy may
+    #: list 1, 2 and 101); None: 1..len(classes).
+    class_ids: list[int] | None = None
+    train_classes: int | None = None  # retrieval: classes 0..train_classes-1 train, the rest test
+
+    def half(self) -> int:
+        """Classes in the training part of a class-disjoint split (the first half by default)."""
+        return len(self.classes) // 2 if self.train_classes is None else self.train_classes
 
 
 @dataclass
@@ -65,6 +73,11 @@ class PaperDataset:
     task: str = "classification"
     options: dict = field(default_factory=dict)  # dataset-specific --data-opt defaults
     description: str = ""
+    #: Images used at their own size (Tiny-ImageNet's 64 px): a square cache at `resolution`, no test
+    #: resize, CIFAR-style pad-and-crop training (`DataBundle.pad_crop`). None: the KE paper's transforms.
+    native: int | None = None
+    pad_crop: int = 4
+    defaults: dict | None = None  # RunConfig defaults; None: the KE paper's (by task)
 
 
 PAPER: dict[str, PaperDataset] = {}
@@ -171,32 +184,42 @@ def _cub_records(root: Path):
     paths = {k: v for k, v in _pairs(ds, root, d / "images.txt")}
     labels = {k: _int(ds, root, "image_class_labels.txt", v) for k, v in _pairs(ds, root, d / "image_class_labels.txt")}
     train = {k: v.strip() == "1" for k, v in _pairs(ds, root, d / "train_test_split.txt")}
-    classes = [name for _, name in sorted(_pairs(ds, root, d / "classes.txt"), key=lambda p: _int(ds, root, "classes.txt", p[0]))]
+    declared = sorted((_int(ds, root, "classes.txt", k), name) for k, name in _pairs(ds, root, d / "classes.txt"))
+    ids = [k for k, _ in declared]
+    classes = [name for _, name in declared]
+    position = {k: i for i, k in enumerate(ids)}  # class ids are labels, not positions: remap to 0..K-1
     for what, table in (("image_class_labels.txt", labels), ("train_test_split.txt", train)):
         missing = set(paths) - set(table)
         if missing:
             raise _layout_error(ds, root, f"{what} has no entry for image id {sorted(missing, key=int)[0]} of images.txt.")
-    bad = [k for k, c in labels.items() if not 1 <= c <= len(classes)]
+    bad = [k for k, c in labels.items() if c not in position and k in paths]
     if bad:
-        raise _layout_error(ds, root, f"image id {bad[0]} has class {labels[bad[0]]}, outside 1..{len(classes)} of classes.txt.")
-    ids = sorted(paths, key=lambda k: _int(ds, root, "images.txt", k))
-    return d, classes, [("images/" + paths[k], labels[k] - 1, train[k]) for k in ids]
+        raise _layout_error(ds, root, f"image id {bad[0]} has class {labels[bad[0]]}, which classes.txt does not "
+                                      f"list (it lists {len(ids)} class ids, {ids[0]}..{ids[-1]}).")
+    order = sorted(paths, key=lambda k: _int(ds, root, "images.txt", k))
+    return d, classes, ids, [("images/" + paths[k], position[labels[k]], train[k]) for k in order]
 
 
 def _list_cub(root: Path) -> Listing:
-    d, classes, recs = _cub_records(root)
-    return Listing(d, classes, {"train": [(p, y) for p, y, t in recs if t], "test": [(p, y) for p, y, t in recs if not t]})
+    d, classes, ids, recs = _cub_records(root)
+    return Listing(d, classes, {"train": [(p, y) for p, y, t in recs if t], "test": [(p, y) for p, y, t in recs if not t]},
+                   class_ids=ids)
 
 
-def _disjoint(listing: Listing) -> Listing:
-    """Metric-learning protocol: every image, train on the first half of the classes, test on the
-    second half (labels re-based to 0)."""
-    half = len(listing.classes) // 2
+def _disjoint(listing: Listing, last_train_id: int) -> Listing:
+    """Metric-learning protocol: every image, train on the classes with ids up to `last_train_id`
+    (CUB 1-100, Cars 1-98: the first half of the official classes), test on the others (labels
+    re-based to 0). The split follows the ids, so a subset copy keeps it; a copy whose ids all lie on
+    one side of the boundary (a renumbered toy copy) splits its classes in halves instead."""
+    ids = listing.class_ids or list(range(1, len(listing.classes) + 1))
+    half = sum(1 for k in ids if k <= last_train_id)
+    if half in (0, len(ids)):
+        half = len(ids) // 2
     everything = [item for items in listing.splits.values() for item in items]
     return Listing(listing.base, listing.classes, {
         "train": [(p, y) for p, y in everything if y < half],
         "test": [(p, y - half) for p, y in everything if y >= half],
-    }, listing.layout)
+    }, listing.layout, ids, half)
 
 
 def _list_aircraft(root: Path) -> Listing:
@@ -342,17 +365,19 @@ def load_paper(name: str, cfg) -> DataBundle:
     opts = parse_options(ds, dict(cfg.data_options))
     root = data_root(cfg.data_root, ds)
     listing = ds.lister(root)
-    res = cfg.resolution or DEFAULT_RESOLUTION
-    size = round(res * TEST_RESIZE_RATIO)
+    res = cfg.resolution or ds.native or DEFAULT_RESOLUTION
+    size = res if ds.native else round(res * TEST_RESIZE_RATIO)
     banner = AIRCRAFT_BANNER_PX if opts.get("crop_banner") else 0
-    budget = opts["cache_budget_gb"] * 2**30
+    # streamed datasets (ImageNet) are decoded by DataLoader workers every epoch, never cached whole
+    budget = 0 if opts.get("stream") else opts["cache_budget_gb"] * 2**30
     cache_dir = Path(opts["cache_dir"]).expanduser() if opts["cache_dir"] else cachemod.default_dir()
     cache_name = name.removesuffix("-retrieval") if ds.task == "retrieval" else name
 
     splits, unusable, cache_info = {}, [], {}
     for split, items in listing.splits.items():
         got = cachemod.open_split(cache_name, split if ds.task == "classification" else f"disjoint-{split}",
-                                  listing.base, items, size=size, banner_px=banner, keep_aspect=split == "train",
+                                  listing.base, items, size=size, banner_px=banner,
+                                  keep_aspect=split == "train" and not ds.native,
                                   cache_dir=cache_dir,
                                   budget_bytes=budget, workers=opts["workers"])
         splits[split] = got.split
@@ -365,7 +390,7 @@ def load_paper(name: str, cfg) -> DataBundle:
             f"max_bad={opts['max_bad']}:\n{shown}{'' if len(unusable) <= 20 else chr(10) + '  ...'}\n"
             f"Re-extract the official archives (see 'kebench data check {name}'), or raise the limit "
             f"with --data-opt max_bad=N to skip them.")
-    half = len(listing.classes) // 2
+    half = listing.half()
     for split, sp in splits.items():  # a class with no usable image makes the benchmark meaningless
         first, count = ((0, half) if split == "train" else (half, len(listing.classes) - half)) \
             if ds.task == "retrieval" else (0, len(listing.classes))
@@ -382,7 +407,7 @@ def load_paper(name: str, cfg) -> DataBundle:
                       f"(listed in result.json under data.unusable), e.g. {unusable[0]['path']}: {unusable[0]['reason']}",
                       stacklevel=2)
     modes = {i["mode"] for i in cache_info.values()}
-    if "dataloader" in modes:
+    if "dataloader" in modes and not opts.get("stream"):
         reason = next(i["reason"] for i in cache_info.values() if i["mode"] == "dataloader")
         warnings.warn(f"'{name}': {reason}; decoding with DataLoader workers every epoch instead (slower). "
                       f"Raise --data-opt cache_budget_gb or free disk space to cache it.", stacklevel=2)
@@ -397,22 +422,26 @@ def load_paper(name: str, cfg) -> DataBundle:
         "options": options, "resolution": res, "cached_size": size,
         "transform": {"train": f"RandomResizedCrop({res}, scale={CROP_SCALE}) + flip, drawn from the whole "
                                f"image after Resize({size}) (longer side capped at {cachemod.MAX_ASPECT * size})",
-                      "test": f"Resize({size}) + CenterCrop({res})"},
+                      "test": f"Resize({size}) + CenterCrop({res})"} if not ds.native else
+                     {"train": f"Resize({res}) + pad {ds.pad_crop} + RandomCrop({res}) + flip", "test": f"Resize({res})"},
         "test_resize_ratio": size / res,  # the cache is already at the test resize: center_view only crops
         "cache": cache_info, "unusable": {"count": len(unusable), "files": unusable},
     }
     if ds.task == "retrieval":
-        info["split"] = f"class-disjoint: train on classes 1-{half}, test on {half + 1}-{len(listing.classes)}"
+        ids = listing.class_ids or list(range(1, len(listing.classes) + 1))
+        info["split"] = (f"class-disjoint: train on class ids {ids[0]}-{ids[half - 1]} ({half} classes), test on "
+                         f"{ids[half]}-{ids[-1]} ({len(ids) - half})") if 0 < half < len(ids) else "class-disjoint"
     return DataBundle(
         name=name, task=ds.task, train=splits["train"], val=splits.get("val"), test=splits["test"],
         num_classes=num_classes, in_chans=3, resolution=res, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        crop_scale=CROP_SCALE, flip=True, info=info)
+        crop_scale=CROP_SCALE, flip=True, pad_crop=ds.pad_crop if ds.native else None, info=info)
 
 
 # ---------------------------------------------------------------------------- the registry
 def _add(ds: PaperDataset) -> None:
     PAPER[ds.name] = ds
-    defaults = RETRIEVAL_DEFAULTS if ds.task == "retrieval" else CLASSIFICATION_DEFAULTS
+    defaults = ds.defaults if ds.defaults is not None else \
+        RETRIEVAL_DEFAULTS if ds.task == "retrieval" else CLASSIFICATION_DEFAULTS
     register(DatasetSpec(ds.name, ds.task, lambda cfg, n=ds.name: load_paper(n, cfg), ds.description, dict(defaults),
                          options={**COMMON_OPTIONS, **ds.options}))
 
@@ -459,10 +488,10 @@ _add(PaperDataset("dogs", "Stanford Dogs", _list_dogs, _DOGS, _SOURCES["dogs"], 
                   description="Stanford Dogs, 120 breeds, 12000 train / 8580 test (local folder)"))
 _add(PaperDataset("cars196", "Stanford Cars-196", _list_cars, _CARS, _SOURCES["cars196"], {"train": 8144, "test": 8041},
                   description="Stanford Cars, 196 classes, 8144 train / 8041 test; devkit or all-in-one layout"))
-_add(PaperDataset("cub200-retrieval", "CUB-200-2011", lambda root: _disjoint(_list_cub(root)), _CUB, _SOURCES["cub200"],
+_add(PaperDataset("cub200-retrieval", "CUB-200-2011", lambda root: _disjoint(_list_cub(root), 100), _CUB, _SOURCES["cub200"],
                   {"train": 5864, "test": 5924}, task="retrieval",
                   description="CUB-200-2011, class-disjoint: train on classes 1-100 (5864), retrieve among 101-200 (5924)"))
-_add(PaperDataset("cars196-retrieval", "Stanford Cars-196", lambda root: _disjoint(_list_cars(root)), _CARS,
+_add(PaperDataset("cars196-retrieval", "Stanford Cars-196", lambda root: _disjoint(_list_cars(root), 98), _CARS,
                   _SOURCES["cars196"], {"train": 8054, "test": 8131}, task="retrieval",
                   description="Stanford Cars, class-disjoint: train on classes 1-98 (8054), retrieve among 99-196 (8131)"))
 

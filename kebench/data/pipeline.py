@@ -140,6 +140,22 @@ def _cpu_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kebench-augment")
 
 
+def pad_crop(images: torch.Tensor, pad: int, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """torchvision's RandomCrop(size, padding=pad) + RandomHorizontalFlip on a whole batch at once:
+    `offsets` [n, 2] (top, left) in 0..2*pad of the zero-padded image, crops as large as the input.
+    One gather on the batch's device; uint8 in, float out (padding is 0, as PIL's black border)."""
+    n, c, height, width = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
+    dev = images.device
+    offsets, flips = offsets.to(dev), flips.to(dev)
+    rows = offsets[:, 0, None] + torch.arange(height, device=dev)
+    cols = torch.arange(width, device=dev).expand(n, width)
+    cols = torch.where(flips[:, None], cols.flip(-1), cols) + offsets[:, 1, None]
+    out = padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]
+    return out.float()
+
+
 def center_view_extent(images: torch.Tensor, extent: torch.Tensor, out_size: int,
                        resize_ratio: float = 1.0) -> torch.Tensor:
     """`center_view` of images stored with their aspect ratio (`Split.extent`): each image's real
@@ -231,7 +247,15 @@ class BatchStream:
     def load(self, index: torch.Tensor, gen: torch.Generator | None = None):
         y = self.labels[self._device_index(index)]
         res = self.bundle.resolution
-        if self.train:
+        if self.train and self.bundle.pad_crop is not None:
+            n, pad = len(index), self.bundle.pad_crop
+            offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
+            flips = torch.rand(n, generator=gen) < 0.5 if self.bundle.flip else torch.zeros(n, dtype=torch.bool)
+            if self.device.type == "cuda":  # one pinned non-blocking copy, not two blocking ones per step
+                packed = torch.cat([offsets, flips[:, None].long()], 1).pin_memory().to(self.device, non_blocking=True)
+                offsets, flips = packed[:, :2], packed[:, 2].bool()
+            x = pad_crop(self._gather(index), pad, offsets, flips).sub_(self.mean).div_(self.std)
+        elif self.train:
             n = len(index)
             # crops are drawn over each whole image (its real extent in an aspect-keeping cache)
             hw = self.images.shape[-2:] if self.extent is None else self.extent[index.cpu()].T

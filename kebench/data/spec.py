@@ -75,6 +75,9 @@ class DataBundle:
     val: Split | None = None
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop scale range
     flip: bool = True
+    #: CIFAR-style training crops: zero-pad every side by this many pixels, then a random
+    #: resolution x resolution crop (torchvision's RandomCrop(padding=...)). None: RandomResizedCrop.
+    pad_crop: int | None = None
     info: dict = field(default_factory=dict)  # recorded in result.json (options, corrupt files, ...)
 
 

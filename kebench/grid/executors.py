@@ -12,12 +12,18 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from kebench.run import guard
-from kebench.grid import EXECUTORS, slurm
+from kebench.grid import EXECUTORS
 from kebench.errors import UserError
 from kebench.run.launch import run_config
+from kebench.grid import sweep
 from kebench.grid.sweep import WORKER_LOG, Entry, config_from_dict, parse_sets, state_of, unfinished
+
+#: A worker that died of one of these was stopped, not broken: the signal came before its handler
+#: was installed (while torch imported) or from outside; nothing is lost and a rerun resumes it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def _visible_gpus() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -67,8 +73,8 @@ def worker_command(nproc: int = 1) -> list[str]:
 
 def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_run: int = 1,
               runs_per_gpu: int = 1, retry_failed: bool = False, echo=print) -> int:
-    """Run the sweep's unfinished runs with `workers` processes at a time. Returns an exit code:
-    0 all done, 1 some run failed or died, 3 stopped by a signal (rerun the sweep to continue)."""
+    """Run the sweep's unfinished runs with `workers` processes at a time. Returns the exit code of
+    `sweep.exit_code`: 0 only when every run is done."""
     todo = unfinished(entries, retry_failed, echo)
     envs = slot_envs(workers, gpus, gpus_per_run, runs_per_gpu)
     free = list(range(workers))
@@ -125,9 +131,14 @@ def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_r
                     echo(f"stopped {e.run_id} with a checkpoint ({detail}); rerun the sweep to resume it")
                 elif rc == guard.EXIT_BUSY:
                     echo(f"skip {e.run_id}: another process holds it")
+                elif rc < 0 and (-rc in STOP_SIGNALS or (-rc == signal.SIGKILL and stop["signals"] > 1)):
+                    echo(f"stopped {e.run_id} by {guard.signal_name(-rc)} "
+                         f"({detail or 'before it started training'}); rerun the sweep to resume it")
                 else:
-                    why = detail if state == "failed" else (
-                        f"killed by {guard.signal_name(-rc)}" if rc < 0 else f"exit code {rc}")
+                    if rc > 0 and state != "failed":  # died without saying why (a crash): keep its last words
+                        sweep.record_failure(e.dir, _last_line(e.dir / WORKER_LOG), rc)
+                        state, detail = state_of(e)
+                    why = detail if state == "failed" else f"killed by {guard.signal_name(-rc)}"
                     problems.append(e)
                     echo(f"FAIL  {e.run_id}: {why}; log: {e.dir / WORKER_LOG}")
             if running:
@@ -135,9 +146,16 @@ def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_r
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    if stop["signals"]:
-        return guard.EXIT_INTERRUPTED
-    return 1 if problems else 0
+    return sweep.exit_code(entries, stopped=bool(stop["signals"]), died=bool(problems), echo=echo)
+
+
+def _last_line(log) -> str:
+    """The last line a crashed worker wrote (a traceback ends with the exception)."""
+    try:
+        lines = [ln.strip() for ln in open(log, errors="replace").read().splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) -> int:
@@ -145,7 +163,6 @@ def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) 
     torch costs more than a whole tiny CPU run). Same exit codes as run_local."""
     todo = unfinished(entries, retry_failed, echo)
     echo(f"{len(entries)} runs in the sweep, {len(todo)} to run, in this process")
-    failed = 0
     for i, e in enumerate(todo, 1):
         t0 = time.perf_counter()
         echo(f"[{i}/{len(todo)}] start {e.run_id}")
@@ -153,19 +170,19 @@ def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) 
             records = run_config(e.cfg, show_progress=False)
         except guard.RunInterrupted as exc:
             echo(f"stopped {e.run_id} with a checkpoint ({exc}); rerun to resume it")
-            return guard.EXIT_INTERRUPTED
+            return sweep.exit_code(entries, stopped=True)
         except guard.RunBusy:
             echo(f"skip {e.run_id}: another process holds it")
             continue
         except UserError as exc:
+            sweep.record_failure(e.dir, str(exc), exc.exit_code)
             records = [{"status": "failed", "error": str(exc)}]
         state, detail = state_of(e)
         if all(r["status"] == "complete" for r in records):
             echo(f"done  {e.run_id}: {detail} ({time.perf_counter() - t0:.1f} s)")
         else:
-            failed += 1
             echo(f"FAIL  {e.run_id}: {detail or records[-1].get('error')}")
-    return 1 if failed else 0
+    return sweep.exit_code(entries, echo=echo)
 
 
 def worker_main(argv: list[str] | None = None) -> int:
@@ -177,14 +194,20 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kebench.grid.executors")
     parser.add_argument("--nproc", type=int, default=1)
     args = parser.parse_args(argv)
+    cfg = None
     try:
         cfg = config_from_dict(json.loads(sys.stdin.read()))
         records = run_config(cfg, nproc=args.nproc)
     except guard.RunInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr, flush=True)
         return guard.EXIT_INTERRUPTED
+    except guard.RunBusy as exc:
+        print(f"busy: {exc}", file=sys.stderr, flush=True)
+        return guard.EXIT_BUSY
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        if cfg is not None:  # counted as failed, with this reason, by --status and the sweep's summary
+            sweep.record_failure(Path(cfg.out) / cfg.run_id(), str(exc), exc.exit_code)
         return exc.exit_code
     except json.JSONDecodeError as exc:
         print(f"error: the run config on stdin is not JSON: {exc}", file=sys.stderr, flush=True)
@@ -203,30 +226,47 @@ def run_local_executor(entries: list[Entry], *, echo=print, retry_failed=False, 
 
 def run_slurm(entries: list[Entry], *, echo=print, retry_failed=False, workers=None, partition=None, time_min=240,
               gpus_per_job=1, array_parallelism=16, cpus_per_task=None, mem_gb=None, slurm_opt=(), setup=(),
-              wait=False, cluster="slurm") -> int:
+              wait=False, cluster="slurm", nproc=None) -> int:
     """`--executor slurm`: a submitit job array (kebench/grid/slurm.py)."""
+    try:  # submitit: imported only when a submitit executor is chosen (a GPU box may not have it)
+        from kebench.grid import slurm
+    except ImportError as exc:
+        executor = "slurm" if cluster == "slurm" else "submitit-local"
+        raise UserError(f"--executor {executor} hands the runs to submitit, which is not installed here ({exc}). "
+                        f"Install it (pip install submitit), or use --executor local or inline.") from None
     return slurm.run_submitit(
         entries, cluster=cluster, retry_failed=retry_failed, partition=partition, time_min=time_min,
         gpus_per_job=gpus_per_job, array_parallelism=array_parallelism, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
         slurm_opts=parse_sets(slurm_opt, "--slurm-opt"), setup=list(setup), workers=workers,
-        wait=wait or cluster == "local", echo=echo)
+        wait=wait or cluster == "local", echo=echo, nproc=nproc)
 
 
 def run_submitit_local(entries: list[Entry], *, echo=print, retry_failed=False, workers=None, partition=None,
                        time_min=240, gpus_per_job=1, array_parallelism=16, cpus_per_task=None, mem_gb=None,
-                       slurm_opt=(), setup=(), wait=True) -> int:
+                       slurm_opt=(), setup=(), wait=True, nproc=None) -> int:
     """`--executor submitit-local`: the slurm code path on this machine (waits for its jobs)."""
     return run_slurm(entries, echo=echo, retry_failed=retry_failed, workers=workers, partition=partition,
                      time_min=time_min, gpus_per_job=gpus_per_job, array_parallelism=array_parallelism,
                      cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_opt=slurm_opt, setup=setup, wait=wait,
-                     cluster="local")
+                     cluster="local", nproc=nproc)
 
 
-def dispatch(entries: list[Entry], console, *, executor="local", **options) -> int:
+def dispatch(entries: list[Entry], console, *, executor="local", what="sweep", **options) -> int:
     """Run the unfinished entries with the chosen executor (`kebench.grid.EXECUTORS`), passing it the
-    executor flags its signature names; returns its exit code (see run_local)."""
+    executor flags its signature names; returns its exit code (see run_local). Every run's dataset
+    is checked first (sweep.preflight): a problem refuses the whole sweep before any worker starts.
+    SLURM jobs may see other disks than this machine, so there it only warns."""
     run = EXECUTORS.get(executor)
+    starting = unfinished(entries, options.get("retry_failed", False), echo=lambda *_: None, claim=False)
+    if executor == "slurm":
+        for line in sweep.preflight(starting):
+            console.print(f"[yellow]warning[/yellow] (checked on this machine; the jobs may see other disks): {line}")
+    else:
+        sweep.check_before_running(starting, what)
     takes = set(inspect.signature(run).parameters)
+    if options.get("nproc") and "nproc" not in takes:
+        raise UserError(f"--nproc sets the processes of a run on SLURM (--executor slurm or submitit-local); "
+                        f"with --executor {executor}, --gpus-per-run N trains each run with N processes.")
     if options.get("runs_per_gpu", 1) > 1 and "runs_per_gpu" not in takes:
         raise UserError(f"--runs-per-gpu packs runs of the local executor; with --executor {executor} each "
                         f"job gets its own GPUs (--gpus-per-job).")

@@ -30,6 +30,9 @@ from kebench.params import coerce
 SPEC_KEYS = ("grid", "set", "out", "name")
 STATES = ("done", "running", "failed", "pending")
 WORKER_LOG = "sweep.log"
+#: Why a run failed before it could write a result.json (a user error, a crash): written by the
+#: sweep's worker, read by `state_of`, removed when `--retry-failed` starts the run again.
+FAILURE = "failure.json"
 
 
 @dataclass
@@ -206,13 +209,13 @@ def _progress(run_dir: Path) -> str:
 
 
 def _matched_entry(entry: Entry, result: dict) -> Entry | None:
-    """The equal-total-epochs baseline a `budget: matched` run also owes (issue 11)."""
+    """The equal-budget baseline a `budget: matched` run also owes (kebench/run/budget.py)."""
     cfg = entry.cfg
     if getattr(cfg, "budget", "paper") != "matched" or cfg.method_spec.regime.name == "single":
         return None
-    from kebench.config import matched_config
+    from kebench.run import budget
 
-    return Entry(matched_config(cfg, result["training"]["epochs"]), entry.combo)
+    return Entry(budget.planned(cfg, result), entry.combo)
 
 
 def state_of(entry: Entry) -> tuple[str, str]:
@@ -240,18 +243,40 @@ def state_of(entry: Entry) -> tuple[str, str]:
         return "done", f"{primary} {result['final'][primary]:.4f}" if primary in result.get("final", {}) else ""
     if result is not None and result.get("status") == "failed":
         return "failed", str(result.get("error", ""))
+    failure = read_failure(entry.dir)
+    if failure is not None:
+        return "failed", failure
     if any((entry.dir / n).is_file() for n in ("checkpoint.pt", "checkpoint.prev.pt")):
         return "pending", f"resumable from {_progress(entry.dir) or 'its checkpoint'}"
     return "pending", ""
 
 
-def unfinished(entries: list[Entry], retry_failed: bool, echo=print) -> list[Entry]:
+def record_failure(run_dir, reason: str, exit_code: int) -> None:
+    """Remember why a run failed without a result.json, so `--status` and the summary count it."""
+    from kebench.run import results
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    results.write_json(Path(run_dir) / FAILURE, {"error": reason.strip() or f"exit code {exit_code}",
+                                                 "exit_code": exit_code})
+
+
+def read_failure(run_dir) -> str | None:
+    try:
+        return str(json.loads((Path(run_dir) / FAILURE).read_text())["error"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def unfinished(entries: list[Entry], retry_failed: bool, echo=print, claim: bool = True) -> list[Entry]:
     """The runs an executor should start: pending ones (and failed ones when retrying); runs another
-    process is writing right now are skipped and named."""
+    process is writing right now are skipped and named. `claim`: the caller starts them now, so a
+    retried run's recorded failure is cleared."""
     todo = []
     for e in entries:
         state, detail = state_of(e)
         if state == "pending" or (state == "failed" and retry_failed):
+            if claim:
+                (e.dir / FAILURE).unlink(missing_ok=True)  # a retry starts afresh; its outcome decides
             todo.append(e)
         elif state == "running":
             echo(f"skip {e.run_id}: running elsewhere ({detail})")
@@ -271,19 +296,113 @@ def submitted_jobs(out) -> dict:
 
 
 def status_rows(entries: list[Entry]) -> list[dict]:
+    """One row per run: its state read from its folder, refined by what SLURM says of the job it was
+    last submitted as (running, requeued, or ended without finishing: cancelled, failed, timed out)."""
     rows = []
     jobs = submitted_jobs(entries[0].cfg.out) if entries else {}
+    slurm = {}
+    if jobs:
+        from kebench.grid import scheduler
+
+        slurm = scheduler.job_states(jobs[e.run_id] for e in entries if e.run_id in jobs)
     for e in entries:
         state, detail = state_of(e)
-        if state == "pending" and e.run_id in jobs:
-            detail = "; ".join(filter(None, [f"submitted as job {jobs[e.run_id]}", detail]))
+        job = jobs.get(e.run_id)
+        info = slurm.get(job)
+        if info is not None and state != "done":
+            log = scheduler.log_of(Path(e.cfg.out) / ".submitit", job)
+            if state == "pending" and info["state"] in ("RUNNING", "COMPLETING", "CONFIGURING"):
+                state = "running"
+            elif state == "pending" and info["state"] in scheduler.ENDED:
+                state = "failed"  # the scheduler ended the job; rerunning the sweep resubmits the run
+                detail = "; ".join(filter(None, [detail, "rerun the sweep to resubmit it"]))
+            line = scheduler.describe(job, info, log)
+            if state == "failed" and log is not None and "log:" not in line:
+                line += f"; log: {log}"
+            detail = "; ".join(filter(None, [line, detail]))
+        elif state == "pending" and job:
+            detail = "; ".join(filter(None, [f"submitted as job {job}", detail]))
         rows.append({"run_id": e.run_id, "method": e.cfg.method, "arch": e.cfg.arch, "data": e.cfg.data,
-                     "seed": e.cfg.seed, "state": state, "detail": detail, "dir": str(e.dir)})
+                     "seed": e.cfg.seed, "state": state, "detail": detail, "dir": str(e.dir),
+                     "slurm": ({"job": job, **{k: info[k] for k in ("state", "reason", "restarts") if k in info}}
+                               if info is not None else None)})
     return rows
 
 
 def counts(rows: list[dict]) -> dict:
     return {s: sum(r["state"] == s for r in rows) for s in STATES}
+
+
+def exit_code(entries: list[Entry], *, stopped: bool = False, died: bool = False, echo=None) -> int:
+    """The exit code of a local or inline sweep, from the states its runs are in when it ends
+    (docs/sweeps.md): 0 only when every run is done; 3 when a signal stopped the sweep or a run
+    stopped resumable (rerun to continue); 1 when a run failed or its worker died; 4 when the only
+    runs not done are still running in another process (an orphaned worker of a killed sweep, or
+    a second sweep): nothing failed, but they are not done yet."""
+    from kebench.run import guard
+
+    if stopped:
+        return guard.EXIT_INTERRUPTED
+    c = counts(status_rows(entries))
+    if died or c["failed"]:
+        return guard.EXIT_FAILED
+    if c["pending"]:
+        return guard.EXIT_INTERRUPTED
+    if c["running"]:
+        if echo is not None:
+            echo(f"{c['running']} run(s) still running in another process: the sweep is not done yet "
+                 f"(exit {guard.EXIT_BUSY}); rerun it, or see --status, once they end")
+        return guard.EXIT_BUSY
+    return 0
+
+
+# ------------------------------------------------------------------------------ checks before any run
+def preflight(entries: list[Entry]) -> list[str]:
+    """Check every run's dataset before the first worker starts, as `kebench run` would on its own:
+    the data root is set and exists, and holds the dataset's layout (its annotation files, read by
+    the loader's own listers; images are checked by `kebench data check`). Each distinct (dataset,
+    root) is checked once; config values and network names were checked when the grid was
+    expanded. Returns one paragraph per problem, naming how many runs it stops."""
+    import os
+
+    from kebench.data import paper
+
+    problems: dict[str, list[str]] = {}
+    rootless: dict[str, list[str]] = {}  # dataset -> run ids that name no data root at all
+    seen: dict[tuple, str | None] = {}
+    for e in entries:
+        cfg = e.cfg
+        if cfg.data not in paper.PAPER:
+            continue
+        if not (cfg.data_root or os.environ.get("KEBENCH_DATA")):
+            rootless.setdefault(cfg.data, []).append(e.run_id)
+            continue
+        key = (cfg.data, cfg.data_root)
+        if key not in seen:
+            try:
+                paper.list_dataset(cfg.data, paper.data_root(cfg.data_root, paper.PAPER[cfg.data]))
+                seen[key] = None
+            except UserError as exc:
+                seen[key] = str(exc)
+        if seen[key] is not None:
+            problems.setdefault(seen[key], []).append(e.run_id)
+    found = []
+    if rootless:
+        n = sum(len(ids) for ids in rootless.values())
+        found.append(f"{n} run(s) read {', '.join(rootless)} from a local folder, but no data root is set "
+                     f"(data_root, or the KEBENCH_DATA environment variable). 'kebench data check NAME "
+                     f"--data-root PATH' shows a dataset's expected layout and checks a copy.")
+    return found + [f"{len(ids)} run(s) (e.g. {ids[0]}): {msg}" for msg, ids in problems.items()]
+
+
+def check_before_running(entries: list[Entry], what: str = "sweep") -> None:
+    """Refuse the whole sweep, before any run starts, when a run could not start (see `preflight`)."""
+    found = preflight(entries)
+    if found:
+        shown = "\n".join(found[:5]) + (f"\n... and {len(found) - 5} more" if len(found) > 5 else "")
+        raise UserError(f"The {what} was not started: {sum(int(f.split(' ', 1)[0]) for f in found)} of the "
+                        f"{len(entries)} runs it would start cannot start.\n{shown}\nIn a {what}, give a run setting "
+                        f"such as the data root with --set data_root=PATH (or under 'set:' in the file).")
 
 
 def print_status(rows: list[dict], console) -> None:

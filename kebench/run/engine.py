@@ -300,7 +300,14 @@ class Run:
             torch.set_num_threads(threads_before)  # a library caller's setting survives the run
         for m in self.monitors:
             m.close()
+        from kebench.run.analyses import run_analyses
+
+        scores, analyses = run_analyses(self, self.cfg.analyses)
+        if scores:
+            self.report_final(scores)
         rec = record.build(self, status="complete")
+        if analyses:
+            rec["analyses"] = analyses
         results.save_torch(self.dir / "model.pt", {"arch": self.cfg.arch, "state_dict": self.model.state_dict()})
         results.write_json(self.dir / "result.json", rec)
         if self.rank == 0:
@@ -331,20 +338,47 @@ def _add_after(rec: dict, out: dict, method: str) -> None:
 
 def execute_all(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True) -> list[dict]:
     """Run a config; with budget 'matched' and a multi-pass regime, also run its single-pass
-    baseline with the same objective and the same total number of epochs (issue: fair comparisons).
+    baseline with the same objective and the same total number of epochs, or the same training FLOPs
+    for a regime that changes the network (kebench/run/budget.py).
 
     Each budget is its own run: a single long run cannot stand in for several budgets, because the
     cosine schedule of a shorter run is a different schedule, not a prefix of the longer one.
     """
-    from kebench.config import matched_config
+    from kebench.run import budget
 
     records = [execute(cfg, resume=resume, show_progress=show_progress)]
     first = records[0]
     if cfg.budget == "matched" and cfg.method_spec.regime.name != "single" and first["status"] == "complete":
-        matched = matched_config(cfg, first["training"]["epochs"])
+        matched, _ = budget.baseline(cfg, first, epoch_train_flops)
         record = execute(matched, resume=True, show_progress=show_progress)  # reuse an existing baseline
         records.append(record)
     return records
+
+
+def epoch_train_flops(cfg) -> int:
+    """Training FLOPs of one epoch of `cfg` as a single pass: one step of its first batch counted the
+    way the training loop counts it (forward and backward under torch's FlopCounterMode), times the
+    steps per epoch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kebench.data.pipeline import epoch_generator
+
+    run = Run(cfg, show_progress=False)  # builds the data and the network; writes nothing
+    stream = run.stream("train")
+    gen = epoch_generator(cfg.seed, 0, 0)
+    batches = stream.batches(gen, run.objective.batch_sampler(stream.labels.cpu(), cfg.batch_size, gen))
+    x, y = stream.load(batches[0], gen)
+    run.model.train()
+    run.objective.train_mode(run.model)
+    with FlopCounterMode(display=False) as counter:
+        with run.autocast():
+            loss, _ = run.objective.loss(run.model, x, y)
+        loss.backward()
+    run.model.zero_grad(set_to_none=True)
+    del run
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return int(counter.get_total_flops()) * len(batches)
 
 
 def execute(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True) -> dict:

@@ -24,19 +24,25 @@ from kebench.run.progress import Progress
 from kebench.config import LR_SCHEDULES as SCHEDULES  # declared with the --lr-schedule setting
 
 
-def lr_factor(update: int, per_epoch: int, total: int, warmup: int, schedule: str) -> float:
+def lr_factor(update: int, per_epoch: int, total: int, warmup: int, schedule: str,
+              milestones=(0.5, 0.75), gamma: float = 0.1) -> float:
     """Multiple of the peak LR at scheduler update `update` (counted from the schedule's start; an
     update is an epoch, or a step with `per_epoch` steps per epoch) of a `total`-epoch schedule.
 
     The official KE code's `cosine_lr`: a linear warm-up that reaches the peak with the last update
     of epoch `warmup` (per epoch: (e + 1) / warmup), then cosine decay from the peak at epoch
-    `warmup` towards 0 at epoch `total`; "constant" holds the peak after the warm-up. Per step, the
-    warm-up rises every step, so it never saw-tooths across epochs."""
+    `warmup` towards 0 at epoch `total`; "constant" holds the peak after the warm-up; "step"
+    multiplies it by `gamma` at each milestone (fractions of `total`: the first update of epoch
+    round(m * total) has the lower LR, as torch's MultiStepLR with rethinking-network-pruning's
+    milestones epochs * [0.5, 0.75]). Per step, the warm-up rises every step, so it never
+    saw-tooths across epochs."""
     warm = warmup * per_epoch
     if update < warm:
         return (update + 1) / warm
     if schedule == "constant":
         return 1.0
+    if schedule == "step":
+        return gamma ** sum(update >= round(m * total) * per_epoch for m in milestones)
     return 0.5 * (1 + math.cos(math.pi * (update - warm) / max((total - warmup) * per_epoch, 1)))
 
 
@@ -47,14 +53,15 @@ def effective_warmup(warmup: int, total: int) -> int:
 
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, peak: float, start: int, per_epoch: int, total: int,
-                 warmup: int, schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
+                 warmup: int, schedule: str, milestones=(0.5, 0.75), gamma: float = 0.1
+                 ) -> torch.optim.lr_scheduler.LambdaLR:
     """torch's LambdaLR over `lr_factor`, positioned at update `start` (a resumed or continued
     schedule); step it once per update. The factor is a closed form of the position, so a resumed
     pass gets exactly the LR an uninterrupted one had."""
     for group in optimizer.param_groups:  # the peak, whatever a restored optimizer last used
         group["lr"] = group["initial_lr"] = peak
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: lr_factor(start + i, per_epoch, total, warmup, schedule))
+        optimizer, lambda i: lr_factor(start + i, per_epoch, total, warmup, schedule, milestones, gamma))
 
 
 @dataclass
@@ -67,6 +74,8 @@ class LRPlan:
     warmup: int
     offset: int
     total: int
+    milestones: tuple = (0.5, 0.75)  # the step schedule's
+    gamma: float = 0.1
 
     @classmethod
     def of(cls, run, kind: str, epochs: int, lr, schedule, warmup, lr_window) -> "LRPlan":
@@ -78,11 +87,14 @@ class LRPlan:
                             f"{', '.join(SCHEDULES)}; got lr {peak}, schedule '{schedule}'.")
         offset, total = lr_window or (0, epochs)
         return cls(peak, schedule, effective_warmup(cfg.warmup_epochs if warmup is None else warmup, total),
-                   offset, total)
+                   offset, total, tuple(cfg.lr_milestones), cfg.lr_gamma)
 
     def describe(self) -> dict:
-        return {"peak": self.peak, "schedule": self.schedule, "warmup_epochs": self.warmup,
-                "window": [self.offset, self.total]}
+        out = {"peak": self.peak, "schedule": self.schedule, "warmup_epochs": self.warmup,
+               "window": [self.offset, self.total]}
+        if self.schedule == "step":
+            out.update(milestones=list(self.milestones), gamma=self.gamma)
+        return out
 
 
 class PassLoop:
@@ -150,7 +162,7 @@ class PassLoop:
         if self.scheduler is None:  # positioned where this pass starts in its (resumed, shared) schedule
             at = (self.lr.offset + epoch) * per_epoch + (start if per_epoch > 1 else 0)
             self.scheduler = lr_scheduler(self.optimizer, self.lr.peak, at, per_epoch, self.lr.total,
-                                          self.lr.warmup, self.lr.schedule)
+                                          self.lr.warmup, self.lr.schedule, self.lr.milestones, self.lr.gamma)
         for step, index_batch in itertools.islice(enumerate(batches), start, None):
             lr = self.optimizer.param_groups[0]["lr"]
             loss, n = self.step(procs.load(self.train, objective, index_batch, gen, cfg.seed, ps.index, epoch, step),

@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from kebench.errors import UserError, unknown_choice
 from kebench.analysis.tables.layout import (COST_COLS, COST_NOTE, Col, Row, Table, _baseline_labels, dim_title,
                                    group_title, prepare_entries, row_sorter, _swap, _task_runs, cost_cell,
-                                   cost_cells, fmt_count)
+                                   cost_cells, fmt_count, fmt_number)
 from kebench.analysis.tables.runs import (BUDGET_FREE, MISSING, PRIMARY, RETRIEVAL_METRICS, Names, sort_value, split_list,
                                  expand, metric_title, signature)
 from kebench.analysis.tables.stats import (ALPHA, MARK_WELCH, MARK_FROM_MEANS, MARK_PAIRED, TESTS, Cell, marks_in,
@@ -121,12 +121,21 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
     groups, unmatched = [], []
     for rk in row_keys:
         es = [e for e in multi if e.row == rk]
-        matched = {}
+        matched, by_flops = {}, False
         for e in es:
+            plan = _match_plan(e)
+            if plan.get("match") == "flops":  # a regime that changes the network: its seed's baseline
+                if not e.last:
+                    continue  # matched to the whole run, not to a generation on the way
+                by_flops = True
+                found = pool.get((e.objective, e.col, comparable(e), plan.get("epochs")), [])
+                for s in [s for s in found if s.seed == e.seed] or found:
+                    matched.setdefault((s.col, s.seed), s)
+                continue
             for s in pool.get((e.objective, e.col, comparable(e), e.epochs), []):
                 matched.setdefault((s.col, s.seed), s)
         if matched:
-            groups.append((rk, es, list(matched.values())))
+            groups.append((rk, es, list(matched.values()), by_flops))
         else:
             unmatched.append(rk[0])
     if not groups:
@@ -134,15 +143,20 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
                         f"({', '.join(unmatched)}). Run the multi-pass method with `--budget matched` (it also trains "
                         "the single pass for the same total epochs), e.g. `kebench run --method ke --generations 3 "
                         "--budget matched`.")
-    col_keys = sorted({e.col for _, es, _ in groups for e in es}, key=lambda c: tuple(sort_value(v) for v in c))
+    col_keys = sorted({e.col for _, es, *_ in groups for e in es}, key=lambda c: tuple(sort_value(v) for v in c))
     grid = [(ck, m) for ck in col_keys for m in metrics]
     columns = [Col(tuple(group_title(v) for v in ck) + ((metric_title(m),) if len(metrics) > 1 or not ck else ()), m)
                for ck, m in grid]
     table_rows = []
-    for i, (rk, es, matched) in enumerate(groups):
+    for i, (rk, es, matched, by_flops) in enumerate(groups):
         total = Counter(e.epochs for e in es).most_common(1)[0][0]
         total_text = fmt_count(total) if isinstance(total, (int, float)) else MISSING
-        m_label = f"{names.method(es[0].objective, 'single')[:-1]}, {total_text} ep)"
+        if by_flops:  # the row says what was matched: the multi-pass run's training TFLOPs
+            tflops = [e.flops / 1e12 for e in es if e.flops]
+            total_text = f"{fmt_number(sum(tflops) / len(tflops))} TFLOPs" if tflops else "equal TFLOPs"
+            m_label = f"{names.method(es[0].objective, 'single')[:-1]}, {total_text})"
+        else:
+            m_label = f"{names.method(es[0].objective, 'single')[:-1]}, {total_text} ep)"
         cells_multi, cells_single, cells_delta = [], [], []
         for ck, m in grid:
             a = make_cell({e.seed: e.metrics.get(m) for e in es if e.col == ck})
@@ -188,6 +202,10 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
     notes += significance_note(table_rows, alpha)
     if MARK_FROM_MEANS in marks:
         notes.append(f"{MARK_FROM_MEANS} difference of the means (no shared seeds, too few runs to test).")
+    if any(g[3] for g in groups):
+        notes.append("A single-pass row labelled in TFLOPs is matched in training FLOPs, not epochs: the multi-pass "
+                     "regime changes the network, so it trains the whole number of epochs whose FLOPs come "
+                     "closest to the multi-pass run's (per seed; its epochs are in the Epochs column).")
     if unmatched:
         notes.append(f"Without a single pass of the same total epochs (run them with --budget matched): "
                      f"{', '.join(unmatched)}.")
@@ -195,6 +213,18 @@ def budget_table(runs: list[dict], cols=None, metric=None, generations=None, nam
     caption = (f"Equal total training budget: {' / '.join(metric_title(m) for m in metrics)} (%) of each multi-pass "
                f"regime beside a single pass with the same total epochs.")
     return Table("budget", caption, ("Method",), columns + list(COST_COLS), table_rows, notes, decimals, warnings)
+
+
+def _match_plan(entry) -> dict:
+    """What `--budget matched` matched for a multi-pass run (kebench/run/budget.py's matched.json in its
+    folder): {"match": "epochs" | "flops", "epochs": the baseline's epochs, ...}; {} when unknown."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(entry.path) / "matched.json").read_text()) if entry.path else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def size_table(runs: list[dict], metric=None, names: Names | None = None, decimals: int = 2) -> Table:

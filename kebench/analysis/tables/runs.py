@@ -66,6 +66,7 @@ def load_runs(paths, *, archs=(), datasets=(), methods=()) -> tuple[list[dict], 
     """
     import yaml
 
+    from kebench.grid.sweep import read_failure
     from kebench.run.results import load_result
 
     runs, left_out = [], []
@@ -83,7 +84,9 @@ def load_runs(paths, *, archs=(), datasets=(), methods=()) -> tuple[list[dict], 
             obj, _, reg = meta["method"].partition("+")
             if _filtered(meta, obj, reg or "single", archs, datasets, methods):
                 continue
-            why = problem or "incomplete: no result.json (still running or interrupted; rerun with --resume)"
+            failure = read_failure(d)  # a sweep run that stopped with an error before its result
+            why = problem or (f"failed: {failure}" if failure else
+                              "incomplete: no result.json (still running or interrupted; rerun with --resume)")
             left_out.append((str(d), why))
             continue
         if _filtered(rec, rec.get("objective", ""), rec.get("regime", ""), archs, datasets, methods):

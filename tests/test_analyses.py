@@ -1,0 +1,83 @@
+"""Park et al.'s two analyses on a tiny network: the NAS-without-training score (Mellor et al.) and
+the filter-normalised loss landscape (Li et al.), recorded by a run and drawn as a figure."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kebench.run import analyses
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 6 * 6, 4)).eval()
+
+
+def test_jacobian_kernel_is_a_correlation_matrix_and_logdet_is_its_score():
+    x = torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    model = _net()
+    k = analyses.jacobian_kernel(model, x)
+    assert k.shape == (16, 16)
+    torch.testing.assert_close(k.diagonal(), torch.ones(16, dtype=torch.double))
+    torch.testing.assert_close(k, k.T)
+    # the per-sample Jacobian of the summed outputs, checked for one sample by autograd on it alone
+    x0 = x[3:4].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(x0).sum(), x0)
+    x1 = x[5:6].clone().requires_grad_(True)
+    (g1,) = torch.autograd.grad(model(x1).sum(), x1)
+    expected = torch.corrcoef(torch.stack([g.flatten(), g1.flatten()]).double())[0, 1]
+    assert float(k[3, 5]) == pytest.approx(float(expected), abs=1e-6)  # float32 gradients
+    score = analyses.naswot(model, x)
+    assert score["naswot"] == pytest.approx(float(torch.logdet(k)), rel=1e-9) and score["naswot"] < 0
+    assert math.isfinite(score["naswot_eig"])
+    # identical inputs cannot be told apart: the kernel is singular and the score collapses
+    same = analyses.naswot(model, x[:1].repeat(16, 1, 1, 1))
+    assert same["naswot"] < score["naswot"] - 50
+
+
+def test_filter_normalised_directions_and_landscape():
+    model = _net()
+    d = analyses.filter_normalised_direction(model, torch.Generator().manual_seed(0))
+    for p, u in zip(model.parameters(), d):
+        if p.dim() <= 1:
+            assert not u.any()
+        else:
+            torch.testing.assert_close(u.reshape(len(u), -1).norm(dim=1), p.detach().reshape(len(p), -1).norm(dim=1))
+    x = torch.randn(32, 3, 6, 6, generator=torch.Generator().manual_seed(2))
+    y = torch.randint(0, 4, (32,), generator=torch.Generator().manual_seed(3))
+    before = [p.detach().clone() for p in model.parameters()]
+    land = analyses.loss_landscape(model, x, y, steps=5)
+    assert land["alpha"] == [-1.0, -0.5, 0.0, 0.5, 1.0] and len(land["loss"]) == 5 and len(land["loss"][0]) == 5
+    centre = float(nn.functional.cross_entropy(model(x), y))
+    assert land["loss"][2][2] == pytest.approx(centre, rel=1e-5)  # the middle of the grid is the model itself
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is untouched
+
+
+def test_run_records_both_and_the_landscape_figure_draws(tmp_path, capsys):
+    from kebench.cli import main
+
+    out = tmp_path / "r"
+    try:
+        main(["run", "--data", "synthetic", "--arch", "test_resnet", "--epochs", "1", "--device", "cpu",
+              "--out", str(out), "--quiet", "--analyses", "naswot,landscape"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    (path,) = out.glob("*/result.json")
+    rec = json.loads(path.read_text())
+    assert math.isfinite(rec["final"]["naswot"]) and rec["final"]["naswot_batch"] == 32
+    land = rec["analyses"]["landscape"]
+    assert len(land["loss"]) == analyses.LANDSCAPE_STEPS and rec["config"]["analyses"] == ["naswot", "landscape"]
+    fig_path = tmp_path / "land.png"
+    try:
+        main(["plot", str(out), "--kind", "landscape", "--out", str(fig_path)])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    assert fig_path.stat().st_size > 1000
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--data", "synthetic", "--analyses", "nope", "--out", str(out), "--quiet"])
+    assert exc.value.code == 2 and "--analyses nope is not known" in capsys.readouterr().err
