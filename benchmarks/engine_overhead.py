@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--data", default="digits")
     parser.add_argument("--resolution", type=int, default=32,
                         help="32 px: the workload this figure has always been measured on (digits now "
-                             "defaults to 16 px for a fast first run)")
+                             "defaults to 40 px)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")

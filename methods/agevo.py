@@ -3,8 +3,9 @@
 AG-Evolution (Li, Xiong, Ren, Zhang, Wang, Yang, "An Aggressive Genetic Programming Approach for
 Searching Neural Network Structure Under Computational Constraints", 2018): a population of genomes
 evolves by mutation from the full mutation set (kebench.nets.genome.MUTATIONS); *aggressive selection*
-keeps only the top k and kills the weak early in their training, and the larger mutation set makes
-up for the diversity this loses.
+keeps only the top k of each generation, and the larger mutation set makes up for the diversity this
+loses. Killing the weak at landmark epochs is EIGEN's later "accelerated extinction", so agevo's
+default has no landmarks (`--landmarks` opts in).
 
 EIGEN (Ren, Li, Yang, et al., "EIGEN: Ecologically-Inspired GENetic Approach for Neural Network
 Structure Searching from Scratch", CVPR 2019): *rapid succession* — a primary succession evolves a
@@ -12,8 +13,9 @@ community of poorly initialised structures with large mutation steps (several mu
 then a secondary succession searches finely around the best (one mutation per child);
 *accelerated extinction* — at landmark epochs T1, T2 of each individual's training, an individual
 whose validation accuracy is below the threshold S1, S2 learnt from the previous generation is
-extinguished at once; *gene duplication* (EIGEN-D) — a segment of a discovered structure is
-duplicated, weights included.
+extinguished at once; *gene duplication* (EIGEN-D) — the discovered structure is duplicated
+as a whole, weights included (the talk's parameter count doubling, 1.2 M -> 2.6 M); `--duplicate-span
+segment` copies a 1-3 unit segment instead.
 
 Every individual is one `run.fit` pass (kind "individual") on its own network, so every pass record
 carries its training FLOPs and time and the search cost is the run's training cost. Children inherit
@@ -102,7 +104,7 @@ class EvolutionarySearch(Regime):
         individual_epochs: int = param("epochs each individual trains; 0 = --epochs", ge=0)
         mutations: int = param("mutations per child", ge=1, tiny=1)
         landmarks: str = param("comma list of increasing fractions in (0, 1) of an individual's epochs where "
-                               "the weak are killed")
+                               "the weak are killed; empty = no extinction (agevo's default)")
         mutation_set: str = param("'all' or a comma list of mutations")
         val_fraction: float = param("stratified share of train held out for selection when the data has no "
                                     "val split", gt=0, lt=1)
@@ -121,8 +123,8 @@ class EvolutionarySearch(Regime):
             text = self.mutation_set.strip()
             ops = list(G.MUTATIONS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
             for op in ops:
-                if op not in G.MUTATIONS + (G.DUPLICATE,):
-                    raise unknown_choice("mutation", op, list(G.MUTATIONS + (G.DUPLICATE,)))
+                if op not in G.MUTATIONS + G.DUPLICATIONS:
+                    raise unknown_choice("mutation", op, list(G.MUTATIONS + G.DUPLICATIONS))
             if not ops:
                 raise UserError("--mutation-set names no mutation.")
             return ops
@@ -280,7 +282,7 @@ class EvolutionarySearch(Regime):
 
 
 class AGEvolution(EvolutionarySearch):
-    """Top-k aggressive selection with the full mutation set; the weak are killed at one landmark."""
+    """Top-k aggressive selection with the full mutation set; no extinction unless --landmarks asks."""
 
     name = "agevo"
 
@@ -295,12 +297,15 @@ class EIGEN(EvolutionarySearch):
     class Params(EvolutionarySearch.Params):
         primary_generations: int = param("generations with --mutations per child; later ones make 1", ge=0, tiny=1)
         duplication: bool = param("EIGEN-D: gene duplication of discovered structures in the secondary phase")
+        duplicate_span: str = param("what a duplication copies: 'structure' (the whole chain of units, doubling "
+                                    "it: the talk's 1.2 M -> 2.6 M parameters) or 'segment' (1-3 units)",
+                                    choices=("structure", "segment"))
 
     def mutations_in(self, generation: int) -> int:
         return self.params.mutations if generation <= self.params.primary_generations else 1
 
     def ops_in(self, generation: int) -> list[str]:
-        ops = [op for op in self.ops if op != G.DUPLICATE]
+        ops = [op for op in self.ops if op not in G.DUPLICATIONS]
         if self.params.duplication and generation > self.params.primary_generations:
-            ops.append(G.DUPLICATE)
+            ops.append(G.DUPLICATE if self.params.duplicate_span == "structure" else G.DUPLICATE_SEGMENT)
         return ops

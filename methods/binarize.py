@@ -1,5 +1,6 @@
 """Pattern binarization (Li, Wang, Lv, Yang, SEP-Nets, 2017): train a network (or load one), turn every
-k x k filter (k > 1) into its scaled sign pattern, keep the 1 x 1 filters in full precision, and
+k x k filter (k > 1) but the stem's (`--stem` binarizes it too) into its scaled sign pattern, keep the
+1 x 1 filters in full precision, and
 fine-tune everything else (1 x 1 convs, BN, the classifier) with the patterns frozen.
 
 k x k filters extract spatial patterns and survive binarization; 1 x 1 filters transform data and
@@ -25,9 +26,14 @@ from kebench.nets.pattern import is_spatial, sign_pattern
 from kebench.plugin import Hook, Regime, param
 
 
-def pattern_convs(model: nn.Module) -> dict[str, nn.Conv2d]:
-    """Every k x k conv (k > 1) of the model, by module path."""
-    return {name: m for name, m in model.named_modules() if is_spatial(m)}
+def pattern_convs(model: nn.Module, stem: bool = False) -> dict[str, nn.Conv2d]:
+    """Every k x k conv (k > 1) of the model, by module path; the stem (the first one, which reads the
+    image) only when `stem`: binary-weight networks usually keep their first layer in full precision
+    (XNOR-Net does), it sees the raw pixels and holds few of the weights."""
+    convs = {name: m for name, m in model.named_modules() if is_spatial(m)}
+    if not stem and convs:
+        convs.pop(next(iter(convs)))
+    return convs
 
 
 class Patterns(nn.Module):
@@ -43,9 +49,10 @@ class Patterns(nn.Module):
 
 
 @torch.no_grad()
-def binarize(model: nn.Module) -> Patterns:
-    """Replace every k x k filter by its sign pattern times mean |w|; 1 x 1 convs are left alone."""
-    convs = pattern_convs(model)
+def binarize(model: nn.Module, stem: bool = False) -> Patterns:
+    """Replace every k x k filter (the stem's only when `stem`) by its sign pattern times mean |w|;
+    1 x 1 convs are left alone."""
+    convs = pattern_convs(model, stem)
     patterns = Patterns(convs).to(next(model.parameters()).device)
     for name, conv in convs.items():
         conv.weight.copy_(patterns.of(name))
@@ -78,6 +85,8 @@ class PatternBinarization(Regime):
                                "train first")
         train_epochs: int = param("epochs of the full-precision pass when init_from is empty; 0 = --epochs", ge=0)
         finetune_epochs: int = param("epochs of fine-tuning with the patterns frozen; 0 = --epochs", ge=0)
+        stem: bool = param("also binarize the stem (the first k x k conv, which reads the image); kebench keeps "
+                           "it in full precision by default")
 
     def load(self, run, source: str) -> None:
         path = Path(source)
@@ -99,7 +108,7 @@ class PatternBinarization(Regime):
     def run(self, run) -> None:
         p, cfg = self.params, run.cfg
         model = run.model
-        if not pattern_convs(model):
+        if not pattern_convs(model, p.stem):
             raise UserError(f"binarize: '{cfg.arch}' has no k x k convolution (k > 1) to binarize.")
         if p.init_from:
             self.load(run, p.init_from)
@@ -107,9 +116,9 @@ class PatternBinarization(Regime):
         else:
             before = run.fit(p.train_epochs or cfg.epochs, kind=PassKind.TRAIN, label=1)["metrics"]
         cost_before = inference_cost(model, run.data, run.device)
-        patterns = run.state["patterns"] = binarize(model)
+        patterns = run.state["patterns"] = binarize(model, p.stem)
         binarized = run.state["binarized_metrics"] = torch.tensor(run.evaluate(model)[run.primary], dtype=torch.float64)
-        convs = pattern_convs(model)
+        convs = pattern_convs(model, p.stem)
 
         def after(m):
             cost = inference_cost(m, run.data, run.device)
@@ -128,4 +137,5 @@ class PatternBinarization(Regime):
         run.report_cost({"fp32": cost_before})
         run.report("binarize", {"pattern_layers": len(convs), "pattern_weights": n_pattern,
                                  "pattern_fraction": n_pattern / n_all, "init_from": p.init_from or None,
+                                 "stem_binarized": p.stem,
                                  "compression": cost_before["size_bytes"] / m["size_bytes"]})

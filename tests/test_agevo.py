@@ -50,7 +50,7 @@ def _child(parent, note, genome, gen, dtype=torch.float64):
     return child, G.give_birth(child, parent, note, gen)
 
 
-@pytest.mark.parametrize("op", G.MUTATIONS + (G.DUPLICATE,))
+@pytest.mark.parametrize("op", G.MUTATIONS + G.DUPLICATIONS)
 def test_each_mutation_gives_a_valid_trainable_network(op):
     assert G.applicable(RICH, op)
     parent = _net(RICH, torch.float32)
@@ -135,6 +135,36 @@ def test_weights_are_inherited_at_birth():
             src = parent.units[f"u{old}"].state_dict()[name]
             if src.shape == t.shape:
                 assert torch.equal(t, src)
+
+
+def test_eigen_d_duplication_doubles_the_whole_structure_with_its_weights():
+    """EIGEN-D's gene duplication copies the whole chain of units after itself (the talk's parameter
+    doubling); `duplicate_segment` (kebench's earlier reading) copies 1-3 units."""
+    genome = {"stem": 8, "units": [
+        {"id": 1, "type": "conv", "out": 8, "k": 3, "stride": 1, "skip": False, "concat": False},
+        {"id": 2, "type": "pool"},
+        {"id": 3, "type": "conv", "out": 8, "k": 5, "stride": 2, "skip": True, "concat": False},
+        {"id": 4, "type": "dropout", "p": 0.2}], "fc": [], "next_id": 5}
+    child, note = G.mutate(genome, G.DUPLICATE, torch.Generator().manual_seed(0))
+    strip = [{k: v for k, v in u.items() if k != "id"} for u in genome["units"]]
+    assert [{k: v for k, v in u.items() if k != "id"} for u in child["units"]] == strip + strip
+    assert note["copied"] == {5: 1, 6: 2, 7: 3, 8: 4} and G.downsamplings(child) == 4
+    parent, grown = _net(genome), G.EvoNet(child, num_classes=5, in_chans=1).double()
+
+    def body(model):  # parameters of the chain of units (stem and head are not duplicated)
+        return sum(p.numel() for n, p in model.named_parameters() if n.startswith("units."))
+
+    assert body(grown) == 2 * body(parent)
+    G.give_birth(grown, parent, note, torch.Generator().manual_seed(1))
+    for new, old in note["copied"].items():
+        for name, t in grown.units[f"u{new}"].state_dict().items():
+            assert torch.equal(t, parent.units[f"u{old}"].state_dict()[name])
+    # no room for a second copy of the down-samplings: the copy's pool is left out, its stride is 1
+    again, _ = G.mutate(child, G.DUPLICATE, torch.Generator().manual_seed(0))
+    assert G.downsamplings(again) == 4 and len(again["units"]) == 8 + 6  # two pools left out
+    assert not G.applicable(again, G.DUPLICATE) and G.applicable(again, G.DUPLICATE_SEGMENT)
+    segment, note = G.mutate(genome, G.DUPLICATE_SEGMENT, torch.Generator().manual_seed(0))
+    assert 1 <= len(note["copied"]) <= 3 and len(segment["units"]) == 4 + len(note["copied"])
 
 
 def _ind(i, val, params=100, extinct=False, landmarks=(None, None)):
@@ -232,6 +262,10 @@ def test_eigen_searches_records_every_individual_and_resumes_to_the_same_populat
 def test_agevo_runs_and_refuses_other_archs_and_bad_settings(make_cfg, run_cfg):
     out = run_cfg(_search_cfg(make_cfg, "agevo", generations=1))
     assert out["status"] == "complete" and len(out["passes"]) == 6 and out["search"]["algorithm"] == "agevo"
+    # AG-Evolution selects aggressively but extinguishes nobody: no landmark, every individual trains out
+    assert out["search"]["landmarks"] == [] and out["cost"]["search"]["extinct"] == 0
+    assert all(not p.get("stopped") and p["epochs"] == 2 for p in out["passes"])
+    assert all(i["landmarks"] == [] and not i["extinct"] for i in out["search"]["individuals"])
     assert all(len(i["mutations"]) == 2 for i in out["search"]["individuals"])
     with pytest.raises(UserError, match="must be evonet"):
         run_cfg(make_cfg("agevo", arch="test_resnet"))

@@ -288,6 +288,37 @@ def test_cli_data_check(tmp_path, capsys):
     assert code == 2 and "Unknown paper dataset 'digits'" in text
 
 
+def test_the_digits_default_network_runs_no_stage_below_2x2():
+    """At the default arch and resolution every k x k conv (and pool) of the network sees a map of at
+    least 2x2: on a 1x1 map a 3x3 conv's off-centre weights only ever multiply zero padding (the
+    earlier default, resnet10t at 16 px, ran its last two stages so)."""
+    from torch import nn
+
+    from kebench.config import resolve
+    from kebench.nets.models import create_model
+
+    cfg = resolve({})
+    sizes = {}
+
+    def record(name):
+        return lambda module, args, out: sizes.__setitem__(name, (tuple(args[0].shape[-2:]), tuple(out.shape[-2:])))
+
+    def traced(arch, resolution):
+        model = create_model(arch, 10, in_chans=1).eval()
+        sizes.clear()
+        hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules()
+                 if (isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1) or isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
+        with torch.no_grad():
+            model(torch.zeros(1, 1, resolution, resolution))
+        for h in hooks:
+            h.remove()
+        return min(min(i + o) for i, o in sizes.values())
+
+    assert len(sizes) == 0 and traced(cfg.arch, cfg.resolution) == 2
+    assert len([n for n in sizes if "layer4" in n]) >= 2  # the last stage was traced
+    assert traced("resnet10t", 16) == 1 and traced(cfg.arch, 32) == 1  # what the check catches
+
+
 def test_cub_subset_with_sparse_class_ids(tmp_path, capsys):
     """A CUB copy listing class ids 1, 2 and 101: ids are labels (remapped to 0..2), the retrieval
     split follows the ids (1-100 train, 101-200 test), and data check warns about the subset."""

@@ -220,11 +220,11 @@ def test_digits_dataset_shapes():
     from kebench import data
 
     cfg = resolve({})
-    assert (cfg.arch, cfg.resolution, cfg.epochs) == ("resnet10t", 16, 5)  # the first run: < 1 min on 2 CPU cores
+    assert (cfg.arch, cfg.resolution, cfg.epochs) == ("test_resnet", 40, 5)  # the first run: < 1 min on 2 CPU cores
     assert resolve({"arch": "resnet18"}).arch == "resnet18"  # the user's arch wins over the dataset's
     bundle = data.load(cfg)
     assert (len(bundle.train), len(bundle.test)) == (1437, 360)
-    assert bundle.train.images.shape[1:] == (1, 16, 16) and bundle.train.images.dtype == torch.uint8
+    assert bundle.train.images.shape[1:] == (1, 40, 40) and bundle.train.images.dtype == torch.uint8
     assert data.load(resolve({"resolution": 32})).train.images.shape[1:] == (1, 32, 32)
     paper = resolve({"data": "flowers102"})
     assert (paper.arch, paper.epochs, paper.resolution) == ("resnet18", 200, None)  # paper datasets: paper settings

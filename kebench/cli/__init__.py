@@ -301,7 +301,7 @@ def run(ctx, resume, restart, force, quiet, nproc, tensorboard, **kw):
 
     \b
     Examples:
-      kebench run                                  # CE, resnet10t, digits (16 px, 5 epochs)
+      kebench run                                  # CE, test_resnet, digits (40 px, 5 epochs)
       kebench run --method smooth+ke --generations 3 --split-rate 0.5
       kebench run --method ce,ke --seeds 0,1,2 --data aircraft --data-root ~/data
     """

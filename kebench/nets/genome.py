@@ -18,7 +18,9 @@ parent's trained weights by name (kebench.nets.morph.inherit) whatever was inser
 MUTATIONS is the mutation set of AG-Evolution (Li et al. 2018) and EIGEN (Ren et al. 2019):
 add/remove convolution, alter channel number, alter filter size, alter stride, add/remove dropout,
 add/remove pooling, add/remove skip, add/remove concatenate, add/remove fully connected; and
-EIGEN-D's gene duplication (`duplicate`: a copy of a segment of units, weights included).
+EIGEN-D's gene duplication (`duplicate`: the whole discovered structure, its chain of units, copied after
+itself with its weights — the talk's EIGEN -> EIGEN-D parameter count doubling, 1.2 M -> 2.6 M;
+`duplicate_segment`: kebench's earlier reading, a copy of a 1-3 unit segment).
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ MUTATIONS = ("add_conv", "remove_conv", "alter_channels", "alter_filter", "alter
              "add_dropout", "remove_dropout", "add_pool", "remove_pool", "add_skip", "remove_skip",
              "add_concat", "remove_concat", "add_fc", "remove_fc")
 DUPLICATE = "duplicate"
+DUPLICATE_SEGMENT = "duplicate_segment"
+DUPLICATIONS = (DUPLICATE, DUPLICATE_SEGMENT)
 #: Bounds that keep every genome buildable and small enough for a CPU search.
 LIMITS = {"min_channels": 4, "max_channels": 256, "max_units": 16, "max_down": 4, "max_fc": 2,
           "kernels": (1, 3, 5), "dropout": (0.1, 0.2, 0.3, 0.4, 0.5), "fc_widths": (32, 64, 128),
@@ -211,6 +215,8 @@ def applicable(g: dict, op: str) -> bool:
     if op == "remove_fc":
         return bool(g["fc"])
     if op == DUPLICATE:
+        return n_conv >= 1 and 2 * len(units) <= LIMITS["max_units"]
+    if op == DUPLICATE_SEGMENT:
         return n_conv >= 1 and len(units) < LIMITS["max_units"]
     raise ValueError(f"unknown mutation {op!r}")
 
@@ -219,7 +225,7 @@ def mutate(genome: dict, op: str, gen: torch.Generator) -> tuple[dict, dict]:
     """Apply mutation `op` (applicable to genome) to a copy: (child genome, birth note).
 
     The note says what changed: {"op", "text", "widened": (unit id, old width) for a channel increase,
-    "inserted": unit id of an added conv, "copied": {new id: source id} for a duplicated segment}.
+    "inserted": unit id of an added conv, "copied": {new id: source id} for a duplication}.
     """
     g = copy.deepcopy(genome)
     units = g["units"]
@@ -279,32 +285,43 @@ def mutate(genome: dict, op: str, gen: torch.Generator) -> tuple[dict, dict]:
         i = int(torch.randint(len(g["fc"]), (1,), generator=gen))
         note["text"] = f"remove fc f{g['fc'][i]['id']}"
         del g["fc"][i]
-    elif op == DUPLICATE:
-        start = _pick(_convs(g), gen)
-        room = LIMITS["max_units"] - len(units)
-        length = min(int(torch.randint(1, LIMITS["max_segment"] + 1, (1,), generator=gen)), len(units) - start, room)
-        segment = copy.deepcopy(units[start:start + length])
-        spare = LIMITS["max_down"] - downsamplings(g)
-        copied = {}
-        for u in segment:  # the copy keeps the structure; strides/pools beyond the budget become 1/dropped
-            if u["type"] == "pool" or (u["type"] == "conv" and u["stride"] == 2):
-                if spare <= 0:
-                    if u["type"] == "pool":
-                        u["type"] = "skipped"
-                        continue
-                    u["stride"] = 1
-                else:
-                    spare -= 1
-            old, u["id"] = u["id"], _new_id(g)
-            copied[u["id"]] = old
-        segment = [u for u in segment if u["type"] != "skipped"]
-        units[start + length:start + length] = segment
+    elif op in DUPLICATIONS:
+        if op == DUPLICATE:  # the whole structure: every unit, the copy appended after the original
+            start, length = 0, len(units)
+        else:
+            start = _pick(_convs(g), gen)
+            room = LIMITS["max_units"] - len(units)
+            length = min(int(torch.randint(1, LIMITS["max_segment"] + 1, (1,), generator=gen)), len(units) - start, room)
+        copied = _duplicate(g, start, length)
         note.update(copied=copied, text=f"duplicate {' '.join(f'u{v}' for v in copied.values())} as "
                                         f"{' '.join(f'u{k}' for k in copied)}")
     else:
         raise ValueError(f"unknown mutation {op!r}")
     check(g)
     return g, note
+
+
+def _duplicate(g: dict, start: int, length: int) -> dict[int, int]:
+    """Insert a copy of units[start:start + length] right after them, new ids; {new id: source id}.
+    The copy keeps the structure; strides and pools beyond the down-sampling budget become 1 / are
+    left out (a network of `max_down` down-samplings has no room for more)."""
+    units = g["units"]
+    segment = copy.deepcopy(units[start:start + length])
+    spare = LIMITS["max_down"] - downsamplings(g)
+    copied, kept = {}, []
+    for u in segment:
+        if u["type"] == "pool" or (u["type"] == "conv" and u["stride"] == 2):
+            if spare <= 0:
+                if u["type"] == "pool":
+                    continue
+                u["stride"] = 1
+            else:
+                spare -= 1
+        old, u["id"] = u["id"], _new_id(g)
+        copied[u["id"]] = old
+        kept.append(u)
+    units[start + length:start + length] = kept
+    return copied
 
 
 # ---------------------------------------------------------------------------- weights at birth
@@ -330,7 +347,8 @@ def give_birth(child: nn.Module, parent: nn.Module, note: dict, gen: torch.Gener
       the rule neuroevo uses), when a single layer reads its output;
     - an inserted conv (3x3, same channels, stride 1, input >= 0 after a ReLU) starts as the identity
       in eval mode (Net2DeeperNet): a Dirac kernel and a BN that undoes its running statistics;
-    - a duplicated segment starts as a copy of the original's weights (EIGEN-D's gene duplication).
+    - a duplicated structure (or segment) starts as a copy of the original's weights (EIGEN-D's gene
+      duplication; where the copy's input width differs, the overlapping slice).
     Returns inherit's counts plus "preserved" (the mutation was applied function-preservingly).
     """
     from kebench.nets.morph import inherit, remap_units, widen_index
