@@ -76,7 +76,7 @@ PROBES = textwrap.dedent('''
         """CS-KD; logs the share of anchor/partner pairs of one class among this rank's pairs."""
 
         kind = "objective"
-        defaults = {"temperature": 4.0, "lambda_cls": 3.0}
+        defaults = {"temperature": 4.0, "lambda_cls": 3.0, "batch_counts": "anchors"}
 
         def loss(self, model, x, y):
             b = len(y) // 2
