@@ -55,6 +55,7 @@ setup(
         "submitit>=1.4",
         "pillow>=9",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"], "tensorboard": ["tensorboard"]},
+    # pytest-xdist: the suite runs on every core (`-n auto`); SLURM tests stay in one worker (loadgroup)
+    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["kebench=kebench.cli:main"]},
 )
