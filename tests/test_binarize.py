@@ -114,7 +114,8 @@ def test_init_from_binarizes_an_earlier_run(make_cfg, run_cfg):
     assert [p["kind"] for p in out["passes"]] == ["finetune"]
     assert out["final"]["top1_before"] == pytest.approx(first["final"]["top1"], abs=1e-6)
     with pytest.raises(UserError, match="holds a 'test_resnet' model but this run's --arch is 'test_convnext'"):
-        run_cfg(make_cfg("binarize", arch="test_convnext", plugin={"init_from": str(folder / "model.pt")}))
+        run_cfg(make_cfg("binarize", arch="test_convnext", resolution=32,  # test_convnext needs >= 32 px
+                         plugin={"init_from": str(folder / "model.pt")}))
     with pytest.raises(UserError, match="neither a kebench run folder"):
         run_cfg(make_cfg("binarize", plugin={"init_from": str(folder / "nothing")}))
 

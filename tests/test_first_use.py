@@ -94,8 +94,11 @@ def test_a_crash_records_a_failed_run_not_an_interrupted_one(make_cfg, run_cfg, 
 def test_ctrl_c_while_the_cli_is_still_importing_prints_one_line_and_exits_130():
     code = ("import sys; sys.argv[0] = 'kebench'; import kebench.cli, os, signal, time; "
             "os.kill(os.getpid(), signal.SIGINT); time.sleep(60)")
+    # as from a shell: SIGINT at its default (a parent that ignores it, e.g. a pytest-xdist worker,
+    # passes SIG_IGN on, and Python then installs no KeyboardInterrupt handler at all)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert done.returncode == 130
     assert done.stderr.strip().splitlines() == ["Interrupted while starting; nothing was run."]
 

@@ -169,7 +169,7 @@ def test_refuses_other_families_and_bad_population(make_cfg):
     from kebench.run.engine import Run
 
     with pytest.raises(UserError, match="timm ResNet family.*test_convnext"):
-        Run(make_cfg("neuroevo", arch="test_convnext"), show_progress=False).execute()
+        Run(make_cfg("neuroevo", arch="test_convnext", resolution=32), show_progress=False).execute()  # >= 32 px
     with pytest.raises(UserError, match="--survivors \\(3\\) cannot exceed --population \\(2\\)"):
         Run(make_cfg("neuroevo", plugin={"population": 2, "survivors": 3}), show_progress=False)
     with pytest.raises(UserError, match="neuroevo: Unknown mutation 'shrink'"):
