@@ -91,16 +91,21 @@ def bench_cifar(args, device) -> tuple[float, float]:
         tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                         T.Normalize(arrays.CIFAR100_MEAN, arrays.CIFAR100_STD)])
         ds = CIFAR100(str(root), train=True, transform=tf)
-        loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                             num_workers=args.workers, persistent_workers=args.workers > 0,
-                                             pin_memory=device.type == "cuda")
-
-        def peer(e):
-            for x, _ in loader:
-                yield x.to(device, non_blocking=True)
-
-        peer_rate = _rate(peer, device, args.epochs)
+        peer_rate = _torchvision_rate(ds, device, args)
     return kebench_rate, peer_rate
+
+
+def _torchvision_rate(ds, device: torch.device, args) -> float:
+    """Images/s of the peer: a torchvision dataset through a shuffling DataLoader onto the device."""
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=args.workers, persistent_workers=args.workers > 0,
+                                         pin_memory=device.type == "cuda")
+
+    def peer(e):
+        for x, _ in loader:
+            yield x.to(device, non_blocking=True)
+
+    return _rate(peer, device, args.epochs)
 
 
 def write_imagenet(root: Path, n: int) -> None:
@@ -142,15 +147,7 @@ def bench_imagenet(args, device) -> tuple[float, float]:
         tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
                         T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         ds = torchvision.datasets.ImageFolder(str(root / "train"), transform=tf)
-        loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                             num_workers=args.workers, persistent_workers=args.workers > 0,
-                                             pin_memory=device.type == "cuda")
-
-        def peer(e):
-            for x, _ in loader:
-                yield x.to(device, non_blocking=True)
-
-        peer_rate = _rate(peer, device, args.epochs)
+        peer_rate = _torchvision_rate(ds, device, args)
     return kebench_rate, peer_rate
 
 

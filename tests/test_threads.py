@@ -65,3 +65,12 @@ def test_a_run_records_its_threads_and_restores_the_callers(make_cfg, run_cfg, m
     assert out["threads"] == {"mode": "fixed", "cores": T.available_cores(), "threads": 2, "min": 2, "max": 2}
     assert torch.get_num_threads() == before
     assert "threads" not in out["config"]  # not part of the recipe, so not of the run id
+
+
+def test_a_run_refuses_a_bad_setting_before_it_starts(make_cfg, monkeypatch):
+    from kebench.errors import UserError
+    from kebench.run.engine import Run
+
+    monkeypatch.setenv("KEBENCH_THREADS", "many")
+    with pytest.raises(UserError, match="is not a thread count"):
+        Run(make_cfg("ce"), show_progress=False)

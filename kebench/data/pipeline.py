@@ -199,6 +199,7 @@ class BatchStream:
         self.resident = self.policy.keeps_resident(split.images)
         self.images = split.images.to(device) if self.resident else split.images
         self.labels = split.labels.to(device)
+        self._on_device: dict | None = None  # this epoch's batch indices on CUDA (`_send_order`)
         self.extent = split.extent  # per-image (h, w) of aspect-keeping slots, or None (CPU)
         self.mean = torch.tensor(bundle.mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(bundle.std, device=device).view(1, -1, 1, 1) * 255
@@ -240,8 +241,7 @@ class BatchStream:
 
     def _device_index(self, index: torch.Tensor) -> torch.Tensor:
         """A batch's indices on the device: the slice of the epoch's order sent by `batches()`, else a copy."""
-        sent = getattr(self, "_on_device", None)
-        found = sent.get(id(index)) if sent else None
+        found = self._on_device.get(id(index)) if self._on_device else None
         return found[1] if found is not None and found[0] is index else index.to(self.device, non_blocking=True)
 
     def load(self, index: torch.Tensor, gen: torch.Generator | None = None):

@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from kebench.errors import UserError
+
 ENV = "KEBENCH_THREADS"
 SAMPLE_S = 0.2  # the first reading, before any work: how busy the machine is right now
 
@@ -38,7 +40,7 @@ def fixed_threads() -> int | None:
         try:
             return max(1, int(value))
         except ValueError:
-            return None  # config validation reports it (kebench.run.threads.check_env)
+            return None  # ThreadPolicy.from_env refuses it (check_env says why)
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
     return int(omp) if omp.isdigit() and int(omp) > 0 else None
 
@@ -95,6 +97,9 @@ class ThreadPolicy:
 
     @classmethod
     def from_env(cls) -> "ThreadPolicy":
+        problem = check_env()
+        if problem:
+            raise UserError(problem)
         return cls(fixed=fixed_threads())
 
     def choose(self, others_busy: float | None) -> int:
