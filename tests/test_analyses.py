@@ -2,6 +2,7 @@
 the filter-normalised loss landscape (Li et al.), recorded by a run and drawn as a figure."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -81,3 +82,80 @@ def test_run_records_both_and_the_landscape_figure_draws(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--data", "synthetic", "--analyses", "nope", "--out", str(out), "--quiet"])
     assert exc.value.code == 2 and "--analyses nope is not known" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ landscapes at the end of each LR step
+def test_step_ends_are_the_last_epoch_before_each_milestone_and_the_pass_end():
+    from kebench.run.loop import LRPlan, lr_factor
+
+    plan = LRPlan(peak=0.1, schedule="step", warmup=0, offset=0, total=160)
+    assert plan.step_ends(160) == [80, 120, 160]
+    # each end is the last epoch at its LR: the next epoch (0-based index = end) has the lower one
+    for end in (80, 120):
+        assert lr_factor(end, 1, 160, 0, "step") == pytest.approx(0.1 * lr_factor(end - 1, 1, 160, 0, "step"))
+    # a pass continuing a shared window (offset 100 of 160, 40 epochs) only reaches the 120 milestone
+    assert LRPlan(0.1, "step", 0, offset=100, total=160).step_ends(40) == [20, 40]
+    assert LRPlan(0.1, "step", 0, 0, 4, milestones=(0.5, 0.75)).step_ends(4) == [2, 3, 4]
+    assert LRPlan(0.1, "step", 0, 0, 2, milestones=(0.5, 1.0)).step_ends(2) == [1, 2]  # no duplicate end
+    assert LRPlan(0.1, "cosine", 0, 0, 160).step_ends(160) == []
+
+
+def _sigterm_at_step(monkeypatch, n):
+    """The process sends itself a real SIGTERM during training step n (1-based)."""
+    import os
+    import signal
+
+    from kebench.run import engine
+
+    original, calls = engine.Progress.step, []
+
+    def step(self, n_images):
+        original(self, n_images)
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(engine.Progress, "step", step)
+    return lambda: monkeypatch.setattr(engine.Progress, "step", original)
+
+
+def _close(a: list, b: list) -> None:
+    assert [(s["pass"], s["kind"], s["epoch"], s["lr"]) for s in a] == [(s["pass"], s["kind"], s["epoch"], s["lr"])
+                                                                        for s in b]
+    for s, t in zip(a, b):
+        torch.testing.assert_close(torch.tensor(s["loss"]), torch.tensor(t["loss"]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_step_schedule_pass_records_a_landscape_per_lr_step_and_resume_keeps_them(make_cfg, run_cfg,
+                                                                                    monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from kebench.run import guard
+
+    cfg = make_cfg(epochs=4, lr_schedule="step", lr=0.05, analyses=["landscape"], checkpoint_every_s=0)
+    ref = run_cfg(dataclasses.replace(cfg, out=str(tmp_path / "reference")))
+    steps = ref["analyses"]["landscape_steps"]
+    # milestones 0.5, 0.75 of 4 epochs: the LR steps end after epochs 2, 3 and 4, at 0.05, 0.005, 0.0005
+    assert [(s["pass"], s["kind"], s["epoch"]) for s in steps] == [(1, "pass", 2), (1, "pass", 3), (1, "pass", 4)]
+    assert [s["lr"] for s in steps] == pytest.approx([0.05, 0.005, 0.0005])
+    assert all(len(s["loss"]) == analyses.LANDSCAPE_STEPS for s in steps)
+    assert steps[0]["loss"] != steps[1]["loss"]  # the weights moved between the step ends
+    # the final model is the one at the end of the last step: the same landscape
+    _close([dict(steps[-1])], [{**ref["analyses"]["landscape"], **{k: steps[-1][k] for k in ("pass", "kind", "epoch", "lr")}}])
+
+    disarm = _sigterm_at_step(monkeypatch, 3 * 6 + 2)  # epoch 4, step 2 (6 steps an epoch)
+    try:
+        with pytest.raises(guard.RunInterrupted):
+            run_cfg(cfg)
+    finally:
+        disarm()
+        guard.STOP.clear()
+    ck = torch.load(Path(cfg.out) / cfg.run_id() / "checkpoint.pt", weights_only=True)
+    assert [s["epoch"] for s in ck["landscapes"]] == [2, 3]  # taken before the stop, carried by the checkpoint
+    resumed = run_cfg(cfg, resume=True)
+    _close(resumed["analyses"]["landscape_steps"], steps)
+
+
+def test_other_schedules_keep_the_final_landscape_only(make_cfg, run_cfg):
+    rec = run_cfg(make_cfg(epochs=2, analyses=["landscape"]))
+    assert "landscape_steps" not in rec["analyses"] and len(rec["analyses"]["landscape"]["loss"]) == 11

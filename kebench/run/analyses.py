@@ -11,6 +11,11 @@ Yoo and Kwak use them to explain why KD and pruning or augmentation add up:
   weights: two random directions, each filter rescaled to the norm of the weight's filter (BN and
   bias directions zeroed), training loss on a fixed batch over an (n x n) grid of alpha, beta in
   [-1, 1]. Recorded under result.json's `analyses.landscape`; `kebench plot --kind landscape` draws it.
+  A pass trained with `--lr-schedule step` also records one at the end of each of its LR steps (the
+  last epoch before each milestone, and its last epoch: Park et al. Table 7), under
+  `analyses.landscape_steps`, each labelled with its pass, epoch and LR. They are taken by a hook the
+  engine adds to such passes (`StepLandscapes`) and kept in the run's `RunState`, which checkpoints
+  carry, so a resumed run reports the landscapes its interrupted attempt took.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from torch import nn
 
 from kebench.config import ANALYSES  # noqa: F401  (declared with the --analyses setting)
 from kebench.errors import UserError
+from kebench.plugin import Hook
 
 NASWOT_BATCH = 128  # Mellor et al. score a batch of 128
 NASWOT_K = 1e-5
@@ -92,25 +98,71 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: in
             "directions": "filter-normalised Gaussian (Li et al. 2018), BN and biases fixed"}
 
 
-def run_analyses(run, names) -> tuple[dict, dict]:
-    """(metrics for result.json's `final`, records for its `analyses`) of run.model on the test split."""
+def probe_batch(run) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed test images (and labels) both analyses score: a seed-determined sample of the test
+    split, the same for every model of the run."""
     from kebench.data.pipeline import BatchStream
 
+    size = max(NASWOT_BATCH, LANDSCAPE_BATCH)
+    stream = BatchStream(run.data, run.data.test, batch_size=size, device=run.device, train=False)
+    n = min(len(run.data.test), size)
+    gen = torch.Generator().manual_seed(run.cfg.seed)
+    index = torch.randperm(len(run.data.test), generator=gen)[:n].sort().values
+    return stream.load(index)
+
+
+class StepLandscapes(Hook):
+    """The landscape at the end of each LR step of one step-schedule pass (Park et al. Table 7): after
+    the epochs `ends` (1-based within the pass), and after the last epoch trained when a hook ends the
+    pass early. Appended to `run.book.landscapes`, which the checkpoint written after the epoch holds."""
+
+    def __init__(self, run, ends: list[int]):
+        self.run, self.ends = run, set(ends)
+        self.batch = None
+        self.model, self.row, self.taken = None, None, set()
+
+    def epoch_end(self, model, epoch, metrics):
+        self.model, self.row = model, metrics
+        if epoch in self.ends:
+            self.take(model, metrics)
+
+    def pass_end(self, record: dict) -> None:
+        if record.get("stopped") and self.row is not None and self.row["epoch"] not in self.taken:
+            self.take(self.model, self.row)  # an early end closes its LR step too
+
+    def take(self, model, row: dict) -> None:
+        if self.batch is None:
+            self.batch = probe_batch(self.run)
+        x, y = self.batch
+        land = loss_landscape(model, x[:LANDSCAPE_BATCH], y[:LANDSCAPE_BATCH], seed=self.run.cfg.seed)
+        self.run.book.landscapes.append({"pass": row["pass"] + 1, "kind": row["kind"], "label": row["label"],
+                                         "epoch": row["epoch"], "lr": row["lr"], **land})
+        self.taken.add(row["epoch"])
+
+
+def pass_hooks(run, lr, epochs: int) -> list[Hook]:
+    """The analysis hooks of one pass of `epochs` epochs under LR plan `lr`: per-step landscapes for a
+    step schedule when `--analyses landscape` is asked for (other schedules: the final model's only)."""
+    if "landscape" not in run.cfg.analyses or lr.schedule != "step" or run.task != "classification":
+        return []
+    return [StepLandscapes(run, lr.step_ends(epochs))]
+
+
+def run_analyses(run, names) -> tuple[dict, dict]:
+    """(metrics for result.json's `final`, records for its `analyses`) of run.model on the test split,
+    with the per-step landscapes the run's step-schedule passes took."""
     if not names:
         return {}, {}
     if run.task != "classification":
         raise UserError(f"--analyses {','.join(names)} scores a classifier; dataset '{run.cfg.data}' is a "
                         f"{run.task} dataset.")
-    stream = BatchStream(run.data, run.data.test, batch_size=max(NASWOT_BATCH, LANDSCAPE_BATCH), device=run.device,
-                         train=False)
-    n = min(len(run.data.test), max(NASWOT_BATCH, LANDSCAPE_BATCH))
-    gen = torch.Generator().manual_seed(run.cfg.seed)
-    index = torch.randperm(len(run.data.test), generator=gen)[:n].sort().values
-    x, y = stream.load(index)
+    x, y = probe_batch(run)
     final, records = {}, {}
     model = run.model
     if "naswot" in names:
         final.update(naswot(model, x[:NASWOT_BATCH]))
     if "landscape" in names:
         records["landscape"] = loss_landscape(model, x[:LANDSCAPE_BATCH], y[:LANDSCAPE_BATCH], seed=run.cfg.seed)
+        if run.book.landscapes:
+            records["landscape_steps"] = list(run.book.landscapes)
     return final, records

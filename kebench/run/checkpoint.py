@@ -80,6 +80,7 @@ def save(run, model, optimizer, scaler, ps: PassState, complete: bool) -> None:
             # momentum would double the file for nothing.
             "optimizer": {} if complete else optimizer.state_dict(), "scaler": scaler.state_dict(),
             "state": state_dicts(run.state), "passes": book.passes, "best": book.best, "extra": book.facts,
+            "landscapes": book.landscapes,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "elapsed": book.elapsed(), "world_size": run.processes.world,
@@ -169,6 +170,7 @@ def restore(run, ck: dict, model: nn.Module, optimizer=None, scaler=None) -> Non
     book.passes = list(ck["passes"][: ck["pass"] + (1 if ck["complete"] else 0)])
     book.best = dict(ck["best"])
     book.facts = dict(ck.get("extra", {}))
+    book.landscapes = list(ck.get("landscapes", []))  # a checkpoint older than per-step landscapes has none
     torch.set_rng_state(ck["rng"])
     if ck["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["cuda_rng"])

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kebench.run import analyses
 from kebench.run import checkpoint
 from kebench.run import distributed
 from kebench.run import guard
@@ -195,8 +196,8 @@ class Run:
                             f"List the plugin's own pass kinds under 'passes:' in its registry entry.")
         index = self.book.next_fit()
         label = label if label is not None else index + 1
-        hooks = list(hooks) + objective.hooks() + self.monitors
         lr_plan = LRPlan.of(self, kind, epochs, lr, schedule, warmup, lr_window)
+        hooks = list(hooks) + objective.hooks() + self.monitors + analyses.pass_hooks(self, lr_plan, epochs)
 
         params = [*model.parameters(), *objective.extra_parameters(model)]
         optimizer = torch.optim.SGD(params, lr=lr_plan.peak, momentum=self.cfg.momentum,
@@ -348,14 +349,12 @@ class Run:
             torch.set_num_threads(threads_before)  # a library caller's setting survives the run
         for m in self.monitors:
             m.close()
-        from kebench.run.analyses import run_analyses
-
-        scores, analyses = run_analyses(self, self.cfg.analyses)
+        scores, records = analyses.run_analyses(self, self.cfg.analyses)
         if scores:
             self.report_final(scores)
         rec = record.build(self, status="complete")
-        if analyses:
-            rec["analyses"] = analyses
+        if records:
+            rec["analyses"] = records
         results.save_torch(self.dir / "model.pt", {"arch": self.cfg.arch, "state_dict": self.model.state_dict()})
         results.write_json(self.dir / "result.json", rec)
         if self.rank == 0:

@@ -89,6 +89,15 @@ class LRPlan:
         return cls(peak, schedule, effective_warmup(cfg.warmup_epochs if warmup is None else warmup, total),
                    offset, total, tuple(cfg.lr_milestones), cfg.lr_gamma)
 
+    def step_ends(self, epochs: int) -> list[int]:
+        """Epochs (1-based within this pass of `epochs`) that end an LR step of the step schedule: the
+        last epoch before each milestone the pass reaches (the first update of epoch round(m * total)
+        of the window has the lower LR), and the pass's last epoch. [] for other schedules."""
+        if self.schedule != "step":
+            return []
+        before = {round(m * self.total) - self.offset for m in self.milestones}
+        return sorted(e for e in before if 1 <= e < epochs) + [epochs]
+
     def describe(self) -> dict:
         out = {"peak": self.peak, "schedule": self.schedule, "warmup_epochs": self.warmup,
                "window": [self.offset, self.total]}

@@ -15,6 +15,9 @@ class RunState:
     best: dict = field(default_factory=dict)
     #: What regimes reported (`run.report*`): written into result.json, checkpointed.
     facts: dict = field(default_factory=dict)
+    #: Loss landscapes taken at the end of each LR step of step-schedule passes (`--analyses landscape`,
+    #: kebench/run/analyses.py): checkpointed, written as result.json's analyses.landscape_steps.
+    landscapes: list = field(default_factory=list)
     #: `fit()` calls so far (a replayed run counts its finished passes again).
     fits: int = 0
     #: On --resume, the checkpoint being replayed, until the pass it stopped in is restored.
