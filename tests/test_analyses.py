@@ -159,3 +159,26 @@ def test_a_step_schedule_pass_records_a_landscape_per_lr_step_and_resume_keeps_t
 def test_other_schedules_keep_the_final_landscape_only(make_cfg, run_cfg):
     rec = run_cfg(make_cfg(epochs=2, analyses=["landscape"]))
     assert "landscape_steps" not in rec["analyses"] and len(rec["analyses"]["landscape"]["loss"]) == 11
+
+
+def test_the_landscape_figure_draws_a_panel_per_step_on_one_colour_scale_and_old_single_results():
+    from kebench.analysis.plots import landscape_figure
+
+    def grid(scale):
+        return {"alpha": [-1.0, 0.0, 1.0], "beta": [-1.0, 0.0, 1.0],
+                "loss": [[scale * (1 + a * a + b * b) for a in (-1, 0, 1)] for b in (-1, 0, 1)]}
+
+    steps = [{"pass": 1, "kind": "train", "label": 2, "epoch": e, "lr": lr, **grid(s)}
+             for e, lr, s in ((80, 0.1, 4.0), (120, 0.01, 1.0), (160, 0.001, 0.1))]
+    new = {"objective": "ce", "regime": "single", "arch": "resnet56", "dataset": "cifar100", "seed": 0,
+           "analyses": {"landscape": grid(0.1), "landscape_steps": steps}}
+    old = {"objective": "ce", "regime": "single", "arch": "resnet56", "dataset": "cifar100", "seed": 1,
+           "analyses": {"landscape": grid(2.0)}}  # a result written before per-step landscapes
+    fig = landscape_figure([new, old])
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title().splitlines()[-1] for ax in panels] == [
+        "train 2, epoch 80, lr 0.1", "train 2, epoch 120, lr 0.01", "train 2, epoch 160, lr 0.001",
+        "CE (N1) / resnet56 / cifar100 / s1"]
+    levels = [tuple(ax.collections[0].levels) for ax in panels]
+    assert len(set(levels)) == 1  # one scale: log10 of the smallest (0.1) to the largest (4 * 3) loss
+    assert levels[0][0] == pytest.approx(-1.0) and levels[0][-1] == pytest.approx(math.log10(12.0))

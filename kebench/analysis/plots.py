@@ -89,11 +89,11 @@ def curve_labels(runs: list[dict], names: Names) -> dict[str, str]:
     return labels
 
 
-def panel_grid(fig_data: dict, title: str):
-    """A figure with one axes per dataset (sorted); returns (fig, {dataset: ax})."""
+def panel_grid(fig_data: dict, title: str, sort: bool = True):
+    """A figure with one axes per dataset (sorted, or in the order given); returns (fig, {dataset: ax})."""
     from matplotlib.figure import Figure
 
-    datasets = sorted(fig_data, key=str)
+    datasets = sorted(fig_data, key=str) if sort else list(fig_data)
     if not datasets:
         raise UserError(title)
     ncols = min(len(datasets), PANEL_COLUMNS)
@@ -370,33 +370,49 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
 
 def landscape_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
     """Filter-normalised 2-D loss landscapes (Li et al. 2018; Park et al. Table 7): one contour
-    panel per run that recorded `analyses.landscape` (`kebench run --analyses landscape`)."""
+    panel per landscape a run recorded (`kebench run --analyses landscape`): one per LR step of its
+    step-schedule passes (`analyses.landscape_steps`), else its final model's (`analyses.landscape`).
+    Every panel shares one colour scale, so their basins compare by colour."""
     import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     names = names or Names()
     found = {}
     for r in sorted(runs, key=lambda r: (str(r.get("dataset")), str(r.get("method")), r.get("seed", 0))):
-        land = (r.get("analyses") or {}).get("landscape")
-        if land:
-            label = names.method(r.get("objective", ""), r.get("regime", ""))
-            found[f"{label} / {r.get('arch')} / {r.get('dataset')} / s{r.get('seed', 0)}"] = land
+        recorded = r.get("analyses") or {}
+        run_title = (f"{names.method(r.get('objective', ''), r.get('regime', ''))} / {r.get('arch')} / "
+                     f"{r.get('dataset')} / s{r.get('seed', 0)}")
+        for step in recorded.get("landscape_steps") or []:
+            found[f"{run_title}\n{step['kind']} {step['label']}, epoch {step['epoch']}, lr {step['lr']:.3g}"] = step
+        if not recorded.get("landscape_steps") and recorded.get("landscape"):
+            found[run_title] = recorded["landscape"]
+    logs = {title: np.log10(np.asarray(land["loss"], dtype=float).clip(min=1e-8)) for title, land in found.items()}
     with figure_style():
-        fig, axes = panel_grid(found, "No run recorded a loss landscape: run with --analyses landscape.")
+        fig, axes = panel_grid(found, "No run recorded a loss landscape: run with --analyses landscape.", sort=False)
+        lo = min(float(v.min()) for v in logs.values())
+        hi = max(max(float(v.max()) for v in logs.values()), lo + 1e-6)
+        levels, norm = np.linspace(lo, hi, 13), Normalize(lo, hi)
         for title, ax in axes.items():
             land = found[title]
-            loss = np.log10(np.asarray(land["loss"], dtype=float).clip(min=1e-8))
-            cs = ax.contour(land["alpha"], land["beta"], loss, levels=12, cmap="viridis", linewidths=0.8)
+            cs = ax.contour(land["alpha"], land["beta"], logs[title], levels=levels, norm=norm, cmap="viridis",
+                            linewidths=0.8)
             ax.clabel(cs, fontsize=6, fmt="%.2f")
             ax.plot([0], [0], marker="*", color="black", markersize=6)
-            ax.set_title(title)
+            ax.set_title(title, fontsize=8)
             ax.set_xlabel("direction 1 (filter-normalised)")
             ax.set_ylabel("direction 2")
             ax.set_aspect("equal")
-        fig.suptitle("log10 training loss around the final weights")
+        fig.colorbar(ScalarMappable(norm=norm, cmap=colormaps["viridis"]), ax=list(axes.values()),
+                     label="log10 loss (one scale for every panel)", shrink=0.8)
+        fig.suptitle("log10 training loss around the weights at the end of each LR step (step schedules) or of "
+                     "training")
     return fig
 
 
-landscape_figure.title = "Filter-normalised 2-D loss landscapes of the final models (log10 training loss)"
+landscape_figure.title = ("Filter-normalised 2-D loss landscapes (log10 loss) at the end of each LR step of a step "
+                          "schedule, else of the final model; one colour scale")
 
 
 def declutter(fig, ax, labels: list) -> None:
