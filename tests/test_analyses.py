@@ -171,14 +171,42 @@ def test_the_landscape_figure_draws_a_panel_per_step_on_one_colour_scale_and_old
     steps = [{"pass": 1, "kind": "train", "label": 2, "epoch": e, "lr": lr, **grid(s)}
              for e, lr, s in ((80, 0.1, 4.0), (120, 0.01, 1.0), (160, 0.001, 0.1))]
     new = {"objective": "ce", "regime": "single", "arch": "resnet56", "dataset": "cifar100", "seed": 0,
-           "analyses": {"landscape": grid(0.1), "landscape_steps": steps}}
+           "passes": [{"kind": "train", "epochs": 160}], "analyses": {"landscape": grid(0.1), "landscape_steps": steps}}
+    pruned = {"objective": "kd", "regime": "self-distill", "arch": "resnet56", "dataset": "cifar100", "seed": 2,
+              "passes": [{"kind": "train", "epochs": 160}, {"kind": "finetune", "epochs": 40}],
+              "analyses": {"landscape": grid(0.5), "landscape_steps": steps[:1]}}
     old = {"objective": "ce", "regime": "single", "arch": "resnet56", "dataset": "cifar100", "seed": 1,
            "analyses": {"landscape": grid(2.0)}}  # a result written before per-step landscapes
-    fig = landscape_figure([new, old])
+    fig = landscape_figure([new, old, pruned])
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    # the last step of `new` is its final model (not drawn twice); the pruned student's fine-tune
+    # (a constant LR) adds its final model after its one step
     assert [ax.get_title().splitlines()[-1] for ax in panels] == [
         "train 2, epoch 80, lr 0.1", "train 2, epoch 120, lr 0.01", "train 2, epoch 160, lr 0.001",
-        "CE (N1) / resnet56 / cifar100 / s1"]
+        "CE (N1) / resnet56 / cifar100 / s1", "train 2, epoch 80, lr 0.1", "final model"]
     levels = [tuple(ax.collections[0].levels) for ax in panels]
     assert len(set(levels)) == 1  # one scale: log10 of the smallest (0.1) to the largest (4 * 3) loss
     assert levels[0][0] == pytest.approx(-1.0) and levels[0][-1] == pytest.approx(math.log10(12.0))
+
+
+def test_step_landscapes_skip_teacher_passes_and_close_a_pass_a_hook_ended_early(monkeypatch):
+    from types import SimpleNamespace
+
+    from kebench.run.loop import LRPlan
+    from kebench.run.state import RunState
+
+    run = SimpleNamespace(cfg=SimpleNamespace(analyses=["landscape"], seed=0), task="classification", book=RunState())
+    step = LRPlan(0.1, "step", 0, 0, 8)
+    assert analyses.pass_hooks(run, "teacher", step, 8) == []  # another network than the reported one
+    assert analyses.pass_hooks(run, "train", LRPlan(0.1, "cosine", 0, 0, 8), 8) == []
+    (hook,) = analyses.pass_hooks(run, "train", step, 8)
+    assert hook.ends == {4, 6, 8}
+    x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(analyses, "probe_batch", lambda r: (x, torch.arange(8) % 4))
+    model = _net()
+    for epoch in (1, 2, 3, 4, 5):
+        hook.epoch_end(model, epoch, {"pass": 1, "kind": "train", "label": 2, "epoch": epoch, "lr": 0.1})
+    hook.pass_end({"stopped": "extinct at a landmark", "epochs": 5})
+    assert [(s["pass"], s["epoch"]) for s in run.book.landscapes] == [(2, 4), (2, 5)]
+    hook.pass_end({"epochs": 5})  # a pass that ran to its end adds nothing at pass_end
+    assert len(run.book.landscapes) == 2

@@ -371,12 +371,15 @@ def budget_figure(runs: list[dict], metric: str | None = None, names: Names | No
 def landscape_figure(runs: list[dict], metric: str | None = None, names: Names | None = None):
     """Filter-normalised 2-D loss landscapes (Li et al. 2018; Park et al. Table 7): one contour
     panel per landscape a run recorded (`kebench run --analyses landscape`): one per LR step of its
-    step-schedule passes (`analyses.landscape_steps`), else its final model's (`analyses.landscape`).
-    Every panel shares one colour scale, so their basins compare by colour."""
+    step-schedule passes (`analyses.landscape_steps`), and its final model's (`analyses.landscape`)
+    unless that is the last step's (a pruned student fine-tuned at a constant LR adds it). Every
+    panel shares one colour scale, so their basins compare by colour."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
+
+    from kebench.run.analyses import final_is_last_step
 
     names = names or Names()
     found = {}
@@ -384,10 +387,11 @@ def landscape_figure(runs: list[dict], metric: str | None = None, names: Names |
         recorded = r.get("analyses") or {}
         run_title = (f"{names.method(r.get('objective', ''), r.get('regime', ''))} / {r.get('arch')} / "
                      f"{r.get('dataset')} / s{r.get('seed', 0)}")
-        for step in recorded.get("landscape_steps") or []:
+        steps = recorded.get("landscape_steps") or []
+        for step in steps:
             found[f"{run_title}\n{step['kind']} {step['label']}, epoch {step['epoch']}, lr {step['lr']:.3g}"] = step
-        if not recorded.get("landscape_steps") and recorded.get("landscape"):
-            found[run_title] = recorded["landscape"]
+        if recorded.get("landscape") and not final_is_last_step(r.get("passes") or [], steps):
+            found[run_title + ("\nfinal model" if steps else "")] = recorded["landscape"]
     logs = {title: np.log10(np.asarray(land["loss"], dtype=float).clip(min=1e-8)) for title, land in found.items()}
     with figure_style():
         fig, axes = panel_grid(found, "No run recorded a loss landscape: run with --analyses landscape.", sort=False)

@@ -140,12 +140,22 @@ class StepLandscapes(Hook):
         self.taken.add(row["epoch"])
 
 
-def pass_hooks(run, lr, epochs: int) -> list[Hook]:
-    """The analysis hooks of one pass of `epochs` epochs under LR plan `lr`: per-step landscapes for a
-    step schedule when `--analyses landscape` is asked for (other schedules: the final model's only)."""
-    if "landscape" not in run.cfg.analyses or lr.schedule != "step" or run.task != "classification":
+def pass_hooks(run, kind: str, lr, epochs: int) -> list[Hook]:
+    """The analysis hooks of one pass of `kind`, `epochs` epochs under LR plan `lr`: per-step landscapes
+    for a step schedule when `--analyses landscape` is asked for (other schedules: the final model's
+    only), except in a pass that trains another network than the reported one (a teacher)."""
+    from kebench.context import NOT_THE_MODEL
+
+    if ("landscape" not in run.cfg.analyses or lr.schedule != "step" or kind in NOT_THE_MODEL
+            or run.task != "classification"):
         return []
     return [StepLandscapes(run, lr.step_ends(epochs))]
+
+
+def final_is_last_step(passes: list[dict], steps: list[dict]) -> bool:
+    """Whether the last per-step landscape was taken at the end of the run's last pass (the final
+    model's landscape then shows the same weights; a figure need not draw both)."""
+    return bool(passes and steps) and steps[-1]["pass"] == len(passes) and steps[-1]["epoch"] == passes[-1]["epochs"]
 
 
 def run_analyses(run, names) -> tuple[dict, dict]:

@@ -197,7 +197,7 @@ class Run:
         index = self.book.next_fit()
         label = label if label is not None else index + 1
         lr_plan = LRPlan.of(self, kind, epochs, lr, schedule, warmup, lr_window)
-        hooks = list(hooks) + objective.hooks() + self.monitors + analyses.pass_hooks(self, lr_plan, epochs)
+        hooks = list(hooks) + objective.hooks() + self.monitors + analyses.pass_hooks(self, kind, lr_plan, epochs)
 
         params = [*model.parameters(), *objective.extra_parameters(model)]
         optimizer = torch.optim.SGD(params, lr=lr_plan.peak, momentum=self.cfg.momentum,
