@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ CASES = {  # name -> (fixture folder, make_table keyword arguments)
     "kd": ("kd", {"kind": "kd"}),
     "budget": ("budget", {"kind": "budget"}),
     "size": ("classification", {"kind": "size"}),
+    "interval": ("classification", {"kind": "interval", "metric": "top1", "cols": "dataset"}),
 }
 EXT = {"latex": "tex", "markdown": "md", "csv": "csv"}
 
@@ -620,3 +622,38 @@ def test_resizebox_is_the_last_resort_for_a_part_that_cannot_fit(tmp_path):
     assert text.count("\\resizebox{\\textwidth}{!}{%") == 1 and "needs \\usepackage{booktabs, graphicx}" in text
     page = latex_page.compile_tables(text, tmp_path)
     assert page["tabulars"][0] > page["textwidth"] and page["overfull"] == []
+
+
+# ------------------------------------------------------------------------------------------ interval (Park Table 6)
+def test_interval_table_half_width_is_the_99_percent_student_t_one(names):
+    """Park et al. Table 6: the NASWOT score over five trained models, mean ± the two-sided 99% interval."""
+    from kebench.analysis import report
+
+    runs, _ = tables.load_runs([RUNS / "classification"], methods=["ce"], datasets=["flowers102"])
+    scores = [-1210.5, -1198.25, -1225.0]  # seeds 0, 1, 2
+    for r in runs:
+        r["final"]["naswot"] = scores[r["seed"]]
+    table = tables.build_table(runs, "interval", names=names)
+    (row,) = table.rows
+    c = row.cells[0]
+    # by hand: mean -1211.25, s = sqrt(((0.75)^2 + (13)^2 + (13.75)^2) / 2) = 13.4327..., t(0.995, 2) = 9.924843
+    s = math.sqrt((0.75 ** 2 + 13 ** 2 + 13.75 ** 2) / 2)
+    assert c.n == 3 and c.mean == pytest.approx(-1211.25) and c.std == pytest.approx(s)
+    assert c.half_width == pytest.approx(9.924843 * s / math.sqrt(3), rel=1e-6)  # 76.97
+    assert table.cols[0].path == ("resnet18",) and table.cols[0].kind == "number"
+    md, tex_, html = tables.render(table, "markdown"), tables.render(table, "latex"), report.table_html(table)
+    shown = f"-1211.25 ± {c.half_width:.2f}"
+    assert f"| {shown} (3) |" in md and "99% Student-t confidence interval" in md
+    assert rf"$-1211.25 \pm {c.half_width:.2f}$ {{\scriptsize(3)}}" in tex_
+    assert f'{shown} <span class="n">(3)</span>' in html
+    csv = pd.read_csv(io.StringIO(tables.render(table, "csv")))
+    assert csv["half_width"][0] == pytest.approx(c.half_width) and csv["mean"][0] == pytest.approx(-1211.25)
+    assert "intervals" not in report.summarize_interval(table)  # one row: nothing to compare it with
+    # five runs: t(0.995, 4) = 4.604094; one run: its value alone, no interval
+    five = tables.make_cell(dict(enumerate([1.0, 2.0, 4.0, 3.0, 5.0])))
+    assert tables.t_half_width(five) == pytest.approx(4.604094 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    assert tables.t_half_width(tables.make_cell({0: 1.0})) is None
+    for r in runs:
+        del r["final"]["naswot"]
+    with pytest.raises(UserError, match="--analyses naswot"):  # runs made without the analysis
+        tables.build_table(runs, "interval")

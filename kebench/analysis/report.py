@@ -252,8 +252,30 @@ def summarize_size(table: T.Table) -> str:
     return line
 
 
+def summarize_interval(table: T.Table) -> str:
+    """Per column, the highest and lowest row with their intervals, and whether those intervals overlap."""
+    parts = []
+    for j, col in enumerate(table.cols):
+        if col.kind not in ("metric", "number"):
+            continue
+        filled = [r for r in table.rows if r.cells[j].mean is not None]
+        if not filled:
+            parts.append(f"{_col_name(col)}: no results yet")
+            continue
+        hi, lo = max(filled, key=lambda r: r.cells[j].mean), min(filled, key=lambda r: r.cells[j].mean)
+        a, b = hi.cells[j], lo.cells[j]
+        text = f"{_col_name(col)}: highest {_row_name(hi)} ({_core(a, col, table.decimals)}, n {a.n})"
+        if hi is not lo:
+            text += f", lowest {_row_name(lo)} ({_core(b, col, table.decimals)}, n {b.n})"
+            if a.half_width is not None and b.half_width is not None:
+                apart = a.mean - a.half_width > b.mean + b.half_width
+                text += f"; their {T.CONFIDENCE:.0%} intervals {'do not overlap' if apart else 'overlap'}"
+        parts.append(text)
+    return "; ".join(parts) + "."
+
+
 SUMMARIES = {"classification": summarize_grid, "retrieval": summarize_grid, "budget": summarize_budget,
-             "kd": summarize_kd, "cost": summarize_cost, "size": summarize_size}
+             "kd": summarize_kd, "cost": summarize_cost, "size": summarize_size, "interval": summarize_interval}
 
 
 # ------------------------------------------------------------------------------ HTML pieces

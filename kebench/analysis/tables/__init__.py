@@ -7,9 +7,10 @@ One pipeline for every kind of table:
         --pandas groupby--> cells (mean, std, n, per-seed values) --> Table --render--> LaTeX/Markdown/CSV
 
 Kinds: `classification` (KE paper Tables 2/3), `retrieval` (NMI / R@K groups per arch), `budget` (each
-multi-pass row beside the single pass trained for the same total epochs) and `size` (accuracy,
+multi-pass row beside the single pass trained for the same total epochs), `size` (accuracy,
 params, storage in bytes, inference FLOPs and search/training cost of the reported network:
-binarization before/after, architecture searches) are kebench's own; plugins contribute `cost`
+binarization before/after, architecture searches) and `interval` (mean ± the 99% Student-t
+interval over seeds: Park et al.'s NASWOT Table 6) are kebench's own; plugins contribute `cost`
 (KE: dense N vs slim H, methods/ke_tables.py) and `kd` (KD x pruning grid with the surplus of Park
 et al., methods/kd_table.py) through registry.yaml's `tables:`, built with the public table-kind API
 below (`TABLE_KIND_API`). Every comparison table carries the training cost (epochs, TFLOPs) of its rows.
@@ -31,9 +32,9 @@ from kebench.analysis.tables.render import FORMATS, render, tex, to_csv, to_late
 from kebench.analysis.tables.runs import (MISSING, PRIMARY, RETRIEVAL_METRICS, Entry, Names, expand, hashable,
                                           load_runs, metric_title, parse_generations, signature, sort_value,
                                           split_list)
-from kebench.analysis.tables.stats import (ALPHA, MARK_WELCH, MARK_FROM_MEANS, MARK_PAIRED, Cell, compare,
+from kebench.analysis.tables.stats import (ALPHA, CONFIDENCE, MARK_WELCH, MARK_FROM_MEANS, MARK_PAIRED, Cell, compare,
                                            make_cell, marks_in, one_sample, rank_column, significance,
-                                           significance_note, value_note)
+                                           significance_note, t_half_width, value_note)
 
 
 def report_left_out(left_out: list[tuple[str, str]], stream) -> None:
@@ -63,12 +64,12 @@ def make_table(paths, *, fmt: str = "markdown", kind: str | None = None, rows=No
 #: The table-kind API: everything a table kind (kebench's own or a plugin's, e.g. methods/kd_table.py)
 #: builds with. A contributed kind imports these names from `kebench.analysis.tables` and nothing
 #: private (tests/test_layout.py checks methods/); docs/extending.md shows one.
-TABLE_KIND_API = ["ALPHA", "COST_COLS", "COST_NOTE", "MARK_WELCH", "MARK_FROM_MEANS", "MARK_PAIRED", "MISSING",
+TABLE_KIND_API = ["ALPHA", "CONFIDENCE", "COST_COLS", "COST_NOTE", "MARK_WELCH", "MARK_FROM_MEANS", "MARK_PAIRED", "MISSING",
                   "PRIMARY", "RETRIEVAL_METRICS", "Cell", "Col", "Entry", "Names", "Row", "Table", "compare",
                   "cost_cell", "cost_cells", "dim_title", "expand", "fmt_count", "fmt_number", "fmt_setting",
                   "group_title", "hashable", "make_cell", "marks_in", "metric_title", "one_sample",
                   "prepare_entries", "rank_column", "row_sorter", "signature", "significance", "significance_note",
-                  "sort_value", "split_list", "value_note"]
+                  "sort_value", "split_list", "t_half_width", "value_note"]
 
 __all__ = [*TABLE_KIND_API, "FORMATS", "TABLES", "build_table", "kind_names", "load_runs", "make_table",
            "parse_generations", "render", "report_left_out", "tex", "to_csv", "to_latex", "to_markdown"]

@@ -14,9 +14,9 @@ from kebench.analysis.tables.layout import (COST_COLS, COST_NOTE, Col, Row, Tabl
                                    cost_cells, fmt_count, fmt_number)
 from kebench.analysis.tables.runs import (BUDGET_FREE, MISSING, PRIMARY, RETRIEVAL_METRICS, Names, sort_value, split_list,
                                  expand, metric_title, signature)
-from kebench.analysis.tables.stats import (ALPHA, MARK_WELCH, MARK_FROM_MEANS, MARK_PAIRED, TESTS, Cell, marks_in,
-                                  significance_note, value_note, cells_by_key, compare, make_cell, one_sample,
-                                  rank_column)
+from kebench.analysis.tables.stats import (ALPHA, CONFIDENCE, MARK_WELCH, MARK_FROM_MEANS, MARK_PAIRED, TESTS, Cell,
+                                  marks_in, significance_note, value_note, cells_by_key, compare, make_cell,
+                                  one_sample, rank_column, t_half_width)
 
 def grid_table(runs: list[dict], kind: str, rows=None, cols=None, metric=None, generations=None,
                names: Names | None = None, alpha: float = ALPHA, decimals: int = 2) -> Table:
@@ -271,3 +271,64 @@ def size_table(runs: list[dict], metric=None, names: Names | None = None, decima
              "extinct ones up to their landmark).", COST_NOTE]
     caption = f"Accuracy and size: {metric_title(metric)} (%) of the reported network with its size and cost."
     return Table("size", caption, tuple(dim_title(d) for d in rows), cols, table_rows, notes, decimals, warnings)
+
+
+def is_fraction(metric: str) -> bool:
+    """Whether a metric is a fraction a table shows in % (accuracies, NMI, Recall@K), not a score as it is."""
+    return metric.endswith("top1") or metric in RETRIEVAL_METRICS or metric.startswith("r@") or metric in PRIMARY.values()
+
+
+def interval_table(runs: list[dict], rows=None, cols=None, metric=None, generations=None, names: Names | None = None,
+                   decimals: int = 2) -> Table:
+    """Mean ± half-width of the two-sided 99% Student-t confidence interval over seeds, with n: how
+    Park et al. (Table 6) report the NASWOT score of five trained models (`--analyses naswot`; the
+    default metric). Rows x (column groups x metrics); scores are shown as they are, fractions in %."""
+    names = names or Names()
+    runs = _task_runs(runs, "classification")
+    rows = split_list(rows) or ["method"]
+    cols = split_list(cols) or ["arch"]
+    metrics = split_list(metric) or ["naswot"]
+    warnings: list[str] = []
+    entries = [e for r in runs for e in expand(r, generations, names)]
+    if not entries:
+        raise UserError(f"No results at generation {generations}: the runs found have fewer generations.")
+    rows, cols, entries = prepare_entries(entries, rows, cols, names, warnings)
+    present = {m for e in entries for m, v in e.metrics.items() if isinstance(v, (int, float))}
+    for m in metrics:
+        if m not in present:
+            raise unknown_choice("metric", m, sorted(present), "The NASWOT score is recorded by runs made with "
+                                 "`--analyses naswot`; pass --metric with names from the results' `final`.")
+    row_keys = sorted({e.row for e in entries}, key=row_sorter(entries, rows, names))
+    col_keys = sorted({e.col for e in entries}, key=row_sorter(entries, cols, names, "col"))
+    grid = [(ck, m) for ck in col_keys for m in metrics]
+    columns = [Col(tuple(group_title(v) for v in ck) + ((metric_title(m),) if len(metrics) > 1 or not ck else ()), m,
+                   "metric" if is_fraction(m) else "number", rank=False) for ck, m in grid]
+    cells = {m: cells_by_key(entries, m) for m in metrics}
+    by_row = defaultdict(list)
+    for e in entries:
+        by_row[e.row].append(e)
+    table_rows = []
+    for rk in row_keys:
+        row_cells = []
+        for ck, m in grid:
+            c = cells[m].get((rk, ck), Cell())
+            c.half_width = t_half_width(c, CONFIDENCE)
+            row_cells.append(c)
+        table_rows.append(Row(tuple(group_title(v) if d != "method" else v for d, v in zip(rows, rk)),
+                              row_cells + cost_cells(by_row[rk])))
+    p = (1 + CONFIDENCE) / 2
+    notes = [f"Mean ± half-width of the two-sided {CONFIDENCE:.0%} Student-t confidence interval of the mean over "
+             f"seeds: t({p:g}, n − 1) · s / √n, s the sample std (scipy.stats.t); (n) = number of runs behind the "
+             f"cell; a cell of one run shows its value alone; – = no run."]
+    if any(is_fraction(m) for m in metrics):
+        notes.append(f"{', '.join(metric_title(m) for m in metrics if is_fraction(m))} in %; "
+                     f"other scores as recorded.")
+    if "naswot" in metrics or "naswot_eig" in metrics:
+        notes.append("NASWOT: log-determinant of the correlation matrix of the per-sample input Jacobians over a "
+                     "batch of test images (Mellor et al. 2021; `--analyses naswot`); higher = the network tells "
+                     "the inputs apart more.")
+    notes.append(COST_NOTE)
+    what = " / ".join(metric_title(m) for m in metrics)
+    caption = f"{what}: mean over seeds with its {CONFIDENCE:.0%} confidence interval (Student's t)."
+    return Table("interval", caption, tuple(dim_title(d) for d in rows), columns + list(COST_COLS), table_rows,
+                 notes, decimals, warnings)

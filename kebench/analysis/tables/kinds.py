@@ -20,7 +20,7 @@ from kebench.analysis.tables.stats import ALPHA
 
 BUILD_ARGS = ("kind", "rows", "cols", "metric", "generations", "names", "alpha", "decimals")
 BUILTIN = {"classification": builtin.grid_table, "retrieval": builtin.grid_table,
-           "budget": builtin.budget_table, "size": builtin.size_table}
+           "budget": builtin.budget_table, "size": builtin.size_table, "interval": builtin.interval_table}
 #: The table-kind extension point: kebench's own, registry.yaml's `tables:`, `kebench.tables` entry points.
 TABLES = registry.Extensions("table kind", "tables", BUILTIN)
 

@@ -14,7 +14,7 @@ from kebench.analysis.tables.stats import Cell
 class Col:
     path: tuple  # header levels, outermost first; the last is the leaf title
     metric: str = ""
-    kind: str = "metric"  # metric (x100, ranked) | delta (x100, signed) | cost (text) | number
+    kind: str = "metric"  # metric (x100, ranked) | delta (x100, signed) | cost (text) | number (as it is)
     rank: bool = True
 
 

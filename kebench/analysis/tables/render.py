@@ -16,14 +16,16 @@ def _core(cell: Cell, col: Col, decimals: int) -> str | None:
     if cell.mean is None:
         return None
     signed = col.kind == "delta" or cell.signed
-    mean = f"{cell.mean * 100:+.{decimals}f}" if signed else f"{cell.mean * 100:.{decimals}f}"
-    return mean if cell.std is None else f"{mean} ± {cell.std * 100:.{decimals}f}"
+    scale = 1 if col.kind == "number" else 100  # metrics are fractions shown in %; a "number" as it is
+    mean = f"{cell.mean * scale:+.{decimals}f}" if signed else f"{cell.mean * scale:.{decimals}f}"
+    spread = cell.std if cell.half_width is None else cell.half_width
+    return mean if spread is None else f"{mean} ± {spread * scale:.{decimals}f}"
 
 
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _TEX_UNICODE = {"<": "$<$", ">": "$>$", "|": "$|$", "–": "--", "−": "$-$", "Δ": r"$\Delta$", "±": r"$\pm$",
-                "×": r"$\times$", "†": r"$^\dagger$", "‡": r"$^\ddagger$"}
+                "×": r"$\times$", "·": r"$\cdot$", "√": r"$\surd$", "†": r"$^\dagger$", "‡": r"$^\ddagger$"}
 _TEX_HEADERS = {"Acc_1": r"Acc$_1$", "Acc_g": r"Acc$_g$"}
 
 
@@ -299,6 +301,7 @@ def to_csv(table: Table) -> str:
     import pandas as pd
 
     records = []
+    intervals = any(c.half_width is not None for r in table.rows for c in r.cells)  # the `interval` table's
     for row in table.rows:
         for col, cell in zip(table.cols, row.cells):
             rec = dict(zip(table.row_names, row.head))
@@ -309,6 +312,8 @@ def to_csv(table: Table) -> str:
                         "test": cell.test, "p_value": cell.p, "q_value": cell.q, "mark": cell.mark,
                         "rank": {1: "best", 2: "second"}.get(cell.rank, ""),
                         "text": _core(cell, col, table.decimals) or MISSING})
+            if intervals:
+                rec["half_width"] = cell.half_width
             records.append(rec)
     return pd.DataFrame.from_records(records).to_csv(index=False, lineterminator="\n", float_format="%.10g")
 

@@ -29,7 +29,8 @@ FIXED_DIMS = ("method", "objective", "regime", "arch", "dataset", "seed", "gener
 DIM_TITLES = {"method": "Method", "objective": "Objective", "regime": "Regime", "arch": "Arch",
               "dataset": "Dataset", "seed": "Seed", "generation": "Generation", "task": "Task",
               "epochs": "Epochs"}
-METRIC_TITLES = {"top1": "Top-1", "nmi": "NMI", "ensemble_top1": "Ensemble top-1"}
+METRIC_TITLES = {"top1": "Top-1", "nmi": "NMI", "ensemble_top1": "Ensemble top-1", "naswot": "NASWOT",
+                 "naswot_eig": "NASWOT (eigenvalues)"}
 
 
 # ---------------------------------------------------------------------------------------- loading

@@ -25,6 +25,8 @@ CONSTANT_RTOL = 1e-9
 #: Smallest p a table prints: t-test p-values below it rest on the normal tails alone.
 P_FLOOR = 0.001
 MARK_PAIRED, MARK_WELCH, MARK_FROM_MEANS = "*", "†", "‡"
+#: Confidence of the `interval` table's intervals: Park et al. Table 6 give their NASWOT scores so.
+CONFIDENCE = 0.99
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Cell:
     rank: int = 0  # 1 best, 2 second in its column
     text: str | None = None  # preformatted (cost cells)
     signed: bool = False  # a difference: shown with its sign
+    half_width: float | None = None  # of a confidence interval of the mean (`interval` table): shown instead of std
 
 
 
@@ -53,6 +56,18 @@ def make_cell(values: dict) -> Cell:
         return Cell()
     s = pd.Series(list(values.values()), dtype="float64")
     return Cell(values=values, mean=float(s.mean()), std=float(s.std(ddof=1)) if len(s) > 1 else None, n=len(s))
+
+
+def t_half_width(cell: Cell, confidence: float = CONFIDENCE) -> float | None:
+    """Half-width of the two-sided Student-t confidence interval of the cell's mean:
+    t_{(1 + confidence) / 2, n - 1} * s / sqrt(n), s the sample std (scipy.stats.t); None below 2 runs."""
+    import math
+
+    from scipy import stats
+
+    if cell.n < 2 or cell.std is None:
+        return None
+    return float(stats.t.ppf((1 + confidence) / 2, cell.n - 1) * cell.std / math.sqrt(cell.n))
 
 
 def cells_by_key(entries: list[Entry], metric: str, value=None) -> dict:
