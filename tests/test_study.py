@@ -16,7 +16,7 @@ from kebench.analysis import study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SHIPPED = ("ke-table2", "ke-densenet169", "ke-retrieval", "ke-ablations", "park-kd-pruning",
-           "park-kd-augmentation", "evolution")
+           "park-kd-augmentation", "evolution", "park-analyses")
 TINY = """
 title: "Tiny study"
 paper: "a test"
@@ -239,6 +239,23 @@ def test_paper_scales_train_on_the_papers_own_data_and_networks(tmp_path):
     assert set(by_data) == {"mnist", "cifar10", "cifar100", "imagenet"}
     assert by_data["imagenet"] == {"neuroevo"} and "ke" in by_data["cifar100"] and "binarize" in by_data["mnist"]
     assert {e.cfg.epochs for e in evo if e.cfg.data == "imagenet"} == {90}
+
+
+def test_park_analyses_grids_are_three_students_over_five_seeds_with_both_analyses(tmp_path):
+    """Park et al. Tables 6 and 7: scratch, KD and pruned Self-Distill students, 5 seeds, NASWOT and
+    per-LR-step landscapes; paper scale on CIFAR-100 with Park's networks and the step schedule."""
+    s = study.load("park-analyses")
+    assert [t["kind"] for t in s.tables] == ["interval", "interval"] and s.tables[0]["metric"] == "naswot"
+    assert s.figures == ["landscape"]
+    for scale, archs in (("paper", {"resnet56", "resnet110", "vgg19_cifar", "densenet40"}), ("mini", {"test_resnet"})):
+        entries = study.entries(s, scale, out=tmp_path)
+        assert len(entries) == 3 * len(archs) * 5, scale  # paper 60, mini 15
+        assert {e.cfg.arch for e in entries} == archs and {e.cfg.seed for e in entries} == {0, 1, 2, 3, 4}
+        students = {(e.cfg.method, e.cfg.params[e.cfg.method_spec.regime.name]["prune"]) for e in entries}
+        assert students == {("ce+scratch", "none"), ("kd+pre-distill", "none"), ("kd+self-distill", "l1-filter")}
+        assert all(e.cfg.analyses == ["naswot", "landscape"] and e.cfg.lr_schedule == "step" for e in entries)
+    paper = study.entries(s, "paper", out=tmp_path)
+    assert {e.cfg.data for e in paper} == {"cifar100"} and {e.cfg.epochs for e in paper} == {160}
 
 
 def test_empty_cells_are_missing_only_while_runs_are_unfinished_and_text_does_not_leak():
