@@ -210,3 +210,14 @@ def test_step_landscapes_skip_teacher_passes_and_close_a_pass_a_hook_ended_early
     assert [(s["pass"], s["epoch"]) for s in run.book.landscapes] == [(2, 4), (2, 5)]
     hook.pass_end({"epochs": 5})  # a pass that ran to its end adds nothing at pass_end
     assert len(run.book.landscapes) == 2
+
+
+def test_the_analyses_score_the_pruned_student_a_pipeline_reports(make_cfg, run_cfg, monkeypatch):
+    """final.top1 of a KD x pruning run is the pruned, fine-tuned student's (a network beside
+    run.model): its NASWOT score and final landscape are that network's too."""
+    scored, real = [], analyses.naswot
+    monkeypatch.setattr(analyses, "naswot",
+                        lambda model, x: scored.append(sum(p.numel() for p in model.parameters())) or real(model, x))
+    rec = run_cfg(make_cfg("kd+self-distill", plugin={"prune": "l1-filter", "prune_ratio": 0.5, "finetune_epochs": 1},
+                           analyses=["naswot"]))
+    assert scored == [rec["cost"]["pruned"]["params"]] and scored[0] < rec["cost"]["unpruned"]["params"]

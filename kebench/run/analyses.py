@@ -159,8 +159,8 @@ def final_is_last_step(passes: list[dict], steps: list[dict]) -> bool:
 
 
 def run_analyses(run, names) -> tuple[dict, dict]:
-    """(metrics for result.json's `final`, records for its `analyses`) of run.model on the test split,
-    with the per-step landscapes the run's step-schedule passes took."""
+    """(metrics for result.json's `final`, records for its `analyses`) of the run's reported network
+    on the test split, with the per-step landscapes the run's step-schedule passes took."""
     if not names:
         return {}, {}
     if run.task != "classification":
@@ -168,7 +168,7 @@ def run_analyses(run, names) -> tuple[dict, dict]:
                         f"{run.task} dataset.")
     x, y = probe_batch(run)
     final, records = {}, {}
-    model = run.model
+    model = run.reported_network()  # a KD x pruning pipeline's pruned, fine-tuned student, not run.model
     if "naswot" in names:
         final.update(naswot(model, x[:NASWOT_BATCH]))
     if "landscape" in names:

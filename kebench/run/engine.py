@@ -33,7 +33,7 @@ from kebench import data as datasets
 from kebench import registry
 from kebench.run.checkpoint import CHECKPOINT, PREV_CHECKPOINT, PassState, checkpoint_problem  # noqa: F401
 from kebench.config import RunConfig, save_yaml
-from kebench.context import RECORD
+from kebench.context import NOT_THE_MODEL, RECORD
 from kebench.data.pipeline import BatchStream
 from kebench.run.device import DevicePolicy
 from kebench.run.threads import ThreadPolicy
@@ -90,6 +90,7 @@ class Run:
         self.book = RunState()
         self._resuming = resume
         self._streams: dict[str, BatchStream] = {}
+        self._last_fit: tuple[nn.Module, nn.Module] | None = None  # (network trained, run.model then)
         self.monitors = monitor.hooks_for(self)  # TensorBoard when KEBENCH_TENSORBOARD=1
 
     @property
@@ -199,6 +200,8 @@ class Run:
         lr_plan = LRPlan.of(self, kind, epochs, lr, schedule, warmup, lr_window)
         hooks = list(hooks) + objective.hooks() + self.monitors + analyses.pass_hooks(self, kind, lr_plan, epochs)
 
+        if kind not in NOT_THE_MODEL:
+            self._last_fit = (model, self.model)
         params = [*model.parameters(), *objective.extra_parameters(model)]
         optimizer = torch.optim.SGD(params, lr=lr_plan.peak, momentum=self.cfg.momentum,
                                     weight_decay=self.cfg.weight_decay)
@@ -223,6 +226,14 @@ class Run:
                 hook.pass_end(rec)
         self.save_checkpoint(model, optimizer, scaler, ps, complete=True)
         return rec
+
+    def reported_network(self) -> nn.Module:
+        """The network the run's final metrics describe, which the analyses score: the last pass's (a
+        pruned student is fine-tuned beside run.model), unless the regime set run.model after that
+        pass (a search's best member)."""
+        if self._last_fit is not None and self._last_fit[1] is self.model:
+            return self._last_fit[0]
+        return self.model
 
     # ------------------------------------------------------------------ what regimes report
     def report(self, name: str, value):
