@@ -170,20 +170,22 @@ def test_the_landscape_figure_draws_a_panel_per_step_on_one_colour_scale_and_old
 
     steps = [{"pass": 1, "kind": "train", "label": 2, "epoch": e, "lr": lr, **grid(s)}
              for e, lr, s in ((80, 0.1, 4.0), (120, 0.01, 1.0), (160, 0.001, 0.1))]
-    new = {"objective": "ce", "regime": "single", "arch": "resnet56", "dataset": "cifar100", "seed": 0,
+    new = {"method": "ce", "objective": "ce", "regime": "single", "arch": "resnet56", "dataset": "cifar100", "seed": 0,
            "passes": [{"kind": "train", "epochs": 160}], "analyses": {"landscape": grid(0.1), "landscape_steps": steps}}
-    pruned = {"objective": "kd", "regime": "self-distill", "arch": "resnet56", "dataset": "cifar100", "seed": 2,
+    seed1 = {**new, "seed": 1}  # another seed of the same setting: its directions differ, one model is drawn
+    old = {"method": "ce", "objective": "ce", "regime": "single", "arch": "resnet110", "dataset": "cifar100", "seed": 1,
+           "analyses": {"landscape": grid(2.0)}}  # a result written before per-step landscapes
+    pruned = {"method": "kd+self-distill", "objective": "kd", "regime": "self-distill", "arch": "resnet56",
+              "dataset": "cifar100", "seed": 2,
               "passes": [{"kind": "train", "epochs": 160}, {"kind": "finetune", "epochs": 40}],
               "analyses": {"landscape": grid(0.5), "landscape_steps": steps[:1]}}
-    old = {"objective": "ce", "regime": "single", "arch": "resnet56", "dataset": "cifar100", "seed": 1,
-           "analyses": {"landscape": grid(2.0)}}  # a result written before per-step landscapes
-    fig = landscape_figure([new, old, pruned])
+    fig = landscape_figure([seed1, new, old, pruned])
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
     # the last step of `new` is its final model (not drawn twice); the pruned student's fine-tune
     # (a constant LR) adds its final model after its one step
     assert [ax.get_title().splitlines()[-1] for ax in panels] == [
         "train 2, epoch 80, lr 0.1", "train 2, epoch 120, lr 0.01", "train 2, epoch 160, lr 0.001",
-        "CE (N1) / resnet56 / cifar100 / s1", "train 2, epoch 80, lr 0.1", "final model"]
+        "CE (N1) / resnet110 / cifar100 / s1", "train 2, epoch 80, lr 0.1", "final model"]
     levels = [tuple(ax.collections[0].levels) for ax in panels]
     assert len(set(levels)) == 1  # one scale: log10 of the smallest (0.1) to the largest (4 * 3) loss
     assert levels[0][0] == pytest.approx(-1.0) and levels[0][-1] == pytest.approx(math.log10(12.0))

@@ -372,8 +372,9 @@ def landscape_figure(runs: list[dict], metric: str | None = None, names: Names |
     """Filter-normalised 2-D loss landscapes (Li et al. 2018; Park et al. Table 7): one contour
     panel per landscape a run recorded (`kebench run --analyses landscape`): one per LR step of its
     step-schedule passes (`analyses.landscape_steps`), and its final model's (`analyses.landscape`)
-    unless that is the last step's (a pruned student fine-tuned at a constant LR adds it). Every
-    panel shares one colour scale, so their basins compare by colour."""
+    unless that is the last step's (a pruned student fine-tuned at a constant LR adds it). One run
+    per setting, its lowest seed (the others' random directions differ: their surfaces do not
+    average). Every panel shares one colour scale, so their basins compare by colour."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
@@ -381,10 +382,18 @@ def landscape_figure(runs: list[dict], metric: str | None = None, names: Names |
 
     from kebench.run.analyses import final_is_last_step
 
+    import json
+
     names = names or Names()
-    found = {}
+    found, drawn = {}, set()
     for r in sorted(runs, key=lambda r: (str(r.get("dataset")), str(r.get("method")), r.get("seed", 0))):
+        setting = json.dumps({k: v for k, v in (r.get("config") or {}).items() if k not in ("seed", "out")},
+                             sort_keys=True, default=str)
+        if (r.get("method"), r.get("arch"), r.get("dataset"), setting) in drawn:
+            continue  # one trained model per setting (its lowest seed), as Park et al. draw one
         recorded = r.get("analyses") or {}
+        if recorded.get("landscape"):
+            drawn.add((r.get("method"), r.get("arch"), r.get("dataset"), setting))
         run_title = (f"{names.method(r.get('objective', ''), r.get('regime', ''))} / {r.get('arch')} / "
                      f"{r.get('dataset')} / s{r.get('seed', 0)}")
         steps = recorded.get("landscape_steps") or []
@@ -410,13 +419,13 @@ def landscape_figure(runs: list[dict], metric: str | None = None, names: Names |
             ax.set_aspect("equal")
         fig.colorbar(ScalarMappable(norm=norm, cmap=colormaps["viridis"]), ax=list(axes.values()),
                      label="log10 loss (one scale for every panel)", shrink=0.8)
-        fig.suptitle("log10 training loss around the weights at the end of each LR step (step schedules) or of "
-                     "training")
+        fig.suptitle("log10 loss around the weights at the end of each LR step (step schedules) or of training; "
+                     "the lowest seed of each setting")
     return fig
 
 
 landscape_figure.title = ("Filter-normalised 2-D loss landscapes (log10 loss) at the end of each LR step of a step "
-                          "schedule, else of the final model; one colour scale")
+                          "schedule, and of the final model; the lowest seed of each setting, one colour scale")
 
 
 def declutter(fig, ax, labels: list) -> None:
