@@ -69,8 +69,9 @@ class RunConfig:
     out: str = param("Results folder. Default: results/.", default="results")
     checkpoint_every_s: float = param("Mid-pass checkpoint interval in seconds (default 30).", default=30.0, ge=0)
     analyses: list[str] = param("Comma list of analyses of the final model: naswot (Mellor et al.'s score, "
-                                "into result.json 'final'), landscape (Li et al.'s 2-D loss landscape; kebench "
-                                "plot --kind landscape).", default=[])
+                                "into result.json 'final'), landscape (Li et al.'s 2-D loss landscape, also at the "
+                                "end of each LR step with --lr-schedule step; kebench plot --kind landscape).",
+                                default=[])
     budget: str = param("matched: also run the single-pass baseline with the same total epochs.", default="paper",
                         choices=("paper", "matched"))  # paper: equal per-pass budget
     params: dict = field(default_factory=dict)  # {plugin: {key: value}} resolved plugin hyperparameters
