@@ -40,8 +40,9 @@ CLASSIFICATION_DEFAULTS = {"lr": 0.256, "batch_size": 32, "epochs": 200, "warmup
 RETRIEVAL_DEFAULTS = {"lr": 0.0256, "batch_size": 125, "epochs": 200, "warmup_epochs": 5}
 
 # Options every paper dataset takes (--data-opt KEY=VALUE); cache_dir "" means $KEBENCH_CACHE or
-# ~/.cache/kebench, workers 0 means one per CPU core (at most 16).
-COMMON_OPTIONS = {"cache_dir": "", "cache_budget_gb": 32.0, "workers": 0, "max_bad": 10}
+# ~/.cache/kebench, workers 0 means one per CPU core (at most 16); decode: where images decoded on
+# demand (streamed, or a cache that would not fit) are decoded, cachemod.DECODERS.
+COMMON_OPTIONS = {"cache_dir": "", "cache_budget_gb": 32.0, "workers": 0, "max_bad": 10, "decode": "auto"}
 
 
 @dataclass
@@ -351,6 +352,7 @@ def parse_options(ds: PaperDataset, given: dict) -> dict:
     opts = DATASETS[ds.name].parse_options(given)
     if opts["cache_budget_gb"] < 0 or opts["workers"] < 0 or opts["max_bad"] < 0:
         raise UserError(f"--data-opt cache_budget_gb, workers and max_bad must be >= 0; got {opts}.")
+    cachemod.choose_decoder(opts["decode"], torch.device("cpu"), [])  # refuses a value not in DECODERS
     return opts
 
 
@@ -379,7 +381,7 @@ def load_paper(name: str, cfg) -> DataBundle:
                                   listing.base, items, size=size, banner_px=banner,
                                   keep_aspect=split == "train" and not ds.native,
                                   cache_dir=cache_dir,
-                                  budget_bytes=budget, workers=opts["workers"])
+                                  budget_bytes=budget, workers=opts["workers"], decode=opts["decode"])
         splits[split] = got.split
         unusable += [{"split": split, "path": str(listing.base / p), "reason": r} for p, r in got.unusable]
         cache_info[split] = got.info
