@@ -140,11 +140,17 @@ def fit(img: torch.Tensor, size: int, banner_rows: int, target: tuple[int, int] 
 def decode_tensor(source, size: int, banner_px: int = 0, keep_aspect: bool = False) -> torch.Tensor:
     """`decode_image` for streamed splits: PIL decodes (a path or a file object), `fit` resizes;
     -> the slot content as a uint8 [3, h, w] tensor (channels-last strides)."""
+    from PIL import Image
+
     img, banner, target = _decode_rgb(source, size, banner_px, keep_aspect)
+    if banner:
+        img = img.crop((0, 0, img.width, img.height - banner))
+    if target is not None and target[0] > target[1]:  # portrait, stored transposed: PIL transposes fastest
+        img, target = img.transpose(Image.Transpose.TRANSPOSE), target[::-1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "non-writable": only read
         x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)
-    return fit(x, size, banner, target)
+    return fit(x, size, 0, target)
 
 
 def slot_shape(size: int, keep_aspect: bool) -> tuple[int, int]:
@@ -443,8 +449,8 @@ class _DecodeDataset(torch.utils.data.Dataset):
                     cpu.append(k)
                     if data is not None:
                         sources[k] = io.BytesIO(data)
-        out = torch.zeros(len(cpu), *slot_shape(self.size, self.keep_aspect), 3, dtype=torch.uint8)
-        pixels = out.permute(0, 3, 1, 2)  # [m, 3, H, W], channels-last strides
+        pixels = _zeros((len(cpu), *slot_shape(self.size, self.keep_aspect), 3)).permute(0, 3, 1, 2)
+        # [m, 3, H, W], channels-last strides
 
         def one(j):
             k = cpu[j]
@@ -458,6 +464,18 @@ class _DecodeDataset(torch.utils.data.Dataset):
         return pixels, cpu, raw, errors
 
 
+def _zeros(shape) -> torch.Tensor:
+    """A zeroed uint8 tensor; in a DataLoader worker, fresh shared memory (zero-filled by the OS), so
+    handing it to the main process copies nothing, as torch's default_collate allocates batches."""
+    if torch.utils.data.get_worker_info() is not None:
+        try:
+            storage = torch.empty(0, dtype=torch.uint8).untyped_storage()._new_shared(math.prod(shape))
+            return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        except (AttributeError, RuntimeError):  # a torch without it: an ordinary tensor, copied when sent
+            pass
+    return torch.zeros(shape, dtype=torch.uint8)
+
+
 def _read_or_none(path) -> bytes | None:
     try:
         return Path(path).read_bytes()
@@ -467,6 +485,19 @@ def _read_or_none(path) -> bytes | None:
 
 def _as_is(item):
     return item
+
+
+class _Order:
+    """The sampler of a LazyImages' persistent DataLoader: the batches `plan()` announced last."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class LazyImages:
@@ -497,6 +528,7 @@ class LazyImages:
         self._dataset = _DecodeDataset(self.paths, size, banner_px, keep_aspect, read_bytes=decode_device is not None)
         self._pending: deque = deque()
         self._iter = None
+        self._order, self._loader = _Order(), None
 
     @property
     def shape(self) -> torch.Size:
@@ -534,9 +566,11 @@ class LazyImages:
         self._pending, self._iter = deque(), None
         if not batches or self.workers < 1:
             return
-        loader = DataLoader(self._dataset, sampler=[b.tolist() for b in batches], batch_size=None,
-                            num_workers=self.workers, collate_fn=_as_is, prefetch_factor=4)
-        self._iter = iter(loader)
+        if self._loader is None:  # the workers persist across epochs (a fork per epoch costs a batch's time)
+            self._loader = DataLoader(self._dataset, sampler=self._order, batch_size=None, num_workers=self.workers,
+                                      collate_fn=_as_is, prefetch_factor=4, persistent_workers=True)
+        self._order.batches = [b.tolist() for b in batches]
+        self._iter = iter(self._loader)
         self._pending = deque(batches)
 
     def __getitem__(self, index):
