@@ -70,6 +70,15 @@ def stored_extent(w: int, h: int, size: int, banner_px: int = 0) -> tuple[int, i
     return (short_out, long_out) if w >= h else (long_out, short_out)
 
 
+def _target(w: int, h: int, size: int, banner_px: int, keep_aspect: bool) -> tuple[tuple[int, int] | None, float]:
+    """(the `stored_extent` of a w x h image, or None for the square layout; the scale it is
+    decoded at, which libjpeg can reduce to at 1/2, 1/4 or 1/8 where it is at most 1/2)."""
+    if h - banner_px < 1:
+        raise ValueError(f"image is {w}x{h}, too small to drop a {banner_px}-pixel banner")
+    target = stored_extent(w, h, size, banner_px) if keep_aspect else None
+    return target, (size if target is None else min(target)) / min(w, h - banner_px)
+
+
 def _decode_rgb(source, size: int, banner_px: int, keep_aspect: bool):
     """Decode one image (a path or a file object) to RGB, libjpeg decoding at 1/2, 1/4 or 1/8 scale
     where that still covers the request; -> (PIL image, banner rows in decoded pixels, the target
@@ -78,10 +87,7 @@ def _decode_rgb(source, size: int, banner_px: int, keep_aspect: bool):
 
     with Image.open(source) as im:
         w, h = im.size
-        if h - banner_px < 1:
-            raise ValueError(f"image is {w}x{h}, too small to drop a {banner_px}-pixel banner")
-        target = stored_extent(w, h, size, banner_px) if keep_aspect else None
-        scale = size / min(w, h - banner_px) if target is None else min(target) / min(w, h - banner_px)
+        target, scale = _target(w, h, size, banner_px, keep_aspect)
         if scale < 1:
             # JPEG only (a no-op for other formats): decode at 1/2, 1/4 or 1/8 scale, never below the request.
             im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
@@ -119,11 +125,11 @@ def fit(img: torch.Tensor, size: int, banner_rows: int, target: tuple[int, int] 
     if banner_rows:
         img = img[:, :img.shape[1] - banner_rows]
     h, w = img.shape[1:]
-    if target is None:  # torchvision's Resize(size) output size
+    square = target is None
+    if square:  # torchvision's Resize(size) output size
         target = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
-        square = True
-    else:
-        square = False
+    elif target[0] > target[1]:  # portrait: stored transposed
+        img, target = img.transpose(1, 2), target[::-1]
     x = img[None]
     if x.device.type == "cpu":
         y = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=target, mode="bilinear",
@@ -134,7 +140,7 @@ def fit(img: torch.Tensor, size: int, banner_rows: int, target: tuple[int, int] 
     if square:  # torchvision's center_crop offsets
         top, left = int(round((target[0] - size) / 2.0)), int(round((target[1] - size) / 2.0))
         return y[:, top:top + size, left:left + size]
-    return y.transpose(1, 2) if target[0] > target[1] else y
+    return y
 
 
 def decode_tensor(source, size: int, banner_px: int = 0, keep_aspect: bool = False) -> torch.Tensor:
@@ -397,19 +403,19 @@ def choose_decoder(option: str, device: torch.device, paths) -> str:
     return option
 
 
-def plain_jpeg(data: bytes) -> bool:
-    """Whether nvjpeg takes the file as it is: a baseline or progressive JPEG of three components.
-    Grayscale and CMYK JPEGs and other formats under a .JPEG name (ImageNet has each) are decoded
-    on the CPU instead. Reads the header only."""
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG that libjpeg/nvjpeg decode as they are through torchvision (three
+    components, baseline or progressive); None for grayscale and CMYK JPEGs and other formats under a
+    .JPEG name (ImageNet has each), which PIL decodes on the CPU. Reads the header only."""
     from PIL import Image
 
     if data[:3] != b"\xff\xd8\xff":
-        return False
+        return None
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return im.format == "JPEG" and im.mode == "RGB"
-    except Exception:  # noqa: BLE001 (a broken header: the CPU decoder reports it by path)
-        return False
+            return im.size if im.format == "JPEG" and im.mode == "RGB" else None
+    except Exception:  # noqa: BLE001 (a broken header: the PIL decoder reports it by path)
+        return None
 
 
 def _place(slot: torch.Tensor, region: torch.Tensor) -> None:
@@ -438,30 +444,37 @@ class _DecodeDataset(torch.utils.data.Dataset):
 
     def decode(self, batch: list[int], pool: ThreadPoolExecutor | None = None):
         run = map if pool is None else pool.map
-        sources = [self.paths[i] for i in batch]
-        raw, cpu = [], list(range(len(batch)))
-        if self.read_bytes:
-            cpu = []
-            for k, data in enumerate(run(_read_or_none, sources)):
-                if data is not None and plain_jpeg(data):
-                    raw.append((k, torch.frombuffer(bytearray(data), dtype=torch.uint8)))
-                else:  # decoded here, from the bytes already read (a missing file is reported by path)
-                    cpu.append(k)
-                    if data is not None:
-                        sources[k] = io.BytesIO(data)
+        datas = list(run(_read_or_none, [self.paths[i] for i in batch]))
+        sizes = [None if d is None else jpeg_size(d) for d in datas]
+        raw = [(k, _as_tensor(d)) for k, (d, wh) in enumerate(zip(datas, sizes)) if self.read_bytes and wh]
+        cpu = [k for k, wh in enumerate(sizes) if not (self.read_bytes and wh)]
         pixels = _zeros((len(cpu), *slot_shape(self.size, self.keep_aspect), 3)).permute(0, 3, 1, 2)
         # [m, 3, H, W], channels-last strides
 
         def one(j):
             k = cpu[j]
             try:
-                _place(pixels[j], decode_tensor(sources[k], self.size, self.banner_px, self.keep_aspect))
+                region = None
+                if sizes[k] is not None:
+                    target, scale = _target(*sizes[k], self.size, self.banner_px, self.keep_aspect)
+                    # libjpeg would not decode it smaller: torchvision's decoder, the same pixels as PIL's, faster
+                    img = _decode_jpegs([_as_tensor(datas[k])], torch.device("cpu"))[0] if scale > 0.5 else None
+                    if img is not None:
+                        region = fit(img, self.size, self.banner_px, target)
+                if region is None:  # PIL: any format, and libjpeg's reduced-scale decoding of large JPEGs
+                    source = self.paths[batch[k]] if datas[k] is None else io.BytesIO(datas[k])
+                    region = decode_tensor(source, self.size, self.banner_px, self.keep_aspect)
+                _place(pixels[j], region)
             except Exception as exc:  # noqa: BLE001 (reported by path; the image stays black)
                 return batch[k], _reason(exc)
             return None
 
         errors = [e for e in run(one, range(len(cpu))) if e is not None]
         return pixels, cpu, raw, errors
+
+
+def _as_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def _zeros(shape) -> torch.Tensor:
@@ -602,8 +615,7 @@ class LazyImages:
                 region = decode_tensor(io.BytesIO(data.numpy().tobytes()), self.size, self.banner_px,
                                        self.keep_aspect).to(dev)
             else:
-                target = stored_extent(img.shape[2], img.shape[1], self.size, self.banner_px) if self.keep_aspect \
-                    else None
+                target, _ = _target(img.shape[2], img.shape[1], self.size, self.banner_px, self.keep_aspect)
                 region = fit(img, self.size, self.banner_px, target)
             _place(out[k], region)
         return out
@@ -622,6 +634,9 @@ def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch
     `decode_jpeg`; if the batch is refused, image by image, None for each one refused."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    # torchvision 0.29 deprecates its decoders for TorchCodec's and warns at every call
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
     if not datas:
         return []
     try:
