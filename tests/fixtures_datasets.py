@@ -419,6 +419,35 @@ def build_imagenet(root: Path, val: str = "folders", per_class: int = 3) -> dict
     return {"train": [c for c in range(3) for _ in range(per_class)], "test": val_labels}
 
 
+#: The files of `build_imagenet_mixed`, per class: (name, (w, h), PIL mode, format). At resolution 32
+#: (cached side 37) "big" is decoded by libjpeg at 1/4 scale, the others at full size; the grayscale
+#: and CMYK JPEGs and the PNG under a .JPEG name (ImageNet's train set has each) are not plain JPEGs.
+MIXED_FILES = [("wide", (60, 45), "RGB", "JPEG"), ("tall", (45, 60), "RGB", "JPEG"), ("big", (200, 150), "RGB", "JPEG"),
+               ("gray", (60, 45), "L", "JPEG"), ("cmyk", (60, 45), "CMYK", "JPEG"), ("png", (60, 45), "RGB", "PNG")]
+
+
+def photo(size, seed: int) -> np.ndarray:
+    """A smooth random RGB picture of (w, h), like a photo for a JPEG codec (no flat colour)."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8))
+    return np.asarray(small.resize(size, Image.BICUBIC))
+
+
+def build_imagenet_mixed(root: Path) -> list[str]:
+    """An ILSVRC tree (class-folder val) whose train images are MIXED_FILES for each of 3 classes;
+    returns the train files' names in listing order."""
+    names = []
+    for c, w in enumerate(IMAGENET_WNIDS):
+        for k, (name, size, mode, fmt) in enumerate(MIXED_FILES):
+            path = root / "train" / w / f"{w}_{name}.JPEG"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(photo(size, 10 * c + k)).convert(mode).save(path, format=fmt, quality=92)
+        names += sorted(f"{w}_{name}.JPEG" for name, *_ in MIXED_FILES)
+        for i in range(2):
+            _write_small_jpeg(root / "val" / w / f"ILSVRC2012_val_{3 * i + c + 1:08d}.JPEG", PALETTE[c], (60, 45))
+    return names
+
+
 def build_tiny_imagenet(root: Path, per_class: int = 2) -> dict:
     base = root / "tiny-imagenet-200"
     base.mkdir(parents=True, exist_ok=True)

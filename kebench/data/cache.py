@@ -387,14 +387,21 @@ DECODERS = ("auto", "cpu", "gpu")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
-def choose_decoder(option: str, device: torch.device, paths) -> str:
-    """'gpu' or 'cpu' for a streamed split on `device` (see DECODERS)."""
+def check_decoder(option: str) -> str:
+    """The --data-opt decode value, refused with the choices when it is none of DECODERS."""
     from kebench.errors import UserError
 
     if option not in DECODERS:
         raise UserError(f"--data-opt decode={option!r} is not one of {', '.join(DECODERS)} (auto: on the GPU "
                         f"with torchvision.io.decode_jpeg when the run is on CUDA and the files are JPEGs).")
-    if option == "gpu" and device.type != "cuda":
+    return option
+
+
+def choose_decoder(option: str, device: torch.device, paths) -> str:
+    """'gpu' or 'cpu' for a streamed split on `device` (see DECODERS)."""
+    from kebench.errors import UserError
+
+    if check_decoder(option) == "gpu" and device.type != "cuda":
         raise UserError(f"--data-opt decode=gpu decodes JPEGs with nvjpeg on a CUDA device, and this run is on "
                         f"{device}. Use decode=cpu (DataLoader workers) or decode=auto, or run with --device cuda.")
     if option == "auto":

@@ -352,7 +352,7 @@ def parse_options(ds: PaperDataset, given: dict) -> dict:
     opts = DATASETS[ds.name].parse_options(given)
     if opts["cache_budget_gb"] < 0 or opts["workers"] < 0 or opts["max_bad"] < 0:
         raise UserError(f"--data-opt cache_budget_gb, workers and max_bad must be >= 0; got {opts}.")
-    cachemod.choose_decoder(opts["decode"], torch.device("cpu"), [])  # refuses a value not in DECODERS
+    cachemod.check_decoder(opts["decode"])
     return opts
 
 
