@@ -250,6 +250,7 @@ def test_streamed_workers_decode_whole_batches_as_the_cache_does(tmp_path):
     images.plan(order)
     for index in order:
         x = images[index]
+        first = x if index is order[0] else first
         assert x.shape == (8, 3, 37, 74) and x.is_contiguous(memory_format=torch.channels_last)
         for row, i in zip(x, index.tolist()):
             h, w = sorted(b.train.extent[i].tolist())
@@ -259,6 +260,8 @@ def test_streamed_workers_decode_whole_batches_as_the_cache_does(tmp_path):
     loader = images._loader
     images.plan(order[::-1])  # the next epoch reuses the same worker processes
     assert torch.equal(images[order[1]], x) and images._loader is loader
+    images.plan(order)  # an epoch left unfinished: the next one still gets its own batches
+    assert torch.equal(images[order[0]], first) and torch.equal(images[order[1]], x) and not images._pending
     test = b.test.images[torch.arange(len(b.test))]  # evaluation: the center square, decoded synchronously
     assert all((row.int() - _slot(p, 37, False).int()).abs().max() <= 1 for row, p in zip(test, b.test.images.paths))
 
