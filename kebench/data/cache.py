@@ -26,6 +26,7 @@ format gets a new key; older files of the same dataset/split/size/options are th
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -636,14 +637,19 @@ class LazyImages:
                               f"to list every unreadable image.", stacklevel=3)
 
 
+@functools.lru_cache(maxsize=1)
+def _quiet_torchvision_io() -> None:
+    """torchvision 0.29 deprecates its image decoders (for TorchCodec's) with a warning at every call."""
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+
+
 def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """RGB uint8 [3, h, w] images on `device` from JPEG bytes, with torchvision's batched
     `decode_jpeg`; if the batch is refused, image by image, None for each one refused."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    # torchvision 0.29 deprecates its decoders for TorchCodec's and warns at every call
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
+    _quiet_torchvision_io()
     if not datas:
         return []
     try:
