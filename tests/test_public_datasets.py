@@ -329,3 +329,6 @@ def test_gpu_decoding_reads_bytes_in_workers_and_falls_back_per_image(tmp_path, 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", picky)
     assert close(gpu._assemble(item, 18)) and calls == [len(plain)] + [1] * len(plain)
     assert cache._decode_jpegs([], torch.device("cpu")) == []
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda data, **kw: (_ for _ in ()).throw(RuntimeError("no nvjpeg")))
+    with pytest.warns(UserWarning, match="refused every JPEG of a batch"):
+        assert close(gpu._assemble(item, 18))

@@ -26,7 +26,6 @@ format gets a new key; older files of the same dataset/split/size/options are th
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import json
@@ -550,6 +549,7 @@ class LazyImages:
         self._pending: deque = deque()
         self._iter = None
         self._order, self._loader = _Order(), None
+        self._gpu_refused = False  # warned that the GPU decoder refused a whole batch
 
     @property
     def shape(self) -> torch.Size:
@@ -618,6 +618,11 @@ class LazyImages:
         if at:
             out[torch.tensor(at, device=dev)] = pixels.to(dev)
         decoded = _decode_jpegs([data for _, data in raw], dev)
+        if raw and all(img is None for img in decoded) and not self._gpu_refused:
+            self._gpu_refused = True
+            warnings.warn(f"torchvision.io.decode_jpeg refused every JPEG of a batch on {dev}; they are decoded on "
+                          f"the CPU in the main process instead (slow). Use --data-opt decode=cpu to decode them in "
+                          f"the DataLoader workers.", stacklevel=3)
         for (k, data), img in zip(raw, decoded):
             if img is None:  # nvjpeg refused it after all: the CPU decoder, from the same bytes
                 region = decode_tensor(io.BytesIO(data.numpy().tobytes()), self.size, self.banner_px,
@@ -637,11 +642,13 @@ class LazyImages:
                               f"to list every unreadable image.", stacklevel=3)
 
 
-@functools.lru_cache(maxsize=1)
-def _quiet_torchvision_io() -> None:
+@contextlib.contextmanager
+def _quiet_torchvision_io():
     """torchvision 0.29 deprecates its image decoders (for TorchCodec's) with a warning at every call."""
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                                category=DeprecationWarning)
+        yield
 
 
 def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
@@ -649,17 +656,18 @@ def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch
     `decode_jpeg`; if the batch is refused, image by image, None for each one refused."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    _quiet_torchvision_io()
     if not datas:
         return []
     try:
-        return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+        with _quiet_torchvision_io():
+            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:
         pass
     out = []
     for data in datas:
         try:
-            out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            with _quiet_torchvision_io():
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
         except RuntimeError:
             out.append(None)
     return out
