@@ -4,8 +4,9 @@
 
 ImageNet is streamed (`--data-opt stream=true`, its default): DataLoader worker processes decode
 each epoch's batches ahead of the training step (libjpeg at a reduced scale where the image is
-larger than needed), as no disk holds 1.28M decoded images comfortably. Scale it with more
-`--data-opt workers=N` and with DDP across GPUs and nodes.
+larger than needed), as no disk holds 1.28M decoded images comfortably; on CUDA the workers only
+read the files and nvjpeg decodes the JPEGs on the GPU (`--data-opt decode`, cache.LazyImages).
+Scale it with more `--data-opt workers=N` and with DDP across GPUs and nodes.
 """
 from __future__ import annotations
 
