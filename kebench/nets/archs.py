@@ -63,8 +63,9 @@ class SEPModule(nn.Module):
 
 
 class TimmHead:
-    """timm's classifier interface for kebench's own nets (`fc` on `num_features`), so objectives
-    that replace the head (cosine, embedding) treat them like any timm model."""
+    """timm's classifier interface for kebench's own nets (`fc` on `num_features`, or on
+    `head_hidden_size` where a hidden head layer precedes it), so objectives that replace the head
+    (cosine, embedding) treat them like any timm model."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -73,7 +74,8 @@ class TimmHead:
         return self.fc
 
     def reset_classifier(self, num_classes: int, *_) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        width = getattr(self, "head_hidden_size", None) or self.num_features
+        self.fc = nn.Linear(width, num_classes) if num_classes else nn.Identity()
 
 
 class SEPNet(TimmHead, nn.Module):
