@@ -325,10 +325,12 @@ def _list_dogs(root: Path) -> Listing:
     for split, items in splits.items():
         for rel, y in items:
             breed = rel.split("/")[1] if rel.count("/") > 1 else "Images"
-            if names.setdefault(y, breed) != breed or ids.setdefault(breed, y) != y:
-                raise _layout_error(ds, root, f"{split}_list.mat gives {rel} class {y}, but class {y} is "
-                                              f"{names[y]}/ and {breed}/ is class {ids[breed]} elsewhere in the "
-                                              f"lists: one class id per breed folder.")
+            if names.setdefault(y, breed) != breed:
+                raise _layout_error(ds, root, f"{split}_list.mat gives {rel} class {y}, which the lists also give to "
+                                              f"{names[y]}/: one class id per breed folder.")
+            if ids.setdefault(breed, y) != y:
+                raise _layout_error(ds, root, f"{split}_list.mat gives {rel} class {y}, but other images of {breed}/ "
+                                              f"have class {ids[breed]}: one class id per breed folder.")
     return _by_id(d, names, splits)
 
 
