@@ -477,8 +477,8 @@ def load_paper(name: str, cfg) -> DataBundle:
         info["class_ids"] = id_ranges(listing.class_ids)
     if ds.task == "retrieval":
         ids = listing.class_ids or list(range(1, len(listing.classes) + 1))
-        info["split"] = (f"class-disjoint: train on class ids {ids[0]}-{ids[half - 1]} ({half} classes), test on "
-                         f"{ids[half]}-{ids[-1]} ({len(ids) - half})") if 0 < half < len(ids) else "class-disjoint"
+        info["split"] = (f"class-disjoint: train on class ids {id_ranges(ids[:half])} ({half} classes), test on "
+                         f"{id_ranges(ids[half:])} ({len(ids) - half})") if 0 < half < len(ids) else "class-disjoint"
     return DataBundle(
         name=name, task=ds.task, train=splits["train"], val=splits.get("val"), test=splits["test"],
         num_classes=num_classes, in_chans=3, resolution=res, mean=IMAGENET_MEAN, std=IMAGENET_STD,
