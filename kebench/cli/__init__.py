@@ -295,8 +295,10 @@ class RunCommand(click.Command):
 @click.option("--tensorboard", is_flag=True,
               help="Also write TensorBoard logs to each run's tensorboard/ folder (pip install -e '.[tensorboard]'; "
                    "same as KEBENCH_TENSORBOARD=1).")
+@click.option("--download", is_flag=True, help="Download the dataset into --data-root first where kebench does not "
+                                              "find it there (public datasets only; see 'kebench data download --help').")
 @click.pass_context
-def run(ctx, resume, restart, force, quiet, nproc, tensorboard, **kw):
+def run(ctx, resume, restart, force, quiet, nproc, tensorboard, download, **kw):
     """Train and evaluate. Plugin settings are extra flags, e.g. `--method ke --generations 3`.
 
     \b
@@ -322,6 +324,8 @@ def run(ctx, resume, restart, force, quiet, nproc, tensorboard, **kw):
     configs = build_configs(kw, ctx.args)
     note_capped_warmup(configs)
     plan = plan_reruns(configs, resume=resume, restart=restart, force=force)
+    if download:
+        fetch_data([cfg for cfg, _, skipped in plan if not skipped])
     records = []
     for k, (cfg, how, skipped) in enumerate(plan, 1):
         if len(plan) > 1 and not quiet and not skipped:
@@ -338,6 +342,16 @@ def run(ctx, resume, restart, force, quiet, nproc, tensorboard, **kw):
         err.print(f"[dim]wrote {r['config']['out']}/{r['run_id']}/result.json[/dim]")
     if any(r["status"] != "complete" for r in records):
         sys.exit(1)
+
+
+def fetch_data(configs: list) -> None:
+    """`kebench run --download`: each dataset the runs read from a data root, fetched once before training."""
+    from kebench.cli.tools import fetch
+    from kebench.data.download import is_local
+
+    for name, root in dict.fromkeys((cfg.data, cfg.data_root) for cfg in configs):
+        if is_local(name):
+            fetch(name, root)
 
 
 @cli.command("list")
