@@ -283,3 +283,23 @@ def test_every_downloadable_dataset_is_registered_with_its_folder():
     assert not set(download.DOWNLOADS) & set(download.NOT_DOWNLOADABLE)
     local = set(arrays.ARRAYS) | {n.removesuffix("-retrieval") for n in paper.PAPER}
     assert local == set(download.DOWNLOADS) | set(download.NOT_DOWNLOADABLE)
+
+
+def test_sweep_download_fetches_each_dataset_once_before_the_runs(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    src = tmp_path / "src"
+    fx.build_cifar(src, "cifar10", archive=True)
+    fx.build_mnist(src, gz=True)
+    files = {"cifar-10-python.tar.gz": (src / "cifar-10-python.tar.gz").read_bytes(),
+             **{p.name: p.read_bytes() for p in (src / "MNIST" / "raw").iterdir()}}
+    asked = _serve(monkeypatch, files)
+    root, out = tmp_path / "data", tmp_path / "results"
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({"grid": {"data": ["cifar10", "mnist", "synthetic"], "seed": [0, 1]},
+                                    "set": {"data_root": str(root), "arch": "resnet20", "epochs": 1,
+                                            "batch_size": 16, "device": "cpu"}, "out": str(out)}))
+    code, text = _cli(["sweep", str(spec), "--executor", "inline", "--download"], capsys)
+    assert code == 0, text
+    assert asked.count("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz") == 1 and len(asked) == 5
+    assert len(list(out.glob("*/result.json"))) == 6

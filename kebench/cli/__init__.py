@@ -34,7 +34,7 @@ from kebench import registry
 from kebench.cli.analysis import export_cmd, plot_cmd, table_cmd
 from kebench.cli.console import err, out
 from kebench.cli.grid import study_cmd, sweep_cmd, with_options
-from kebench.cli.tools import DOWNLOAD_HELP, data_cmd, profile_cmd
+from kebench.cli.tools import DOWNLOAD_HELP, data_cmd, fetch_data, profile_cmd
 from kebench.data.spec import headline_metric
 from kebench.errors import UserError
 from kebench.run.guard import RunInterrupted
@@ -341,16 +341,6 @@ def run(ctx, resume, restart, force, quiet, nproc, tensorboard, download, **kw):
         err.print(f"[dim]wrote {r['config']['out']}/{r['run_id']}/result.json[/dim]")
     if any(r["status"] != "complete" for r in records):
         sys.exit(1)
-
-
-def fetch_data(configs: list) -> None:
-    """`kebench run --download`: each dataset the runs read from a data root, fetched once before training."""
-    from kebench.cli.tools import fetch
-    from kebench.data.download import is_local
-
-    for name, root in dict.fromkeys((cfg.data, cfg.data_root) for cfg in configs):
-        if is_local(name):
-            fetch(name, root)
 
 
 @cli.command("list")

@@ -10,8 +10,8 @@ from kebench.cli.console import out
 from kebench.errors import UserError
 
 
-DOWNLOAD_HELP = ("Download the dataset into --data-root first where kebench does not find it there (public "
-                 "datasets only; see 'kebench data download --help').")
+DOWNLOAD_HELP = ("Download each dataset into its data root first where kebench does not find it there "
+                 "(public datasets only; see 'kebench data download --help').")
 
 
 @click.group("data")
@@ -60,6 +60,16 @@ def fetch(name: str, data_root: str | None):
     from kebench.data import download
 
     return download.ensure(name, data_root, say=lambda text: err.print(text, highlight=False))
+
+
+def fetch_data(configs: list) -> None:
+    """`--download` on run, sweep and study: each dataset the runs read from a data root, fetched once
+    here before any run starts (on SLURM: on the submitting node, not in every job)."""
+    from kebench.data.download import is_local
+
+    for name, root in dict.fromkeys((cfg.data, cfg.data_root) for cfg in configs):
+        if is_local(name):
+            fetch(name, root)
 
 
 @click.command("profile")
