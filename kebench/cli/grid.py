@@ -120,7 +120,8 @@ def _common(f):
     f = click.option("--set", "sets", multiple=True, help="KEY=VALUE for every run (e.g. data_root=~/data).")(f)
     f = click.option("--out", help="Results folder. Default: results/studies/NAME/SCALE.")(f)
     f = click.option("--scale", type=click.Choice(study.SCALES), default="mini", show_default=True,
-                     help="mini: embedded data on a CPU in minutes; paper: the paper's settings.")(f)
+                     help="mini: embedded data on a CPU in minutes; paper: the paper's settings; standin: a "
+                          "smaller dataset in place of one the paper used (evolution: Tiny-ImageNet for ImageNet).")(f)
     return click.argument("name")(f)
 
 
