@@ -3,7 +3,7 @@
 Each dataset has a *lister* (annotation files -> per split, the relative image paths and 0-based
 labels, in a fixed order) and one shared loader that turns a listing into a `DataBundle` through
 the decode-once cache (`cache.py`). `kebench data check` uses the same listers. Layouts are those
-of docs/datasets.md; kebench never downloads anything.
+of docs/datasets.md; nothing is downloaded unless asked (`download.py`, `--download`).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from kebench.data import cache as cachemod
+from kebench.data.download import hint as download_hint
 from kebench.data.spec import DATASETS, DataBundle, DatasetSpec, register
 from kebench.errors import UserError, unknown_choice
 
@@ -93,7 +94,7 @@ def _layout_error(ds: PaperDataset, root: Path, problem: str) -> UserError:
         f"{ds.title} ('{ds.name}') was not found under {root}: {problem}\n"
         f"Expected layout (as the official archives extract):\n{ds.layout}\n"
         f"Get the archives from {ds.source} and extract them under the data root "
-        f"(--data-root or KEBENCH_DATA). kebench never downloads data itself."
+        f"(--data-root or KEBENCH_DATA). {download_hint(ds.name)}"
     )
 
 
@@ -385,8 +386,8 @@ def data_root(cfg_root: str | None, ds: PaperDataset) -> Path:
     if not text:
         raise UserError(
             f"Dataset '{ds.name}' ({ds.title}) is read from a local folder: pass --data-root PATH or set "
-            f"KEBENCH_DATA.\nExpected layout under it:\n{ds.layout}\nGet the archives from {ds.source}; "
-            f"kebench never downloads data itself.")
+            f"KEBENCH_DATA.\nExpected layout under it:\n{ds.layout}\nGet the archives from {ds.source}. "
+            f"{download_hint(ds.name)}")
     root = Path(text).expanduser()
     if not root.is_dir():
         raise _layout_error(ds, root, "that folder does not exist.")
