@@ -14,7 +14,7 @@ from kebench.nets.channels import channel_graph
 from kebench.nets.cifar import CifarDenseNet, PyramidNet
 from kebench.nets.models import count_params, create_model
 from kebench.nets.slim import extract_subnetwork
-from kebench.nets.split import Split, kels_keep
+from kebench.nets.split import SplitMasks, kels_keep
 
 # (arch, classes, paper's count in millions, tolerance): He et al. 2016 Table 6 (CIFAR-10), Zagoruyko &
 # Komodakis 2016 Table 5, Han et al. 2017 Table 3, rethinking-network-pruning's VGG (CIFAR-10: VGG-16
@@ -128,7 +128,7 @@ def test_kels_slim_and_structured_prunings(arch):
     # KELS: the slim network computes exactly the dense one with the reset part zeroed
     slim = extract_subnetwork(dense, kels_keep(graph, 0.5), X, graph=graph)
     zeroed = copy.deepcopy(dense)
-    Split.kels(dense, 0.5, graph).zero_reset(zeroed)
+    SplitMasks.kels(dense, 0.5, graph).zero_reset(zeroed)
     with torch.no_grad():
         torch.testing.assert_close(slim(X), zeroed(X), rtol=1e-10, atol=1e-10)
     # half of every free group; zero-padded shortcuts pin the block outputs (ResNet-20: 50.3% stays)

@@ -24,7 +24,7 @@ from kebench.nets.prune import prunable_weights  # noqa: E402
 from kebench.run.results import load_torch  # noqa: E402
 from kebench.nets.slim import load_slim  # noqa: E402
 from kebench.nets.channels import channel_graph  # noqa: E402
-from kebench.nets.split import Split  # noqa: E402
+from kebench.nets.split import SplitMasks  # noqa: E402
 
 from cuda_device import DEVICE, ON_GPU, needs_cuda  # noqa: E402
 
@@ -69,7 +69,7 @@ def test_ke_with_amp_and_channels_last_slim_equals_masked_dense(tmp_path):
     dense64, slim64 = dense.cpu().double().eval(), slim.cpu().double().eval()
     x = torch.randn(4, 3, 32, 32, dtype=torch.double, generator=torch.Generator().manual_seed(0))
     zeroed = copy.deepcopy(dense64)
-    Split.kels(dense64, 0.5, channel_graph(dense64, x)).zero_reset(zeroed)
+    SplitMasks.kels(dense64, 0.5, channel_graph(dense64, x)).zero_reset(zeroed)
     with torch.no_grad():
         torch.testing.assert_close(slim64(x), zeroed(x), rtol=1e-9, atol=1e-9)
         assert (dense64(x) - zeroed(x)).abs().max() > 1e-4  # the reset-hypothesis mattered

@@ -23,7 +23,7 @@ import fixtures_datasets as fx  # noqa: E402
 
 from kebench import data as datasets  # noqa: E402
 from kebench.config import RunConfig  # noqa: E402
-from kebench.data import download  # noqa: E402
+from kebench.data import download, sources  # noqa: E402
 
 
 def _cli(argv, capsys):
@@ -110,7 +110,7 @@ def test_without_the_flag_nothing_is_fetched(tmp_path, network, capsys):
 # ---------------------------------------------------------------------------- (b) no network
 @pytest.mark.parametrize("name, url, layout", [
     ("cifar100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "<root>/cifar-100-python/train, test, meta"),
-    ("tiny-imagenet", download.TINY_IMAGENET_URL, "<root>/tiny-imagenet-200/val/val_annotations.txt"),
+    ("tiny-imagenet", sources.TINY_IMAGENET_URL, "<root>/tiny-imagenet-200/val/val_annotations.txt"),
 ])
 def test_no_network_is_one_clear_error_and_leaves_nothing(tmp_path, network, capsys, name, url, layout):
     root = tmp_path / "new" / "data"  # created by the download
@@ -205,7 +205,7 @@ def test_tiny_imagenet_and_flowers_downloads(tmp_path, monkeypatch, capsys):
     root = tmp_path / "data"
     code, text = _cli(["data", "download", "tiny-imagenet", "flowers102", "--data-root", str(root)], capsys)
     assert code == 0, text
-    assert asked == [download.TINY_IMAGENET_URL, "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
+    assert asked == [sources.TINY_IMAGENET_URL, "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
                      "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
                      "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat"]
     assert sorted(p.name for p in root.iterdir()) == ["flowers-102", "tiny-imagenet-200"]
@@ -238,7 +238,7 @@ def test_a_download_in_the_wrong_layout_places_nothing(tmp_path, monkeypatch, ca
     root = tmp_path / "data"
     code, text = _cli(["data", "download", "cub200-retrieval", "--data-root", str(root)], capsys)
     flat = _flat(text)
-    assert code == 2 and "did not give the layout kebench reads" in flat and download.CUB_URL in flat
+    assert code == 2 and "did not give the layout kebench reads" in flat and sources.CUB_URL in flat
     assert list(root.iterdir()) == []
 
 
@@ -276,13 +276,13 @@ def test_every_downloadable_dataset_is_registered_with_its_folder():
     from kebench.data import arrays, paper
 
     datasets.names()
-    for name, dl in download.DOWNLOADS.items():
+    for name, dl in sources.DOWNLOADS.items():
         assert name in arrays.ARRAYS or name in paper.PAPER, name
         assert dl.folder in (arrays.ARRAYS.get(name) or paper.PAPER[name]).layout, name
         assert all(f.urls for f in dl.fetches())
-    assert not set(download.DOWNLOADS) & set(download.NOT_DOWNLOADABLE)
+    assert not set(sources.DOWNLOADS) & set(sources.NOT_DOWNLOADABLE)
     local = set(arrays.ARRAYS) | {n.removesuffix("-retrieval") for n in paper.PAPER}
-    assert local == set(download.DOWNLOADS) | set(download.NOT_DOWNLOADABLE)
+    assert local == set(sources.DOWNLOADS) | set(sources.NOT_DOWNLOADABLE)
 
 
 def test_sweep_download_fetches_each_dataset_once_before_the_runs(tmp_path, monkeypatch, capsys):

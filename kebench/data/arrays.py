@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kebench.data.download import hint as download_hint
+from kebench.data.sources import hint as download_hint
 from kebench.data.spec import DataBundle, DatasetSpec, Split, register
 from kebench.errors import UserError
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from kebench.data import cache as cachemod
-from kebench.data.download import hint as download_hint
+from kebench.data.sources import hint as download_hint
 from kebench.data.spec import DATASETS, DataBundle, DatasetSpec, register
 from kebench.errors import UserError, unknown_choice
 
