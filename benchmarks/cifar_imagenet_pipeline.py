@@ -11,8 +11,8 @@ copy is synthetic) + `DataLoader(num_workers=W)` with RandomCrop(32, padding=4) 
 RandomHorizontalFlip + ToTensor + Normalize per image. Target: ratio >= 1.
 
 ImageNet: a synthetic ILSVRC-style JPEG tree (train/<wnid>/*.JPEG, ~500x375). kebench's `imagenet`
-dataset streams it (DataLoader workers decode each batch, libjpeg at reduced scale; the main process
-crops the batch); the peer is `ImageFolder` + `DataLoader(num_workers=W)` with RandomResizedCrop(224)
+dataset streams it (persistent DataLoader workers decode whole batches into shared memory and
+resize each image to its 256-px training slot; the main process crops the batch); the peer is `ImageFolder` + `DataLoader(num_workers=W)` with RandomResizedCrop(224)
 + flip + ToTensor + Normalize. Both with W workers; reported as images/s per worker. Target: >= 1.
 """
 from __future__ import annotations

@@ -16,6 +16,10 @@ kebench's DevicePolicy), on 2048 synthetic 224-px images resident on the GPU as 
    together after warm-up. Target >= 2x a single run.
 4. projection: GPU-hours of the KE paper's ResNet-18 Table 2 study (5 datasets x its rows x 3
    seeds, epochs from registry.yaml's defaults) at the best aggregate rate measured in 3.
+5. JPEG decoding: images/s of the streamed `imagenet` dataset's training batches (224 px, batch
+   128) on a synthetic tree of ~500x375 JPEGs, decoded on the GPU (`--data-opt decode=gpu`:
+   workers read bytes, `torchvision.io.decode_jpeg` on CUDA) and by CPU DataLoader workers
+   (decode=cpu), one worker per core up to 16.
 
 Needs CUDA: on a machine without one it exits with code 2 and says so. The CPU benchmarks are
 engine_overhead.py and data_pipeline.py. benchmarks/gpu_check.sh runs this with the CUDA tests.
@@ -277,8 +281,8 @@ def main() -> None:
                         help="run every code path on a CPU with tiny sizes: checks the script, measures nothing")
     args = parser.parse_args()
     if args.cpu_dry_run:
-        global DEVICE, IMAGES, CLASSES, RES, MIN_STEPS
-        DEVICE, IMAGES, CLASSES, RES, MIN_STEPS = "cpu", 64, 4, 32, 4
+        global DEVICE, IMAGES, CLASSES, RES, MIN_STEPS, DECODE_IMAGES
+        DEVICE, IMAGES, CLASSES, RES, MIN_STEPS, DECODE_IMAGES = "cpu", 64, 4, 32, 4, 48
         args.archs, args.batches, args.packs, args.pack_epochs = "test_resnet", "32", "1,2", 1
         args.arch = "test_resnet"
     elif not torch.cuda.is_available():
@@ -308,9 +312,51 @@ def main() -> None:
                 report.section(f"engine vs bare {arch} batch {batch}", engine_vs_bare, arch, batch, out, report)
         for n in (int(p) for p in args.packs.split(",") if p):
             report.section(f"packing {n}", pack_row, n, args, out, report)
+        report.section("jpeg decode", decode_rates, out, report)
         for arch in archs[1:]:
             for batch in batches:
                 report.section(f"engine vs bare {arch} batch {batch}", engine_vs_bare, arch, batch, out, report)
+
+
+DECODE_IMAGES, DECODE_BATCH = 1024, 128
+
+
+def decode_rates(out: str, report: Report) -> None:
+    """Section 5: the streamed ImageNet path's images/s, JPEGs decoded on the GPU vs by CPU workers."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cifar_imagenet_pipeline import write_imagenet
+
+    from kebench import data as kdata
+    from kebench.config import RunConfig
+    from kebench.data.pipeline import BatchStream, epoch_generator
+    from kebench.run.device import DevicePolicy
+
+    device, root = torch.device(DEVICE), Path(out) / "imagenet-jpegs"
+    if not root.exists():
+        write_imagenet(root, DECODE_IMAGES)
+    workers = max(1, min(16, os.cpu_count() or 1))
+    for decode in ("gpu", "cpu"):
+        options = {"workers": workers, "decode": decode if DEVICE == "cuda" else "cpu", "cache_dir": str(Path(out) / "c")}
+        bundle = kdata.load(RunConfig(data="imagenet", data_root=str(root), resolution=RES, device=DEVICE,
+                                      data_options=options))
+        stream = BatchStream(bundle, bundle.train, batch_size=min(DECODE_BATCH, len(bundle.train)), device=device,
+                             train=True, policy=DevicePolicy(device, channels_last=True, augment="batched"))
+        if decode == "gpu" and DEVICE != "cuda":  # the dry run: the same path, torchvision's CPU decoder
+            stream.images = stream.images.decoded_on(device)
+        rates = []
+        for epoch in range(3):
+            gen = epoch_generator(0, 0, epoch)
+            _sync()
+            t0, n = time.perf_counter(), 0
+            for index in stream.batches(gen):
+                n += len(stream.load(index, gen)[0])
+            _sync()
+            rates.append(n / (time.perf_counter() - t0))
+        row = {"decode": decode, "workers": workers, "images": len(bundle.train), "batch": stream.batch_size,
+               "img_s": round(sorted(rates[1:])[len(rates[1:]) // 2], 1)}
+        report.add("jpeg_decode", row)
+        print(f"streamed ImageNet JPEGs, decode={decode} ({workers} CPU workers{' reading bytes' if decode == 'gpu' else ''}): "
+              f"{row['img_s']:8.0f} img/s", flush=True)
 
 
 def pack_row(n: int, args, out: str, report: Report) -> None:

@@ -401,11 +401,23 @@ def _declares(spec: registry.PluginSpec, flag: str) -> bool:
 
 def refusal(objective: registry.PluginSpec, regime: registry.PluginSpec) -> str | None:
     """Why `objective` cannot run under `regime` whatever their settings, or None: the regime's own
-    `incompatible` reasons, then the teacher contract (a regime that provides a teacher runs only
-    objectives that need one)."""
+    `incompatible` reasons, then the teacher contract (a regime that trains its own teachers runs no
+    objective that needs one; a regime that provides a teacher runs only objectives that need one)."""
     reason = getattr(regime.load(), "incompatible", {}).get(objective.name)
     if reason:
         return reason
+    if _declares(regime, "trains_own_teacher") and _declares(objective, "needs_teacher"):
+        tasks = getattr(regime.load(), "tasks", None)
+        free = [n for n in registry.names("objective") if not _declares(registry.get(n), "needs_teacher")
+                and not refusal(registry.get(n), regime)
+                and (tasks is None or set(tasks) & set(getattr(registry.get(n).load(), "tasks", None) or tasks))]
+        return (f"{regime.label or regime.name} already distils every generation from the previous one, a "
+                f"teacher it trains itself, while '{objective.name}' distils from a teacher of its own (the "
+                f"model.pt of --teacher PATH), so each student would be distilled from two teachers and the "
+                f"run would measure neither method. To distil from a trained model, run '{objective.name}' "
+                f"alone (one pass, under 'single') with --teacher PATH; for born-again generations, run "
+                f"'{regime.name}' with an objective that needs no teacher: "
+                f"{', '.join(f'{n}+{regime.name}' for n in free)}.")
     if _declares(regime, "provides_teacher") and not _declares(objective, "needs_teacher"):
         takers = [n for n in registry.names("objective") if _declares(registry.get(n), "needs_teacher")]
         return (f"'{regime.name}' trains a teacher for its objective to distil from, so its objective must be one "

@@ -84,6 +84,10 @@ class RunContext(Protocol):
             lr_window: tuple[int, int] | None = None, after: Callable[[nn.Module], dict] | None = None) -> dict:
         """Train one pass; returns (and appends to `passes`) its record."""
 
+    def plan(self, passes: int, epochs: int) -> None:
+        """Announce the passes and epochs the regime will train in all, before its first fit: the
+        progress line then says "pass k/N" and the whole run's time left."""
+
     def evaluate(self, model: nn.Module | None = None, split: str = "test", prefix: str = "") -> dict[str, float]:
         """Task metrics of a model on a split."""
 

@@ -4,7 +4,8 @@ Objectives decide *what* one pass optimises (loss, head, batch sampler, extra ho
 Regimes decide *how* passes are scheduled; they never own a loop: they call `run.fit(...)`.
 What a plugin may use of `run` is `kebench.context.RunContext` (facts go through `run.report`).
 Plugins meet through declared contracts, never through each other's attributes: the teacher
-contract (`Objective.needs_teacher`, `Regime.provides_teacher`, `Objective.set_teacher`), checked
+contract (`Objective.needs_teacher`, `Regime.provides_teacher`, `Regime.trains_own_teacher`,
+`Objective.set_teacher`), checked
 when a config is validated (`kebench.config.refusal`, `kebench.config.teacher_problem`).
 A plugin declares its parameters once, as a nested `Params` dataclass of `param(...)` fields
 (type, choices, range, help); registry.yaml holds the paper's values and is checked against it
@@ -121,6 +122,10 @@ class Regime(Plugin):
     #: from its `teacher` setting) and hands it to its objective with `objective.set_teacher`. Its
     #: objective must be one that `needs_teacher`; config validation refuses any other.
     provides_teacher: bool = False
+    #: The teacher contract. True for a regime that distils from teachers it trains and keeps to itself
+    #: (BANs: each generation is the next one's teacher). An objective that needs a teacher would add
+    #: a second one (its `--teacher PATH`), so config validation refuses every such objective under it.
+    trains_own_teacher: bool = False
 
     def run(self, run) -> None:
         raise TypeError(f"{type(self).__name__} must define run()")

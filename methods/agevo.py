@@ -189,6 +189,8 @@ class EvolutionarySearch(Regime):
         probe = next(iter(run.stream("val")))[0]
         epochs = p.individual_epochs or cfg.epochs
         landmarks = sorted({min(epochs - 1, max(1, round(f * epochs))) for f in self.fractions} - {0})
+        individuals = p.population * (p.generations + 1)  # the initial community, then each generation's children
+        run.plan(passes=individuals, epochs=individuals * epochs)  # an extinct one trains fewer
         values = run.state["landmark_val"] = torch.full((max(len(landmarks), 1),), math.nan)
         births = run.state["birth_change"] = torch.zeros(p.population, dtype=torch.float64)
         models: dict[int, nn.Module] = {}

@@ -80,10 +80,7 @@ class BornAgainStudent(WrappingObjective):
 
 class BornAgain(Regime):
     tasks = ("classification",)  # distils class probabilities; retrieval embeddings have none
-    incompatible = {
-        "kd": "BANs already distils every generation from the previous one; the kd objective brings its "
-              "own teacher, so each student would be distilled twice. Use 'bans' (ce) or 'kd' under 'single'.",
-    }
+    trains_own_teacher = True  # the previous generation: kd, fd and their --teacher PATH are refused
 
     @dataclass
     class Params:

@@ -60,6 +60,7 @@ class DSD(Regime):
     def run(self, run):
         lengths = self.phase_epochs(run.cfg.epochs)
         total = sum(lengths)
+        run.plan(passes=len(lengths), epochs=total)
         masks = MaskSet.ones_like(prunable_weights(run.model))
         run.state["dsd_masks"] = masks  # registered before any fit: resume restores it mid-sparse-phase
         restart = self.params.schedule == "restart"

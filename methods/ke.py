@@ -21,7 +21,7 @@ import torch
 from kebench.context import RECORD, PassKind
 from kebench.nets.channels import channel_graph
 from kebench.plugin import Regime, param
-from kebench.nets.split import SPLITS, Split, kels_keep
+from kebench.nets.split import SPLITS, SplitMasks, kels_keep
 
 REPORTED_GENERATIONS = (1, 3, 10)  # the KE paper's tables: N1 (baseline), N3, N10
 SLIM_FILE = "slim.pt"
@@ -55,9 +55,9 @@ class KnowledgeEvolution(Regime):
         model = run.model
         if self.kind == "kels":
             self.graph = channel_graph(model, self.example_input(run))
-            split = Split.kels(model, self.rate, self.graph)
+            split = SplitMasks.kels(model, self.rate, self.graph)
         else:
-            split = Split.wels(model, self.rate, mask_generator(run.cfg.seed, 1), kind=self.kind)
+            split = SplitMasks.wels(model, self.rate, mask_generator(run.cfg.seed, 1), kind=self.kind)
         split = split.to(run.device)
         run.state["ke_split"] = split  # checkpointed: a resumed run continues with the same masks
         for g in range(1, self.generations + 1):
@@ -74,7 +74,7 @@ class KnowledgeEvolution(Regime):
         small = extract_subnetwork(model, kels_keep(self.graph, self.rate), graph=self.graph)
         return small.to(memory_format=torch.channels_last) if run.channels_last else small
 
-    def after(self, run, split: Split, model) -> dict:
+    def after(self, run, split: SplitMasks, model) -> dict:
         stats = split.stats(model)
         out = {"fit_abs_mean": stats["fit_abs_mean"], "reset_abs_mean": stats["reset_abs_mean"]}
         if self.kind == "kels":
@@ -83,7 +83,7 @@ class KnowledgeEvolution(Regime):
                                       "fit_fraction": split.fit_fraction(), "layers": stats["layers"]}}
         return out
 
-    def finish(self, run, split: Split) -> None:
+    def finish(self, run, split: SplitMasks) -> None:
         from kebench.nets.cost import inference_cost
         from kebench.nets.slim import measure_latency, save_slim
 

@@ -121,6 +121,7 @@ class RePr(Regime):
     def run(self, run):
         s1, s2, final = self.schedule(run.cfg.epochs)
         total = self.cycles * (s1 + s2) + final
+        run.plan(passes=2 * self.cycles + 1, epochs=total)  # S1 and S2 per cycle, then the final pass
         model = run.model
         convs = rankable_convs(model)
         if not convs:

@@ -97,10 +97,12 @@ def _struct(records: list[dict]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- builders
-def build_flowers102(root: Path) -> Fixture:
+def build_flowers102(root: Path, class_ids=(1, 2, 3)) -> Fixture:
+    """`class_ids`: the imagelabels.mat labels of the listed images' classes (a subset copy: 5, 17, 102);
+    unlisted images keep label 1."""
     d = root / "flowers-102"
     per_class = {"train": 2, "val": 1, "test": 2}
-    n_classes, n_ids = 3, 8189
+    n_classes, n_ids = len(class_ids), 8189
     labels = np.ones((1, n_ids), dtype=np.uint8)
     ids = {s: [] for s in per_class}
     next_id = 1
@@ -111,7 +113,7 @@ def build_flowers102(root: Path) -> Fixture:
                 last = c == n_classes - 1 and split == "test" and j == k - 1
                 i = n_ids if last else next_id  # the probe is image_08189.jpg (uint16 id, 5 digits)
                 next_id += 0 if last else 1
-                labels[0, i - 1] = c + 1
+                labels[0, i - 1] = class_ids[c]
                 ids[split].append(i)
                 path = write_jpeg(d / "jpg" / f"image_{i:05d}.jpg", PALETTE[c], probe=last)
                 probe = path if last else probe
@@ -216,7 +218,8 @@ def build_mit67(root: Path) -> Fixture:
 DOG_BREEDS = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]
 
 
-def build_dogs(root: Path) -> Fixture:
+def build_dogs(root: Path, class_ids=(1, 2, 3)) -> Fixture:
+    """`class_ids`: the .mat labels of DOG_BREEDS (a subset copy: 4, 60, 120)."""
     d = root
     per_class = {"train": 2, "test": 1}
     lists = {s: ([], []) for s in per_class}
@@ -233,7 +236,7 @@ def build_dogs(root: Path) -> Fixture:
                 ann.parent.mkdir(parents=True, exist_ok=True)
                 ann.write_text(f"<annotation><filename>{stem}</filename></annotation>\n")
                 lists[split][0].append(f"{breed}/{stem}.jpg")
-                lists[split][1].append(c + 1)
+                lists[split][1].append(class_ids[c])
     for split, (files, labels) in lists.items():
         _savemat(d / f"{split}_list.mat", {
             "file_list": _cell(files), "annotation_list": _cell([f[:-4] for f in files]),
@@ -245,45 +248,54 @@ def build_dogs(root: Path) -> Fixture:
 CAR_CLASSES = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 2012", "Acura TL Type-S 2008"]
 
 
-def _car_records(per_class: dict[str, int]):
-    for c in range(len(CAR_CLASSES)):
+def _car_records(per_class: dict[str, int], n: int):
+    for c in range(n):
         for split, k in per_class.items():
             for j in range(k):
                 yield c, split, j
 
 
-def build_cars196(root: Path, layout: str = "devkit", retrieval: bool = False) -> Fixture:
+def car_names(n: int) -> list[str]:
+    """A meta's class_names for a subset copy: n names, the one at position k (1-based) 'car model k'."""
+    return [f"car model {k}" for k in range(1, n + 1)]
+
+
+def build_cars196(root: Path, layout: str = "devkit", retrieval: bool = False, class_ids=None, meta=None) -> Fixture:
+    """`class_ids`: the annotations' class fields (default 1..4, one PALETTE colour each, in id
+    order); `meta`: the class_names (default CAR_CLASSES, or car_names(196) for a subset)."""
     per_class = {"train": 2, "test": 2}
+    class_ids = list(class_ids or range(1, len(CAR_CLASSES) + 1))
+    meta = meta or (CAR_CLASSES if class_ids == list(range(1, len(CAR_CLASSES) + 1)) else car_names(196))
+    n = len(class_ids)
     probe, probe_label = None, None
     box = {"bbox_x1": 1, "bbox_y1": 2, "bbox_x2": 30, "bbox_y2": 20}
     if layout == "devkit":
         d = root / "stanford_cars"
         annos = {"train": [], "test": []}
-        for c, split, j in _car_records(per_class):
+        for c, split, j in _car_records(per_class, n):
             fname = f"{len(annos[split]) + 1:05d}.jpg"
             is_probe = probe is None and split == "test" and c == 3
             path = write_jpeg(d / f"cars_{split}" / fname, PALETTE[c], probe=is_probe)
             if is_probe:
                 probe, probe_label = path, c
-            annos[split].append({**box, "class": c + 1, "fname": fname})
-        _savemat(d / "devkit" / "cars_meta.mat", {"class_names": _row_cell(CAR_CLASSES)})
+            annos[split].append({**box, "class": class_ids[c], "fname": fname})
+        _savemat(d / "devkit" / "cars_meta.mat", {"class_names": _row_cell(meta)})
         _savemat(d / "devkit" / "cars_train_annos.mat", {"annotations": _struct(annos["train"])})
         _savemat(d / "cars_test_annos_withlabels.mat", {"annotations": _struct(annos["test"])})  # not under devkit/
     else:
         d = root
         annos = []
-        for c, split, j in _car_records(per_class):
+        for c, split, j in _car_records(per_class, n):
             rel = f"car_ims/{len(annos) + 1:06d}.jpg"
             is_probe = probe is None and split == "test" and c == 3
             path = write_jpeg(d / rel, PALETTE[c], probe=is_probe)
             if is_probe:
                 probe, probe_label = path, c
-            annos.append({"relative_im_path": rel, **box, "class": c + 1, "test": int(split == "test")})
-        _savemat(d / "cars_annos.mat", {"annotations": _struct(annos), "class_names": _row_cell(CAR_CLASSES)})
-    n = len(CAR_CLASSES)
+            annos.append({"relative_im_path": rel, **box, "class": class_ids[c], "test": int(split == "test")})
+        _savemat(d / "cars_annos.mat", {"annotations": _struct(annos), "class_names": _row_cell(meta)})
     per = sum(per_class.values())
-    if retrieval:
-        half = n // 2
+    if retrieval:  # ids 1-98 train, 99-196 test; ids all on one side (the default 1..4): halves
+        half = sum(k <= 98 for k in class_ids) % n or n // 2
         return Fixture("cars196-retrieval", root, {"train": half * per, "test": (n - half) * per}, half,
                        {"train": PALETTE[:half], "test": PALETTE[half:n]}, probe, probe_label - half)
     return Fixture("cars196", root, {s: n * k for s, k in per_class.items()}, n,
@@ -417,6 +429,35 @@ def build_imagenet(root: Path, val: str = "folders", per_class: int = 3) -> dict
             f"ILSVRC2012_val_{k:08d},{IMAGENET_WNIDS[c]} 1 2 3 4 {IMAGENET_WNIDS[c]} 5 6 7 8\n"
             for k, c in enumerate(val_labels, 1)))
     return {"train": [c for c in range(3) for _ in range(per_class)], "test": val_labels}
+
+
+#: The files of `build_imagenet_mixed`, per class: (name, (w, h), PIL mode, format). At resolution 32
+#: (cached side 37) "big" is decoded by libjpeg at 1/4 scale, the others at full size; the grayscale
+#: and CMYK JPEGs and the PNG under a .JPEG name (ImageNet's train set has each) are not plain JPEGs.
+MIXED_FILES = [("wide", (60, 45), "RGB", "JPEG"), ("tall", (45, 60), "RGB", "JPEG"), ("big", (200, 150), "RGB", "JPEG"),
+               ("gray", (60, 45), "L", "JPEG"), ("cmyk", (60, 45), "CMYK", "JPEG"), ("png", (60, 45), "RGB", "PNG")]
+
+
+def photo(size, seed: int) -> np.ndarray:
+    """A smooth random RGB picture of (w, h), like a photo for a JPEG codec (no flat colour)."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8))
+    return np.asarray(small.resize(size, Image.BICUBIC))
+
+
+def build_imagenet_mixed(root: Path) -> list[str]:
+    """An ILSVRC tree (class-folder val) whose train images are MIXED_FILES for each of 3 classes;
+    returns the train files' names in listing order."""
+    names = []
+    for c, w in enumerate(IMAGENET_WNIDS):
+        for k, (name, size, mode, fmt) in enumerate(MIXED_FILES):
+            path = root / "train" / w / f"{w}_{name}.JPEG"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(photo(size, 10 * c + k)).convert(mode).save(path, format=fmt, quality=92)
+        names += sorted(f"{w}_{name}.JPEG" for name, *_ in MIXED_FILES)
+        for i in range(2):
+            _write_small_jpeg(root / "val" / w / f"ILSVRC2012_val_{3 * i + c + 1:08d}.JPEG", PALETTE[c], (60, 45))
+    return names
 
 
 def build_tiny_imagenet(root: Path, per_class: int = 2) -> dict:

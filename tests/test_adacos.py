@@ -124,7 +124,7 @@ def test_cosine_head_under_kels_slim_equals_masked_dense():
     from kebench.nets.models import create_model
     from kebench.nets.slim import extract_subnetwork
     from kebench.nets.channels import channel_graph
-    from kebench.nets.split import Split, kels_keep
+    from kebench.nets.split import SplitMasks, kels_keep
     from methods.adacos import AdaCos, CosineHead
 
     torch.manual_seed(0)
@@ -137,6 +137,6 @@ def test_cosine_head_under_kels_slim_equals_masked_dense():
     assert isinstance(slim.fc, CosineHead) and slim.fc.weight.shape == (6, 512)  # normalised input kept whole
     assert slim.layer1[0].conv1.weight.shape == (32, 32, 3, 3)  # the rest is halved
     zeroed = copy.deepcopy(model)
-    Split.kels(model, 0.5, graph).zero_reset(zeroed)
+    SplitMasks.kels(model, 0.5, graph).zero_reset(zeroed)
     with torch.no_grad():
         torch.testing.assert_close(slim(x), zeroed(x), rtol=1e-5, atol=1e-5)

@@ -1,5 +1,5 @@
 """Born-Again Networks: the distillation loss, a frozen teacher, fresh students, the ensemble,
-resume, the kd refusal, and multi-method commands (Table 2) whose plugin flags fit only some methods."""
+resume, the refusal of kd, fd and --teacher, and multi-method commands (Table 2) whose plugin flags fit only some methods."""
 from __future__ import annotations
 
 import math
@@ -160,6 +160,22 @@ def test_bans_refuses_kd_and_bad_values(make_cfg):
         make_cfg("kd+bans")
     with pytest.raises(UserError, match="alpha"):
         Run(make_cfg("bans", plugin={"bans.alpha": 1.5}), show_progress=False)
+
+
+@pytest.mark.parametrize("teacher_flag", [["--teacher", "teacher/model.pt"], []])
+def test_bans_refuses_a_teacher_objective_with_or_without_teacher_path(tmp_path, cli_run, teacher_flag):
+    """fd+bans --teacher PATH used to start (two teachers per student); without --teacher the old error
+    even told the user to pass one. Both now name BANs' own teachers and what to run instead."""
+    code, _, err = cli_run(["run", "--method", "fd+bans", *teacher_flag, "--data", "synthetic", "--arch",
+                            "test_resnet", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert code == 2
+    message = " ".join(err.split())
+    assert "Method 'fd+bans' is refused: BANs already distils every generation from the previous one, a teacher " \
+           "it trains itself" in message
+    assert "run 'fd' alone (one pass, under 'single') with --teacher PATH" in message
+    assert "needs no teacher: adacos+bans, ce+bans, cskd+bans, dropout+bans, evodrop+bans, smooth+bans." in message
+    assert "Traceback" not in err and "triplet+bans" not in message  # triplet is a retrieval objective
+    assert not (tmp_path / "out").exists()  # refused when the config is resolved, before any folder
 
 
 def test_multi_method_flags_reach_only_the_methods_that_take_them():

@@ -1,5 +1,5 @@
 """The decode-once cache: decoded once, memory-mapped after, invalidated by a changed source or
-option; the DataLoader fallback yields exactly the cached pipeline's batches."""
+option; the DataLoader fallback yields the cached pipeline's batches (within one grey level)."""
 from __future__ import annotations
 
 import json
@@ -139,10 +139,13 @@ def test_fallback_decodes_on_demand_with_the_cached_pixels(tmp_path):
         for ia, ib in zip(order_a, order_b):
             xa, ya = a.load(ia, gen_a)
             xb, yb = b.load(ib, gen_b)
-            assert torch.equal(ya, yb) and torch.equal(xa, xb)
+            # the same crops of the same pixels: the cache resizes with PIL, streaming with torch's
+            # antialiased kernel, which agree within one grey level
+            assert torch.equal(ya, yb) and ((xa - xb) * a.std).abs().max() <= 1.001
         assert not b.images._pending  # every prefetched batch was consumed
     sub = lazy.train.subset(torch.tensor([0, 5]))
-    assert isinstance(sub, cache.LazySplit) and torch.equal(sub.images[torch.tensor([1])], cached.train.images[5:6])
+    assert isinstance(sub, cache.LazySplit)
+    assert (sub.images[torch.tensor([1])].int() - cached.train.images[5:6].int()).abs().max() <= 1
 
 
 def test_fallback_reports_images_that_fail_while_training(tmp_path):

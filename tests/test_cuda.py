@@ -24,7 +24,7 @@ from kebench.nets.prune import prunable_weights  # noqa: E402
 from kebench.run.results import load_torch  # noqa: E402
 from kebench.nets.slim import load_slim  # noqa: E402
 from kebench.nets.channels import channel_graph  # noqa: E402
-from kebench.nets.split import Split  # noqa: E402
+from kebench.nets.split import SplitMasks  # noqa: E402
 
 from cuda_device import DEVICE, ON_GPU, needs_cuda  # noqa: E402
 
@@ -69,7 +69,7 @@ def test_ke_with_amp_and_channels_last_slim_equals_masked_dense(tmp_path):
     dense64, slim64 = dense.cpu().double().eval(), slim.cpu().double().eval()
     x = torch.randn(4, 3, 32, 32, dtype=torch.double, generator=torch.Generator().manual_seed(0))
     zeroed = copy.deepcopy(dense64)
-    Split.kels(dense64, 0.5, channel_graph(dense64, x)).zero_reset(zeroed)
+    SplitMasks.kels(dense64, 0.5, channel_graph(dense64, x)).zero_reset(zeroed)
     with torch.no_grad():
         torch.testing.assert_close(slim64(x), zeroed(x), rtol=1e-9, atol=1e-9)
         assert (dense64(x) - zeroed(x)).abs().max() > 1e-4  # the reset-hypothesis mattered
@@ -188,3 +188,33 @@ def test_batch_indices_and_crop_parameters_reach_the_device_in_one_copy_each():
     torch.testing.assert_close(moved[0].cpu(), boxes.float(), rtol=0, atol=0)
     assert torch.equal(moved[1].cpu(), flips) and torch.equal(moved[2].cpu(), turned)
     assert _to_device_together(device, boxes, flips, None)[2] is None
+
+
+def test_gpu_jpeg_decoding_gives_the_cpu_workers_batches(tmp_path):
+    """--data-opt decode=auto on CUDA: the streamed ImageNet split's JPEGs are decoded by nvjpeg
+    (`torchvision.io.decode_jpeg(..., device='cuda')`, batched), grayscale/CMYK/PNG files by the CPU
+    workers; training and evaluation batches match decode=cpu's within a few grey levels (two JPEG
+    decoders and libjpeg's reduced-scale decoding of the large file differ slightly). On a CPU
+    (KEBENCH_CUDA_TEST_DEVICE=cpu) the same path runs with decode_jpeg on the CPU."""
+    fx.build_imagenet_mixed(tmp_path / "data")
+    device = torch.device(DEVICE)
+
+    def bundle(decode):
+        return datasets.load(RunConfig(data="imagenet", data_root=str(tmp_path / "data"), resolution=32, device=DEVICE,
+                                       data_options={"cache_dir": str(tmp_path / "cache"), "workers": 1,
+                                                     "decode": decode}))
+
+    cpu, auto = bundle("cpu"), bundle("auto")
+    policy = DevicePolicy(device, augment="batched")
+    for split, train in (("train", True), ("test", False)):
+        a = BatchStream(cpu, getattr(cpu, split), batch_size=6, device=device, train=train, policy=policy)
+        b = BatchStream(auto, getattr(auto, split), batch_size=6, device=device, train=train, policy=policy)
+        if not ON_GPU:  # decode=auto keeps CPU workers on a CPU: take the GPU path with the CPU decoder
+            b.images = b.images.decoded_on(device)
+        assert a.images.decode_device is None and b.images.decode_device == device
+        ga, gb = epoch_generator(0, 0, 0), epoch_generator(0, 0, 0)
+        for ia, ib in zip(a.batches(ga), b.batches(gb), strict=True):
+            (xa, ya), (xb, yb) = a.load(ia, ga), b.load(ib, gb)
+            assert xb.device.type == device.type and torch.equal(ya, yb)
+            levels = ((xa - xb) * a.std).abs()  # in grey levels
+            assert levels.mean() < 2 and levels.mean((1, 2, 3)).max() < 6, levels.mean((1, 2, 3))

@@ -14,7 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 CUDA_TEST_FILES = ("tests/test_cuda.py", "tests/test_agevo.py", "tests/test_binarize.py")
 #: cuda tests whose logic needs a GPU (each says why in its skip reason)
-CUDA_TESTS = 9  # 7 in test_cuda.py, one each in test_agevo.py and test_binarize.py
+CUDA_TESTS = 10  # 8 in test_cuda.py, one each in test_agevo.py and test_binarize.py
 GPU_ONLY = 1  # test_compile_with_inductor_trains_like_eager: inductor's C++ builds take minutes on a CPU
 
 

@@ -338,9 +338,132 @@ def test_cub_subset_with_sparse_class_ids(tmp_path, capsys):
     assert torch.equal(class_of(b.train, fx.PALETTE[:3]), b.train.labels)  # id 101 -> label 2, its colour
     r = load(fx.Fixture("cub200-retrieval", fixture.root, {}, 2, {}, fixture.probe, 0), tmp_path)
     assert r.num_classes == 2 and sorted(set(r.train.labels.tolist())) == [0, 1] and set(r.test.labels.tolist()) == {0}
-    assert len(r.test) == 5 and "test on 101-101 (1)" in r.info["split"]
+    assert len(r.test) == 5 and "test on 101 (1)" in r.info["split"]
     code, text = _cli(["data", "check", "cub200-retrieval", "--data-root", str(fixture.root), "--workers", "1"], capsys)
     assert code == 0 and "warning:" in text and "subset" in text
     (d / "classes.txt").write_text("".join(f"{ids[i]} {names[i - 1]}\n" for i in (1, 2)))
     with pytest.raises(UserError, match="has class 101, which classes.txt does not list"):
         load(fx.Fixture("cub200", fixture.root, {}, 3, {}, fixture.probe, 0), tmp_path)
+
+
+# ---------------------------------------------------------------------------- subset copies: class ids are labels
+CARS_IDS = (3, 7, 98, 99, 150)  # spans the Cars retrieval boundary (1-98 train, 99-196 test)
+SUBSETS = {  # key -> (builder, the copy's class ids, its class names by id)
+    "cars196": (lambda root: fx.build_cars196(root, class_ids=CARS_IDS), CARS_IDS,
+                [f"car model {k}" for k in CARS_IDS]),
+    "cars196-allinone": (lambda root: fx.build_cars196(root, "all-in-one", class_ids=CARS_IDS), CARS_IDS,
+                         [f"car model {k}" for k in CARS_IDS]),
+    "flowers102": (lambda root: fx.build_flowers102(root, class_ids=(5, 17, 102)), (5, 17, 102),
+                   ["flower 5", "flower 17", "flower 102"]),
+    "dogs": (lambda root: fx.build_dogs(root, class_ids=(4, 60, 120)), (4, 60, 120), fx.DOG_BREEDS),
+}
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.split())  # the console wraps long lines
+
+
+@pytest.mark.parametrize("key", list(SUBSETS))
+def test_subset_copy_remaps_class_ids_to_labels_in_id_order(key, tmp_path):
+    """A copy using class ids 3, 7, 98, 99 and 150 of a full 196-name meta (or Flowers labels 5, 17, 102
+    with the unlisted images labelled 1, or Dogs 4, 60, 120) has exactly those classes, labels 0..K-1
+    in id order, names by id."""
+    build, ids, names = SUBSETS[key]
+    fixture = build(tmp_path / "data")
+    listing = paper.list_dataset(fixture.name, fixture.root)
+    assert listing.class_ids == list(ids) and listing.classes == names
+    b = load(fixture, tmp_path)
+    assert b.num_classes == len(ids) and b.info["class_ids"] == paper.id_ranges(list(ids))
+    per_class = {"cars196": {"train": 2, "test": 2}, "flowers102": {"train": 2, "val": 1, "test": 2},
+                 "dogs": {"train": 2, "test": 1}}[fixture.name]
+    for split, k in per_class.items():
+        labels = getattr(b, split).labels
+        assert labels.tolist() == [c for c in range(len(ids)) for _ in range(k)]  # the fixture writes class-major
+        assert torch.equal(class_of(getattr(b, split), fx.PALETTE[:len(ids)]), labels)  # each id's own images
+
+
+@pytest.mark.parametrize("layout", ["devkit", "all-in-one"])
+def test_cars_subset_keeps_the_retrieval_split_by_id(layout, tmp_path, capsys):
+    fixture = fx.build_cars196(tmp_path / "data", layout, retrieval=True, class_ids=CARS_IDS)
+    listing = paper.list_dataset("cars196-retrieval", fixture.root)
+    assert listing.half() == 3 and listing.class_ids == list(CARS_IDS)  # 3, 7, 98 | 99, 150
+    b = load(fixture, tmp_path)
+    assert b.num_classes == 3 and (len(b.train), len(b.test)) == (12, 8)
+    assert sorted(set(b.train.labels.tolist())) == [0, 1, 2] and sorted(set(b.test.labels.tolist())) == [0, 1]
+    assert torch.equal(class_of(b.train, fx.PALETTE[:3]), b.train.labels)
+    assert torch.equal(class_of(b.test, fx.PALETTE[3:5]), b.test.labels)  # ids 99 and 150, re-based to 0, 1
+    assert b.info["split"] == "class-disjoint: train on class ids 3, 7, 98 (3 classes), test on 99, 150 (2)"
+    code, text = _cli(["data", "check", "cars196-retrieval", "--data-root", str(fixture.root), "--workers", "1"], capsys)
+    text = _plain(text)
+    assert code == 0, text
+    assert ("warning: train: 3 classes (class ids 3, 7, 98), the official split has 98 (class ids 1-98) "
+            "(a subset: it trains, but its numbers are not the paper's)") in text
+    assert "warning: test: 2 classes (class ids 99, 150), the official split has 98 (class ids 99-196)" in text
+    assert "warning: train: 12 images listed, the official copy has 8054" in text
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda root: fx.build_cars196(root, class_ids=(3, 7, 150), meta=fx.car_names(3)),
+     "image cars_train/00003.jpg (cars_train_annos.mat) has class 7, outside 1..3, the class ids "
+     "devkit/cars_meta.mat declares (a class id is a position in its 3 class_names)."),
+    (lambda root: fx.build_cars196(root, "all-in-one", class_ids=(3, 7, 150), meta=fx.car_names(3)),
+     "image car_ims/000005.jpg (cars_annos.mat) has class 7, outside 1..3, the class ids cars_annos.mat "
+     "declares (a class id is a position in its 3 class_names)."),
+    (lambda root: fx.build_flowers102(root, class_ids=(5, 17, 103)),
+     "image id 11 (setid.mat 'trnid', labelled in imagelabels.mat) has class 103, outside 1..102, the "
+     "Flowers-102 class ids."),
+    (lambda root: fx.build_dogs(root, class_ids=(4, 60, 121)),
+     "train_list.mat entry 5 (Images/n02085936-Maltese_dog/n02085936_2000.jpg) has class 121, outside 1..120, "
+     "the Stanford Dogs class ids."),
+    (lambda root: fx.build_dogs(root, class_ids=(4, 4, 120)),
+     "train_list.mat gives Images/n02085782-Japanese_spaniel/n02085782_1000.jpg class 4, which the lists also "
+     "give to n02085620-Chihuahua/: one class id per breed folder."),
+])
+def test_an_undeclared_class_is_a_layout_error_naming_the_image(build, message, tmp_path, capsys):
+    fixture = build(tmp_path / "data")
+    with pytest.raises(UserError) as e:
+        load(fixture, tmp_path)
+    assert message in str(e.value) and "Expected layout" in str(e.value)
+    code, text = _cli(["data", "check", fixture.name, "--data-root", str(fixture.root)], capsys)
+    assert code == 2 and message in _plain(text) and "Traceback" not in text
+
+
+@pytest.mark.parametrize("key, warning", [
+    ("cars196", "warning: 5 classes (class ids 3, 7, 98-99, 150), the official copy has 196 "
+                "(a subset: it trains, but its numbers are not the paper's)"),
+    ("flowers102", "warning: 3 classes (class ids 5, 17, 102), the official copy has 102"),
+    ("dogs", "warning: 3 classes (class ids 4, 60, 120), the official copy has 120"),
+])
+def test_data_check_warns_which_classes_a_subset_has(key, warning, tmp_path, capsys, monkeypatch):
+    build, ids, _ = SUBSETS[key]
+    fixture = build(tmp_path / "data")
+    argv = ["data", "check", fixture.name, "--data-root", str(fixture.root), "--workers", "1"]
+    code, text = _cli(argv, capsys)
+    text = _plain(text)
+    assert code == 0 and warning in text and f": {len(ids)} classes" in text, text
+    assert f"ok: {sum(fixture.sizes.values())} images in {len(fixture.sizes)} splits" in text
+    code, text = _cli([*argv, "--strict"], capsys)
+    assert code == 1 and "problem: " + warning.removeprefix("warning: ").split(" (a subset")[0] in _plain(text)
+    monkeypatch.setattr(paper.PAPER[fixture.name], "official_classes", len(ids))  # as many classes: no class line
+    code, text = _cli(argv, capsys)
+    assert code == 0 and "classes (class ids" not in _plain(text)
+
+
+def test_declared_classes_no_list_uses_are_not_classes_of_the_copy(tmp_path, capsys):
+    """Aircraft names its classes: a variants.txt listing a variant no image list uses (a subset copy
+    that kept the official file) loads the used variants, in variants.txt order; so does a CUB
+    classes.txt naming a class without images. data check names them."""
+    fixture = fx.build("aircraft", tmp_path / "data")
+    variants = fixture.root / "fgvc-aircraft-2013b/data/variants.txt"
+    variants.write_text("Boeing 747\n" + variants.read_text() + "DC-3\n")
+    listing = paper.list_dataset("aircraft", fixture.root)
+    assert listing.classes == fx.AIRCRAFT_VARIANTS and listing.class_ids is None
+    b = load(fixture, tmp_path)
+    assert b.num_classes == 3 and torch.equal(class_of(b.test, fx.PALETTE[:3]), b.test.labels)
+    code, text = _cli(["data", "check", "aircraft", "--data-root", str(fixture.root), "--workers", "1"], capsys)
+    assert code == 0 and "warning: 3 classes (707-320, F/A-18, Falcon 2000), the official copy has 100" in _plain(text)
+    fixture = fx.build("cub200", tmp_path / "cub")
+    classes = fixture.root / "CUB_200_2011/classes.txt"
+    classes.write_text(classes.read_text() + "200 200.Common_Yellowthroat\n")
+    listing = paper.list_dataset("cub200", fixture.root)
+    assert listing.class_ids == [1, 2, 3, 4] and listing.classes == fx.CUB_CLASSES

@@ -262,6 +262,27 @@ def test_progress_names_the_run_the_generation_and_the_time_left(cli_run, tmp_pa
     assert re.search(r"ETA run \S+", lines[0]) and "ETA" not in lines[1]  # nothing left after the last epoch
 
 
+@pytest.mark.parametrize("method, plugin", [
+    ("dsd", {}),  # dense, sparse, re-dense phases of 2, 1, 1 epochs
+    ("repr", {"cycles": 2}),  # S1, S2 per cycle, then the final pass
+    ("agevo", {"population": 2, "keep": 1, "generations": 1, "mutations": 1}),  # 2 x (1 + 1) individuals
+])
+def test_multi_pass_regimes_plan_the_whole_run(make_cfg, capsys, method, plugin):
+    """DSD, RePr and AG-Evo announce their passes and epochs: each epoch line says 'pass k/N' and the
+    whole run's time left (they used to say only the pass's), and the plan is exactly what trains."""
+    from kebench.run.engine import Run
+
+    cfg = make_cfg(method, arch="evonet" if method == "agevo" else "test_resnet", epochs=2, plugin=plugin)
+    run = Run(cfg, show_progress=True)
+    trained = [p["epochs"] for p in run.execute()["passes"]]
+    assert run.planned == (len(trained), sum(trained))
+    assert len(trained) == {"dsd": 3, "repr": 5, "agevo": 4}[method]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if " · loss " in ln]
+    expected = [f"pass {k + 1}/{len(trained)}" for k, n in enumerate(trained) for _ in range(n)]
+    assert [re.search(r"pass \d+/\d+", ln).group(0) for ln in lines] == expected
+    assert all(re.search(r"ETA run \S+", ln) for ln in lines[:-1]) and "ETA" not in lines[-1]
+
+
 def test_progress_lines_do_not_wrap_in_a_file():
     from kebench.run.progress import console, duration
 

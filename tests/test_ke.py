@@ -13,7 +13,7 @@ from kebench.errors import UserError
 from kebench.nets.models import create_model
 from kebench.run.results import load_torch
 from kebench.nets.slim import load_slim
-from kebench.nets.split import Split
+from kebench.nets.split import SplitMasks
 
 BASE = {"data": "synthetic", "arch": "test_resnet", "epochs": 1, "batch_size": 16, "device": "cpu",
         "checkpoint_every_s": 0.0}
@@ -66,13 +66,13 @@ def test_generations_record_dense_slim_hypotheses_and_cost(tmp_path):
 
 def _masks_per_generation(monkeypatch):
     seen = []
-    original = Split.reinitialize
+    original = SplitMasks.reinitialize
 
     def spy(self, model):
         seen.append({k: v.clone() for k, v in self.state_dict().items()})
         original(self, model)
 
-    monkeypatch.setattr(Split, "reinitialize", spy)
+    monkeypatch.setattr(SplitMasks, "reinitialize", spy)
     return seen
 
 

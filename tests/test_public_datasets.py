@@ -23,12 +23,12 @@ from kebench.data.pipeline import BatchStream, pad_crop  # noqa: E402
 from kebench.errors import UserError  # noqa: E402
 
 
-def load(name, root, tmp_path=None, **options):
+def load(name, root, tmp_path=None, resolution=None, **options):
     if tmp_path is not None:
         options = {"cache_dir": str(tmp_path / "cache"), "workers": 1, **options}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # subset warnings: asserted where they matter
-        return datasets.load(RunConfig(data=name, data_root=str(root), data_options=options))
+        return datasets.load(RunConfig(data=name, data_root=str(root), data_options=options, resolution=resolution))
 
 
 def _cli(argv, capsys):
@@ -226,3 +226,109 @@ def test_cli_run_cifar10_step_schedule(tmp_path, capsys):
     cfg = result["config"]
     assert (cfg["lr_schedule"], cfg["lr_milestones"], cfg["lr_gamma"], cfg["weight_decay"]) == ("step", [0.5, 0.75], 0.1, 1e-4)
     assert result["data"]["splits"] == {"train": 28, "test": 10}
+
+
+# ---------------------------------------------------------------------------- streamed decoding
+def _slot(path, size, keep_aspect):
+    """The decode cache's slot of one image (PIL's resize), as a [3, H, W] tensor."""
+    from kebench.data import cache
+
+    return torch.from_numpy(np.array(cache.to_slot(cache.decode_image(path, size, 0, keep_aspect), size, keep_aspect)[0])).permute(2, 0, 1)
+
+
+def test_streamed_workers_decode_whole_batches_as_the_cache_does(tmp_path):
+    """DataLoader workers decode a batch at a time into one channels-last uint8 batch (torchvision's
+    decoder for plain JPEGs, PIL for large JPEGs, grayscale, CMYK and PNG), within one grey level of
+    the decode cache's pixels, the slot beyond each image black; an epoch's batches arrive in order."""
+    names = fx.build_imagenet_mixed(tmp_path / "data")
+    b = load("imagenet", tmp_path / "data", tmp_path, resolution=32)
+    images = b.train.images
+    assert [p.name for p in images.paths] == names and b.info["cache"]["train"]["decode"] == "auto"
+    stream = BatchStream(b, b.train, batch_size=8, device=torch.device("cpu"), train=True)
+    assert stream.images is images  # on a CPU the workers decode (decode=auto)
+    order = [torch.tensor([5, 0, 17, 3, 4, 9, 1, 2]), torch.tensor([6, 7, 8, 10, 11, 12, 13, 14])]
+    images.plan(order)
+    for index in order:
+        x = images[index]
+        first = x if index is order[0] else first
+        assert x.shape == (8, 3, 37, 74) and x.is_contiguous(memory_format=torch.channels_last)
+        for row, i in zip(x, index.tolist()):
+            h, w = sorted(b.train.extent[i].tolist())
+            assert (row.int() - _slot(images.paths[i], 37, True).int()).abs().max() <= 1
+            assert row[:, :h, :w].float().mean() > 20 and row[:, h:].sum() == 0 and row[:, :, w:].sum() == 0 and w < 74
+    assert not images._pending and images._loader is not None
+    loader = images._loader
+    images.plan(order[::-1])  # the next epoch reuses the same worker processes
+    assert torch.equal(images[order[1]], x) and images._loader is loader
+    images.plan(order)  # an epoch left unfinished: the next one still gets its own batches
+    assert torch.equal(images[order[0]], first) and torch.equal(images[order[1]], x) and not images._pending
+    test = b.test.images[torch.arange(len(b.test))]  # evaluation: the center square, decoded synchronously
+    assert all((row.int() - _slot(p, 37, False).int()).abs().max() <= 1 for row, p in zip(test, b.test.images.paths))
+
+
+def test_decode_option_chooses_gpu_only_for_jpegs_on_cuda_and_refuses_the_impossible(tmp_path):
+    from kebench.data import cache
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert cache.choose_decoder("auto", cuda, ["a/x.JPEG", "b/y.jpg"]) == "gpu"
+    assert cache.choose_decoder("auto", cuda, ["a/x.JPEG", "b/y.png"]) == "cpu"
+    assert cache.choose_decoder("auto", cpu, ["a/x.JPEG"]) == "cpu"
+    assert cache.choose_decoder("cpu", cuda, ["a/x.JPEG"]) == "cpu"
+    assert cache.choose_decoder("gpu", cuda, ["b/y.png"]) == "gpu"  # asked for: refusals fall back per image
+    with pytest.raises(UserError, match="decode=gpu decodes JPEGs with nvjpeg on a CUDA device.*this run is on cpu"):
+        cache.choose_decoder("gpu", cpu, ["a/x.JPEG"])
+    fx.build_imagenet(tmp_path / "data")
+    with pytest.raises(UserError, match="decode='nvjpeg' is not one of auto, cpu, gpu"):
+        load("imagenet", tmp_path / "data", tmp_path, decode="nvjpeg")
+    b = load("imagenet", tmp_path / "data", tmp_path, decode="gpu")
+    with pytest.raises(UserError, match="decode=gpu"):
+        BatchStream(b, b.train, batch_size=4, device=torch.device("cpu"), train=True)
+
+
+def test_gpu_decoding_reads_bytes_in_workers_and_falls_back_per_image(tmp_path, monkeypatch):
+    """With GPU decoding the workers only read the plain JPEGs (bytes); grayscale, CMYK and PNG files
+    are decoded by PIL in the workers. `decode_jpeg` runs here on the CPU (the path `decoded_on` a
+    GPU takes, with torchvision's CPU decoder); a batch it refuses is decoded image by image, and an
+    image it refuses by PIL from the same bytes. Every way gives the CPU workers' pixels (libjpeg's
+    reduced-scale decoding of the large JPEG aside)."""
+    import torchvision.io
+
+    from kebench.data import cache
+
+    fx.build_imagenet_mixed(tmp_path / "data")
+    b = load("imagenet", tmp_path / "data", tmp_path, resolution=32)
+    cpu = b.train.images
+    gpu = cpu.decoded_on(torch.device("cpu"))
+    index = torch.arange(18)
+    item = gpu._dataset[index.tolist()]
+    plain = [k for k, p in enumerate(cpu.paths) if p.stem.split("_")[-1] in ("wide", "tall", "big")]
+    assert [k for k, _ in item[2]] == plain and item[1] == [k for k in range(18) if k not in plain]
+    assert all(torch.equal(data, torch.frombuffer(bytearray(cpu.paths[k].read_bytes()), dtype=torch.uint8))
+               for k, data in item[2])
+    assert item[0].shape == (18 - len(plain), 3, 37, 74)
+    reference = cpu[index]
+    big = torch.tensor(["big" in p.name for p in cpu.paths])
+
+    def close(x):
+        d = (x.int() - reference.int()).abs()
+        return d[~big].max() <= 1 and d[big].float().mean() < 4
+
+    gpu.plan([index])
+    assert close(gpu[index]) and not gpu._pending  # through the worker and the assembly
+    real, calls = torchvision.io.decode_jpeg, []
+
+    def picky(data, **kw):  # refuses every batch, and the tall JPEGs one by one
+        calls.append(len(data) if isinstance(data, list) else 1)
+        if isinstance(data, list) and len(data) > 1:
+            raise RuntimeError("nvjpeg: batch refused")
+        one = data[0] if isinstance(data, list) else data
+        if any(torch.equal(one, d) for k, d in item[2] if "tall" in cpu.paths[k].name):
+            raise RuntimeError("nvjpeg: unsupported")
+        return real(data, **kw)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", picky)
+    assert close(gpu._assemble(item, 18)) and calls == [len(plain)] + [1] * len(plain)
+    assert cache._decode_jpegs([], torch.device("cpu")) == []
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda data, **kw: (_ for _ in ()).throw(RuntimeError("no nvjpeg")))
+    with pytest.warns(UserWarning, match="refused every JPEG of a batch"):
+        assert close(gpu._assemble(item, 18))

@@ -19,7 +19,7 @@ from kebench.errors import UserError
 from kebench.nets.models import count_params, create_model
 from kebench.nets.slim import channel_groups, extract_subnetwork, load_slim, save_slim, slim_network
 from kebench.nets.channels import channel_graph
-from kebench.nets.split import Split, kels_keep
+from kebench.nets.split import SplitMasks, kels_keep
 
 
 def _trained_like(model: nn.Module) -> nn.Module:
@@ -51,7 +51,7 @@ def test_slim_equals_dense_with_reset_weights_zeroed(arch, kwargs):
     graph = channel_graph(dense, x)
     slim = extract_subnetwork(dense, kels_keep(graph, 0.5), x, graph=graph)
     zeroed = copy.deepcopy(dense)
-    Split.kels(dense, 0.5, graph).zero_reset(zeroed)
+    SplitMasks.kels(dense, 0.5, graph).zero_reset(zeroed)
     with torch.no_grad():
         y_slim, y_zeroed, y_dense = slim(x), zeroed(x), dense(x)
     assert y_slim.shape == (2, 7)
@@ -135,7 +135,7 @@ def test_last_linear_keeps_all_outputs_for_an_embedding_head():
     slim = slim_network(model, 0.5, x)
     assert slim.emb.weight.shape == (8, 8) and slim.conv.weight.shape == (8, 3, 3, 3)
     zeroed = copy.deepcopy(model)
-    Split.kels(model, 0.5, graph).zero_reset(zeroed)
+    SplitMasks.kels(model, 0.5, graph).zero_reset(zeroed)
     with torch.no_grad():
         torch.testing.assert_close(slim(x), zeroed(x), rtol=1e-12, atol=1e-12)
 

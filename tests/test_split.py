@@ -10,7 +10,7 @@ from torch import nn
 from kebench.errors import UserError
 from kebench.nets.models import count_params, create_model
 from kebench.nets.channels import channel_graph
-from kebench.nets.split import Split, ceil_rate
+from kebench.nets.split import SplitMasks, ceil_rate
 from methods.ke import mask_generator
 
 X32 = torch.zeros(2, 3, 32, 32)
@@ -37,7 +37,7 @@ def test_kels_masks_follow_first_ceil_rule(rate):
     """Every conv: fit = first ceil(s_r*C_i) kernels of the first ceil(s_r*C_o) filters; the first
     conv keeps all RGB inputs; the classifier keeps all outputs and the first ceil(s_r*C_in) inputs."""
     model = _resnet18()
-    split = Split.kels(model, rate, channel_graph(model, X32))
+    split = SplitMasks.kels(model, rate, channel_graph(model, X32))
     checked = 0
     for name, m in model.named_modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -70,7 +70,7 @@ def test_concatenation_yields_per_segment_masks():
     torch.manual_seed(0)
     model = create_model("densenet121", 5)
     graph = channel_graph(model, X32)
-    split = Split.kels(model, 0.5, graph)
+    split = SplitMasks.kels(model, 0.5, graph)
     conv = "features.denseblock1.denselayer2.conv1"
     cols = split.weight_mask(conv)[0, :, 0, 0]
     assert cols.shape == (96,)
@@ -97,8 +97,8 @@ def test_unsupported_models_raise_clear_error(arch, kwargs, op):
 
 def test_wels_keeps_rate_and_is_reproducible():
     model = _resnet18()
-    a = Split.wels(model, 0.7, mask_generator(0, 1))
-    b = Split.wels(model, 0.7, mask_generator(0, 1))
+    a = SplitMasks.wels(model, 0.7, mask_generator(0, 1))
+    b = SplitMasks.wels(model, 0.7, mask_generator(0, 1))
     for name in a.layer_names:
         m = a.weight_mask(name)
         assert torch.equal(m, b.weight_mask(name))
@@ -124,8 +124,8 @@ def test_reinitialize_changes_only_reset_weights(kind):
         for b in model.buffers():
             if b.is_floating_point():
                 b.uniform_(0.5, 2.0)
-    split = (Split.kels(model, 0.5, channel_graph(model, X32)) if kind == "kels"
-             else Split.wels(model, 0.5, mask_generator(0, 1)))
+    split = (SplitMasks.kels(model, 0.5, channel_graph(model, X32)) if kind == "kels"
+             else SplitMasks.wels(model, 0.5, mask_generator(0, 1)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(7)
     split.reinitialize(model)
@@ -154,12 +154,12 @@ def test_masks_are_buffers_not_parameters():
     model = _resnet18()
     n = count_params(model)
     keys = set(model.state_dict())
-    split = Split.kels(model, 0.5, channel_graph(model, X32))
+    split = SplitMasks.kels(model, 0.5, channel_graph(model, X32))
     assert list(split.parameters()) == []
     assert count_params(model) == n and set(model.state_dict()) == keys  # the model itself is untouched
     state = split.state_dict()
     assert len(state) == 21 + 1 and all(v.dtype == torch.bool for v in state.values())  # 21 weights + fc bias
-    fresh = Split.kels(model, 0.5, channel_graph(model, X32))
+    fresh = SplitMasks.kels(model, 0.5, channel_graph(model, X32))
     with torch.no_grad():
         for v in fresh.buffers():
             v.zero_()
@@ -169,7 +169,7 @@ def test_masks_are_buffers_not_parameters():
 
 def test_hypothesis_stats_and_zero_reset():
     model = _resnet18()
-    split = Split.kels(model, 0.5, channel_graph(model, X32))
+    split = SplitMasks.kels(model, 0.5, channel_graph(model, X32))
     stats = split.stats(model)
     assert set(stats["layers"]) == set(split.layer_names)
     assert stats["fit_abs_mean"] > 0 and stats["reset_abs_mean"] > 0

@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 
 from kebench.analysis import study
 
@@ -77,10 +78,10 @@ def test_every_shipped_study_loads_and_expands(tmp_path):
     assert set(SHIPPED) <= set(study.names())
     for name in SHIPPED:
         s = study.load(name)
-        assert set(s.scales) == {"mini", "paper"} and s.paper and s.tables
-        for scale in ("mini", "paper"):
+        assert {"mini", "paper"} <= set(s.scales) <= set(study.SCALES) and s.paper and s.tables
+        for scale in s.scales:
             entries = study.entries(s, scale, out=tmp_path)
-            assert len({e.run_id for e in entries}) == len(entries) >= 6, (name, scale)
+            assert len({e.run_id for e in entries}) == len(entries) >= (6 if scale != "standin" else 3), (name, scale)
         mini = {e.cfg.data for e in study.entries(s, "mini", out=tmp_path)}
         assert mini <= {"digits", "digits-retrieval"}, name  # embedded data: runs anywhere
     seeds = {e.cfg.seed for e in study.entries(study.load("ke-table2"), "mini", out=tmp_path)}
@@ -256,6 +257,35 @@ def test_park_analyses_grids_are_three_students_over_five_seeds_with_both_analys
         assert all(e.cfg.analyses == ["naswot", "landscape"] and e.cfg.lr_schedule == "step" for e in entries)
     paper = study.entries(s, "paper", out=tmp_path)
     assert {e.cfg.data for e in paper} == {"cifar100"} and {e.cfg.epochs for e in paper} == {160}
+
+
+def test_evolution_standin_runs_the_imagenet_neuroevolution_row_on_tiny_imagenet(tmp_path, cli_run):
+    """Issue 26: Tiny-ImageNet as a documented smaller stand-in for the neuroevolution-on-ImageNet row:
+    the same regime and budget, Tiny-ImageNet at its own 64 px, a ResNet-18 with a stride-1 stem."""
+    from kebench.data.paper import PAPER
+    from kebench.nets.models import create_model
+    from methods.neuroevo import check_family
+
+    evo = study.load("evolution")
+    paper = [e for e in study.entries(evo, "paper", out=tmp_path) if e.cfg.data == "imagenet"]
+    standin = study.entries(evo, "standin", out=tmp_path)
+    assert len(standin) == len(study.expected_runs(evo, "standin", out=tmp_path)) == 3
+    assert {e.cfg.method_spec.regime.name for e in standin} == {e.cfg.method_spec.regime.name for e in paper} == {"neuroevo"}
+    assert {e.cfg.seed for e in standin} == {e.cfg.seed for e in paper} == {0, 1, 2}
+    assert {(e.cfg.data, e.cfg.arch, e.cfg.resolution) for e in standin} == {("tiny-imagenet", "resnet18_tiny", None)}
+    assert PAPER["tiny-imagenet"].native == 64  # resolution None: the dataset's own 64 px
+    cfg = standin[0].cfg
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.weight_decay, cfg.lr_schedule, cfg.lr_milestones, cfg.budget) == \
+        (0.1, 128, 100, 5e-4, "step", [0.5, 0.75], "matched")  # Tiny-ImageNet's dataset defaults, the paper's budget
+    assert paper[0].cfg.budget == "matched"
+    assert "not a reproduction" in evo.note("standin") and "standin" in evo.note("paper")
+    # the network: a timm ResNet neuroevo can grow, stages at 64/32/16/8 px on 64 px images
+    model = create_model("resnet18_tiny", 200)
+    check_family(model, "resnet18_tiny")
+    assert model.forward_features(torch.zeros(2, 3, 64, 64)).shape == (2, 512, 8, 8)
+    assert sum(p.numel() for p in model.parameters()) == 11271432
+    code, out, err = cli_run(["study", "run", "evolution", "--scale", "standin", "--status", "--out", str(tmp_path)])
+    assert code == 0 and out.count("pending") >= 3, out + err
 
 
 def test_empty_cells_are_missing_only_while_runs_are_unfinished_and_text_does_not_leak():

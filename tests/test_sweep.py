@@ -199,10 +199,10 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in text.split()]
 
 
-def test_submitit_local_sweep_requeues_a_preempted_job(tmp_path, monkeypatch, run_cfg):
+def test_submitit_local_sweep_requeues_a_preempted_job(tmp_path, monkeypatch, run_cfg, capsys):
     """`kebench sweep --executor submitit-local`: a preemption signal (USR2, as SLURM sends it) makes
     the job checkpoint at the next step and requeue; the requeued job resumes and matches an
-    uninterrupted run."""
+    uninterrupted run. The sweep says where it stands as each job ends, as local sweeps do."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     epochs = 8
     path = _spec(tmp_path, {"method": ["smooth"]}, {"epochs": epochs, "checkpoint_every_s": 0})
@@ -228,6 +228,8 @@ def test_submitit_local_sweep_requeues_a_preempted_job(tmp_path, monkeypatch, ru
         cli_main(["sweep", str(path), "--executor", "submitit-local", "--gpus-per-job", "0", "--time", "10"])
     watcher.join()
     assert exit_info.value.code == 0 and preempted and preempted["epochs"] < epochs
+    said = capsys.readouterr()
+    assert "sweep: 1 done, 0 failed, 0 running, 0 pending" in said.out + said.err
     job_dir = next(jobs_file.parent.glob("[0-9]*"))
     logs = "".join(f.read_text() for f in job_dir.glob("*_log.*"))
     assert "stopped by SIGUSR2" in logs and "handing over to submitit" in logs and "Requeued job" in logs
@@ -271,6 +273,51 @@ def test_sweep_task_checkpoint_resubmits_the_same_config():
     delayed = task.checkpoint({"method": "ce"})
     assert isinstance(delayed.function, slurm.SweepTask) and delayed.function.nproc == 2
     assert delayed.args == ({"method": "ce"},)
+
+
+def test_waiting_on_slurm_jobs_says_where_the_sweep_stands(tmp_path, monkeypatch):
+    """`--executor slurm --wait` polls squeue/sacct; whenever the counts change it prints the local
+    executor's line, the ETA from the finished runs' training time (result.json wall_time_s) shared
+    over the jobs running now. SLURM is scripted here (no cluster): tests/test_slurm.py runs one."""
+    from types import SimpleNamespace
+
+    from kebench.grid import scheduler, slurm
+
+    entries = _entries(_spec(tmp_path, {"seed": [0, 1, 2, 3]}, {"epochs": 1}))
+    pairs = [(e, SimpleNamespace(job_id=f"9_{i}")) for i, e in enumerate(entries)]
+
+    def finish(i, seconds):
+        entries[i].dir.mkdir(parents=True, exist_ok=True)
+        (entries[i].dir / "result.json").write_text(json.dumps(
+            {"status": "complete", "task": "classification", "final": {"top1": 0.5}, "wall_time_s": seconds}))
+
+    polls = [  # what squeue says at each poll (a job it no longer lists has ended), after the runs' own files
+        ({}, {"9_0": "RUNNING", "9_1": "PENDING", "9_2": "PENDING", "9_3": "PENDING"}),
+        ({0: 30}, {"9_1": "RUNNING", "9_2": "RUNNING", "9_3": "PENDING"}),
+        ({}, {"9_1": "RUNNING", "9_2": "RUNNING", "9_3": "PENDING"}),  # nothing changed: no new line
+        ({1: 50}, {"9_2": "RUNNING", "9_3": "CANCELLED"}),  # cancelled before it ever ran
+        ({2: 10}, {}),
+    ]
+
+    def job_states(ids):
+        ids = set(ids)
+        done, squeue = polls.pop(0)
+        for i, seconds in done.items():
+            finish(i, seconds)
+        return {j: {"state": st, "reason": "", "restarts": 0} for j, st in squeue.items() if j in ids}
+
+    monkeypatch.setattr(scheduler, "job_states", job_states)
+    lines = []
+    assert slurm._wait_slurm(pairs, tmp_path / ".submitit", lines.append, poll_s=0) == 1
+    assert not polls
+    assert [ln for ln in lines if ln.startswith("sweep:")] == [
+        "sweep: 0 done, 0 failed, 1 running, 3 pending",
+        "sweep: 1 done, 0 failed, 2 running, 1 pending; ETA 45 s",  # 30 s x 3 runs left / 2 running
+        "sweep: 2 done, 1 failed, 1 running, 0 pending; ETA 40 s",  # mean(30, 50) x 1 / 1
+        "sweep: 3 done, 1 failed, 0 running, 0 pending",
+    ]
+    assert sum(ln.startswith("done  ") for ln in lines) == 3
+    assert [ln.split(" (")[0] for ln in lines if ln.startswith("FAIL")] == [f"FAIL  {entries[3].run_id}"]
 
 
 # ------------------------------------------------------------------------------ packing runs on GPUs

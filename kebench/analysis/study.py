@@ -3,7 +3,8 @@
 A study is a YAML file shipped inside the package (`kebench/analysis/studies/NAME.yaml`, found with
 importlib.resources, so an installed kebench has them). It names the paper it reproduces, one
 sweep spec per scale (`paper`: the paper's settings; `mini`: embedded data, a small arch, few
-epochs, several seeds, minutes on a CPU), the tables and the figures of its report:
+epochs, several seeds, minutes on a CPU; optionally `standin`: a smaller dataset standing in for one
+the paper used), the tables and the figures of its report:
 
     title: ...; paper: ...; about: ...
     scales: {paper: {note, grid, set}, mini: {note, grid, set}}      # grid/set as in a sweep file
@@ -23,7 +24,9 @@ from pathlib import Path
 from kebench.grid import sweep
 from kebench.errors import UserError, did_you_mean, unknown_choice
 
-SCALES = ("mini", "paper")
+#: paper: the paper's data and networks; mini: embedded data, minutes on a CPU; standin: a smaller
+#: dataset in place of one the paper used (e.g. Tiny-ImageNet for ImageNet), said to be no reproduction
+SCALES = ("mini", "paper", "standin")
 STUDY_KEYS = {"title", "paper", "about", "scales", "tables", "figures"}
 TABLE_KEYS = {"kind", "title", "rows", "cols", "metric", "generation", "methods", "archs", "datasets", "where",
               "match_set"}

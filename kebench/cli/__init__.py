@@ -34,7 +34,7 @@ from kebench import registry
 from kebench.cli.analysis import export_cmd, plot_cmd, table_cmd
 from kebench.cli.console import err, out
 from kebench.cli.grid import study_cmd, sweep_cmd, with_options
-from kebench.cli.tools import data_cmd, profile_cmd
+from kebench.cli.tools import DOWNLOAD_HELP, data_cmd, fetch_data, profile_cmd
 from kebench.data.spec import headline_metric
 from kebench.errors import UserError
 from kebench.run.guard import RunInterrupted
@@ -295,8 +295,9 @@ class RunCommand(click.Command):
 @click.option("--tensorboard", is_flag=True,
               help="Also write TensorBoard logs to each run's tensorboard/ folder (pip install -e '.[tensorboard]'; "
                    "same as KEBENCH_TENSORBOARD=1).")
+@click.option("--download", is_flag=True, help=DOWNLOAD_HELP)
 @click.pass_context
-def run(ctx, resume, restart, force, quiet, nproc, tensorboard, **kw):
+def run(ctx, resume, restart, force, quiet, nproc, tensorboard, download, **kw):
     """Train and evaluate. Plugin settings are extra flags, e.g. `--method ke --generations 3`.
 
     \b
@@ -322,6 +323,8 @@ def run(ctx, resume, restart, force, quiet, nproc, tensorboard, **kw):
     configs = build_configs(kw, ctx.args)
     note_capped_warmup(configs)
     plan = plan_reruns(configs, resume=resume, restart=restart, force=force)
+    if download:
+        fetch_data([cfg for cfg, _, skipped in plan if not skipped])
     records = []
     for k, (cfg, how, skipped) in enumerate(plan, 1):
         if len(plan) > 1 and not quiet and not skipped:

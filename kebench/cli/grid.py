@@ -7,6 +7,7 @@ import sys
 import click
 
 from kebench.analysis import study
+from kebench.cli.tools import DOWNLOAD_HELP, fetch_data
 from kebench.grid import EXECUTORS, sweep
 
 EXECUTOR_OPTIONS = [
@@ -57,8 +58,9 @@ executor_options = with_options(EXECUTOR_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="With --status: one JSON list on stdout.")
 @click.option("--out", help="Results folder (overrides the file's 'out').")
 @click.option("--set", "sets", multiple=True, help="KEY=VALUE for every run (overrides the file's 'set').")
+@click.option("--download", is_flag=True, help=DOWNLOAD_HELP)
 @executor_options
-def sweep_cmd(spec_file, show_status, as_json, out, sets, **executor_opts):
+def sweep_cmd(spec_file, show_status, as_json, out, sets, download, **executor_opts):
     """Run a grid of runs; completed runs are skipped and interrupted ones resumed.
 
     \b
@@ -87,6 +89,8 @@ def sweep_cmd(spec_file, show_status, as_json, out, sets, **executor_opts):
         return
     from kebench.grid import executors  # torch and submitit: only when runs start
 
+    if download:
+        fetch_data([e.cfg for e in entries])
     code = executors.dispatch(entries, console, **executor_opts)
     rows = sweep.status_rows(entries)
     c = sweep.counts(rows)
@@ -116,7 +120,8 @@ def _common(f):
     f = click.option("--set", "sets", multiple=True, help="KEY=VALUE for every run (e.g. data_root=~/data).")(f)
     f = click.option("--out", help="Results folder. Default: results/studies/NAME/SCALE.")(f)
     f = click.option("--scale", type=click.Choice(study.SCALES), default="mini", show_default=True,
-                     help="mini: embedded data on a CPU in minutes; paper: the paper's settings.")(f)
+                     help="mini: embedded data on a CPU in minutes; paper: the paper's settings; standin: a "
+                          "smaller dataset in place of one the paper used (evolution: Tiny-ImageNet for ImageNet).")(f)
     return click.argument("name")(f)
 
 
@@ -124,9 +129,10 @@ def _common(f):
 @_common
 @click.option("--report-dir", help="Report folder. Default: OUT/report.")
 @click.option("--status", "show_status", is_flag=True, help="Show the study's run states and exit.")
+@click.option("--download", is_flag=True, help=DOWNLOAD_HELP)
 @executor_options
 @click.pass_context
-def run_cmd(ctx, name, scale, out, sets, report_dir, show_status, **executor_opts):
+def run_cmd(ctx, name, scale, out, sets, report_dir, show_status, download, **executor_opts):
     """Run a study's grid (finished runs are skipped, interrupted ones resumed), then write its report.
 
     \b
@@ -149,6 +155,8 @@ def run_cmd(ctx, name, scale, out, sets, report_dir, show_status, **executor_opt
     if scale == "mini" and ctx.get_parameter_source("executor") == click.core.ParameterSource.DEFAULT:
         executor_opts["executor"] = "inline"  # tiny CPU runs: one process, torch imported once
     console.print(f"study {name} ({scale}): {chosen.note(scale)}")
+    if download:
+        fetch_data([e.cfg for e in todo])
     code = executors.dispatch(todo, console, what="study", **executor_opts)
     rows = sweep.status_rows(todo)
     c = sweep.counts(rows)

@@ -1,4 +1,4 @@
-"""`kebench data check` and `kebench profile`: look at a dataset copy or an architecture without training."""
+"""`kebench data check`, `kebench data download` and `kebench profile`: look at a dataset copy or an architecture without training."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,13 @@ from kebench.cli.console import out
 from kebench.errors import UserError
 
 
+DOWNLOAD_HELP = ("Download each dataset into its data root first where kebench does not find it there "
+                 "(public datasets only; see 'kebench data download --help').")
+
+
 @click.group("data")
 def data_cmd():
-    """Inspect local copies of the paper datasets."""
+    """Check local copies of the datasets, or download the public ones."""
 
 
 @data_cmd.command("check")
@@ -21,12 +25,51 @@ def data_cmd():
 @click.option("--per-class", is_flag=True, help="Print the image count of every class in every split.")
 @click.option("--strict", is_flag=True, help="Also fail when split sizes differ from the official copy.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="Decoding threads (0: one per core, at most 16).")
-def check_cmd(name, data_root, per_class, strict, workers):
+@click.option("--download", is_flag=True, help=DOWNLOAD_HELP)
+def check_cmd(name, data_root, per_class, strict, workers, download):
     from rich.console import Console
 
     from kebench.data import check as data_check
 
+    if download:
+        data_root = str(fetch(name, data_root))
     sys.exit(data_check.check(name, data_root, per_class, strict, workers, Console(soft_wrap=True)))  # long paths stay on one line
+
+
+@data_cmd.command("download")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--data-root", help="Folder to download into (or set KEBENCH_DATA); created if missing.")
+def download_cmd(names, data_root):
+    """Download datasets into the data root, in the layout kebench reads.
+
+    \b
+    A dataset already there is not fetched again. CIFAR-10/100, MNIST, Flowers-102, FGVC-Aircraft,
+    Tiny-ImageNet, CUB-200, Stanford Dogs and MIT-67 have public downloads; ImageNet and Stanford
+    Cars do not (the error says where to get them and where to put the files).
+    Example:  kebench data download cifar100 mnist --data-root ~/data
+    """
+    for name in names:
+        root = fetch(name, data_root)
+        out.print(f"'{name}' is ready under {root}; 'kebench data check {name} --data-root {root}' verifies it.",
+                  highlight=False)
+
+
+def fetch(name: str, data_root: str | None):
+    """The one download path of every command: `download.ensure`, speaking on stderr."""
+    from kebench.cli.console import err
+    from kebench.data import download
+
+    return download.ensure(name, data_root, say=lambda text: err.print(text, highlight=False))
+
+
+def fetch_data(configs: list) -> None:
+    """`--download` on run, sweep and study: each dataset the runs read from a data root, fetched once
+    here before any run starts (on SLURM: on the submitting node, not in every job)."""
+    from kebench.data.download import is_local
+
+    for name, root in dict.fromkeys((cfg.data, cfg.data_root) for cfg in configs):
+        if is_local(name):
+            fetch(name, root)
 
 
 @click.command("profile")

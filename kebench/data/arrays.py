@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kebench.data.sources import hint as download_hint
 from kebench.data.spec import DataBundle, DatasetSpec, Split, register
 from kebench.errors import UserError
 
@@ -69,7 +70,7 @@ def _error(ds: ArrayDataset, root: Path, problem: str) -> UserError:
     return UserError(
         f"{ds.title} ('{ds.name}') could not be read under {root}: {problem}\n"
         f"Expected layout (either of):\n{ds.layout}\nGet the files from {ds.source} and put them under "
-        f"the data root (--data-root or KEBENCH_DATA). kebench never downloads data itself.")
+        f"the data root (--data-root or KEBENCH_DATA). {download_hint(ds.name)}")
 
 
 # ---------------------------------------------------------------------------- CIFAR

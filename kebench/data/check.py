@@ -2,9 +2,10 @@
 
 It reads the annotation files with the same listers the loader uses, then checks that every
 listed image exists and decodes (at a reduced JPEG scale: the whole compressed stream is still
-read, so truncated files are caught), and compares split sizes with the official ones.
+read, so truncated files are caught), and compares split sizes and classes with the official
+ones (a subset copy is a warning: which classes, by id where the dataset has ids, and how many images).
 Exit code 0: usable; 1: missing or unreadable images, or classes without images (and, with
---strict, split sizes that differ from the official copy); 2: the layout itself is wrong.
+--strict, split sizes or classes that differ from the official copy); 2: the layout itself is wrong.
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def check(name: str, data_root, per_class: bool, strict: bool, workers: int, out
                             f"be trained or evaluated: {', '.join(_class_name(listing, ds, split, c) for c in empty[:5])}"
                             + (", ..." if len(empty) > 5 else ""))
         _compare(split, len(items), official, strict, problems, out)
+    _compare_classes(ds, listing, strict, problems, out)
     out.print(table)
     if per_class:
         pt = Table("class", *listing.splits)
@@ -98,16 +100,46 @@ def check(name: str, data_root, per_class: bool, strict: bool, workers: int, out
 
 
 def _compare(split: str, count: int, official, strict: bool, problems: list, out) -> None:
-    """A split size that differs from the official copy: a problem with --strict, else a warning
-    (a subset or quick-test copy trains, but its numbers are not the paper's)."""
-    if official is None or official == count:
-        return
-    msg = f"{split}: {count} images listed, the official copy has {official}"
+    """A split size that differs from the official copy."""
+    if official is not None and official != count:
+        _differs(f"{split}: {count} images listed, the official copy has {official}", strict, problems, out)
+
+
+def _differs(msg: str, strict: bool, problems: list, out) -> None:
+    """A copy that differs from the official one: a problem with --strict, else a warning (a subset
+    or quick-test copy trains, but its numbers are not the paper's)."""
     if strict:
         problems.append(msg)
     else:
         out.print(f"[yellow]warning:[/yellow] {msg} (a subset: it trains, but its numbers are not the paper's)",
                   highlight=False)
+
+
+def _compare_classes(ds, listing, strict: bool, problems: list, out) -> None:
+    """Classes that differ from the official copy, named by id where the dataset has ids (a Cars copy
+    with ids 3, 7 and 150); retrieval variants per side of the class-disjoint split."""
+    from kebench.data.paper import id_ranges
+
+    official = ds.official_classes
+    if official is None:
+        return
+
+    def which(labels: range) -> str:
+        if listing.class_ids is not None:
+            return "class ids " + id_ranges([listing.class_ids[y] for y in labels])
+        shown = [listing.classes[y] for y in labels[:5]]
+        return ", ".join(shown) + (", ..." if len(labels) > 5 else "")
+    total = len(listing.classes)
+    if ds.task != "retrieval" or ds.last_train_id is None:
+        if total != official:
+            _differs(f"{total} classes ({which(range(total))}), the official copy has {official}", strict, problems, out)
+        return
+    last, half = ds.last_train_id, listing.half()
+    for split, labels, want, ids in (("train", range(half), last, f"1-{last}"),
+                                     ("test", range(half, total), official - last, f"{last + 1}-{official}")):
+        if len(labels) != want:
+            _differs(f"{split}: {len(labels)} classes ({which(labels)}), the official split has {want} "
+                     f"(class ids {ids})", strict, problems, out)
 
 
 def check_arrays(name: str, data_root, per_class: bool, strict: bool, out) -> int:

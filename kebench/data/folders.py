@@ -4,8 +4,9 @@
 
 ImageNet is streamed (`--data-opt stream=true`, its default): DataLoader worker processes decode
 each epoch's batches ahead of the training step (libjpeg at a reduced scale where the image is
-larger than needed), as no disk holds 1.28M decoded images comfortably. Scale it with more
-`--data-opt workers=N` and with DDP across GPUs and nodes.
+larger than needed), as no disk holds 1.28M decoded images comfortably; on CUDA the workers only
+read the files and nvjpeg decodes the JPEGs on the GPU (`--data-opt decode`, cache.LazyImages).
+Scale it with more `--data-opt workers=N` and with DDP across GPUs and nodes.
 """
 from __future__ import annotations
 
@@ -197,11 +198,12 @@ _add(PaperDataset("imagenet", "ImageNet ILSVRC-2012", _list_imagenet, _IMAGENET,
                   "https://image-net.org/download-images (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, "
                   "ILSVRC2012_devkit_t12.tar.gz) or Kaggle's imagenet-object-localization-challenge",
                   {"train": 1281167, "test": 50000}, options={"stream": True}, defaults=IMAGENET_DEFAULTS,
+                  official_classes=1000,
                   description="ImageNet ILSVRC-2012, 1000 classes, 1281167 train / 50000 val; streamed by "
                               "DataLoader workers (never cached whole)"))
 _add(PaperDataset("tiny-imagenet", "Tiny-ImageNet-200", _list_tiny, _TINY,
                   "http://cs231n.stanford.edu/tiny-imagenet-200.zip", {"train": 100000, "test": 10000},
-                  native=64, defaults=TINY_DEFAULTS,
+                  native=64, defaults=TINY_DEFAULTS, official_classes=200,
                   description="Tiny-ImageNet-200, 200 classes, 100000 train / 10000 val, 64 px (cached)"))
 _add(PaperDataset("folder", "ImageFolder tree", _list_folder, _FOLDER,
                   "your own data (any tree torchvision's ImageFolder reads)", {}, options={"stream": False},

@@ -3,7 +3,7 @@
 Each dataset has a *lister* (annotation files -> per split, the relative image paths and 0-based
 labels, in a fixed order) and one shared loader that turns a listing into a `DataBundle` through
 the decode-once cache (`cache.py`). `kebench data check` uses the same listers. Layouts are those
-of docs/datasets.md; kebench never downloads anything.
+of docs/datasets.md; nothing is downloaded unless asked (`download.py`, `--download`).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from kebench.data import cache as cachemod
+from kebench.data.sources import hint as download_hint
 from kebench.data.spec import DATASETS, DataBundle, DatasetSpec, register
 from kebench.errors import UserError, unknown_choice
 
@@ -40,8 +41,9 @@ CLASSIFICATION_DEFAULTS = {"lr": 0.256, "batch_size": 32, "epochs": 200, "warmup
 RETRIEVAL_DEFAULTS = {"lr": 0.0256, "batch_size": 125, "epochs": 200, "warmup_epochs": 5}
 
 # Options every paper dataset takes (--data-opt KEY=VALUE); cache_dir "" means $KEBENCH_CACHE or
-# ~/.cache/kebench, workers 0 means one per CPU core (at most 16).
-COMMON_OPTIONS = {"cache_dir": "", "cache_budget_gb": 32.0, "workers": 0, "max_bad": 10}
+# ~/.cache/kebench, workers 0 means one per CPU core (at most 16); decode: where images decoded on
+# demand (streamed, or a cache that would not fit) are decoded, cachemod.DECODERS.
+COMMON_OPTIONS = {"cache_dir": "", "cache_budget_gb": 32.0, "workers": 0, "max_bad": 10, "decode": "auto"}
 
 
 @dataclass
@@ -52,8 +54,8 @@ class Listing:
     classes: list[str]
     splits: dict[str, list[tuple[str, int]]]
     layout: str = ""  # which official layout was found (Cars has two)
-    #: The class ids the annotation files declare, in label order (CUB's classes.txt: a subset copy may
-    #: list 1, 2 and 101); None: 1..len(classes).
+    #: The class ids of the copy, in label order (a subset copy may use ids 1, 2 and 101); None: the
+    #: dataset names its classes (Aircraft, MIT-67), or 1..len(classes).
     class_ids: list[int] | None = None
     train_classes: int | None = None  # retrieval: classes 0..train_classes-1 train, the rest test
 
@@ -66,7 +68,7 @@ class Listing:
 class PaperDataset:
     name: str
     title: str
-    lister: Callable  # (root: Path) -> Listing
+    lister: Callable  # (root: Path) -> Listing (retrieval: the whole dataset, split by last_train_id)
     layout: str  # the expected tree, for error messages and docs
     source: str  # where the official archives come from
     official: dict  # split -> image count of the official copy
@@ -78,6 +80,9 @@ class PaperDataset:
     native: int | None = None
     pad_crop: int = 4
     defaults: dict | None = None  # RunConfig defaults; None: the KE paper's (by task)
+    official_classes: int | None = None  # classes of the official copy (data check compares a subset)
+    #: Retrieval: the last class id of the training side (CUB 100, Cars 98; the class-disjoint split).
+    last_train_id: int | None = None
 
 
 PAPER: dict[str, PaperDataset] = {}
@@ -89,7 +94,7 @@ def _layout_error(ds: PaperDataset, root: Path, problem: str) -> UserError:
         f"{ds.title} ('{ds.name}') was not found under {root}: {problem}\n"
         f"Expected layout (as the official archives extract):\n{ds.layout}\n"
         f"Get the archives from {ds.source} and extract them under the data root "
-        f"(--data-root or KEBENCH_DATA). kebench never downloads data itself."
+        f"(--data-root or KEBENCH_DATA). {download_hint(ds.name)}"
     )
 
 
@@ -159,51 +164,82 @@ def _mat_int(x) -> int:
     return int(np.asarray(x).reshape(-1)[0])
 
 
+def id_ranges(ids: list[int]) -> str:
+    """Sorted ids, runs collapsed: [1, 2, 3, 7, 150] -> '1-3, 7, 150'."""
+    runs: list[list[int]] = []
+    for k in ids:
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _undeclared(ds, root, splits: dict[str, list[tuple[str, int]]], declared, where: Callable[[str, int], str],
+                outside: str) -> None:
+    """A layout error naming the first image whose class id the files do not declare."""
+    for split, items in splits.items():
+        for i, (_, k) in enumerate(items):
+            if k not in declared:
+                raise _layout_error(ds, root, f"{where(split, i)} has class {k}, {outside}.")
+
+
+def _by_id(base: Path, names, splits: dict[str, list[tuple[str, int]]], layout: str = "", ids: bool = True) -> Listing:
+    """Class ids are labels, not positions: the copy's classes are the declared ids its annotation
+    lists use, in id order, remapped to 0..K-1 (a Cars copy using ids 3, 7 and 150 has three classes,
+    named by id). `names` maps an id to its class name; `ids=False` for datasets whose classes are
+    names (Aircraft, MIT-67), where the positions are no ids worth reporting."""
+    used = sorted({k for items in splits.values() for _, k in items})
+    label = {k: i for i, k in enumerate(used)}
+    return Listing(base, [names[k] for k in used], {s: [(p, label[k]) for p, k in items] for s, items in splits.items()},
+                   layout, used if ids else None)
+
+
 # ---------------------------------------------------------------------------- listers
+FLOWERS_CLASSES, DOGS_CLASSES = 102, 120  # ids 1..N: neither ships a class list to declare them
+
+
 def _list_flowers(root: Path) -> Listing:
     ds = PAPER["flowers102"]
     d = _locate(ds, root, ["flowers-102", ""], ["jpg", "imagelabels.mat", "setid.mat"])
     labels = _loadmat(ds, root, d / "imagelabels.mat", ["labels"])["labels"].astype(np.int64).reshape(-1)
     setid = _loadmat(ds, root, d / "setid.mat", ["trnid", "valid", "tstid"])
-    splits = {}
-    for split, key in (("train", "trnid"), ("val", "valid"), ("test", "tstid")):
+    splits, image_ids = {}, {}
+    keys = {"train": "trnid", "val": "valid", "test": "tstid"}
+    for split, key in keys.items():
         ids = setid[key].astype(np.int64).reshape(-1)  # uint16 in the file: widen before arithmetic
         bad = ids[(ids < 1) | (ids > len(labels))]
         if len(bad):
             raise _layout_error(ds, root, f"setid.mat '{key}' lists image id {bad[0]}, but imagelabels.mat "
                                           f"has labels for ids 1..{len(labels)} only.")
-        splits[split] = [(f"jpg/image_{i:05d}.jpg", int(labels[i - 1]) - 1) for i in ids]
-    classes = [f"flower {c}" for c in range(1, int(labels.max()) + 1)]
-    return Listing(d, classes, splits)
+        image_ids[split] = ids
+        splits[split] = [(f"jpg/image_{i:05d}.jpg", int(labels[i - 1])) for i in ids]
+    declared = range(1, FLOWERS_CLASSES + 1)
+    _undeclared(ds, root, splits, declared,
+                lambda s, i: f"image id {image_ids[s][i]} (setid.mat '{keys[s]}', labelled in imagelabels.mat)",
+                f"outside 1..{FLOWERS_CLASSES}, the Flowers-102 class ids")
+    return _by_id(d, {k: f"flower {k}" for k in declared}, splits)
 
 
-def _cub_records(root: Path):
+def _list_cub(root: Path) -> Listing:
     ds = PAPER["cub200"]
     d = _locate(ds, root, ["CUB_200_2011", ""], ["images", "images.txt", "image_class_labels.txt",
                                                 "train_test_split.txt", "classes.txt"])
     paths = {k: v for k, v in _pairs(ds, root, d / "images.txt")}
     labels = {k: _int(ds, root, "image_class_labels.txt", v) for k, v in _pairs(ds, root, d / "image_class_labels.txt")}
     train = {k: v.strip() == "1" for k, v in _pairs(ds, root, d / "train_test_split.txt")}
-    declared = sorted((_int(ds, root, "classes.txt", k), name) for k, name in _pairs(ds, root, d / "classes.txt"))
-    ids = [k for k, _ in declared]
-    classes = [name for _, name in declared]
-    position = {k: i for i, k in enumerate(ids)}  # class ids are labels, not positions: remap to 0..K-1
+    names = {_int(ds, root, "classes.txt", k): name for k, name in _pairs(ds, root, d / "classes.txt")}
     for what, table in (("image_class_labels.txt", labels), ("train_test_split.txt", train)):
         missing = set(paths) - set(table)
         if missing:
             raise _layout_error(ds, root, f"{what} has no entry for image id {sorted(missing, key=int)[0]} of images.txt.")
-    bad = [k for k, c in labels.items() if c not in position and k in paths]
-    if bad:
-        raise _layout_error(ds, root, f"image id {bad[0]} has class {labels[bad[0]]}, which classes.txt does not "
-                                      f"list (it lists {len(ids)} class ids, {ids[0]}..{ids[-1]}).")
     order = sorted(paths, key=lambda k: _int(ds, root, "images.txt", k))
-    return d, classes, ids, [("images/" + paths[k], position[labels[k]], train[k]) for k in order]
-
-
-def _list_cub(root: Path) -> Listing:
-    d, classes, ids, recs = _cub_records(root)
-    return Listing(d, classes, {"train": [(p, y) for p, y, t in recs if t], "test": [(p, y) for p, y, t in recs if not t]},
-                   class_ids=ids)
+    splits = {"train": [k for k in order if train[k]], "test": [k for k in order if not train[k]]}
+    ids = sorted(names)
+    _undeclared(ds, root, {s: [(k, labels[k]) for k in keys] for s, keys in splits.items()}, names,
+                lambda s, i: f"image id {splits[s][i]}",
+                f"which classes.txt does not list (it lists {len(ids)} class ids, {id_ranges(ids)})")
+    return _by_id(d, names, {s: [("images/" + paths[k], labels[k]) for k in keys] for s, keys in splits.items()})
 
 
 def _disjoint(listing: Listing, last_train_id: int) -> Listing:
@@ -236,7 +272,7 @@ def _list_aircraft(root: Path) -> Listing:
                 raise _layout_error(ds, root, f"{rel} names variant '{name}' (image {image_id}), which is not in data/variants.txt.")
             items.append((f"data/images/{image_id}.jpg", index[name]))  # ids keep their leading zeros
         splits[split] = items
-    return Listing(d, variants, splits)
+    return _by_id(d, variants, splits, ids=False)  # positions in variants.txt, for the variants the lists use
 
 
 def _list_mit67(root: Path) -> Listing:
@@ -270,27 +306,34 @@ def _list_mit67(root: Path) -> Listing:
                 raise _layout_error(ds, root, f"{listfile} lists '{entry}', whose category has no folder under Images/.")
             items.append(("Images/" + cat + "/" + rel.split("/", 1)[1], cat_index[cat]))
         splits[split] = items
-    return Listing(d, categories, splits)
+    return _by_id(d, categories, splits, ids=False)  # the categories the lists use
 
 
 def _list_dogs(root: Path) -> Listing:
     ds = PAPER["dogs"]
     d = _locate(ds, root, ["", "dogs", "stanford_dogs", "StanfordDogs", "Stanford_Dogs"],
                 ["Images", "train_list.mat", "test_list.mat"])
-    splits, names = {}, {}
+    splits, names, ids = {}, {}, {}  # names: class id -> breed folder; ids: the reverse, to catch mislabels
     for split in ("train", "test"):
         mat = _loadmat(ds, root, d / f"{split}_list.mat", ["file_list", "labels"])
         files = [_mat_str(x) for x in mat["file_list"].reshape(-1)]
         labels = [int(round(float(v))) for v in mat["labels"].reshape(-1)]
         if len(files) != len(labels):
             raise _layout_error(ds, root, f"{split}_list.mat has {len(files)} files but {len(labels)} labels.")
-        splits[split] = [("Images/" + f, y - 1) for f, y in zip(files, labels)]
-        for f, y in zip(files, labels):
-            names.setdefault(y, f.split("/", 1)[0])
-    n = max(names)
-    if min(names) < 1:
-        raise _layout_error(ds, root, f"labels must be 1..{n}, found {min(names)}.")
-    return Listing(d, [names.get(c, f"class {c}") for c in range(1, n + 1)], splits)
+        splits[split] = [("Images/" + f, y) for f, y in zip(files, labels)]
+    _undeclared(ds, root, splits, range(1, DOGS_CLASSES + 1),
+                lambda s, i: f"{s}_list.mat entry {i + 1} ({splits[s][i][0]})",
+                f"outside 1..{DOGS_CLASSES}, the Stanford Dogs class ids")
+    for split, items in splits.items():
+        for rel, y in items:
+            breed = rel.split("/")[1] if rel.count("/") > 1 else "Images"
+            if names.setdefault(y, breed) != breed:
+                raise _layout_error(ds, root, f"{split}_list.mat gives {rel} class {y}, which the lists also give to "
+                                              f"{names[y]}/: one class id per breed folder.")
+            if ids.setdefault(breed, y) != y:
+                raise _layout_error(ds, root, f"{split}_list.mat gives {rel} class {y}, but other images of {breed}/ "
+                                              f"have class {ids[breed]}: one class id per breed folder.")
+    return _by_id(d, names, splits)
 
 
 def _list_cars(root: Path) -> Listing:
@@ -305,32 +348,36 @@ def _list_cars(root: Path) -> Listing:
             if test_annos is None:
                 raise _layout_error(ds, root, f"{d} has the devkit layout but lacks cars_test_annos_withlabels.mat "
                                               f"(the labelled test annotations, a separate download).")
-            classes = [_mat_str(x) for x in _loadmat(ds, root, d / "devkit/cars_meta.mat", ["class_names"])["class_names"].reshape(-1)]
-            splits = {}
+            meta = _loadmat(ds, root, d / "devkit/cars_meta.mat", ["class_names"])["class_names"]
+            splits, files = {}, {}
             for split, folder, path in (("train", "cars_train", d / "devkit/cars_train_annos.mat"), ("test", "cars_test", test_annos)):
                 annos = _loadmat(ds, root, path, ["annotations"])["annotations"].reshape(-1)
                 if "class" not in (annos.dtype.names or ()):
                     raise _layout_error(ds, root, f"{path} has no 'class' field (the unlabelled test annotations?).")
-                splits[split] = [(f"{folder}/{_mat_str(a['fname'])}", _mat_int(a["class"]) - 1) for a in annos]
-            return _checked_cars(ds, root, Listing(d, classes, splits, "devkit"))
+                splits[split] = [(f"{folder}/{_mat_str(a['fname'])}", _mat_int(a["class"])) for a in annos]
+                files[split] = path.name
+            return _cars_by_id(ds, root, d, meta, "devkit/cars_meta.mat", splits, files, "devkit")
         if all((d / m).exists() for m in allinone):
             mat = _loadmat(ds, root, d / "cars_annos.mat", ["annotations", "class_names"])
-            classes = [_mat_str(x) for x in mat["class_names"].reshape(-1)]
             splits = {"train": [], "test": []}
             for a in mat["annotations"].reshape(-1):
-                splits["test" if _mat_int(a["test"]) else "train"].append((_mat_str(a["relative_im_path"]), _mat_int(a["class"]) - 1))
-            return _checked_cars(ds, root, Listing(d, classes, splits, "all-in-one"))
+                splits["test" if _mat_int(a["test"]) else "train"].append((_mat_str(a["relative_im_path"]), _mat_int(a["class"])))
+            return _cars_by_id(ds, root, d, mat["class_names"], "cars_annos.mat", splits,
+                               {"train": "cars_annos.mat", "test": "cars_annos.mat"}, "all-in-one")
     present = [str(d) for d in candidates if d.is_dir()]
     raise _layout_error(ds, root, "neither the devkit layout (stanford_cars/devkit/...) nor the all-in-one layout "
                                   f"(car_ims/ + cars_annos.mat) is complete in {', '.join(present) or root}.")
 
 
-def _checked_cars(ds, root, listing: Listing) -> Listing:
-    for split, items in listing.splits.items():
-        bad = [y for _, y in items if not 0 <= y < len(listing.classes)]
-        if bad:
-            raise _layout_error(ds, root, f"{split} annotations hold class {bad[0] + 1}, outside 1..{len(listing.classes)}.")
-    return listing
+def _cars_by_id(ds, root, d: Path, class_names, meta: str, splits, files: dict, layout: str) -> Listing:
+    """Cars' 1-based `class` fields are positions in the meta's class_names: they declare ids
+    1..len(class_names), and a subset copy (a meta of 196 names, annotations using 3, 7 and 150) has
+    the classes its annotations use."""
+    names = {i: _mat_str(x) for i, x in enumerate(class_names.reshape(-1), 1)}
+    _undeclared(ds, root, splits, names, lambda s, i: f"image {splits[s][i][0]} ({files[s]})",
+                f"outside 1..{len(names)}, the class ids {meta} declares (a class id is a position in its "
+                f"{len(names)} class_names)")
+    return _by_id(d, names, splits, layout)
 
 
 # ---------------------------------------------------------------------------- the loader
@@ -339,8 +386,8 @@ def data_root(cfg_root: str | None, ds: PaperDataset) -> Path:
     if not text:
         raise UserError(
             f"Dataset '{ds.name}' ({ds.title}) is read from a local folder: pass --data-root PATH or set "
-            f"KEBENCH_DATA.\nExpected layout under it:\n{ds.layout}\nGet the archives from {ds.source}; "
-            f"kebench never downloads data itself.")
+            f"KEBENCH_DATA.\nExpected layout under it:\n{ds.layout}\nGet the archives from {ds.source}. "
+            f"{download_hint(ds.name)}")
     root = Path(text).expanduser()
     if not root.is_dir():
         raise _layout_error(ds, root, "that folder does not exist.")
@@ -351,20 +398,22 @@ def parse_options(ds: PaperDataset, given: dict) -> dict:
     opts = DATASETS[ds.name].parse_options(given)
     if opts["cache_budget_gb"] < 0 or opts["workers"] < 0 or opts["max_bad"] < 0:
         raise UserError(f"--data-opt cache_budget_gb, workers and max_bad must be >= 0; got {opts}.")
+    cachemod.check_decoder(opts["decode"])
     return opts
 
 
 def list_dataset(name: str, root: Path) -> Listing:
     """The listing the loader uses (one for retrieval variants: their class-disjoint split)."""
     ds = PAPER[name]
-    return ds.lister(root)
+    listing = ds.lister(root)
+    return listing if ds.last_train_id is None else _disjoint(listing, ds.last_train_id)
 
 
 def load_paper(name: str, cfg) -> DataBundle:
     ds = PAPER[name]
     opts = parse_options(ds, dict(cfg.data_options))
     root = data_root(cfg.data_root, ds)
-    listing = ds.lister(root)
+    listing = list_dataset(name, root)
     res = cfg.resolution or ds.native or DEFAULT_RESOLUTION
     size = res if ds.native else round(res * TEST_RESIZE_RATIO)
     banner = AIRCRAFT_BANNER_PX if opts.get("crop_banner") else 0
@@ -379,7 +428,7 @@ def load_paper(name: str, cfg) -> DataBundle:
                                   listing.base, items, size=size, banner_px=banner,
                                   keep_aspect=split == "train" and not ds.native,
                                   cache_dir=cache_dir,
-                                  budget_bytes=budget, workers=opts["workers"])
+                                  budget_bytes=budget, workers=opts["workers"], decode=opts["decode"])
         splits[split] = got.split
         unusable += [{"split": split, "path": str(listing.base / p), "reason": r} for p, r in got.unusable]
         cache_info[split] = got.info
@@ -417,7 +466,7 @@ def load_paper(name: str, cfg) -> DataBundle:
     options = {k: v for k, v in opts.items() if k in ds.options}
     info = {
         "root": str(listing.base), "layout": listing.layout or "official",
-        "classes": len(listing.classes), "splits": sizes,
+        "classes": len(listing.classes), "official_classes": ds.official_classes, "splits": sizes,
         "official_sizes": ds.official, "matches_official": sizes == ds.official,
         "options": options, "resolution": res, "cached_size": size,
         "transform": {"train": f"RandomResizedCrop({res}, scale={CROP_SCALE}) + flip, drawn from the whole "
@@ -427,10 +476,12 @@ def load_paper(name: str, cfg) -> DataBundle:
         "test_resize_ratio": size / res,  # the cache is already at the test resize: center_view only crops
         "cache": cache_info, "unusable": {"count": len(unusable), "files": unusable},
     }
+    if listing.class_ids is not None:  # which classes a subset copy trained on
+        info["class_ids"] = id_ranges(listing.class_ids)
     if ds.task == "retrieval":
         ids = listing.class_ids or list(range(1, len(listing.classes) + 1))
-        info["split"] = (f"class-disjoint: train on class ids {ids[0]}-{ids[half - 1]} ({half} classes), test on "
-                         f"{ids[half]}-{ids[-1]} ({len(ids) - half})") if 0 < half < len(ids) else "class-disjoint"
+        info["split"] = (f"class-disjoint: train on class ids {id_ranges(ids[:half])} ({half} classes), test on "
+                         f"{id_ranges(ids[half:])} ({len(ids) - half})") if 0 < half < len(ids) else "class-disjoint"
     return DataBundle(
         name=name, task=ds.task, train=splits["train"], val=splits.get("val"), test=splits["test"],
         num_classes=num_classes, in_chans=3, resolution=res, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -474,25 +525,29 @@ _SOURCES = {
 }
 
 _add(PaperDataset("flowers102", "Oxford Flowers-102", _list_flowers, _FLOWERS, _SOURCES["flowers102"],
-                  {"train": 1020, "val": 1020, "test": 6149},
+                  {"train": 1020, "val": 1020, "test": 6149}, official_classes=FLOWERS_CLASSES,
                   description="Oxford Flowers-102, 102 classes, 1020 train / 1020 val / 6149 test (local folder)"))
 _add(PaperDataset("cub200", "CUB-200-2011", _list_cub, _CUB, _SOURCES["cub200"], {"train": 5994, "test": 5794},
+                  official_classes=200,
                   description="CUB-200-2011 birds, 200 classes, 5994 train / 5794 test (local folder)"))
 _add(PaperDataset("aircraft", "FGVC-Aircraft 2013b", _list_aircraft, _AIRCRAFT, _SOURCES["aircraft"],
-                  {"train": 3334, "val": 3333, "test": 3333}, options={"crop_banner": True},
+                  {"train": 3334, "val": 3333, "test": 3333}, options={"crop_banner": True}, official_classes=100,
                   description="FGVC-Aircraft 2013b, 100 variants, 3334 train / 3333 val / 3333 test; "
                               "20-px banner cropped (--data-opt crop_banner=false keeps it)"))
 _add(PaperDataset("mit67", "MIT Indoor-67", _list_mit67, _MIT67, _SOURCES["mit67"], {"train": 5360, "test": 1340},
+                  official_classes=67,
                   description="MIT Indoor-67 scenes, 67 classes, 5360 train / 1340 test (local folder)"))
 _add(PaperDataset("dogs", "Stanford Dogs", _list_dogs, _DOGS, _SOURCES["dogs"], {"train": 12000, "test": 8580},
+                  official_classes=DOGS_CLASSES,
                   description="Stanford Dogs, 120 breeds, 12000 train / 8580 test (local folder)"))
 _add(PaperDataset("cars196", "Stanford Cars-196", _list_cars, _CARS, _SOURCES["cars196"], {"train": 8144, "test": 8041},
+                  official_classes=196,
                   description="Stanford Cars, 196 classes, 8144 train / 8041 test; devkit or all-in-one layout"))
-_add(PaperDataset("cub200-retrieval", "CUB-200-2011", lambda root: _disjoint(_list_cub(root), 100), _CUB, _SOURCES["cub200"],
-                  {"train": 5864, "test": 5924}, task="retrieval",
+_add(PaperDataset("cub200-retrieval", "CUB-200-2011", _list_cub, _CUB, _SOURCES["cub200"],
+                  {"train": 5864, "test": 5924}, task="retrieval", official_classes=200, last_train_id=100,
                   description="CUB-200-2011, class-disjoint: train on classes 1-100 (5864), retrieve among 101-200 (5924)"))
-_add(PaperDataset("cars196-retrieval", "Stanford Cars-196", lambda root: _disjoint(_list_cars(root), 98), _CARS,
-                  _SOURCES["cars196"], {"train": 8054, "test": 8131}, task="retrieval",
+_add(PaperDataset("cars196-retrieval", "Stanford Cars-196", _list_cars, _CARS,
+                  _SOURCES["cars196"], {"train": 8054, "test": 8131}, task="retrieval", official_classes=196, last_train_id=98,
                   description="Stanford Cars, class-disjoint: train on classes 1-98 (8054), retrieve among 99-196 (8131)"))
 
 

@@ -105,6 +105,10 @@ def augment_cpu(source: torch.Tensor, index: torch.Tensor, out_size: int, boxes:
     channels_last = source.is_contiguous(memory_format=torch.channels_last)
     out = torch.empty(n, c, out_size, out_size, memory_format=torch.channels_last)
     turn = torch.zeros(n, dtype=torch.bool) if transposed is None else transposed.cpu()
+    # mean and std at full size: the same arithmetic per element, in one contiguous loop (broadcast over
+    # a channels-last image, TensorIterator runs 3-element inner loops, several times slower)
+    mean = mean.expand(1, c, out_size, out_size).contiguous(memory_format=torch.channels_last)
+    std = std.expand(1, c, out_size, out_size).contiguous(memory_format=torch.channels_last)
     jobs = list(zip(range(n), index.tolist(), left.tolist(), top.tolist(), w.tolist(), h.tolist(), flips.tolist(),
                     turn.tolist()))
 
@@ -198,6 +202,9 @@ class BatchStream:
         # Small datasets live on the device once, as uint8 (a GPU data cache); others stream by batch.
         self.resident = self.policy.keeps_resident(split.images)
         self.images = split.images.to(device) if self.resident else split.images
+        for_device = getattr(self.images, "for_device", None)  # on-demand decoders: CPU workers or this GPU
+        if for_device is not None:
+            self.images = for_device(device)
         self.labels = split.labels.to(device)
         self._on_device: dict | None = None  # this epoch's batch indices on CUDA (`_send_order`)
         self.extent = split.extent  # per-image (h, w) of aspect-keeping slots, or None (CPU)
@@ -316,9 +323,10 @@ def _to_device_together(device: torch.device, boxes: torch.Tensor, flips: torch.
 
 
 def _fetch(images, index: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Gather rows of a host tensor (e.g. memory-mapped) onto `device`: pinned and non-blocking on CUDA."""
+    """Gather rows of a host tensor (e.g. memory-mapped) onto `device`: pinned and non-blocking on CUDA
+    (rows an on-demand decoder made on the GPU already are there)."""
     x = images[index]
-    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" and not x.is_cuda else x
 
 
 def _fetch_ahead(images, index: torch.Tensor, device: torch.device, stream) -> tuple:

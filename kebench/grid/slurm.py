@@ -146,7 +146,7 @@ def run_submitit(entries, *, cluster: str, retry_failed: bool = False, workers: 
     """Submit the sweep's unfinished runs. SLURM: one job array (returns once submitted unless
     `wait`), after checking with SLURM that it can run. Local: at most `workers` jobs at a time,
     waiting for all. Returns an exit code."""
-    from kebench.grid.sweep import unfinished
+    from kebench.grid.sweep import progress_line, unfinished
 
     nproc = nproc or max(1, executor_opts.get("gpus_per_job", 1))
     todo = unfinished(entries, retry_failed, echo)
@@ -172,16 +172,24 @@ def run_submitit(entries, *, cluster: str, retry_failed: bool = False, workers: 
              f"(logs under {folder}); 'kebench sweep FILE --status' follows them")
         return _wait_slurm(list(zip(todo, jobs)), folder, echo) if wait else 0
     executor = make_executor(folder / "%j", cluster, **executor_opts)
-    pairs, pending, limit = [], list(zip(todo, payloads)), workers or 1
-    while pending or any(not j.done() for _, j in pairs):
-        while pending and sum(not j.done() for _, j in pairs) < limit:
+    running, pending, limit = [], list(zip(todo, payloads)), workers or 1
+    code, failed, took = 0, 0, []  # took: seconds of each job that ended (done or failed)
+    while pending or running:
+        while pending and len(running) < limit:
             entry, payload = pending.pop(0)
             job = executor.submit(SweepTask(nproc), payload)
             _log_jobs(folder, [(entry, job)])
-            pairs.append((entry, job))
+            running.append((entry, job, time.perf_counter()))
             echo(f"start {entry.run_id} (submitit job {job.job_id})")
+        for item in [r for r in running if r[1].done()]:
+            running.remove(item)
+            entry, job, t0 = item
+            took.append(time.perf_counter() - t0)
+            if not _outcome(entry, job, echo):
+                code, failed = 1, failed + 1
+            echo(progress_line(len(took) - failed, failed, len(running), len(pending), took, limit))
         time.sleep(0.2)
-    return _wait(pairs, echo)
+    return code
 
 
 def _not_queued(todo, echo) -> list:
@@ -218,15 +226,32 @@ def _submit_array(executor, folder: Path, task, payloads) -> list:
         raise UserError(f"SLURM refused the submission, so nothing was queued: {reason.strip()}") from None
 
 
+#: SLURM states of a job whose run is being trained (the rest of `scheduler.LIVE` waits in the queue).
+TRAINING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
+
+
+def _run_seconds(entry) -> float | None:
+    """How long a finished run trained, from its result.json (queue time left out)."""
+    from kebench.run import results
+
+    took = (results.read_result(entry.dir) or {}).get("wall_time_s")
+    return float(took) if isinstance(took, (int, float)) else None
+
+
 def _wait_slurm(pairs, folder: Path, echo, poll_s: float = 2.0) -> int:
     """Follow the submitted jobs until each run is done or failed, or its job ended without it
-    (cancelled, failed, timed out), reading the run folders and SLURM's own accounting."""
-    from kebench.grid.sweep import state_of
+    (cancelled, failed, timed out), reading the run folders and SLURM's own accounting. Whenever the
+    counts change it says where the sweep stands, as the local executor does:
+    'sweep: 3 done, 1 failed, 2 running, 4 pending; ETA 5m10s' (the ETA from the finished runs' mean
+    training time, shared out over the jobs running now)."""
+    from kebench.grid.sweep import progress_line, state_of
 
     code, waiting = 0, {e.run_id: e for e, _ in pairs}
     jobs = {e.run_id: j.job_id for e, j in pairs}
+    failed, took, started, shown = 0, [], {}, None
     while waiting:
         states = scheduler.job_states(jobs[run_id] for run_id in waiting)
+        running = 0
         for entry in list(waiting.values()):
             state, detail = state_of(entry)
             info = states.get(jobs[entry.run_id])
@@ -235,29 +260,38 @@ def _wait_slurm(pairs, folder: Path, echo, poll_s: float = 2.0) -> int:
                 echo(f"done  {entry.run_id}: {detail}")
             elif state == "failed" or slurm_state in scheduler.ENDED or (
                     slurm_state == "COMPLETED" and state == "pending"):
-                code = 1
+                code, failed = 1, failed + 1
                 log = scheduler.log_of(folder, jobs[entry.run_id])
                 echo(f"FAIL  {entry.run_id} (SLURM job {jobs[entry.run_id]} {slurm_state or 'gone'}): "
                      f"{detail or 'no result'}; log: {log}")
             else:
+                if state == "running" or slurm_state in TRAINING:
+                    running += 1
+                    started.setdefault(entry.run_id, time.monotonic())
                 continue
+            seconds = _run_seconds(entry) if state == "done" else None
+            if seconds is None and entry.run_id in started:
+                seconds = time.monotonic() - started[entry.run_id]
+            if seconds is not None:
+                took.append(seconds)
             del waiting[entry.run_id]
+        counts = (len(pairs) - len(waiting) - failed, failed, running, len(waiting) - running)
+        if counts != shown:
+            echo(progress_line(*counts, took, workers=max(running, 1)))
+            shown = counts
         if waiting:
             time.sleep(poll_s)
     return code
 
 
-def _wait(pairs, echo) -> int:
-    code = 0
-    for entry, job in pairs:
-        try:
-            outcome = job.result()
-            statuses = [r["status"] for r in outcome["records"]]
-            echo(f"{'done ' if all(s == 'complete' for s in statuses) else 'FAIL '} {entry.run_id}: {statuses}")
-            if any(s != "complete" for s in statuses):
-                code = 1
-        except Exception as exc:  # submitit re-raises the job's error with its traceback
-            code = 1
-            echo(f"FAIL  {entry.run_id} (job {job.job_id}): {str(exc).strip().splitlines()[-1]}; "
-                 f"log: {job.paths.stderr}")
-    return code
+def _outcome(entry, job, echo) -> bool:
+    """Say how a finished submitit job ended; True when its runs are complete."""
+    try:
+        statuses = [r["status"] for r in job.result()["records"]]
+    except Exception as exc:  # submitit re-raises the job's error with its traceback
+        echo(f"FAIL  {entry.run_id} (job {job.job_id}): {str(exc).strip().splitlines()[-1]}; "
+             f"log: {job.paths.stderr}")
+        return False
+    ok = all(s == "complete" for s in statuses)
+    echo(f"{'done ' if ok else 'FAIL '} {entry.run_id}: {statuses}")
+    return ok

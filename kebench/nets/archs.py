@@ -5,11 +5,15 @@ everywhere a timm name does (`kebench list archs` shows them):
   Networks", 2017), small networks built from pattern (3 x 3) and transform (1 x 1) convolutions;
   -B computes every 3 x 3 filter as its binary sign pattern (kebench.nets.pattern.BinaryConv2d).
 - evonet: the genome-built network family of the architecture searches (kebench.nets.genome).
+- resnet18_tiny: timm's ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 64 px
+  Tiny-ImageNet: its four stages then see 64/32/16/8 px maps, about the 56/28/14/7 px that
+  ResNet-18 sees on 224 px ImageNet (timm's own stem would leave 16 px after the stem, 2 px at the end).
 """
 from __future__ import annotations
 
 import torch
 from timm.models import register_model
+from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from kebench.nets.pattern import BinaryConv2d
@@ -63,8 +67,9 @@ class SEPModule(nn.Module):
 
 
 class TimmHead:
-    """timm's classifier interface for kebench's own nets (`fc` on `num_features`), so objectives
-    that replace the head (cosine, embedding) treat them like any timm model."""
+    """timm's classifier interface for kebench's own nets (`fc` on `num_features`, or on
+    `head_hidden_size` where a hidden head layer precedes it), so objectives that replace the head
+    (cosine, embedding) treat them like any timm model."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -73,7 +78,8 @@ class TimmHead:
         return self.fc
 
     def reset_classifier(self, num_classes: int, *_) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        width = getattr(self, "head_hidden_size", None) or self.num_features
+        self.fc = nn.Linear(width, num_classes) if num_classes else nn.Identity()
 
 
 class SEPNet(TimmHead, nn.Module):
@@ -122,3 +128,15 @@ def sepnet_r(pretrained: bool = False, **kwargs) -> SEPNet:
 def sepnet_b(pretrained: bool = False, **kwargs) -> SEPNet:
     """SEP-Net-B: every 3x3 pattern filter after the stem computed and stored as its scaled sign pattern."""
     return SEPNet(binary=True, **{"stages": SEPNET_B_STAGES, **timm_kwargs(kwargs)})
+
+
+@register_model
+def resnet18_tiny(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet-18 for 64 px inputs (Tiny-ImageNet): timm's ResNet with a 3x3 stride-1 stem of 64 and no
+    max-pool. A timm ResNet of Basic blocks, so neuroevo grows it (`layers` sets the blocks per stage)."""
+    kwargs = timm_kwargs(kwargs)
+    model = ResNet(block=BasicBlock, layers=kwargs.pop("layers", [2, 2, 2, 2]), **kwargs)
+    model.conv1 = nn.Conv2d(model.conv1.in_channels, model.conv1.out_channels, 3, 1, 1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as timm inits convs
+    model.maxpool = nn.Identity()
+    return model

@@ -1,19 +1,30 @@
 """The CIFAR networks of Park, Yoo and Kwak's KD x pruning / augmentation studies and of the CIFAR
-pruning literature they build on, registered in timm's model registry (`--arch resnet56`):
+pruning literature they build on, registered in timm's model registry (`--arch resnet56`). Each
+default follows the code behind the published numbers (docs/fidelity.md names the repository and
+file of every fact):
 
 - resnet20/32/56/110: He et al. 2016 (Sec. 4.2), 3x3 stem of 16, three stages of (depth-2)/6 basic
-  blocks at 16/32/64 channels, global pooling, linear head. Shortcut `shortcut="B"` (default): a
-  1x1 conv + BN projection where the shape changes, as in rethinking-network-pruning's cifar/
-  l1-norm-pruning ResNet (derived from bearpaw's pytorch-classification), the code Park et al. name;
-  `shortcut="A"`: He et al.'s parameter-free zero-padded identity.
-- vgg16_cifar / vgg19_cifar: VGG with BatchNorm for 32 px inputs as rethinking-network-pruning's
-  (network-slimming / l1-norm-pruning) `vgg`: 3x3 conv-BN-ReLU stacks, 4 max-pools (the 5th dropped),
-  2x2 average pool, one linear layer on 512 features.
-- densenet40: Huang et al. 2017 DenseNet (not BC), depth 40, growth 12, 16 stem channels, three dense
-  blocks of 12 BN-ReLU-conv3x3 layers, transitions BN-ReLU-conv1x1 (no compression) + 2x2 avg pool.
-- wrn28_10: Zagoruyko & Komodakis 2016 WRN-28-10, pre-activation basic blocks at 160/320/640.
-- pyramidnet110_a48 / pyramidnet200_a240: Han et al. 2017 PyramidNet (additive widening, basic /
-  bottleneck blocks, zero-padded identity shortcuts with 2x2 average pooling where the size halves).
+  blocks at 16/32/64 channels, global pooling, linear head. `shortcut="A-pool"` (default): where the
+  shape changes, 2x2 average pooling and zero channels appended, no parameters, as the ResNet of
+  rethinking-network-pruning's cifar/l1-norm-pruning (the ResNet-56/110 Park et al. prune);
+  `shortcut="A"`: He et al.'s option A (every other pixel, zero channels); `shortcut="B"`: a 1x1
+  conv + BN projection (bearpaw's pytorch-classification, rethinking's cifar/weight-level).
+- vgg16_cifar / vgg19_cifar: VGG with BatchNorm for 32 px inputs: 3x3 conv-BN-ReLU stacks (no conv
+  bias), 4 max-pools (the 5th dropped), the 2x2 map averaged. VGG-16 is cifar/l1-norm-pruning's, with
+  a hidden head layer (linear 512-512, BN, ReLU, then the classifier); VGG-19 is
+  cifar/network-slimming's, one linear layer on 512 features. BN gamma starts at 0.5, linear layers
+  N(0, 0.01) with zero bias.
+- densenet40: Huang et al. 2017 DenseNet (not BC), depth 40, growth 12, three dense blocks of 12
+  BN-ReLU-conv3x3 layers, transitions BN-ReLU-conv1x1 without compression + 2x2 average pooling, and
+  a stem of 2 x growth = 24 channels as both of rethinking-network-pruning's DenseNets (456 features
+  at the head); `stem=16` gives Huang et al.'s non-BC stem (448 features).
+- wrn28_10: Zagoruyko & Komodakis 2016 WRN-28-10, pre-activation basic blocks at 160/320/640;
+  `block_drop` is their dropout between the two convs of a block (0 by default; 0.3 in their
+  dropout rows).
+- pyramidnet110_a48 / pyramidnet200_a240: Han et al. 2017 PyramidNet as dyhan0920/PyramidNet-PyTorch
+  (and clovaai/CutMix-PyTorch's copy) builds it: additive widening, BN-first basic / bottleneck
+  blocks without a final ReLU, zero-padded identity shortcuts with 2x2 average pooling where the size
+  halves, stem conv-BN without ReLU, a final BN-ReLU before pooling.
 
 All take timm's `num_classes`, `in_chans`, `drop_rate` and expose timm's head interface.
 """
@@ -32,13 +43,13 @@ def _conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 def _init(model: nn.Module) -> None:
+    """Convs N(0, 2 / (k*k*out)), BN 1 / 0, linear layers as nn.Linear draws them: the reference
+    ResNet, DenseNet and PyramidNet codes' initialisation."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
             nn.init.zeros_(m.bias)
 
 
@@ -57,7 +68,7 @@ class _Net(TimmHead, nn.Module):
 
 class PadShortcut(nn.Module):
     """A parameter-free shortcut: subsample by `stride` (every other pixel, or 2x2 average pooling)
-    and zero-pad the channels up to `cout` (He et al.'s option A; PyramidNet)."""
+    and append zero channels up to `cout` (He et al.'s option A; l1-norm-pruning's ResNet; PyramidNet)."""
 
     def __init__(self, cin: int, cout: int, stride: int, pool: bool = False):
         super().__init__()
@@ -70,6 +81,9 @@ class PadShortcut(nn.Module):
 
 
 # ---------------------------------------------------------------------------- ResNet (He et al. 2016)
+SHORTCUTS = ("A-pool", "A", "B")
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, shortcut: str):
         super().__init__()
@@ -77,8 +91,8 @@ class BasicBlock(nn.Module):
         self.conv2, self.bn2 = _conv3(cout, cout), nn.BatchNorm2d(cout)
         if stride == 1 and cin == cout:
             self.shortcut = nn.Identity()
-        elif shortcut == "A":
-            self.shortcut = PadShortcut(cin, cout, stride)
+        elif shortcut in ("A", "A-pool"):
+            self.shortcut = PadShortcut(cin, cout, stride, pool=shortcut == "A-pool")
         else:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
@@ -88,11 +102,11 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(_Net):
-    def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, shortcut: str = "B",
+    def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, shortcut: str = "A-pool",
                  drop_rate: float = 0.0, widths=(16, 32, 64), **_):
         super().__init__()
-        if (depth - 2) % 6 or shortcut not in ("A", "B"):
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 and shortcut A or B, got {depth}, {shortcut!r}")
+        if (depth - 2) % 6 or shortcut not in SHORTCUTS:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 and shortcut one of {SHORTCUTS}, got {depth}, {shortcut!r}")
         n = (depth - 2) // 6
         self.conv1, self.bn1 = _conv3(in_chans, widths[0]), nn.BatchNorm2d(widths[0])
         blocks, cin = [], widths[0]
@@ -115,9 +129,13 @@ VGG_CIFAR = {
 }
 
 
+#: width of the hidden head layer: l1-norm-pruning's VGG-16 has one, network-slimming's VGG-19 none
+VGG_HIDDEN = {16: 512, 19: 0}
+
+
 class CifarVGG(_Net):
     def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0,
-                 width_mult: float = 1.0, **_):
+                 width_mult: float = 1.0, hidden: int | None = None, **_):
         super().__init__()
         layers, cin = [], in_chans
         for v in VGG_CIFAR[depth]:
@@ -128,16 +146,27 @@ class CifarVGG(_Net):
                 layers += [_conv3(cin, v), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
                 cin = v
         self.features = nn.Sequential(*layers)
+        hidden = max(1, round(VGG_HIDDEN[depth] * width_mult)) if hidden is None and VGG_HIDDEN[depth] else hidden
+        self.hidden = nn.Sequential(nn.Linear(cin, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)) \
+            if hidden else nn.Identity()
         self._head(cin, num_classes, drop_rate)
+        if hidden:
+            self.head_hidden_size = hidden
+            self.reset_classifier(num_classes)
         _init(self)
-        for m in self.modules():  # rethinking-network-pruning: BN gamma 0.5 at the start, N(0, 0.01) head
+        for m in self.modules():  # rethinking-network-pruning: BN2d gamma 0.5, linear N(0, 0.01), bias 0
             if isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 0.5)
-        if isinstance(self.fc, nn.Linear):
-            nn.init.normal_(self.fc.weight, 0, 0.01)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # a 2x2 map at 32 px: the head's global average = their AvgPool2d(2)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.hidden(x.mean((2, 3))))
+        return x if pre_logits else self.fc(x)
 
 
 # ---------------------------------------------------------------------------- DenseNet-40
@@ -161,10 +190,10 @@ class Transition(nn.Module):
 
 class CifarDenseNet(_Net):
     def __init__(self, depth: int = 40, growth: int = 12, num_classes: int = 10, in_chans: int = 3,
-                 drop_rate: float = 0.0, **_):
+                 drop_rate: float = 0.0, stem: int | None = None, **_):
         super().__init__()
         n = (depth - 4) // 3
-        cin = 2 * growth if growth > 12 else 16
+        cin = stem or 2 * growth  # rethinking-network-pruning's DenseNets: 2 x growth; Huang et al.'s non-BC: 16
         self.conv1 = _conv3(in_chans, cin)
         stages = []
         for stage in range(3):
@@ -184,30 +213,32 @@ class CifarDenseNet(_Net):
 
 # ---------------------------------------------------------------------------- Wide ResNet
 class WideBlock(nn.Module):
-    """Pre-activation: BN-ReLU-conv3x3-BN-ReLU-conv3x3, plus x (or a 1x1 conv of the activated x)."""
+    """Pre-activation: BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, plus x (or a 1x1 conv of the
+    activated x)."""
 
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, block_drop: float = 0.0):
         super().__init__()
         self.bn1, self.conv1 = nn.BatchNorm2d(cin), _conv3(cin, cout, stride)
         self.bn2, self.conv2 = nn.BatchNorm2d(cout), _conv3(cout, cout)
+        self.drop = nn.Dropout(block_drop) if block_drop else nn.Identity()
         self.shortcut = None if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = torch.relu(self.bn1(x))
-        out = self.conv2(torch.relu(self.bn2(self.conv1(a))))
+        out = self.conv2(self.drop(torch.relu(self.bn2(self.conv1(a)))))
         return out + (x if self.shortcut is None else self.shortcut(a))
 
 
 class WideResNet(_Net):
     def __init__(self, depth: int = 28, widen: int = 10, num_classes: int = 10, in_chans: int = 3,
-                 drop_rate: float = 0.0, **_):
+                 drop_rate: float = 0.0, block_drop: float = 0.0, **_):
         super().__init__()
         n = (depth - 4) // 6
         self.conv1 = _conv3(in_chans, 16)
         blocks, cin = [], 16
         for stage, width in enumerate((16 * widen, 32 * widen, 64 * widen)):
             for i in range(n):
-                blocks.append(WideBlock(cin, width, 2 if stage and not i else 1))
+                blocks.append(WideBlock(cin, width, 2 if stage and not i else 1, block_drop))
                 cin = width
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(cin)
@@ -269,7 +300,7 @@ def _resnet(depth):
     def build(pretrained: bool = False, **kwargs) -> CifarResNet:
         return CifarResNet(depth, **timm_kwargs(kwargs))
     build.__name__ = f"resnet{depth}"
-    build.__doc__ = f"ResNet-{depth} for CIFAR (He et al. 2016, 16/32/64 channels)."
+    build.__doc__ = f"ResNet-{depth} for CIFAR (He et al. 2016, 16/32/64 channels; avg-pool + zero-pad shortcut)."
     return build
 
 
@@ -278,19 +309,19 @@ resnet20, resnet32, resnet56, resnet110 = (register_model(_resnet(d)) for d in (
 
 @register_model
 def vgg16_cifar(pretrained: bool = False, **kwargs) -> CifarVGG:
-    """VGG-16 with BN for CIFAR (rethinking-network-pruning)."""
+    """VGG-16 with BN for CIFAR, hidden head layer (rethinking-network-pruning cifar/l1-norm-pruning)."""
     return CifarVGG(16, **timm_kwargs(kwargs))
 
 
 @register_model
 def vgg19_cifar(pretrained: bool = False, **kwargs) -> CifarVGG:
-    """VGG-19 with BN for CIFAR (rethinking-network-pruning)."""
+    """VGG-19 with BN for CIFAR, one linear layer (rethinking-network-pruning cifar/network-slimming)."""
     return CifarVGG(19, **timm_kwargs(kwargs))
 
 
 @register_model
 def densenet40(pretrained: bool = False, **kwargs) -> CifarDenseNet:
-    """DenseNet-40, growth 12 (Huang et al. 2017)."""
+    """DenseNet-40, growth 12, 24-channel stem (Huang et al. 2017; rethinking-network-pruning's)."""
     return CifarDenseNet(40, 12, **timm_kwargs(kwargs))
 
 

@@ -85,7 +85,9 @@ def extract_subnetwork(model: nn.Module, keep: dict[str, torch.Tensor], example_
         if m.bias is not None:
             m.bias = _param(m.bias[o], m.bias)
     head = small.get_classifier() if hasattr(small, "get_classifier") else None
-    if isinstance(head, nn.Linear) and getattr(small, "num_features", None) == getattr(model.get_classifier(), "in_features", None):
+    if isinstance(head, nn.Linear) and getattr(small, "head_hidden_size", None):
+        small.head_hidden_size = head.in_features  # the classifier reads a hidden head layer (CIFAR VGG-16)
+    elif isinstance(head, nn.Linear) and getattr(small, "num_features", None) == getattr(model.get_classifier(), "in_features", None):
         small.num_features = head.in_features
     if example_input is not None:
         _check_runs(small, example_input)

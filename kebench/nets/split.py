@@ -1,7 +1,7 @@
 """Fit/reset hypotheses of Knowledge Evolution (Taha et al., CVPR 2021).
 
 A split is one binary mask M per conv/linear weight: M=1 is the fit-hypothesis, M=0 the
-reset-hypothesis. Before every generation after the first, `Split.reinitialize` draws the reset
+reset-hypothesis. Before every generation after the first, `SplitMasks.reinitialize` draws the reset
 part again from the layer's own default init (W = M*W + (1-M)*W_rand) and leaves fit weights,
 BatchNorm parameters and statistics and (KELS) the output-layer bias alone.
 
@@ -49,7 +49,7 @@ def _key(name: str) -> str:
     return name.replace(".", "/")
 
 
-class Split(nn.Module):
+class SplitMasks(nn.Module):
     """Fit/reset masks of a model's conv and linear weights: bool buffers (checkpointed, never parameters).
 
     `weight_<layer>` is True on fit weights. KELS also masks the bias of reset output channels
@@ -69,11 +69,11 @@ class Split(nn.Module):
 
     # -------------------------------------------------------------- construction
     @classmethod
-    def kels(cls, model: nn.Module, rate: float, graph: ChannelGraph) -> "Split":
+    def kels(cls, model: nn.Module, rate: float, graph: ChannelGraph) -> "SplitMasks":
         return cls("kels", rate, graph.masks(kels_keep(graph, rate), model))
 
     @classmethod
-    def wels(cls, model: nn.Module, rate: float, generator: torch.Generator, kind: str = "wels") -> "Split":
+    def wels(cls, model: nn.Module, rate: float, generator: torch.Generator, kind: str = "wels") -> "SplitMasks":
         masks = {n: (torch.rand(m.weight.shape, generator=generator) < rate, None) for n, m in _masked_layers(model)}
         if not masks:
             raise UserError("WELS needs a model with conv or linear layers; this one has none.")

@@ -9,6 +9,8 @@ activation with (group, index):
 * a conv/linear output opens a new group (one per module, even if it is called twice);
 * a residual add/mul of two activations *merges* their groups (the channels must stay aligned);
 * a concatenation along channels yields a tensor made of several groups (segments);
+* zero channels padded onto an activation (a parameter-free residual shortcut) pin the padded
+  group and the group it is added to: their channels stay, the layers between them are prunable;
 * BatchNorm, activations, pooling, dropout and flatten carry the labels through;
 * the network input and whatever reaches the network output (logits, embeddings) are *pinned*:
   all their channels are kept. So the first conv keeps its RGB inputs and the last Linear keeps
@@ -331,9 +333,21 @@ class _Tracer(TorchFunctionMode):
     def _op_pad(self, out, args, kwargs):
         x = args[0]
         pad = kwargs.get("pad", args[1] if len(args) > 1 else ())
-        if len(pad) > 2 * (x.dim() - 2):
-            raise self.unsupported("pad", "it pads the channel dimension")
-        self.set(out, *self.get(x))
+        if len(pad) <= 2 * (x.dim() - 2):
+            self.set(out, *self.get(x))
+            return
+        # Zero channels appended to an activation (the parameter-free shortcut of He et al.'s option A
+        # and of PyramidNet): the padded tensor is added to a wider group position by position, so
+        # neither side can lose a channel. Both are pinned; the layers between them stay prunable
+        # (Li et al. 2017 prune only the first conv of each such residual block).
+        mode, value = kwargs.get("mode", args[2] if len(args) > 2 else "constant"), kwargs.get(
+            "value", args[3] if len(args) > 3 else None)
+        if len(pad) > 2 * (x.dim() - 1) or mode != "constant" or value not in (None, 0, 0.0):
+            raise self.unsupported("pad", "it pads the batch dimension or fills channels with non-zero values")
+        reason = f"zero-padded along channels by a parameter-free shortcut{self.where()}"
+        self.pin(self.get(x)[0], reason)
+        g = self.new_group(out.shape[1], f"{self.stack[-1] if self.stack else 'input'}:pad{len(self.sizes)}", pinned=reason)
+        self.set(out, torch.full((out.shape[1],), g, dtype=torch.long), torch.arange(out.shape[1]))
 
     def _op_batch_norm(self, out, args, kwargs):
         x = args[0]

@@ -91,6 +91,8 @@ class Run:
         self._resuming = resume
         self._streams: dict[str, BatchStream] = {}
         self._last_fit: tuple[nn.Module, nn.Module] | None = None  # (network trained, run.model then)
+        #: (passes, epochs) the regime said it will train in all (`plan`); None until it says.
+        self.planned: tuple[int, int] | None = None
         self.monitors = monitor.hooks_for(self)  # TensorBoard when KEBENCH_TENSORBOARD=1
 
     @property
@@ -281,23 +283,39 @@ class Run:
         resume = self.book.resume
         return None if resume is None else resume["state"].get(name)
 
+    def plan(self, passes: int, epochs: int) -> None:
+        """The regime announces how many passes and epochs it will train in all (DSD's phases, RePr's
+        cycles, a search's individuals), so each pass is named "pass k/N" and the time left is the
+        whole run's. Announced again on a resume's replay; a pass a hook ends early (an extinct
+        individual) takes its unused epochs off the time left."""
+        self.planned = (int(passes), int(epochs))
+
     def planned_passes(self, kind: str) -> int | None:
         """How many passes of `kind` the run makes, when its regime says (KE, BANs: generations)."""
         n = self.cfg.plugin_params(self.method.regime.name).get("generations")
         return n if kind == "generation" and isinstance(n, int) and n > 0 else None
 
-    def pass_name(self, kind: str, label: int) -> str:
-        """'generation 3/10' (or 'phase 2' when the number of passes is not known ahead)."""
+    def pass_name(self, kind: str, label: int, index: int | None = None) -> str:
+        """'generation 3/10', 'phase 2, pass 2/3' once the regime announced its plan, else 'phase 2'
+        (`index`: the pass's position in the run, from 0)."""
         total = self.planned_passes(kind)
-        return f"{kind} {label}/{total}" if total else f"{kind} {label}"
+        if total:
+            return f"{kind} {label}/{total}"
+        if self.planned and index is not None:
+            return f"{kind} {label}, pass {index + 1}/{self.planned[0]}"
+        return f"{kind} {label}"
 
     def eta(self, row: dict, pass_epochs: int) -> str | None:
         """Time left after the epoch of metrics row `row`: of the whole run when its passes are known
-        (generations), else of the pass; estimated from the run's mean epoch time so far."""
+        (generations, or the regime's `plan`), else of the pass; estimated from the run's mean epoch
+        time so far."""
         done = sum(p["epochs"] for p in self.passes) + row["epoch"]
         total_passes = self.planned_passes(row["kind"])
         if total_passes:
             left, what = total_passes * pass_epochs - done, "run"
+        elif self.planned:
+            started = sum(p.get("planned_epochs", p["epochs"]) for p in self.passes) + row["epoch"]
+            left, what = self.planned[1] - started, "run"
         else:
             left, what = pass_epochs - row["epoch"], "pass"
         if left <= 0 or done <= 0:

@@ -126,7 +126,7 @@ class PassLoop:
     def run_pass(self) -> str | None:
         """Train the remaining epochs; return the reason a hook ended the pass early, if any."""
         run, ps = self.run, self.ps
-        progress = Progress(enabled=run.show_progress, description=f"{run.method.name} {run.pass_name(ps.kind, ps.label)}",
+        progress = Progress(enabled=run.show_progress, description=f"{run.method.name} {run.pass_name(ps.kind, ps.label, ps.index)}",
                             eta=lambda row: run.eta(row, ps.epochs))
         with progress:
             for epoch in range(ps.epoch, ps.epochs):
