@@ -95,7 +95,7 @@ def test_a_regime_that_changes_the_network_is_matched_in_training_flops(thrice, 
     assert plan == {"match": "flops", "epochs": 1, "run_flops": multi["training"]["flops"], "epoch_flops": per_epoch,
                     "baseline": single["run_id"]}
     assert single["training"]["epochs"] == 1 and single["training"]["flops"] == per_epoch  # counted alike
-    assert sweep.state_of(sweep.Entry(cfg, {}))[0] == "done"  # the status finds the FLOPs-matched baseline
+    assert sweep.state_of(sweep.SweepRun(cfg, {}))[0] == "done"  # the status finds the FLOPs-matched baseline
     table = tables.build_table(tables.load_runs([Path(cfg.out)])[0], "budget")
     label = table.rows[1].head[0]
     assert label.endswith(" TFLOPs)") and label.startswith("CE (N1, ")

@@ -58,7 +58,7 @@ def test_every_example_runs_through_registry_yaml(doc_modules, tmp_path, monkeyp
     from kebench import data
     from kebench.analysis import plots, tables
     from kebench.grid import EXECUTORS, executors
-    from kebench.grid.sweep import Entry
+    from kebench.grid.sweep import SweepRun
     from kebench.nets.models import create_model, list_archs
 
     extended = tmp_path / "registry.yaml"
@@ -82,7 +82,7 @@ def test_every_example_runs_through_registry_yaml(doc_modules, tmp_path, monkeyp
         def print(self, text):
             said.append(str(text))
 
-    assert executors.dispatch([Entry(c, {"seed": c.seed}) for c in cfgs], Console(), executor="reverse") == 0
+    assert executors.dispatch([SweepRun(c, {"seed": c.seed}) for c in cfgs], Console(), executor="reverse") == 0
     assert [line.split()[:2] for line in said[-2:]] == [["done", cfgs[1].run_id()], ["done", cfgs[0].run_id()]]
     runs, left_out = tables.load_runs([tmp_path / "results"])
     assert left_out == [] and sorted(r["seed"] for r in runs) == [0, 1]

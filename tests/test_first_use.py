@@ -311,8 +311,8 @@ def test_the_result_records_the_machine(make_cfg, run_cfg):
 
 def test_an_inline_sweep_reports_its_progress(make_cfg):
     from kebench.grid.executors import run_inline
-    from kebench.grid.sweep import Entry
+    from kebench.grid.sweep import SweepRun
 
     lines = []
-    assert run_inline([Entry(make_cfg(epochs=1), {})], echo=lines.append) == 0
+    assert run_inline([SweepRun(make_cfg(epochs=1), {})], echo=lines.append) == 0
     assert "sweep: 1 done, 0 failed, 0 running, 0 pending" in lines

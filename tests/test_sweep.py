@@ -119,7 +119,7 @@ def test_matched_budget_run_is_done_only_with_its_baseline(tmp_path):
     state, detail = sweep.state_of(entry)
     assert state == "pending" and "matched baseline" in detail  # ... but its 4-epoch baseline did not
     baseline = config.matched_config(entry.cfg, 4)
-    _fake_result(sweep.Entry(baseline, {}))
+    _fake_result(sweep.SweepRun(baseline, {}))
     assert sweep.state_of(entry)[0] == "done"
 
 

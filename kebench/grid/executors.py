@@ -19,7 +19,7 @@ from kebench.grid import EXECUTORS
 from kebench.errors import UserError
 from kebench.run.launch import run_config
 from kebench.grid import sweep
-from kebench.grid.sweep import WORKER_LOG, Entry, config_from_dict, parse_sets, progress_line, state_of, unfinished
+from kebench.grid.sweep import WORKER_LOG, SweepRun, config_from_dict, parse_sets, progress_line, state_of, unfinished
 
 #: A worker that died of one of these was stopped, not broken: the signal came before its handler
 #: was installed (while torch imported) or from outside; nothing is lost and a rerun resumes it.
@@ -71,7 +71,7 @@ def worker_command(nproc: int = 1) -> list[str]:
     return [sys.executable, "-m", "kebench.grid.executors", "--nproc", str(nproc)]
 
 
-def run_local(entries: list[Entry], *, workers: int, gpus: list[str], gpus_per_run: int = 1,
+def run_local(entries: list[SweepRun], *, workers: int, gpus: list[str], gpus_per_run: int = 1,
               runs_per_gpu: int = 1, retry_failed: bool = False, echo=print) -> int:
     """Run the sweep's unfinished runs with `workers` processes at a time. Returns the exit code of
     `sweep.exit_code`: 0 only when every run is done."""
@@ -162,7 +162,7 @@ def _last_line(log) -> str:
     return lines[-1] if lines else ""
 
 
-def run_inline(entries: list[Entry], *, retry_failed: bool = False, echo=print) -> int:
+def run_inline(entries: list[SweepRun], *, retry_failed: bool = False, echo=print) -> int:
     """Run the unfinished runs one after another in this process: no worker start-up per run (importing
     torch costs more than a whole tiny CPU run). Same exit codes as run_local."""
     todo = unfinished(entries, retry_failed, echo)
@@ -223,7 +223,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     return 0 if all(r["status"] == "complete" for r in records) else guard.EXIT_FAILED
 
 
-def run_local_executor(entries: list[Entry], *, echo=print, retry_failed=False, workers=None, gpus=None,
+def run_local_executor(entries: list[SweepRun], *, echo=print, retry_failed=False, workers=None, gpus=None,
                        gpus_per_run=1, runs_per_gpu=1) -> int:
     """`--executor local`: worker processes on this machine, the visible GPUs shared out."""
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else _visible_gpus()
@@ -232,7 +232,7 @@ def run_local_executor(entries: list[Entry], *, echo=print, retry_failed=False, 
                      retry_failed=retry_failed, echo=echo)
 
 
-def run_slurm(entries: list[Entry], *, echo=print, retry_failed=False, workers=None, partition=None, time_min=240,
+def run_slurm(entries: list[SweepRun], *, echo=print, retry_failed=False, workers=None, partition=None, time_min=240,
               gpus_per_job=1, array_parallelism=16, cpus_per_task=None, mem_gb=None, slurm_opt=(), setup=(),
               wait=False, cluster="slurm", nproc=None) -> int:
     """`--executor slurm`: a submitit job array (kebench/grid/slurm.py)."""
@@ -249,7 +249,7 @@ def run_slurm(entries: list[Entry], *, echo=print, retry_failed=False, workers=N
         wait=wait or cluster == "local", echo=echo, nproc=nproc)
 
 
-def run_submitit_local(entries: list[Entry], *, echo=print, retry_failed=False, workers=None, partition=None,
+def run_submitit_local(entries: list[SweepRun], *, echo=print, retry_failed=False, workers=None, partition=None,
                        time_min=240, gpus_per_job=1, array_parallelism=16, cpus_per_task=None, mem_gb=None,
                        slurm_opt=(), setup=(), wait=True, nproc=None) -> int:
     """`--executor submitit-local`: the slurm code path on this machine (waits for its jobs)."""
@@ -259,7 +259,7 @@ def run_submitit_local(entries: list[Entry], *, echo=print, retry_failed=False, 
                      cluster="local", nproc=nproc)
 
 
-def dispatch(entries: list[Entry], console, *, executor="local", what="sweep", **options) -> int:
+def dispatch(entries: list[SweepRun], console, *, executor="local", what="sweep", **options) -> int:
     """Run the unfinished entries with the chosen executor (`kebench.grid.EXECUTORS`), passing it the
     executor flags its signature names; returns its exit code (see run_local). Every run's dataset
     is checked first (sweep.preflight): a problem refuses the whole sweep before any worker starts.

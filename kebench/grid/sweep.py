@@ -36,7 +36,7 @@ FAILURE = "failure.json"
 
 
 @dataclass
-class Entry:
+class SweepRun:
     """One run of a sweep: its resolved config and the grid values that chose it."""
 
     cfg: object  # RunConfig
@@ -138,14 +138,14 @@ def _resolve(settings: dict):
     return config.resolve({}, file_cfg, {}, source=where), applied
 
 
-def expand(spec: dict, *, out: str | None = None, sets: dict | None = None) -> list[Entry]:
+def expand(spec: dict, *, out: str | None = None, sets: dict | None = None) -> list[SweepRun]:
     """Every run of the sweep, in grid order, one per distinct run id."""
     from kebench import config
 
     grids = spec["grid"] if isinstance(spec["grid"], list) else [spec["grid"]]
     fixed = {**(spec.get("set") or {}), **(sets or {})}
     out = str(Path(out or spec.get("out") or "results").expanduser().absolute())  # jobs may start elsewhere
-    entries: dict[str, Entry] = {}
+    entries: dict[str, SweepRun] = {}
     named, applied = set(fixed), set()
     for grid in grids:
         grid = {("seed" if k == "seeds" else k): v for k, v in grid.items()}
@@ -159,7 +159,7 @@ def expand(spec: dict, *, out: str | None = None, sets: dict | None = None) -> l
             except UserError as exc:
                 raise UserError(f"Sweep run {chosen}: {exc}") from None
             applied |= used
-            entries.setdefault(cfg.run_id(), Entry(cfg, chosen))
+            entries.setdefault(cfg.run_id(), SweepRun(cfg, chosen))
     unused = sorted(named - applied - {"out"})
     if unused:
         valid = sorted(k.replace("_", "-") for k in config.FIELDS if k not in ("params",))
@@ -211,17 +211,17 @@ def _progress(run_dir: Path) -> str:
     return f"pass {row['pass'] + 1} epoch {row['epoch']}" if row else ""
 
 
-def _matched_entry(entry: Entry, result: dict) -> Entry | None:
+def _matched_entry(entry: SweepRun, result: dict) -> SweepRun | None:
     """The equal-budget baseline a `budget: matched` run also owes (kebench/run/budget.py)."""
     cfg = entry.cfg
     if getattr(cfg, "budget", "paper") != "matched" or cfg.method_spec.regime.name == "single":
         return None
     from kebench.run import budget
 
-    return Entry(budget.planned(cfg, result), entry.combo)
+    return SweepRun(budget.planned(cfg, result), entry.combo)
 
 
-def state_of(entry: Entry) -> tuple[str, str]:
+def state_of(entry: SweepRun) -> tuple[str, str]:
     """(done | running | failed | pending, detail) of one run, read from its folder only."""
     from kebench.run import guard
     from kebench.run import results
@@ -270,7 +270,7 @@ def read_failure(run_dir) -> str | None:
         return None
 
 
-def unfinished(entries: list[Entry], retry_failed: bool, echo=print, claim: bool = True) -> list[Entry]:
+def unfinished(entries: list[SweepRun], retry_failed: bool, echo=print, claim: bool = True) -> list[SweepRun]:
     """The runs an executor should start: pending ones (and failed ones when retrying); runs another
     process is writing right now are skipped and named. `claim`: the caller starts them now, so a
     retried run's recorded failure is cleared."""
@@ -309,7 +309,7 @@ def submitted_jobs(out) -> dict:
     return jobs
 
 
-def status_rows(entries: list[Entry]) -> list[dict]:
+def status_rows(entries: list[SweepRun]) -> list[dict]:
     """One row per run: its state read from its folder, refined by what SLURM says of the job it was
     last submitted as (running, requeued, or ended without finishing: cancelled, failed, timed out)."""
     rows = []
@@ -347,7 +347,7 @@ def counts(rows: list[dict]) -> dict:
     return {s: sum(r["state"] == s for r in rows) for s in STATES}
 
 
-def exit_code(entries: list[Entry], *, stopped: bool = False, died: bool = False, echo=None) -> int:
+def exit_code(entries: list[SweepRun], *, stopped: bool = False, died: bool = False, echo=None) -> int:
     """The exit code of a local or inline sweep, from the states its runs are in when it ends
     (docs/sweeps.md): 0 only when every run is done; 3 when a signal stopped the sweep or a run
     stopped resumable (rerun to continue); 1 when a run failed or its worker died; 4 when the only
@@ -371,7 +371,7 @@ def exit_code(entries: list[Entry], *, stopped: bool = False, died: bool = False
 
 
 # ------------------------------------------------------------------------------ checks before any run
-def preflight(entries: list[Entry]) -> list[str]:
+def preflight(entries: list[SweepRun]) -> list[str]:
     """Check every run's dataset before the first worker starts, as `kebench run` would on its own:
     the data root is set and exists, and holds the dataset's layout (its annotation files, read by
     the loader's own listers; images are checked by `kebench data check`). Each distinct (dataset,
@@ -409,7 +409,7 @@ def preflight(entries: list[Entry]) -> list[str]:
     return found + [f"{len(ids)} run(s) (e.g. {ids[0]}): {msg}" for msg, ids in problems.items()]
 
 
-def check_before_running(entries: list[Entry], what: str = "sweep") -> None:
+def check_before_running(entries: list[SweepRun], what: str = "sweep") -> None:
     """Refuse the whole sweep, before any run starts, when a run could not start (see `preflight`)."""
     found = preflight(entries)
     if found:
