@@ -70,7 +70,8 @@ def test_run_records_both_and_the_landscape_figure_draws(tmp_path, capsys):
         assert exc.code in (0, None)
     (path,) = out.glob("*/result.json")
     rec = json.loads(path.read_text())
-    assert math.isfinite(rec["final"]["naswot"]) and rec["final"]["naswot_batch"] == 32
+    # scored on training images (the synthetic set has 96, its test split 32)
+    assert math.isfinite(rec["final"]["naswot"]) and rec["final"]["naswot_batch"] == 96
     land = rec["analyses"]["landscape"]
     assert len(land["loss"]) == analyses.LANDSCAPE_STEPS and rec["config"]["analyses"] == ["naswot", "landscape"]
     fig_path = tmp_path / "land.png"
@@ -82,6 +83,27 @@ def test_run_records_both_and_the_landscape_figure_draws(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--data", "synthetic", "--analyses", "nope", "--out", str(out), "--quiet"])
     assert exc.value.code == 2 and "--analyses nope is not known" in capsys.readouterr().err
+
+
+def test_the_probe_batch_is_a_seeded_sample_of_training_images_in_the_evaluation_view(make_cfg):
+    """Li et al. compute the landscape's loss on training data and Mellor et al. score a training
+    batch: the probe is drawn from the training split, un-augmented, the same for a seed."""
+    from types import SimpleNamespace
+
+    from kebench import data
+    from kebench.data.pipeline import BatchStream
+
+    cfg = make_cfg(seed=3)
+    bundle = data.load(cfg)
+    run = SimpleNamespace(data=bundle, cfg=cfg, device=torch.device("cpu"))
+    x, y = analyses.probe_batch(run)
+    index = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(3)).sort().values
+    assert len(x) == len(bundle.train) == 96 and torch.equal(y, bundle.train.labels[index])
+    whole = BatchStream(bundle, bundle.train, batch_size=96, device=torch.device("cpu"), train=False)
+    expect, _ = whole.load(index)
+    assert torch.allclose(x, expect)  # the evaluation view: no crop, no flip
+    x2, _ = analyses.probe_batch(run)
+    assert torch.equal(x, x2)
 
 
 # ------------------------------------------------------------------ landscapes at the end of each LR step

@@ -1,7 +1,7 @@
 """Analyses of a trained network that a run can ask for (`--analyses naswot,landscape`), as Park,
 Yoo and Kwak use them to explain why KD and pruning or augmentation add up:
 
-* `naswot`: the NAS-without-training score of Mellor et al. (2021) on a batch of test images: the
+* `naswot`: the NAS-without-training score of Mellor et al. (2021) on a batch of training images: the
   per-sample input Jacobians J_i = d(sum_c f_c(x_i))/dx_i, their correlation matrix Sigma_J over the
   batch, and as the score the log-determinant of that kernel (higher: the network tells the inputs
   apart more); also the first version's eigenvalue score -sum(log(l + k) + 1/(l + k)), k = 1e-5.
@@ -99,16 +99,18 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: in
 
 
 def probe_batch(run) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed test images (and labels) both analyses score: a seed-determined sample of the test
-    split, the same for every model of the run."""
+    """The fixed training images (and labels) both analyses score, un-augmented (the evaluation view):
+    a seed-determined sample of the training split, the same for every model of the run. Training
+    images, as the sources score them: Li et al.'s code computes the landscape's loss on the training
+    set, and Mellor et al. score a training mini-batch. Only the sample reaches the device."""
     from kebench.data.pipeline import BatchStream
 
-    size = max(NASWOT_BATCH, LANDSCAPE_BATCH)
-    stream = BatchStream(run.data, run.data.test, batch_size=size, device=run.device, train=False)
-    n = min(len(run.data.test), size)
+    split = run.data.train
+    n = min(len(split), max(NASWOT_BATCH, LANDSCAPE_BATCH))
     gen = torch.Generator().manual_seed(run.cfg.seed)
-    index = torch.randperm(len(run.data.test), generator=gen)[:n].sort().values
-    return stream.load(index)
+    index = torch.randperm(len(split), generator=gen)[:n].sort().values
+    stream = BatchStream(run.data, split.subset(index), batch_size=n, device=run.device, train=False)
+    return stream.load(torch.arange(n))
 
 
 class StepLandscapes(Hook):
@@ -160,7 +162,7 @@ def final_is_last_step(passes: list[dict], steps: list[dict]) -> bool:
 
 def run_analyses(run, names) -> tuple[dict, dict]:
     """(metrics for result.json's `final`, records for its `analyses`) of the run's reported network
-    on the test split, with the per-step landscapes the run's step-schedule passes took."""
+    on training images, with the per-step landscapes the run's step-schedule passes took."""
     if not names:
         return {}, {}
     if run.task != "classification":

@@ -325,7 +325,7 @@ def interval_table(runs: list[dict], rows=None, cols=None, metric=None, generati
                      f"other scores as recorded.")
     if "naswot" in metrics or "naswot_eig" in metrics:
         notes.append("NASWOT: log-determinant of the correlation matrix of the per-sample input Jacobians over a "
-                     "batch of test images (Mellor et al. 2021; `--analyses naswot`); higher = the network tells "
+                     "batch of training images (Mellor et al. 2021; `--analyses naswot`); higher = the network tells "
                      "the inputs apart more.")
     notes.append(COST_NOTE)
     what = " / ".join(metric_title(m) for m in metrics)
