@@ -110,6 +110,8 @@ class PatternBinarization(Regime):
         model = run.model
         if not pattern_convs(model, p.stem):
             raise UserError(f"binarize: '{cfg.arch}' has no k x k convolution (k > 1) to binarize.")
+        lengths = ([] if p.init_from else [p.train_epochs or cfg.epochs]) + [p.finetune_epochs or cfg.epochs]
+        run.plan(passes=len(lengths), epochs=sum(lengths))  # train (unless loaded), then the pattern fine-tune
         if p.init_from:
             self.load(run, p.init_from)
             before = run.evaluate(model)

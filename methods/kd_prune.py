@@ -172,6 +172,9 @@ class PrunePipeline(Regime):
                            "student_aug": "+".join(self.student_aug.names) or "none",
                            "finetune": {"epochs": self.finetune_epochs(), "lr": self.finetune_lr(),
                                         "schedule": p.finetune_schedule}}
+        lengths = ([self._epochs("teacher_epochs")] if distill is not None and distill.teacher is None else [])
+        lengths += [self._epochs("train_epochs")] + ([self.finetune_epochs()] if p.prune != "none" else [])
+        run.plan(passes=len(lengths), epochs=sum(lengths))  # teacher (unless --teacher), student, fine-tune
         if distill is not None:
             facts = self._teacher(run, distill)
             info.update(teacher=facts["teacher"], teacher_aug="+".join(self.teacher_aug.names) or "none")

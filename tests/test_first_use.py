@@ -266,9 +266,11 @@ def test_progress_names_the_run_the_generation_and_the_time_left(cli_run, tmp_pa
     ("dsd", {}),  # dense, sparse, re-dense phases of 2, 1, 1 epochs
     ("repr", {"cycles": 2}),  # S1, S2 per cycle, then the final pass
     ("agevo", {"population": 2, "keep": 1, "generations": 1, "mutations": 1}),  # 2 x (1 + 1) individuals
+    ("kd+self-distill", {"prune": "l1-filter", "finetune_epochs": 1}),  # teacher, student, pruned fine-tune
+    ("binarize", {"finetune_epochs": 1}),  # train, then the pattern fine-tune
 ])
 def test_multi_pass_regimes_plan_the_whole_run(make_cfg, capsys, method, plugin):
-    """DSD, RePr and AG-Evo announce their passes and epochs: each epoch line says 'pass k/N' and the
+    """DSD, RePr, AG-Evo, the KD x pruning pipelines and binarize announce their passes and epochs: each epoch line says 'pass k/N' and the
     whole run's time left (they used to say only the pass's), and the plan is exactly what trains."""
     from kebench.run.engine import Run
 
@@ -276,7 +278,7 @@ def test_multi_pass_regimes_plan_the_whole_run(make_cfg, capsys, method, plugin)
     run = Run(cfg, show_progress=True)
     trained = [p["epochs"] for p in run.execute()["passes"]]
     assert run.planned == (len(trained), sum(trained))
-    assert len(trained) == {"dsd": 3, "repr": 5, "agevo": 4}[method]
+    assert len(trained) == {"dsd": 3, "repr": 5, "agevo": 4, "kd+self-distill": 3, "binarize": 2}[method]
     lines = [ln for ln in capsys.readouterr().err.splitlines() if " · loss " in ln]
     expected = [f"pass {k + 1}/{len(trained)}" for k, n in enumerate(trained) for _ in range(n)]
     assert [re.search(r"pass \d+/\d+", ln).group(0) for ln in lines] == expected
